@@ -1,0 +1,19 @@
+"""POST /api/v1/chains/cancel/{run_id}: cancel a run in any non-terminal state (terminal runs come back as they are)."""
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from babychain.api.http import caller, json_response, make_resolver
+from babychain.engine.runs import cancel_run
+
+app = make_resolver()
+
+
+@app.post("/api/v1/chains/cancel/<run_id>")
+def cancel(run_id: str) -> Response:
+    svc, principal = caller(app, "runs:cancel")
+    return json_response(200, cancel_run(svc, principal, run_id))
+
+
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    return app.resolve(event, context)

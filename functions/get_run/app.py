@@ -1,0 +1,19 @@
+"""GET /api/v1/chains/get/{run_id}: one run with its steps."""
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from babychain.api.http import caller, json_response, make_resolver
+from babychain.engine.runs import get_run
+
+app = make_resolver()
+
+
+@app.get("/api/v1/chains/get/<run_id>")
+def get(run_id: str) -> Response:
+    svc, principal = caller(app, "chains:read")
+    return json_response(200, get_run(svc, principal, run_id))
+
+
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    return app.resolve(event, context)

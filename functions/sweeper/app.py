@@ -1,0 +1,10 @@
+"""EventBridge schedule → the safety net: deadlines, lost messages, due callbacks."""
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from babychain.engine.sweeper import sweep
+from babychain.services import services
+
+
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    return sweep(services())

@@ -1,0 +1,83 @@
+"""The HTTP edge shared by every API function: one resolver setup, one error shape, one body reader."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+
+from babychain.api.auth import Principal, authenticate
+from babychain.errors import ApiError, ConfigurationError
+from babychain.services import Services, services
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 256 * 1024
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(status_code=status, content_type="application/json",
+                    body=json.dumps(body, separators=(",", ":")), headers={**NO_STORE, **(headers or {})})
+
+
+def error_response(error: ApiError) -> Response:
+    return json_response(error.status, error.body(), error.headers)
+
+
+def _is_database_down(exc: Exception) -> bool:
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError:
+        return False
+    return isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout)
+
+
+def make_resolver() -> APIGatewayHttpResolver:
+    app = APIGatewayHttpResolver()
+
+    @app.exception_handler(ApiError)
+    def _api_error(exc: ApiError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        if _is_database_down(exc):
+            log.error("database unreachable: %s", type(exc).__name__)
+            return error_response(ApiError(503, "database_unreachable", "The database is unreachable; retry soon."))
+        if isinstance(exc, ConfigurationError):
+            log.error("configuration error: %s", exc)
+            return error_response(ApiError(500, "configuration_error", "The server is misconfigured."))
+        log.exception("unhandled error")
+        return error_response(ApiError(500, "internal_error", "Internal server error."))
+
+    @app.not_found
+    def _no_route(exc: Exception) -> Response:
+        return error_response(ApiError(404, "route_not_found", "No such route."))
+
+    return app
+
+
+def read_json_body(app: APIGatewayHttpResolver) -> Any:
+    event = app.current_event
+    raw = event.body or ""
+    declared = event.headers.get("content-length")
+    if (declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES) or len(raw) > MAX_BODY_BYTES * 4 // 3 + 4:
+        raise ApiError(413, "payload_too_large", f"Request body is larger than {MAX_BODY_BYTES} bytes.")
+    text = event.decoded_body or ""
+    if len(text.encode()) > MAX_BODY_BYTES:
+        raise ApiError(413, "payload_too_large", f"Request body is larger than {MAX_BODY_BYTES} bytes.")
+    if not text.strip():
+        raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ApiError(400, "invalid_json", f"Request body is not valid JSON: {exc}.") from None
+
+
+def caller(app: APIGatewayHttpResolver, scope: str) -> tuple[Services, Principal]:
+    svc = services()
+    return svc, authenticate(svc, app.current_event.headers, scope)

@@ -1,0 +1,280 @@
+"""Model families: each provider-native parameter schema, and where a producer's output goes in the next request.
+
+A family knows three things about a request body: how to validate it (a pydantic model), where the upstream
+image is injected (`inject_input`, the handoff), and what it asks for in plain terms (`describe`, used by the local
+provider so a request written for BYOK runs unchanged on one machine).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from babychain.errors import invalid_input
+
+Prompt = Annotated[str, Field(min_length=1, max_length=8192)]
+OptionalUrl = Annotated[str | None, Field(default=None, max_length=2048)]
+RATIOS = ("16:9", "4:3", "1:1", "3:4", "9:16", "21:9", "9:21", "3:2", "2:3", "adaptive", "keep_ratio")
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Flux2Params(_Params):
+    """FLUX.2 pro / max / klein (`POST /v1/flux-2-*`)."""
+
+    prompt: Prompt
+    input_image: OptionalUrl = None
+    input_image_2: OptionalUrl = None
+    input_image_3: OptionalUrl = None
+    input_image_4: OptionalUrl = None
+    seed: int | None = None
+    width: Annotated[int | None, Field(ge=64, le=4096, multiple_of=16)] = None
+    height: Annotated[int | None, Field(ge=64, le=4096, multiple_of=16)] = None
+    safety_tolerance: Annotated[int | None, Field(ge=0, le=5)] = None
+    output_format: Literal["jpeg", "png", "webp"] | None = None
+    prompt_upsampling: bool | None = None
+
+
+class Flux2FlexParams(Flux2Params):
+    guidance: Annotated[float | None, Field(ge=1.5, le=10)] = None
+    steps: Annotated[int | None, Field(ge=1, le=50)] = None
+
+
+class KontextParams(_Params):
+    """FLUX.1 Kontext pro / max."""
+
+    prompt: Prompt
+    input_image: OptionalUrl = None
+    seed: int | None = None
+    aspect_ratio: Annotated[str | None, Field(pattern=r"^\d{1,2}:\d{1,2}$")] = None
+    output_format: Literal["jpeg", "png"] | None = None
+    prompt_upsampling: bool | None = None
+    safety_tolerance: Annotated[int | None, Field(ge=0, le=6)] = None
+
+
+class Flux1Params(_Params):
+    """FLUX1.1 [pro]: text-to-image only, 256-1440 in steps of 32."""
+
+    prompt: Prompt
+    seed: int | None = None
+    width: Annotated[int | None, Field(ge=256, le=1440, multiple_of=32)] = None
+    height: Annotated[int | None, Field(ge=256, le=1440, multiple_of=32)] = None
+    prompt_upsampling: bool | None = None
+    safety_tolerance: Annotated[int | None, Field(ge=0, le=6)] = None
+    output_format: Literal["jpeg", "png"] | None = None
+
+
+class OptimizePromptOptions(_Params):
+    mode: Literal["standard", "fast"]
+
+
+class SeedreamParams(_Params):
+    """BytePlus Seedream (`POST /api/v3/images/generations`)."""
+
+    prompt: Prompt
+    image: str | list[str] | None = None
+    size: Annotated[str | None, Field(pattern=r"^(1K|2K|4K|\d{2,5}x\d{2,5})$")] = None
+    seed: Annotated[int | None, Field(ge=-1, le=2147483647)] = None
+    watermark: bool | None = None
+    response_format: Literal["url"] | None = None
+    sequential_image_generation: Literal["disabled"] | None = None
+    optimize_prompt_options: OptimizePromptOptions | None = None
+
+
+class ImageUrl(_Params):
+    url: Annotated[str, Field(min_length=1, max_length=2048)]
+
+
+class TextItem(_Params):
+    type: Literal["text"]
+    text: Annotated[str, Field(min_length=1, max_length=4000)]
+
+
+class ImageItem(_Params):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+    role: Literal["first_frame", "last_frame", "reference_image"] | None = None
+
+
+class SeedanceParams(_Params):
+    """BytePlus Seedance video task (`POST /api/v3/contents/generations/tasks`)."""
+
+    content: Annotated[list[Annotated[TextItem | ImageItem, Field(discriminator="type")]],
+                       Field(min_length=1, max_length=8)]
+    ratio: Literal[RATIOS] | None = None  # type: ignore[valid-type]
+    duration: Annotated[int | None, Field(ge=-1, le=12)] = None
+    resolution: Literal["480p", "720p", "1080p"] | None = None
+    seed: Annotated[int | None, Field(ge=-1, le=4294967295)] = None
+    watermark: bool | None = None
+    camera_fixed: bool | None = None
+    generate_audio: bool | None = None
+    return_last_frame: bool | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _needs_prompt(cls, items: list[TextItem | ImageItem]) -> list[TextItem | ImageItem]:
+        if not any(isinstance(item, TextItem) for item in items):
+            raise ValueError("content needs a text item with the prompt: {\"type\": \"text\", \"text\": \"...\"}")
+        return items
+
+
+class BabySeaImageParams(_Params):
+    """BabySea's unified fields for image models."""
+
+    generation_prompt: Prompt
+    generation_ratio: Annotated[str | None, Field(pattern=r"^(\d{1,5}:\d{1,5}|match_input_image)$")] = None
+    generation_output_format: Literal["png", "jpg", "jpeg", "webp"] | None = None
+    generation_output_number: Annotated[int | None, Field(ge=1, le=4)] = None
+    generation_input_file: list[str] | None = None
+    generation_seed: int | None = None
+    generation_provider_order: Annotated[str | None, Field(max_length=200)] = None
+
+
+class BabySeaVideoParams(_Params):
+    generation_prompt: Prompt
+    generation_duration: Annotated[int, Field(ge=1, le=15)]
+    generation_ratio: Annotated[str | None, Field(pattern=r"^(\d{1,5}:\d{1,5}|adaptive)$")] = None
+    generation_resolution: Literal["480p", "720p", "1080p"] | None = None
+    generation_generate_audio: bool | None = None
+    generation_input_file: list[str] | None = None
+    generation_seed: int | None = None
+    generation_provider_order: Annotated[str | None, Field(max_length=200)] = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What a request asks for, independent of the provider's field names."""
+
+    prompt: str
+    seed: int | None
+    input_urls: list[str]
+    width: int | None = None
+    height: int | None = None
+    output_format: str = "png"
+    duration_seconds: float | None = None
+    ratio: str | None = None
+
+
+def _size(size: str | None) -> tuple[int | None, int | None]:
+    if size and "x" in size:
+        w, h = size.split("x", 1)
+        return int(w), int(h)
+    return None, None
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    schema: type[_Params]
+    # The params field that carries the upstream image, named in errors when a caller sets it on a dependent step.
+    input_field: str
+
+    def validate(self, params: Any, field: str) -> dict[str, Any]:
+        if not isinstance(params, dict):
+            raise invalid_input("Step params must be a JSON object.", field)
+        try:
+            model = self.schema.model_validate(params)
+        except ValidationError as exc:
+            raise invalid_input(_describe(exc), _field_path(field, exc)) from exc
+        return model.model_dump(exclude_none=True)
+
+    def input_urls(self, params: dict[str, Any]) -> list[str]:
+        match self.name:
+            case "seedance":
+                return [item["image_url"]["url"] for item in params.get("content", []) if item.get("type") == "image_url"]
+            case "seedream":
+                image = params.get("image")
+                return [image] if isinstance(image, str) else list(image or [])
+            case "babysea_image" | "babysea_video":
+                return list(params.get("generation_input_file") or [])
+            case _:
+                return [params[k] for k in sorted(params) if k.startswith("input_image") and params[k]]
+
+    def inject_input(self, params: dict[str, Any], url: str) -> dict[str, Any]:
+        """Returns a copy of `params` with the producer's durable output URL in this family's input field."""
+        out = copy.deepcopy(params)
+        match self.name:
+            case "seedance":
+                out["content"] = [*out.get("content", []),
+                                  {"type": "image_url", "image_url": {"url": url}, "role": "first_frame"}]
+            case "seedream":
+                out["image"] = url
+            case "babysea_image" | "babysea_video":
+                out["generation_input_file"] = [url]
+            case _:
+                out["input_image"] = url
+        return out
+
+    def describe(self, params: dict[str, Any]) -> GenerationRequest:
+        urls = self.input_urls(params)
+        match self.name:
+            case "seedance":
+                text = " ".join(i["text"] for i in params["content"] if i.get("type") == "text")
+                duration = params.get("duration")
+                return GenerationRequest(prompt=text, seed=params.get("seed"), input_urls=urls, output_format="mp4",
+                                         duration_seconds=float(duration) if duration and duration > 0 else 5.0,
+                                         ratio=params.get("ratio"))
+            case "seedream":
+                w, h = _size(params.get("size"))
+                return GenerationRequest(prompt=params["prompt"], seed=params.get("seed"), input_urls=urls,
+                                         width=w, height=h, output_format="jpeg")
+            case "babysea_video":
+                return GenerationRequest(prompt=params["generation_prompt"], seed=params.get("generation_seed"),
+                                         input_urls=urls, output_format="mp4",
+                                         duration_seconds=float(params["generation_duration"]),
+                                         ratio=params.get("generation_ratio"))
+            case "babysea_image":
+                return GenerationRequest(prompt=params["generation_prompt"], seed=params.get("generation_seed"),
+                                         input_urls=urls,
+                                         output_format=params.get("generation_output_format") or "png")
+            case _:
+                return GenerationRequest(prompt=params["prompt"], seed=params.get("seed"), input_urls=urls,
+                                         width=params.get("width"), height=params.get("height"),
+                                         output_format=params.get("output_format") or "jpeg")
+
+
+def _field_path(prefix: str, exc: ValidationError) -> str:
+    loc = exc.errors()[0]["loc"]
+    path = prefix
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif i > 0 and isinstance(loc[i - 1], int) and part in _UNION_TAGS and i + 1 < len(loc):
+            continue  # pydantic names the union member it tried; that tag is not part of the JSON path
+        else:
+            path += f".{part}"
+    return path
+
+
+_UNION_TAGS = ("text", "image_url")
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = error["loc"][-1] if error["loc"] else "params"
+    if error["type"] == "missing":
+        return f"{where} is required."
+    if error["type"] == "extra_forbidden":
+        return f"{where} is not a parameter of this model."
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}."
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("flux2", Flux2Params, "input_image"),
+        Family("flux2_flex", Flux2FlexParams, "input_image"),
+        Family("flux_kontext", KontextParams, "input_image"),
+        Family("flux1", Flux1Params, "input_image"),
+        Family("seedream", SeedreamParams, "image"),
+        Family("seedance", SeedanceParams, "content"),
+        Family("babysea_image", BabySeaImageParams, "generation_input_file"),
+        Family("babysea_video", BabySeaVideoParams, "generation_input_file"),
+    )
+}

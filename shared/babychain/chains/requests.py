@@ -1,0 +1,162 @@
+"""Validation of a create-run request into a run plan: every error names the offending field."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from babychain.chains.catalog import IMAGE_TO_IMAGE, MODELS_BY_ID, TEXT_TO_IMAGE
+from babychain.chains.templates import STEP_KINDS, ChainTemplate
+from babychain.errors import ApiError, UnsafeUrlError, invalid_input
+from babychain.security.params import check_json_bounds, check_step_params
+from babychain.security.urls import Resolver, check_url, find_urls
+
+MAX_INPUT_BYTES = 64 * 1024
+MAX_METADATA_BYTES = 16 * 1024
+TOP_LEVEL_FIELDS = ("input", "webhook_url", "metadata")
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    step_index: int
+    step_key: str
+    step_kind: str
+    model_identifier: str
+    depends_on: list[str]
+    params: dict[str, Any]
+
+    def row(self) -> dict[str, Any]:
+        return {"step_index": self.step_index, "step_key": self.step_key, "step_kind": self.step_kind,
+                "model_identifier": self.model_identifier, "depends_on": self.depends_on, "params": self.params}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    input: dict[str, Any]
+    metadata: dict[str, Any]
+    webhook_url: str | None
+    steps: list[PlannedStep]
+    request_hash: str
+
+
+def request_hash(slug: str, body: dict[str, Any]) -> str:
+    """Fingerprint of what the caller asked for; key order does not matter."""
+    canonical = json.dumps({"chain": slug, "body": body}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")).encode())
+
+
+def plan_run(template: ChainTemplate, body: Any, *, mode: str, resolver: Resolver,
+             allow_loopback_http: bool) -> RunPlan:
+    if not isinstance(body, dict):
+        raise invalid_input("Request body must be a JSON object.", code="invalid_request")
+    for key in body:
+        if key not in TOP_LEVEL_FIELDS:
+            raise invalid_input(f"Unknown field {key!r}; expected {', '.join(TOP_LEVEL_FIELDS)}.", key,
+                                code="invalid_request")
+    raw_input = body.get("input")
+    if not isinstance(raw_input, dict):
+        raise invalid_input("input is required and must be a JSON object.", "input")
+    if _size(raw_input) > MAX_INPUT_BYTES:
+        raise invalid_input(f"input is larger than {MAX_INPUT_BYTES} bytes.", "input")
+    check_json_bounds(raw_input, "input")
+    metadata = body.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise invalid_input("metadata must be a JSON object.", "metadata", code="invalid_request")
+    if _size(metadata) > MAX_METADATA_BYTES:
+        raise invalid_input(f"metadata is larger than {MAX_METADATA_BYTES} bytes.", "metadata", code="invalid_request")
+    check_json_bounds(metadata, "metadata")
+
+    steps = _plan_steps(template, raw_input, mode)
+    for path, url in find_urls(raw_input, "input"):
+        _check_url(url, path, resolver, allow_loopback_http, "invalid_chain_input")
+    webhook_url = body.get("webhook_url") or None
+    if webhook_url is not None:
+        if not isinstance(webhook_url, str):
+            raise invalid_input("webhook_url must be a string.", "webhook_url", code="invalid_callback_url")
+        _check_url(webhook_url, "webhook_url", resolver, allow_loopback_http, "invalid_callback_url")
+    return RunPlan(input=raw_input, metadata=metadata, webhook_url=webhook_url, steps=steps,
+                   request_hash=request_hash(template.slug, body))
+
+
+def _check_url(url: str, field: str, resolver: Resolver, allow_loopback_http: bool, code: str) -> None:
+    try:
+        check_url(url, resolver=resolver, allow_loopback_http=allow_loopback_http, field=field)
+    except UnsafeUrlError as exc:
+        raise invalid_input(exc.message, field, code=code) from exc
+
+
+def _plan_steps(template: ChainTemplate, raw_input: dict[str, Any], mode: str) -> list[PlannedStep]:
+    allowed = {"chain_models", *(f"{k}_params" for k in template.step_keys)}
+    if template.step_keys[0] == IMAGE_TO_IMAGE:
+        allowed.add("source_image_url")
+    for key in raw_input:
+        if key not in allowed:
+            raise invalid_input(f"Unknown input field {key!r} for {template.slug}; expected {', '.join(sorted(allowed))}.",
+                                f"input.{key}")
+    chain_models = raw_input.get("chain_models")
+    if not isinstance(chain_models, dict):
+        raise invalid_input("input.chain_models is required and must name a model for each step.", "input.chain_models")
+    wanted = {f"{k}_model" for k in template.step_keys}
+    for key in chain_models:
+        if key not in wanted:
+            raise invalid_input(f"{template.slug} has no step for {key!r}; expected {', '.join(sorted(wanted))}.",
+                                f"input.chain_models.{key}")
+
+    steps: list[PlannedStep] = []
+    for index, step_key in enumerate(template.step_keys):
+        model_field = f"input.chain_models.{step_key}_model"
+        model_id = chain_models.get(f"{step_key}_model")
+        if not isinstance(model_id, str) or not model_id:
+            raise invalid_input(f"{model_field} is required.", model_field)
+        model = MODELS_BY_ID.get(model_id)
+        if model is None:
+            raise invalid_input(f"Unknown model {model_id!r}. GET /api/v1/models lists the catalog.", model_field,
+                                code="unsupported_model_identifier")
+        if step_key not in model.step_kinds:
+            raise invalid_input(f"{model_id} cannot run the {step_key} step; it supports "
+                                f"{', '.join(model.step_kinds)}.", model_field)
+        if mode not in model.modes:
+            raise invalid_input(f"{model_id} is not available in {mode} mode.", model_field)
+
+        params_field = f"input.{step_key}_params"
+        params = raw_input.get(f"{step_key}_params")
+        if params is None:
+            raise invalid_input(f"{params_field} is required.", params_field)
+        check_step_params(params, params_field)
+        family = model.family(mode)
+        params = family.validate(params, params_field)
+        given_inputs = family.input_urls(params)
+        if index > 0 and given_inputs:
+            raise invalid_input(f"BabyChain supplies the {step_key} step's input from the previous step; remove "
+                                f"{family.input_field}.", f"{params_field}.{family.input_field}")
+        if step_key == TEXT_TO_IMAGE and given_inputs:
+            raise invalid_input("text_to_image takes no input image; use chain2 to start from an image.",
+                                f"{params_field}.{family.input_field}")
+        if index == 0 and step_key == IMAGE_TO_IMAGE:
+            params = _with_source_image(raw_input, params, given_inputs, params_field, family.input_field, model_id,
+                                        mode)
+        steps.append(PlannedStep(index, step_key, STEP_KINDS[step_key], model_id, template.depends_on(index), params))
+    return steps
+
+
+def _with_source_image(raw_input: dict[str, Any], params: dict[str, Any], given: list[str], params_field: str,
+                       input_field: str, model_id: str, mode: str) -> dict[str, Any]:
+    source = raw_input.get("source_image_url")
+    if source is not None and given:
+        raise invalid_input("Give the source image once: either input.source_image_url or "
+                            f"{params_field}.{input_field}.", "input.source_image_url")
+    if source is None and not given:
+        raise invalid_input(f"image_to_image needs a source image: set input.source_image_url or "
+                            f"{params_field}.{input_field} to an HTTPS image URL.", f"{params_field}.{input_field}")
+    if source is None:
+        return params
+    if not isinstance(source, str):
+        raise ApiError(400, "invalid_chain_input", "input.source_image_url must be a string.",
+                       field="input.source_image_url")
+    return MODELS_BY_ID[model_id].family(mode).inject_input(params, source)

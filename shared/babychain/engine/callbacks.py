@@ -1,0 +1,76 @@
+"""The final callback: one signed event per run, delivered at least once on an exponential schedule."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from babychain.engine.presenter import present_run
+from babychain.errors import UnsafeUrlError
+from babychain.queues import callback_message
+from babychain.security.safe_http import FetchError, post_json
+from babychain.security.webhooks import signature_headers
+from babychain.services import Services
+
+USER_AGENT = "BabyChain/0.1 (+standard-webhooks)"
+
+
+def callback_payload(run: dict[str, Any]) -> dict[str, Any]:
+    return {"type": f"chain_run.{run['status']}", "timestamp": datetime.now(UTC).isoformat(),
+            "data": present_run(run)}
+
+
+def retry_delay(svc: Services, attempt: int, retry_after: float | None) -> float | None:
+    """Seconds until the next attempt after `attempt` failed, or None when the schedule is spent."""
+    schedule = svc.settings.callback_schedule_seconds
+    if attempt > len(schedule):
+        return None
+    base = schedule[attempt - 1]
+    return max(retry_after or 0.0, base * random.uniform(0.9, 1.1))
+
+
+def deliver_callback(svc: Services, run_id: str) -> str:
+    claim = svc.store.claim_callback(run_id, svc.settings.callback_stale_seconds)
+    if claim is None:
+        return "not_due"
+    run, attempt = claim["run"], claim["attempt"]
+    body = json.dumps(callback_payload(run), separators=(",", ":")).encode()
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
+               **signature_headers(svc.settings.require_callback_secret(), run["callback_event_id"], body)}
+    started = time.monotonic()
+    status_code: int | None = None
+    excerpt: str | None = None
+    error: str | None = None
+    retry_after: float | None = None
+    try:
+        result = post_json(run["webhook_url"], body, headers, resolver=svc.resolver,
+                           timeout=svc.settings.callback_timeout_seconds,
+                           allow_loopback_http=svc.settings.allow_loopback_http)
+        status_code, excerpt, retry_after = result.status_code, result.body_excerpt, result.retry_after
+    except (FetchError, UnsafeUrlError) as exc:
+        error = str(exc)[:2000]
+    delivered = status_code is not None and 200 <= status_code < 300
+    if delivered:
+        retry_in = None
+    elif status_code == 410:  # Standard Webhooks: Gone means stop sending
+        retry_in = None
+    else:
+        retry_in = retry_delay(svc, attempt, retry_after)
+        if status_code is not None and error is None:
+            error = f"Receiver answered HTTP {status_code}."
+    svc.store.record_callback_attempt({
+        "run_id": run_id, "attempt": attempt, "event_id": run["callback_event_id"],
+        "outcome": "delivered" if delivered else "failed", "status_code": status_code, "error": error,
+        "response_excerpt": excerpt, "duration_ms": int((time.monotonic() - started) * 1000),
+        "retry_in_seconds": retry_in,
+    })
+    if delivered:
+        return "delivered"
+    if retry_in is not None:
+        # SQS delays stop at 15 minutes; a later attempt is re-driven by the sweeper when due.
+        svc.callback_queue.send(callback_message(run_id), retry_in)
+        return "retrying"
+    return "gave_up"

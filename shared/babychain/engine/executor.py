@@ -1,0 +1,172 @@
+"""The step executor: one queue message advances one step by one action.
+
+claim → submit → (poll or webhook) → copy outputs → complete → the next step is enqueued, or the run ends and its
+callback is enqueued. Every write is a guarded transition keyed by the step's `seq` or `attempt`, so a duplicate or
+late message, or a result arriving after cancel, changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from babychain.chains.catalog import MODELS_BY_ID
+from babychain.errors import ProviderError, UnsafeUrlError
+from babychain.providers import local_media
+from babychain.providers.base import JobStatus, StepJob
+from babychain.queues import callback_message, step_message
+from babychain.security.safe_http import FetchError, fetch_bytes
+from babychain.services import Services
+from babychain.store.base import Row
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "video/mp4": ".mp4"}
+
+
+def backoff_seconds(svc: Services, attempt: int, retry_after: float | None = None) -> float:
+    """Exponential backoff with full jitter, never sooner than the provider's Retry-After."""
+    s = svc.settings
+    ceiling = min(s.retry_max_seconds, s.retry_base_seconds * (2 ** max(0, attempt - 1)))
+    return max(retry_after or 0.0, random.uniform(ceiling / 2, ceiling))
+
+
+def handle_step_message(svc: Services, message: dict[str, Any]) -> str:
+    """Returns what happened, for logs and tests: e.g. 'submitted', 'pending', 'succeeded', 'stale'."""
+    run = svc.store.get_run(message["run_id"])
+    step = next((s for s in (run or {}).get("steps", []) if s["id"] == message["step_id"]), None)
+    if run is None or step is None or step["seq"] != message["seq"]:
+        return "stale"
+    if run["status"] not in ("queued", "running"):
+        return "stale"
+    if step["status"] == "queued":
+        return _start(svc, run, step)
+    if step["status"] == "running" and step["provider_job_id"]:
+        return _check(svc, run, step)
+    return "stale"
+
+
+def _start(svc: Services, run: Row, step: Row) -> str:
+    model = MODELS_BY_ID[step["model_identifier"]]
+    family = model.family(run["mode"])
+    params = step["params"]
+    input_files = step.get("input_files")
+    if step["depends_on"]:
+        if not input_files:
+            return _fail(svc, run, step, "chain_step_params_failed", "Required previous step output is missing.")
+        params = family.inject_input(params, input_files[0])
+    elif family.input_urls(params):
+        input_files = family.input_urls(params)
+    provider = svc.provider_for(model)
+    claimed = svc.store.claim_step(step["id"], step["seq"], provider=provider.name, request_params=params,
+                                   input_files=input_files,
+                                   submit_timeout_seconds=svc.settings.submit_timeout_seconds)
+    if claimed is None:
+        return "stale"
+    attempt = claimed["attempt"]
+    job = StepJob(run_id=run["id"], step_id=step["id"], step_key=step["step_key"], model=model, mode=run["mode"],
+                  params=params, idempotency_key=f"babychain:{run['id']}:{step['step_key']}:{attempt}")
+    try:
+        submission = provider.submit(job)
+    except ProviderError as exc:
+        if exc.transient and attempt < svc.settings.max_submit_attempts:
+            delay = backoff_seconds(svc, attempt, exc.retry_after)
+            retried = svc.store.retry_step(step["id"], attempt, delay, exc.code, exc.message)
+            if retried is not None:
+                svc.step_queue.send(step_message(run["id"], step["id"], retried["seq"]), delay)
+            return "retrying"
+        return _fail(svc, run, step, exc.code, exc.message, attempt=attempt)
+    recorded = svc.store.record_submission(step["id"], attempt, submission.job_id, submission.metadata,
+                                           svc.settings.poll_interval_seconds)
+    if recorded is None:
+        # Cancel (or a deadline) won while we were submitting: the job must not run on for nothing.
+        provider.cancel(submission.job_id, submission.metadata)
+        return "stale"
+    svc.step_queue.send(step_message(run["id"], step["id"], recorded["seq"]), svc.settings.poll_interval_seconds)
+    return "submitted"
+
+
+def _check(svc: Services, run: Row, step: Row) -> str:
+    model = MODELS_BY_ID[step["model_identifier"]]
+    provider = svc.provider_for(model)
+    try:
+        status = provider.poll(step["provider_job_id"], step["provider_metadata"])
+    except ProviderError as exc:
+        if exc.transient:
+            return _defer(svc, run, step, backoff_seconds(svc, 2, exc.retry_after))
+        return _fail(svc, run, step, exc.code, exc.message, seq=step["seq"])
+    match status.state:
+        case "pending":
+            return _defer(svc, run, step, svc.settings.poll_interval_seconds, status)
+        case "succeeded":
+            return _succeed(svc, run, step, status)
+        case "canceled":
+            return _fail(svc, run, step, "provider_canceled", "The provider canceled the generation.",
+                         seq=step["seq"])
+        case _:
+            return _fail(svc, run, step, status.error_code or "provider_failed",
+                         status.error_message or "The provider reported a failed generation.", seq=step["seq"])
+
+
+def _defer(svc: Services, run: Row, step: Row, delay: float, status: JobStatus | None = None) -> str:
+    metadata = dict(status.metadata) if status else {}
+    if status and status.progress is not None:
+        metadata["progress"] = status.progress
+    deferred = svc.store.defer_step(step["id"], step["seq"], delay, metadata)
+    if deferred is None:
+        return "stale"
+    svc.step_queue.send(step_message(run["id"], step["id"], deferred["seq"]), delay)
+    return "pending"
+
+
+def _succeed(svc: Services, run: Row, step: Row, status: JobStatus) -> str:
+    try:
+        durable = [_copy_output(svc, run, step, i, url) for i, url in enumerate(status.output_urls)]
+    except FetchError as exc:
+        if exc.transient:
+            return _defer(svc, run, step, backoff_seconds(svc, 2))
+        return _fail(svc, run, step, "output_copy_failed", f"Could not copy the provider's output: {exc}",
+                     seq=step["seq"])
+    except UnsafeUrlError as exc:
+        return _fail(svc, run, step, "output_copy_failed", f"Provider output URL refused: {exc.message}",
+                     seq=step["seq"])
+    if not durable:
+        return _fail(svc, run, step, "provider_unexpected_response", "The provider returned no output.",
+                     seq=step["seq"])
+    result = svc.store.complete_step(step["id"], step["attempt"], durable, dict(status.metadata))
+    if result is None:
+        return "stale"  # canceled or timed out meanwhile: the late result is ignored
+    next_step = result.get("next_step")
+    if next_step is not None:
+        svc.step_queue.send(step_message(run["id"], next_step["id"], next_step["seq"]))
+    elif result["run_status"] != "running" and run.get("webhook_url"):
+        svc.callback_queue.send(callback_message(run["id"]))
+    return "succeeded"
+
+
+def _copy_output(svc: Services, run: Row, step: Row, index: int, url: str) -> str:
+    fetched = fetch_bytes(url, resolver=svc.resolver, max_bytes=svc.settings.max_output_bytes,
+                          allow_loopback_http=svc.settings.allow_loopback_http)
+    content_type = fetched.content_type.split(";")[0].strip().lower()
+    extension = EXTENSIONS.get(content_type) or _extension_from_url(url)
+    key = f"runs/{run['id']}/{step['step_key']}/output-{index}{extension}"
+    return svc.artifacts.put(key, fetched.content, content_type or "application/octet-stream")
+
+
+def _extension_from_url(url: str) -> str:
+    suffix = url.rsplit("?", 1)[0].rsplit(".", 1)[-1].lower()
+    try:
+        return local_media.extension_for(suffix)
+    except ValueError:
+        return ".bin"
+
+
+def _fail(svc: Services, run: Row, step: Row, code: str, message: str, *, attempt: int | None = None,
+          seq: int | None = None) -> str:
+    failed = svc.store.fail_step(step["id"], code, message[:2000], attempt=attempt, seq=seq)
+    if failed is None:
+        return "stale"
+    if run.get("webhook_url"):
+        svc.callback_queue.send(callback_message(run["id"]))
+    return "failed"

@@ -1,0 +1,66 @@
+"""Store rows → the public `chain_run` resource (the seed's field names, plus error, output, progress, callback)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from babychain.store.base import Row
+
+ACTIVE = ("queued", "running")
+
+
+def present_step(step: Row) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": step["id"],
+        "object": "chain_step",
+        "step_index": step["step_index"],
+        "step_key": step["step_key"],
+        "step_kind": step["step_kind"],
+        "model_identifier": step["model_identifier"],
+        "status": step["status"],
+        "depends_on": step["depends_on"],
+        "attempt": step["attempt"],
+        "created_at": step["created_at"],
+        "updated_at": step["updated_at"],
+        "started_at": step["started_at"],
+        "completed_at": step["completed_at"],
+    }
+    if step.get("input_files"):
+        out["generation_input_file"] = step["input_files"]
+    if step.get("output_files"):
+        out["generation_output_file"] = step["output_files"]
+    progress = (step.get("provider_metadata") or {}).get("progress")
+    if step["status"] == "running" and progress is not None:
+        out["progress"] = progress
+    if step.get("error_code"):
+        key = "last_error" if step["status"] in ACTIVE else "error"
+        out[key] = {"code": step["error_code"], "message": step["error_message"]}
+    return out
+
+
+def present_run(run: Row) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": run["id"],
+        "object": "chain_run",
+        "chain_slug": run["chain_slug"],
+        "chain_version": run["chain_version"],
+        "mode": run["mode"],
+        "status": run["status"],
+        "input": run["input"],
+        "created_at": run["created_at"],
+        "updated_at": run["updated_at"],
+        "completed_at": run["completed_at"],
+        "current_step_key": run["current_step_key"] or "processing",
+        "steps": [present_step(s) for s in run.get("steps", [])],
+    }
+    if run.get("metadata"):
+        out["metadata"] = run["metadata"]
+    if run.get("error_code"):
+        out["error"] = {"code": run["error_code"], "message": run["error_message"]}
+    if run.get("output"):
+        out["output"] = run["output"]
+    if run.get("webhook_url"):
+        out["webhook_url"] = run["webhook_url"]
+        out["callback"] = {"event_id": run["callback_event_id"], "status": run["callback_status"],
+                           "attempts": run["callback_attempts"], "next_attempt_at": run["callback_next_at"]}
+    return out

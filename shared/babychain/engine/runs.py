@@ -1,0 +1,148 @@
+"""Run lifecycle operations behind the API handlers: create, get, list, cancel."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from babychain.api.auth import Principal
+from babychain.chains.catalog import MODELS_BY_ID
+from babychain.chains.requests import plan_run
+from babychain.chains.templates import TEMPLATES, find_template
+from babychain.engine.presenter import present_run
+from babychain.errors import ApiError, ProviderError, invalid_input, not_found
+from babychain.queues import callback_message, step_message
+from babychain.services import Services
+
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+
+
+@dataclass(frozen=True)
+class Created:
+    run: dict[str, Any]
+    replayed: bool
+
+
+def create_run(svc: Services, principal: Principal, slug: str, body: Any, idempotency_key: str | None) -> Created:
+    template = find_template(slug)
+    if template is None:
+        raise not_found("chain_not_found", f"No chain template {slug!r}. GET /api/v1/chains lists them.")
+    if idempotency_key is not None and not IDEMPOTENCY_KEY.match(idempotency_key):
+        raise invalid_input("Idempotency-Key must be 1-255 characters of A-Z a-z 0-9 _ . : -.", "Idempotency-Key",
+                            code="invalid_idempotency_key")
+    mode = svc.settings.provider_mode
+    plan = plan_run(template, body, mode=mode, resolver=svc.resolver,
+                    allow_loopback_http=svc.settings.allow_loopback_http)
+    run_id = str(uuid.uuid4())
+    result = svc.store.create_run({
+        "id": run_id, "owner_id": principal.owner_id, "chain_slug": template.slug,
+        "chain_version": template.version, "mode": mode, "input": plan.input, "metadata": plan.metadata,
+        "webhook_url": plan.webhook_url, "idempotency_key": idempotency_key, "request_hash": plan.request_hash,
+        "run_timeout_seconds": svc.settings.run_timeout_seconds, "callback_event_id": f"evt_{run_id}",
+        "steps": [s.row() for s in plan.steps],
+    })
+    run = result["run"]
+    if not result["created"]:
+        if run["request_hash"] != plan.request_hash:
+            raise ApiError(409, "idempotency_conflict",
+                           "This Idempotency-Key was already used with a different request.",
+                           field="Idempotency-Key", details={"run_id": run["id"]})
+        return Created(present_run(run), replayed=True)
+    first = run["steps"][0]
+    # If this send is lost, the sweeper re-drives the step: it is due from now on.
+    svc.step_queue.send(step_message(run["id"], first["id"], first["seq"]))
+    return Created(present_run(run), replayed=False)
+
+
+def get_run(svc: Services, principal: Principal, run_id: str) -> dict[str, Any]:
+    return present_run(_owned_run(svc, principal, run_id))
+
+
+def _owned_run(svc: Services, principal: Principal, run_id: str) -> dict[str, Any]:
+    try:
+        uuid.UUID(run_id)
+    except ValueError as exc:
+        raise invalid_input("run_id must be a UUID.", "run_id", code="invalid_run_id") from exc
+    run = svc.store.get_run(run_id, principal.owner_id)
+    if run is None:  # another caller's run looks exactly like a missing one
+        raise not_found("run_not_found", f"No run {run_id}.")
+    return run
+
+
+def cancel_run(svc: Services, principal: Principal, run_id: str) -> dict[str, Any]:
+    _owned_run(svc, principal, run_id)
+    result = svc.store.cancel_run(run_id)
+    if result["canceled"]:
+        for step in result["steps"]:
+            if step.get("provider_job_id"):
+                _cancel_at_provider(svc, step)
+        if result["run"].get("webhook_url"):
+            svc.callback_queue.send(callback_message(run_id))
+    return present_run(result["run"])
+
+
+def _cancel_at_provider(svc: Services, step: dict[str, Any]) -> None:
+    try:
+        provider = svc.provider_for(MODELS_BY_ID[step["model_identifier"]])
+        provider.cancel(step["provider_job_id"], step.get("provider_metadata") or {})
+    except ProviderError:
+        pass  # best effort: the run is canceled here either way, and late results are ignored
+
+
+def list_runs(svc: Services, principal: Principal, params: dict[str, str]) -> dict[str, Any]:
+    try:
+        limit = int(params.get("limit", "20"))
+    except ValueError as exc:
+        raise invalid_input("limit must be an integer.", "limit", code="invalid_request") from exc
+    if not 1 <= limit <= 100:
+        raise invalid_input("limit must be between 1 and 100.", "limit", code="invalid_request")
+    status = params.get("status")
+    if status is not None and status not in RUN_STATUSES:
+        raise invalid_input(f"status must be one of {', '.join(RUN_STATUSES)}.", "status", code="invalid_request")
+    slug = params.get("chain_slug")
+    if slug is not None:
+        template = find_template(slug)
+        if template is None:
+            raise invalid_input(f"Unknown chain {slug!r}.", "chain_slug", code="invalid_request")
+        slug = template.slug
+    cursor = _decode_cursor(params["cursor"]) if params.get("cursor") else None
+    rows = svc.store.list_runs(principal.owner_id, limit=limit + 1, status=status, chain_slug=slug, cursor=cursor)
+    page = rows[:limit]
+    has_more = len(rows) > limit
+    return {
+        "object": "list",
+        "url": "/api/v1/chains/runs",
+        "data": [present_run(r) for r in page],
+        "has_more": has_more,
+        "next_cursor": _encode_cursor(page[-1]) if has_more else None,
+    }
+
+
+def _encode_cursor(run: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(f"{run['created_at']}|{run['id']}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        created_at, run_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        uuid.UUID(run_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise invalid_input("cursor is not one this API returned.", "cursor", code="invalid_request") from exc
+    return created_at, run_id
+
+
+def list_chains(svc: Services) -> dict[str, Any]:
+    mode = svc.settings.provider_mode
+    return {"object": "list", "url": "/api/v1/chains", "has_more": False,
+            "data": [t.summary(mode) for t in TEMPLATES]}
+
+
+def list_models(svc: Services) -> dict[str, Any]:
+    mode = svc.settings.provider_mode
+    return {"object": "list", "url": "/api/v1/models", "has_more": False, "mode": mode,
+            "data": [m.summary() for m in MODELS_BY_ID.values()]}

@@ -1,0 +1,38 @@
+"""The scheduled safety net: deadlines, lost messages, due callbacks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from babychain.chains.catalog import MODELS_BY_ID
+from babychain.errors import ProviderError
+from babychain.queues import callback_message, step_message
+from babychain.services import Services
+
+BATCH_LIMIT = 500
+
+
+def sweep(svc: Services) -> dict[str, int]:
+    s = svc.settings
+    result: dict[str, Any] = svc.store.sweep({
+        "grace_seconds": s.sweeper_grace_seconds, "limit": BATCH_LIMIT,
+        "image_step_timeout_seconds": s.image_step_timeout_seconds,
+        "video_step_timeout_seconds": s.video_step_timeout_seconds,
+        "callback_stale_seconds": s.callback_stale_seconds,
+    })
+    for step in result["timed_out_steps"]:
+        if step.get("provider_job_id") and step.get("provider"):
+            _cancel_quietly(svc, step)
+    for item in [*result["requeued_steps"], *result["due_steps"]]:
+        svc.step_queue.send(step_message(item["run_id"], item["step_id"], item["seq"]))
+    for run_id in result["due_callbacks"]:
+        svc.callback_queue.send(callback_message(run_id))
+    return {key: len(value) for key, value in result.items()}
+
+
+def _cancel_quietly(svc: Services, step: dict[str, Any]) -> None:
+    try:
+        provider = svc.provider_for(MODELS_BY_ID[step["model_identifier"]])
+        provider.cancel(step["provider_job_id"], step.get("provider_metadata") or {})
+    except ProviderError:
+        pass  # best effort: the step has failed here either way

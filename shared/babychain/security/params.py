@@ -1,0 +1,162 @@
+"""Input checks for step params: no credentials, no provider-controlled keys, bounded JSON.
+
+Provider keys live only in the server's configuration, so any key that looks like a credential is refused
+outright (rather than silently dropped) to tell callers early that their secret was sent to the wrong place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, NoReturn
+
+from babychain.errors import invalid_input
+
+CREDENTIAL_MESSAGE = (
+    "Credential-like keys are not allowed in step params. Configure provider keys on the BabyChain server."
+)
+PROVIDER_CONTROLLED_MESSAGE = (
+    "Provider-controlled keys are not allowed in step params. "
+    "Select models through input.chain_models; the engine manages callbacks."
+)
+
+_NON_ALNUM = re.compile(r"[^a-z0-9]")
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+_CREDENTIAL_PREFIXES = ("xbabychainprovider",)
+_CREDENTIAL_EXACT = frozenset(
+    {
+        "apikey",
+        "authorization",
+        "authtoken",
+        "accesstoken",
+        "bearertoken",
+        "dashscopeapikey",
+        "secret",
+        "secretkey",
+        "accesskeyid",
+        "accesskeysecret",
+        "token",
+        "xapikey",
+        "xkey",
+    }
+)
+# The last three go beyond the original list: they catch `admin_password`, `client_secret`, `rsa_private_key`.
+_CREDENTIAL_SUFFIXES = ("apikey", "secretkey", "accesskeysecret", "password", "clientsecret", "privatekey")
+
+_PROVIDER_CONTROLLED = frozenset(
+    {"callbackurl", "generationcallbackurl", "generationmodel", "model", "webhookurl", "webhooksecret"}
+)
+
+# Guards the credential walk against self-referencing Python objects; JSON input stays far below it.
+_MAX_WALK_NODES = 100_000
+
+
+def normalise_key(key: str) -> str:
+    """Lower-case and drop everything outside [a-z0-9], so `X-Api_Key` and `xapikey` compare equal."""
+    return _NON_ALNUM.sub("", key.lower())
+
+
+def is_credential_like_key(key: str) -> bool:
+    norm = normalise_key(key)
+    return (
+        norm.startswith(_CREDENTIAL_PREFIXES)
+        or norm in _CREDENTIAL_EXACT
+        or norm.endswith(_CREDENTIAL_SUFFIXES)
+    )
+
+
+def is_provider_controlled_key(key: str) -> bool:
+    return normalise_key(key) in _PROVIDER_CONTROLLED
+
+
+def child_path(path: str, key: str | int) -> str:
+    """Extend a dotted field path: `a.b`, `a[0]`, and `a["odd key"]` for keys that would be ambiguous."""
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    if _PLAIN_KEY.fullmatch(key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{json.dumps(key)}]"
+
+
+def check_step_params(params: Any, path: str) -> None:
+    """Reject credential-like keys at any depth and provider-controlled keys at the top level of `params`."""
+    if not isinstance(params, dict):
+        raise invalid_input("Step params must be a JSON object.", path)
+    for key in params:
+        if isinstance(key, str) and is_provider_controlled_key(key):
+            raise invalid_input(PROVIDER_CONTROLLED_MESSAGE, child_path(path, key))
+
+    stack: list[tuple[Any, str]] = [(params, path)]
+    seen: set[int] = set()
+    while stack:
+        value, here = stack.pop()
+        if isinstance(value, dict | list):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            if len(seen) > _MAX_WALK_NODES:
+                raise invalid_input("Step params are too large.", path, code="invalid_request")
+        if isinstance(value, dict):
+            for key, child in value.items():
+                key_text = str(key)
+                if is_credential_like_key(key_text):
+                    raise invalid_input(CREDENTIAL_MESSAGE, child_path(here, key_text))
+                stack.append((child, child_path(here, key_text)))
+        elif isinstance(value, list):
+            stack.extend((child, child_path(here, index)) for index, child in enumerate(value))
+
+
+def check_json_bounds(
+    value: Any,
+    path: str,
+    *,
+    max_depth: int = 12,
+    max_keys: int = 200,
+    max_array: int = 100,
+    max_string: int = 8192,
+    max_nodes: int = 1000,
+) -> None:
+    """Bound the size and shape of caller JSON before anything else walks it.
+
+    Depth counts nested containers: a flat object is depth 1. Keys count towards `max_string`; every value
+    (and the root) counts towards `max_nodes`. Only JSON types are accepted, and numbers must be finite.
+    """
+
+    def fail(message: str, field: str) -> NoReturn:
+        raise invalid_input(message, field or None, code="invalid_request")
+
+    nodes = 0
+    # Each entry is (value, path, depth of the containers around it); the root sits inside none.
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    while stack:
+        item, here, depth = stack.pop()
+        nodes += 1
+        if nodes > max_nodes:
+            fail(f"Value has more than {max_nodes} items in total.", path)
+        if isinstance(item, dict):
+            if depth + 1 > max_depth:
+                fail(f"Value is nested deeper than {max_depth} levels.", here)
+            if len(item) > max_keys:
+                fail(f"Object has more than {max_keys} keys.", here)
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    fail("Object keys must be strings.", here)
+                if len(key) > max_string:
+                    fail(f"Key is longer than {max_string} characters.", here)
+                stack.append((child, child_path(here, key), depth + 1))
+        elif isinstance(item, list):
+            if depth + 1 > max_depth:
+                fail(f"Value is nested deeper than {max_depth} levels.", here)
+            if len(item) > max_array:
+                fail(f"Array is longer than {max_array} items.", here)
+            stack.extend((child, child_path(here, index), depth + 1) for index, child in enumerate(item))
+        elif isinstance(item, str):
+            if len(item) > max_string:
+                fail(f"String is longer than {max_string} characters.", here)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                fail("Numbers must be finite.", here)
+        elif item is not None and not isinstance(item, bool | int):
+            fail("Value is not valid JSON.", here)

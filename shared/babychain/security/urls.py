@@ -1,0 +1,269 @@
+"""URL safety: which URLs the engine may fetch, hand to a provider, or post a callback to.
+
+A URL is safe when it is HTTPS, carries no credentials, and its host resolves only to public addresses. The
+resolver is always a parameter: callers pass `system_resolver` in production and fixed answers in tests, and
+`safe_http` connects to exactly the addresses validated here (DNS rebinding cannot swap them afterwards).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import httpx
+from babychain.errors import UnsafeUrlError
+from babychain.security.params import child_path
+
+Resolver = Callable[[str, int], list[str]]
+
+MAX_URL_LENGTH = 2048
+DNS_TIMEOUT_SECONDS = 5.0
+# find_urls runs after check_json_bounds (1,000 nodes); this only stops a runaway walk of a huge object.
+_MAX_FIND_NODES = 100_000
+
+_IPV4_BLOCKED = tuple(
+    ipaddress.IPv4Network(net)
+    for net in (
+        "0.0.0.0/8",  # "this network", includes the unspecified address
+        "10.0.0.0/8",
+        "100.64.0.0/10",  # CGNAT; Alibaba's metadata service sits at 100.100.100.200
+        "127.0.0.0/8",
+        "169.254.0.0/16",  # link-local; the cloud metadata service at 169.254.169.254
+        "172.16.0.0/12",
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",  # TEST-NET-1
+        "192.31.196.0/24",  # AS112
+        "192.52.193.0/24",  # AMT
+        "192.88.99.0/24",  # deprecated 6to4 relay anycast
+        "192.168.0.0/16",
+        "192.175.48.0/24",  # AS112 direct delegation
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",  # TEST-NET-2
+        "203.0.113.0/24",  # TEST-NET-3
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, includes broadcast 255.255.255.255
+    )
+)
+
+# Only global unicast (2000::/3) can be public. Everything outside it (::, ::1, IPv4-compatible ::/96, NAT64
+# 64:ff9b::/96, discard 100::/64, ULA fc00::/7, link-local fe80::/10, multicast ff00::/8) is refused by that.
+_IPV6_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+_IPV6_BLOCKED = tuple(
+    ipaddress.IPv6Network(net)
+    for net in (
+        "2001::/23",  # IETF protocol assignments: Teredo 2001::/32, benchmarking, ORCHID
+        "2001:db8::/32",  # documentation
+        "2002::/16",  # 6to4 embeds an arbitrary IPv4 address
+        "2620:4f:8000::/48",  # AS112
+        "3fff::/16",  # documentation (RFC 9637)
+        "64:ff9b::/96",  # NAT64 (already outside 2000::/3; listed so the intent is explicit)
+        "64:ff9b:1::/48",  # local-use NAT64
+    )
+)
+
+_LOOPBACK_V4 = ipaddress.IPv4Network("127.0.0.0/8")
+_LOOPBACK_V6 = ipaddress.IPv6Address("::1")
+
+# Whitespace, control characters and backslashes make URL parsers disagree (WHATWG reads `\` as `/`), so a
+# provider could read a different host than we checked. Refuse them rather than guess.
+_FORBIDDEN_CHARS = re.compile(r"[\x00-\x20\x7f\\]")
+_HOSTNAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))*")
+# A last label that is all digits or 0x-hex makes browsers and inet_aton read the host as an IPv4 number
+# (`2130706433`, `0x7f.1`, `127.1`, `0177.0.0.1`); only the canonical dotted quad is accepted.
+_NUMERIC_LABEL = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)")
+_URL_PREFIX = re.compile(r"https?://", re.IGNORECASE)
+_LEADING_JUNK = "".join(chr(code) for code in range(0x21))
+
+
+@dataclass(frozen=True)
+class CheckedUrl:
+    """A URL that passed `check_url`, with the addresses it may be fetched from (in resolver order)."""
+
+    url: str
+    scheme: str
+    host: str  # lower-case ASCII (IDNA), no brackets, no trailing dot
+    port: int
+    addresses: tuple[str, ...]
+
+
+def system_resolver(host: str, port: int, timeout: float = DNS_TIMEOUT_SECONDS) -> list[str]:
+    """All unique addresses `getaddrinfo` returns for host; an error or hung lookup gives [] (fail closed)."""
+    result: list[str] = []
+
+    def lookup() -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError, ValueError):
+            return
+        for info in infos:
+            address = str(info[4][0])
+            if address not in result:
+                result.append(address)
+
+    # getaddrinfo cannot be cancelled; a daemon thread lets a hung lookup fail closed without blocking us.
+    thread = threading.Thread(target=lookup, name="babychain-dns", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        return []
+    return list(result)
+
+
+def _parse_ip(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if not isinstance(ip, str) or "%" in ip:  # scoped IPv6 addresses are link-local by nature
+        return None
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # `::ffff:a.b.c.d` reaches the IPv4 host, so judge it as that host
+    return address
+
+
+def is_public_address(ip: str) -> bool:
+    """True only for a globally routable unicast address; anything unparseable is not public."""
+    address = _parse_ip(ip)
+    if address is None:
+        return False
+    if isinstance(address, ipaddress.IPv4Address):
+        if any(address in net for net in _IPV4_BLOCKED):
+            return False
+    else:
+        if address not in _IPV6_GLOBAL_UNICAST or any(address in net for net in _IPV6_BLOCKED):
+            return False
+    # Belt and braces: the standard library's own registry view must agree.
+    return not (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+    )
+
+
+def is_loopback_address(ip: str) -> bool:
+    """127.0.0.0/8 or ::1 only (the development runner's addresses); mapped forms are not accepted."""
+    if not isinstance(ip, str) or "%" in ip:
+        return False
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv4Address):
+        return address in _LOOPBACK_V4
+    return address == _LOOPBACK_V6
+
+
+def _is_blocked_name(host: str) -> bool:
+    return host in ("localhost", "metadata.google.internal") or host.endswith(".localhost")
+
+
+def check_url(
+    url: str, *, resolver: Resolver, allow_loopback_http: bool = False, field: str | None = None
+) -> CheckedUrl:
+    """Validate url and resolve its host; raise UnsafeUrlError unless every address is allowed.
+
+    `allow_loopback_http` is the development setting: it also admits `http` URLs whose host resolves only to
+    loopback, and loopback answers for `https`. Other private ranges stay blocked either way.
+    """
+
+    def fail(message: str) -> NoReturn:
+        raise UnsafeUrlError(message, field)
+
+    if not isinstance(url, str) or not url:
+        fail("URL must be a valid URL.")
+    if len(url) > MAX_URL_LENGTH:
+        fail(f"URL is longer than {MAX_URL_LENGTH} characters.")
+    if _FORBIDDEN_CHARS.search(url):
+        fail("URL must be a valid URL without spaces, control characters or backslashes.")
+    try:
+        # httpx's parser is the one that sends the request, so validation and connection agree on the host.
+        parsed = httpx.URL(url)
+        raw_host = parsed.raw_host.decode("ascii")
+        explicit_port = parsed.port
+    except (httpx.InvalidURL, ValueError, UnicodeError):
+        fail("URL must be a valid URL.")
+
+    scheme = parsed.scheme.lower()
+    if scheme not in ("http", "https") or (scheme == "http" and not allow_loopback_http):
+        fail("URL must use HTTPS.")
+    if parsed.userinfo:
+        fail("URL must not contain credentials.")
+    host = raw_host.lower()
+    if host.endswith("."):
+        host = host[:-1]
+    if not host:
+        fail("URL must include a host.")
+    port = explicit_port if explicit_port is not None else (443 if scheme == "https" else 80)
+    if not 0 < port < 65536:
+        fail("URL port is not valid.")
+
+    if ":" in host:
+        # httpx strips the brackets of an IPv6 literal; zone ids (`%eth0`) only name link-local scopes.
+        if _parse_ip(host) is None or "%" in host:
+            fail("URL host is not a valid IP address.")
+        addresses = [host]
+    elif _NUMERIC_LABEL.fullmatch(host.rsplit(".", 1)[-1]):
+        try:
+            canonical = str(ipaddress.IPv4Address(host))
+        except ValueError:
+            canonical = ""
+        if canonical != host:
+            fail("URL host must be a domain name or a standard dotted IPv4 address.")
+        addresses = [host]
+    else:
+        if len(host) > 253 or not _HOSTNAME.fullmatch(host):
+            fail("URL host is not a valid domain name.")
+        if host == "metadata.google.internal" or (_is_blocked_name(host) and not allow_loopback_http):
+            fail("URL host is not allowed.")
+        addresses = list(dict.fromkeys(resolver(host, port)))
+        if not addresses:
+            fail("URL host must resolve to a public address.")
+
+    for address in addresses:
+        if scheme == "http":
+            # Plain HTTP exists only for the local runner; a public answer still has to use HTTPS.
+            if not is_loopback_address(address):
+                fail("URL must use HTTPS.")
+        elif not (is_public_address(address) or (allow_loopback_http and is_loopback_address(address))):
+            fail("URL host must resolve to a public address.")
+
+    return CheckedUrl(url=url, scheme=scheme, host=host, port=port, addresses=tuple(addresses))
+
+
+def find_urls(value: Any, path: str = "") -> list[tuple[str, str]]:
+    """Every string in nested dicts/lists that starts with http:// or https://, as (field path, url).
+
+    Leading whitespace is skipped when matching (URL parsers strip it) but the string is returned as given, so
+    `check_url` sees and refuses it. Walks iteratively and in document order; a cycle is visited once.
+    """
+    found: list[tuple[str, str]] = []
+    stack: list[tuple[Any, str]] = [(value, path)]
+    seen: set[int] = set()
+    nodes = 0
+    while stack:
+        item, here = stack.pop()
+        nodes += 1
+        if nodes > _MAX_FIND_NODES:
+            raise UnsafeUrlError("Input is too large to check for URLs.", path or None)
+        if isinstance(item, str):
+            if _URL_PREFIX.match(item.lstrip(_LEADING_JUNK)):
+                found.append((here, item))
+        elif isinstance(item, dict | list):
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            children = (
+                [(child, child_path(here, str(key))) for key, child in item.items()]
+                if isinstance(item, dict)
+                else [(child, child_path(here, index)) for index, child in enumerate(item)]
+            )
+            stack.extend(reversed(children))  # reversed so pops come out in document order
+    return found

@@ -1,0 +1,489 @@
+"""safe_http against a real HTTP server on loopback, plus MockTransport checks for what cannot run locally."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from babychain.errors import UnsafeUrlError
+from babychain.security.safe_http import FetchError, fetch_bytes, parse_retry_after, post_json
+from babychain.security.urls import Resolver
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen: list[dict[str, Any]] = []  # replaced per server by the fixture
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+        pass
+
+    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _record(self, body: bytes = b"") -> None:
+        self.seen.append(
+            {"method": self.command, "path": self.path, "headers": dict(self.headers.items()), "body": body}
+        )
+
+    def do_GET(self) -> None:
+        self._record()
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        if url.path == "/file":
+            self._send(200, b"hello bytes", {"Content-Type": "image/png"})
+        elif url.path == "/host":
+            self._send(200, self.headers["Host"].encode(), {"Content-Type": "text/plain"})
+        elif url.path == "/redirect":
+            self._send(302, headers={"Location": "/file"})
+        elif url.path == "/redirect-to":
+            self._send(int(query.get("status", ["302"])[0]), headers={"Location": query["to"][0]})
+        elif url.path == "/loop":
+            self._send(307, headers={"Location": "/loop"})
+        elif url.path == "/big":
+            self._send(200, b"x" * 10_000)
+        elif url.path == "/big-unannounced":
+            # No Content-Length: the client only finds out by reading.
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            try:
+                for _ in range(80):
+                    self.wfile.write(b"y" * 65536)
+            except OSError:
+                pass  # the client hung up, as it should
+        elif url.path == "/unavailable":
+            self._send(503, b"busy", {"Retry-After": "7"})
+        elif url.path == "/missing":
+            self._send(404, b"nope")
+        elif url.path == "/slow":
+            time.sleep(1.5)
+            self._send(200, b"late")
+        elif url.path == "/drip":
+            self.send_response(200)
+            self.send_header("Content-Length", "20")
+            self.end_headers()
+            try:
+                for _ in range(20):
+                    self.wfile.write(b"d")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass
+        else:
+            self._send(404)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self._record(body)
+        url = urlsplit(self.path)
+        if url.path == "/echo":
+            echoed = {"headers": dict(self.headers.items()), "body": body.decode()}
+            self._send(200, json.dumps(echoed).encode(), {"Content-Type": "application/json"})
+        elif url.path == "/post-redirect":
+            self._send(302, b"moved", {"Location": "/echo"})
+        elif url.path == "/post-busy":
+            self._send(503, b"try later", {"Retry-After": "7"})
+        elif url.path == "/post-big":
+            self._send(200, "é".encode() * 50_000)
+        else:
+            self._send(404)
+
+
+class Server:
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        handler = type("BoundHandler", (Handler,), {"seen": self.seen})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    srv = Server()
+    srv.thread.start()
+    yield srv
+    srv.httpd.shutdown()
+    srv.httpd.server_close()
+
+
+def no_dns(host: str, port: int) -> list[str]:
+    raise AssertionError(f"resolver must not be called for {host}")
+
+
+def fixed(answers: dict[str, list[str]]) -> Resolver:
+    return lambda host, port: list(answers.get(host, []))
+
+
+class RecordingTransport(httpx.BaseTransport):
+    """Real network I/O, but remembers every request that reached the transport (every connection use)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.requests: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- fetch_bytes over real loopback HTTP ---
+
+
+def test_fetch_returns_body_and_type(server: Server) -> None:
+    fetched = fetch_bytes(server.url("/file"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True)
+    assert (fetched.content, fetched.content_type, fetched.url) == (
+        b"hello bytes",
+        "image/png",
+        server.url("/file"),
+    )
+
+
+def test_http_is_refused_without_the_development_setting(server: Server) -> None:
+    with pytest.raises(UnsafeUrlError, match="HTTPS"):
+        fetch_bytes(server.url("/file"), resolver=no_dns, max_bytes=1024)
+    assert server.seen == []
+
+
+def test_fetch_connects_to_the_pinned_address_and_keeps_the_host(server: Server) -> None:
+    # Nothing on this machine resolves files.test, so success means the validated IP was used.
+    url = server.url("/host", host="files.test")
+    fetched = fetch_bytes(
+        url, resolver=fixed({"files.test": ["127.0.0.1"]}), max_bytes=1024, allow_loopback_http=True
+    )
+    assert fetched.content == f"files.test:{server.port}".encode()
+    assert fetched.url == url
+    assert server.seen[0]["headers"]["Host"] == f"files.test:{server.port}"
+
+
+def test_relative_redirect_is_followed_and_rechecked(server: Server) -> None:
+    calls: list[str] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        calls.append(host)
+        return ["127.0.0.1"] if host == "files.test" else []
+
+    fetched = fetch_bytes(
+        server.url("/redirect", host="files.test"),
+        resolver=resolver,
+        max_bytes=1024,
+        allow_loopback_http=True,
+    )
+    assert fetched.content == b"hello bytes"
+    assert fetched.url == server.url("/file", host="files.test")
+    assert calls == ["files.test", "files.test"]  # every hop resolved and checked again
+    assert [hit["path"] for hit in server.seen] == ["/redirect", "/file"]
+
+
+def test_redirect_to_metadata_is_refused_before_connecting(server: Server) -> None:
+    transport = RecordingTransport()
+    target = "http://169.254.169.254/latest/meta-data/"
+    with httpx.Client(transport=transport) as client, pytest.raises(UnsafeUrlError, match="HTTPS"):
+        fetch_bytes(
+            server.url(f"/redirect-to?to={target}"),
+            resolver=no_dns,
+            max_bytes=1024,
+            allow_loopback_http=True,
+            client=client,
+        )
+    assert [request.url.host for request in transport.requests] == ["127.0.0.1"]
+    assert len(server.seen) == 1
+
+
+@pytest.mark.parametrize("status", ["301", "303", "307", "308"])
+def test_redirect_to_a_name_with_a_private_answer_is_refused(server: Server, status: str) -> None:
+    transport = RecordingTransport()
+    resolver = fixed({"internal.test": ["10.0.0.7"]})
+    with httpx.Client(transport=transport) as client, pytest.raises(UnsafeUrlError):
+        fetch_bytes(
+            server.url(f"/redirect-to?status={status}&to=http://internal.test:{server.port}/file"),
+            resolver=resolver,
+            max_bytes=1024,
+            allow_loopback_http=True,
+            client=client,
+        )
+    assert len(transport.requests) == 1
+
+
+def test_redirect_loop_stops_after_the_cap(server: Server) -> None:
+    with pytest.raises(FetchError) as info:
+        fetch_bytes(
+            server.url("/loop"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True, max_redirects=2
+        )
+    assert info.value.transient is False
+    assert len(server.seen) == 3  # the first request plus two redirects
+
+
+def test_announced_oversized_body_is_refused(server: Server) -> None:
+    with pytest.raises(UnsafeUrlError, match="larger than 1000 bytes"):
+        fetch_bytes(server.url("/big"), resolver=no_dns, max_bytes=1000, allow_loopback_http=True)
+    assert (
+        len(
+            fetch_bytes(
+                server.url("/big"), resolver=no_dns, max_bytes=10_000, allow_loopback_http=True
+            ).content
+        )
+        == 10_000
+    )
+
+
+def test_unannounced_oversized_body_is_cut_off(server: Server) -> None:
+    started = time.monotonic()
+    with pytest.raises(UnsafeUrlError, match="larger than 100000 bytes"):
+        fetch_bytes(
+            server.url("/big-unannounced"), resolver=no_dns, max_bytes=100_000, allow_loopback_http=True
+        )
+    assert time.monotonic() - started < 5
+
+
+def test_server_error_is_transient(server: Server) -> None:
+    with pytest.raises(FetchError) as info:
+        fetch_bytes(server.url("/unavailable"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True)
+    assert (info.value.status_code, info.value.transient, info.value.retry_after) == (503, True, 7.0)
+
+
+def test_not_found_is_permanent(server: Server) -> None:
+    with pytest.raises(FetchError) as info:
+        fetch_bytes(server.url("/missing"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True)
+    assert (info.value.status_code, info.value.transient) == (404, False)
+
+
+def test_read_timeout_is_transient(server: Server) -> None:
+    with pytest.raises(FetchError) as info:
+        fetch_bytes(
+            server.url("/slow"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True, timeout=0.2
+        )
+    assert info.value.transient is True and info.value.status_code is None
+
+
+def test_total_timeout_stops_a_dripping_body(server: Server) -> None:
+    url = server.url("/drip")
+    assert fetch_bytes(url, resolver=no_dns, max_bytes=1024, allow_loopback_http=True).content == b"d" * 20
+    with pytest.raises(FetchError) as info:
+        fetch_bytes(url, resolver=no_dns, max_bytes=1024, allow_loopback_http=True, total_timeout=0.2)
+    assert info.value.transient is True
+
+
+def test_connection_refused_is_transient() -> None:
+    with pytest.raises(FetchError) as info:
+        fetch_bytes(
+            f"http://127.0.0.1:{free_port()}/x", resolver=no_dns, max_bytes=10, allow_loopback_http=True
+        )
+    assert info.value.transient is True
+
+
+# --- post_json over real loopback HTTP ---
+
+
+def test_post_delivers_body_and_headers_to_the_pinned_address(server: Server) -> None:
+    result = post_json(
+        server.url("/echo", host="hooks.test"),
+        b'{"event":"run.succeeded"}',
+        {"webhook-id": "msg_1", "Host": "attacker.example"},
+        resolver=fixed({"hooks.test": ["127.0.0.1"]}),
+        allow_loopback_http=True,
+    )
+    assert result.status_code == 200 and result.retry_after is None
+    echoed = json.loads(result.body_excerpt)
+    assert echoed["body"] == '{"event":"run.succeeded"}'
+    assert echoed["headers"]["Host"] == f"hooks.test:{server.port}"  # the caller cannot override Host
+    assert echoed["headers"]["Content-Type"] == "application/json"
+    assert echoed["headers"]["webhook-id"] == "msg_1"
+
+
+def test_post_keeps_a_caller_content_type(server: Server) -> None:
+    result = post_json(
+        server.url("/echo"),
+        b"{}",
+        {"content-type": "application/cloudevents+json"},
+        resolver=no_dns,
+        allow_loopback_http=True,
+    )
+    assert json.loads(result.body_excerpt)["headers"]["content-type"] == "application/cloudevents+json"
+
+
+def test_post_redirect_is_returned_not_followed(server: Server) -> None:
+    result = post_json(server.url("/post-redirect"), b"{}", {}, resolver=no_dns, allow_loopback_http=True)
+    assert (result.status_code, result.body_excerpt) == (302, "moved")
+    assert [hit["path"] for hit in server.seen] == ["/post-redirect"]
+
+
+def test_post_error_status_is_a_result_with_retry_after(server: Server) -> None:
+    result = post_json(server.url("/post-busy"), b"{}", {}, resolver=no_dns, allow_loopback_http=True)
+    assert (result.status_code, result.body_excerpt, result.retry_after) == (503, "try later", 7.0)
+
+
+def test_post_response_body_is_capped(server: Server) -> None:
+    result = post_json(server.url("/post-big"), b"{}", {}, resolver=no_dns, allow_loopback_http=True)
+    assert result.body_excerpt == "é" * 2000
+
+
+def test_post_to_a_private_address_never_connects() -> None:
+    transport = RecordingTransport()
+    with httpx.Client(transport=transport) as client, pytest.raises(UnsafeUrlError, match="public address"):
+        post_json(
+            "https://hooks.example/cb",
+            b"{}",
+            {},
+            resolver=fixed({"hooks.example": ["10.1.2.3"]}),
+            client=client,
+        )
+    assert transport.requests == []
+
+
+def test_post_connection_refused_is_transient() -> None:
+    with pytest.raises(FetchError) as info:
+        post_json(f"http://127.0.0.1:{free_port()}/cb", b"{}", {}, resolver=no_dns, allow_loopback_http=True)
+    assert info.value.transient is True
+
+
+# --- HTTPS pinning, observed at the transport ---
+
+
+def mock_client(
+    handler: Callable[[httpx.Request], httpx.Response],
+) -> tuple[httpx.Client, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return handler(request)
+
+    return httpx.Client(transport=httpx.MockTransport(record)), seen
+
+
+def test_https_fetch_targets_the_ip_with_sni_and_host() -> None:
+    client, seen = mock_client(
+        lambda request: httpx.Response(200, content=b"png", headers={"Content-Type": "image/png"})
+    )
+    fetched = fetch_bytes(
+        "https://cdn.example/a.png?sig=1",
+        resolver=fixed({"cdn.example": ["93.184.216.34"]}),
+        max_bytes=10,
+        client=client,
+    )
+    assert fetched.content == b"png" and fetched.url == "https://cdn.example/a.png?sig=1"
+    (request,) = seen
+    assert (request.url.scheme, request.url.host, request.url.raw_path) == (
+        "https",
+        "93.184.216.34",
+        b"/a.png?sig=1",
+    )
+    assert request.headers["Host"] == "cdn.example"
+    assert request.extensions["sni_hostname"] == "cdn.example"
+
+
+def test_https_ipv6_pin_is_bracketed_and_keeps_the_port() -> None:
+    client, seen = mock_client(lambda request: httpx.Response(204))
+    result = post_json(
+        "https://hooks.example:8443/cb",
+        b"{}",
+        {},
+        resolver=fixed({"hooks.example": ["2606:4700::1"]}),
+        client=client,
+    )
+    assert result.status_code == 204
+    (request,) = seen
+    assert request.url.host == "2606:4700::1" and request.url.port == 8443
+    assert str(request.url).startswith("https://[2606:4700::1]:8443/cb")
+    assert request.headers["Host"] == "hooks.example:8443"
+    assert request.extensions["sni_hostname"] == "hooks.example"
+    assert request.method == "POST" and request.content == b"{}"
+
+
+def test_plain_http_sets_no_sni(server: Server) -> None:
+    client, seen = mock_client(lambda request: httpx.Response(200, content=b"ok"))
+    fetch_bytes(
+        "http://127.0.0.1:9/x", resolver=no_dns, max_bytes=10, allow_loopback_http=True, client=client
+    )
+    assert "sni_hostname" not in seen[0].extensions
+
+
+def test_https_downgrade_redirect_is_refused() -> None:
+    client, seen = mock_client(
+        lambda request: httpx.Response(302, headers={"Location": "http://cdn.example/b"})
+    )
+    with pytest.raises(UnsafeUrlError, match="HTTPS"):
+        fetch_bytes(
+            "https://cdn.example/a",
+            resolver=fixed({"cdn.example": ["93.184.216.34"]}),
+            max_bytes=10,
+            client=client,
+        )
+    assert len(seen) == 1
+
+
+def test_cross_host_redirect_is_pinned_to_the_new_hosts_address() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.headers["Host"] == "a.example":
+            return httpx.Response(302, headers={"Location": "https://b.example/final"})
+        return httpx.Response(200, content=b"done")
+
+    client, seen = mock_client(handler)
+    resolver = fixed({"a.example": ["93.184.216.34"], "b.example": ["8.8.8.8"]})
+    fetched = fetch_bytes("https://a.example/start", resolver=resolver, max_bytes=10, client=client)
+    assert fetched.url == "https://b.example/final"
+    assert [(r.url.host, r.headers["Host"], r.extensions["sni_hostname"]) for r in seen] == [
+        ("93.184.216.34", "a.example", "a.example"),
+        ("8.8.8.8", "b.example", "b.example"),
+    ]
+
+
+def test_connect_failure_moves_to_the_next_validated_address() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "2606:4700::1":
+            raise httpx.ConnectError("network unreachable", request=request)
+        return httpx.Response(200, content=b"v4")
+
+    client, seen = mock_client(handler)
+    resolver = fixed({"cdn.example": ["2606:4700::1", "93.184.216.34"]})
+    assert (
+        fetch_bytes("https://cdn.example/", resolver=resolver, max_bytes=10, client=client).content == b"v4"
+    )
+    assert [r.url.host for r in seen] == ["2606:4700::1", "93.184.216.34"]
+
+
+def test_redirect_without_location_fails() -> None:
+    client, _ = mock_client(lambda request: httpx.Response(302))
+    with pytest.raises(FetchError) as info:
+        fetch_bytes(
+            "https://cdn.example/", resolver=fixed({"cdn.example": ["8.8.8.8"]}), max_bytes=10, client=client
+        )
+    assert (info.value.status_code, info.value.transient) == (302, False)
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    later = parse_retry_after(format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True))
+    assert later is not None and 50 <= later <= 61
+    assert parse_retry_after("Mon, 01 Jan 2001 00:00:00 GMT") == 0.0

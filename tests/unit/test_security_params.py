@@ -1,0 +1,230 @@
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from babychain.errors import ApiError
+from babychain.security.params import (
+    CREDENTIAL_MESSAGE,
+    PROVIDER_CONTROLLED_MESSAGE,
+    check_json_bounds,
+    check_step_params,
+    is_credential_like_key,
+    is_provider_controlled_key,
+    normalise_key,
+)
+
+
+def test_normalise_key() -> None:
+    assert normalise_key("X-BabyChain-Provider-Key") == "xbabychainproviderkey"
+    assert normalise_key("API_KEY") == "apikey"
+    assert normalise_key("  Bearer.Token ") == "bearertoken"
+    assert normalise_key("ÄpiKey") == "pikey"  # non-ASCII letters are dropped, not folded
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "X-BabyChain-Provider-Key",
+        "x_babychain_provider_anything",
+        "api_key",
+        "apiKey",
+        "API-KEY",
+        "Authorization",
+        "auth_token",
+        "accessToken",
+        "bearer_token",
+        "dashscope_api_key",
+        "secret",
+        "secret_key",
+        "access_key_id",
+        "access_key_secret",
+        "token",
+        "x-api-key",
+        "x-key",
+        "openai_api_key",
+        "aws_secret_key",
+        "aliyun_access_key_secret",
+        "password",
+        "admin_password",
+        "client_secret",
+        "rsa_private_key",
+    ],
+)
+def test_credential_like_keys(key: str) -> None:
+    assert is_credential_like_key(key)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "prompt",
+        "image",
+        "seed",
+        "tokens",
+        "max_tokens",
+        "token_count",
+        "secret_sauce",
+        "keyframe",
+        "api",
+        "key",
+    ],
+)
+def test_ordinary_keys_are_not_credentials(key: str) -> None:
+    assert not is_credential_like_key(key)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "callback_url",
+        "callbackUrl",
+        "generation_callback_url",
+        "generation_model",
+        "Model",
+        "webhook_url",
+        "webhook-secret",
+    ],
+)
+def test_provider_controlled_keys(key: str) -> None:
+    assert is_provider_controlled_key(key)
+
+
+@pytest.mark.parametrize("key", ["model_name", "models", "return_last_frame", "callback", "url"])
+def test_other_keys_are_not_provider_controlled(key: str) -> None:
+    assert not is_provider_controlled_key(key)
+
+
+def rejected(params: Any, path: str) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        check_step_params(params, path)
+    assert info.value.status == 400
+    return info.value
+
+
+def test_clean_params_pass() -> None:
+    check_step_params(
+        {"prompt": "a cat", "size": "1024x1024", "content": [{"type": "text", "text": "hi"}], "seed": 3},
+        "input.text_to_image_params",
+    )
+
+
+def test_credential_at_top_level() -> None:
+    error = rejected({"prompt": "x", "api_key": "sk-123"}, "input.text_to_image_params")
+    assert (error.code, error.message, error.field) == (
+        "invalid_chain_input",
+        CREDENTIAL_MESSAGE,
+        "input.text_to_image_params.api_key",
+    )
+
+
+def test_credential_inside_array_of_objects() -> None:
+    error = rejected(
+        {"content": [{"type": "text"}, {"type": "image", "token": "t"}]}, "input.image_to_video_params"
+    )
+    assert error.field == "input.image_to_video_params.content[1].token"
+    assert error.message == CREDENTIAL_MESSAGE
+
+
+def test_credential_deep_in_nested_arrays() -> None:
+    error = rejected({"a": [[{"b": {"X-BabyChain-Provider-Key": "k"}}]]}, "p")
+    assert error.field == "p.a[0][0].b.X-BabyChain-Provider-Key"
+    assert rejected({"odd": {"my api.key": 1}}, "p").field == 'p.odd["my api.key"]'
+
+
+def test_provider_controlled_key_at_top_level() -> None:
+    error = rejected({"prompt": "x", "Model": "flux"}, "input.text_to_image_params")
+    assert (error.code, error.message, error.field) == (
+        "invalid_chain_input",
+        PROVIDER_CONTROLLED_MESSAGE,
+        "input.text_to_image_params.Model",
+    )
+
+
+def test_provider_controlled_key_nested_is_allowed() -> None:
+    check_step_params({"content": [{"model": "nested is fine", "callback_url": "also fine"}]}, "p")
+
+
+def test_params_must_be_an_object() -> None:
+    error = rejected(["api_key"], "input.text_to_image_params")
+    assert error.field == "input.text_to_image_params"
+
+
+def test_cyclic_python_value_terminates() -> None:
+    params: dict[str, Any] = {"items": []}
+    params["items"].append(params)
+    check_step_params(params, "p")
+
+
+def bounds_error(value: Any, **limits: int) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        check_json_bounds(value, "input.params", **limits)
+    assert info.value.code == "invalid_request"
+    assert info.value.status == 400
+    return info.value
+
+
+def test_bounds_accept_a_typical_value() -> None:
+    check_json_bounds(
+        {"prompt": "x" * 8192, "list": list(range(100)), "nested": {"a": [1.5, True, None, "s"]}}, "input"
+    )
+
+
+def test_array_too_long() -> None:
+    error = bounds_error({"a": {"b": list(range(101))}})
+    assert (error.message, error.field) == ("Array is longer than 100 items.", "input.params.a.b")
+
+
+def test_too_many_keys() -> None:
+    error = bounds_error({f"k{i}": i for i in range(201)})
+    assert error.message == "Object has more than 200 keys."
+    assert error.field == "input.params"
+
+
+def test_string_too_long() -> None:
+    error = bounds_error({"items": ["ok", "y" * 8193]})
+    assert (error.message, error.field) == ("String is longer than 8192 characters.", "input.params.items[1]")
+
+
+def test_key_too_long() -> None:
+    assert "Key is longer" in bounds_error({"k" * 9000: 1}).message
+
+
+def test_too_deep() -> None:
+    value: Any = "leaf"
+    for _ in range(12):
+        value = [value]
+    check_json_bounds(value, "p")  # exactly 12 levels
+    error = bounds_error([value])
+    assert error.message == "Value is nested deeper than 12 levels."
+    assert error.field == "input.params" + "[0]" * 12
+
+
+def test_very_deep_value_does_not_recurse() -> None:
+    value: Any = 1
+    for _ in range(100_000):
+        value = {"a": value}
+    assert "nested deeper" in bounds_error(value).message
+
+
+def test_too_many_nodes() -> None:
+    value = {f"k{i}": list(range(99)) for i in range(11)}  # 1 + 11 + 1089 nodes
+    assert bounds_error(value).message == "Value has more than 1000 items in total."
+    check_json_bounds({f"k{i}": list(range(99)) for i in range(9)}, "p")  # 1 + 9 + 891
+
+
+@pytest.mark.parametrize("number", [math.inf, -math.inf, math.nan])
+def test_non_finite_numbers(number: float) -> None:
+    error = bounds_error({"scale": [1.0, number]})
+    assert (error.message, error.field) == ("Numbers must be finite.", "input.params.scale[1]")
+
+
+@pytest.mark.parametrize("value", [{1: "x"}, {"a": {1, 2}}, {"a": b"bytes"}, {"a": object()}])
+def test_non_json_values(value: Any) -> None:
+    bounds_error(value)
+
+
+def test_custom_limits() -> None:
+    assert bounds_error([1, 2, 3], max_array=2).message == "Array is longer than 2 items."
+    assert bounds_error("abc", max_string=2).field == "input.params"

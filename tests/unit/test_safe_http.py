@@ -76,10 +76,10 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, b"late")
         elif url.path == "/drip":
             self.send_response(200)
-            self.send_header("Content-Length", "20")
+            self.send_header("Content-Length", "10")
             self.end_headers()
             try:
-                for _ in range(20):
+                for _ in range(10):
                     self.wfile.write(b"d")
                     self.wfile.flush()
                     time.sleep(0.05)
@@ -111,7 +111,7 @@ class Server:
         handler = type("BoundHandler", (Handler,), {"seen": self.seen})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -286,7 +286,7 @@ def test_read_timeout_is_transient(server: Server) -> None:
 
 def test_total_timeout_stops_a_dripping_body(server: Server) -> None:
     url = server.url("/drip")
-    assert fetch_bytes(url, resolver=no_dns, max_bytes=1024, allow_loopback_http=True).content == b"d" * 20
+    assert fetch_bytes(url, resolver=no_dns, max_bytes=1024, allow_loopback_http=True).content == b"d" * 10
     with pytest.raises(FetchError) as info:
         fetch_bytes(url, resolver=no_dns, max_bytes=1024, allow_loopback_http=True, total_timeout=0.2)
     assert info.value.transient is True
@@ -419,7 +419,7 @@ def test_https_ipv6_pin_is_bracketed_and_keeps_the_port() -> None:
     assert request.method == "POST" and request.content == b"{}"
 
 
-def test_plain_http_sets_no_sni(server: Server) -> None:
+def test_plain_http_sets_no_sni() -> None:
     client, seen = mock_client(lambda request: httpx.Response(200, content=b"ok"))
     fetch_bytes(
         "http://127.0.0.1:9/x", resolver=no_dns, max_bytes=10, allow_loopback_http=True, client=client

@@ -1,0 +1,204 @@
+"""`babychain serve` runs the whole engine on one machine; `babychain demo` runs a chain end to end and shows it."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from babychain.local.receiver import WebhookReceiver
+from babychain.local.runner import LocalEngine
+
+DEMO_PROMPTS = {
+    "text_to_image": "a lighthouse on a cliff at dawn, soft pastel sky",
+    "image_to_image": "the same scene as a vivid oil painting",
+    "image_to_video": "slow push-in on the lighthouse as the light turns",
+}
+
+
+def demo_request(chain: str, receiver_url: str, source_image_url: str | None = None) -> dict[str, Any]:
+    """A BYOK-shaped request (the seed's models and fields) that runs unchanged on the local provider."""
+    inputs: dict[str, Any] = {"chain_models": {}}
+    steps = {"chain1": ["text_to_image", "image_to_video"], "chain2": ["image_to_image", "image_to_video"],
+             "chain3": ["text_to_image", "image_to_image", "image_to_video"]}[chain]
+    for step in steps:
+        if step == "text_to_image":
+            inputs["chain_models"]["text_to_image_model"] = "bfl/flux-2-flex"
+            inputs["text_to_image_params"] = {"prompt": DEMO_PROMPTS[step], "width": 1024, "height": 768,
+                                              "prompt_upsampling": False, "seed": 593, "safety_tolerance": 5,
+                                              "output_format": "jpeg"}
+        elif step == "image_to_image":
+            inputs["chain_models"]["image_to_image_model"] = "bfl/flux-kontext-pro"
+            inputs["image_to_image_params"] = {"prompt": DEMO_PROMPTS[step], "seed": 7, "output_format": "png"}
+        else:
+            inputs["chain_models"]["image_to_video_model"] = "bytedance/seedance-1.5-pro"
+            inputs["image_to_video_params"] = {"content": [{"type": "text", "text": DEMO_PROMPTS[step]}],
+                                               "ratio": "16:9", "duration": 3, "watermark": False}
+    if source_image_url:
+        inputs["source_image_url"] = source_image_url
+    return {"input": inputs, "webhook_url": receiver_url}
+
+
+def _print(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def serve(args: argparse.Namespace) -> int:
+    engine = LocalEngine(args.home, port=args.port).start()
+    for line in engine.describe():
+        _print(line)
+    _print(f"Try:  curl -s {engine.base_url}/api/v1/chains -H 'Authorization: Bearer {engine.settings.api_keys[0]}'")
+    _print("Press Ctrl-C to stop.")
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    engine.stop()
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    engine = LocalEngine(args.home, port=args.port).start()
+    receiver = WebhookReceiver(engine.settings.callback_secret).start()
+    try:
+        for line in engine.describe():
+            _print(line)
+        return _run_demo(engine, receiver, args.chain, args.timeout)
+    finally:
+        receiver.stop()
+        engine.stop()
+
+
+def _run_demo(engine: LocalEngine, receiver: WebhookReceiver, chain: str, timeout: float) -> int:
+    client = httpx.Client(base_url=engine.base_url, timeout=30,
+                          headers={"Authorization": f"Bearer {engine.settings.api_keys[0]}"})
+    source = None
+    if chain == "chain2":
+        # chain2 starts from a caller image: make one with a chain1-style text_to_image call on the local media kit.
+        from babychain.providers.local_media import text_to_image
+
+        source = engine.artifacts.put("demo/source.png", text_to_image("a red kite over green hills", seed=1,
+                                                                        width=768, height=512), "image/png")
+    body = demo_request(chain, receiver.url, source)
+    _print(f"\nPOST /api/v1/chains/{chain}/runs")
+    response = client.post(f"/api/v1/chains/{chain}/runs", json=body, headers={"Idempotency-Key": f"demo-{time.time()}"})
+    run = response.json()
+    if response.status_code != 202:
+        _print(f"create failed: {response.status_code} {json.dumps(run)}")
+        return 1
+    _print(f"  202 {run['id']} status={run['status']} mode={run['mode']} steps="
+           + " -> ".join(s["step_key"] for s in run["steps"]))
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = client.get(f"/api/v1/chains/get/{run['id']}").json()
+        for step in run["steps"]:
+            state = step["status"] + (f" {int(step['progress'] * 100)}%" if "progress" in step else "")
+            if seen.get(step["step_key"]) != state:
+                seen[step["step_key"]] = state
+                _print(f"  step {step['step_index'] + 1} {step['step_key']:<15} {state}")
+        if run["status"] in ("succeeded", "failed", "canceled"):
+            break
+        time.sleep(0.25)
+    _print(f"\nrun {run['status']} (current_step_key={run['current_step_key']})")
+    if run["status"] != "succeeded":
+        _print(json.dumps(run.get("error"), indent=2))
+        return 1
+    deliveries = receiver.wait_for(1, timeout=30)
+    files = _describe_outputs(engine, run)
+    for line in files:
+        _print(line)
+    if not deliveries:
+        _print("no callback arrived")
+        return 1
+    delivery = deliveries[0]
+    _print(f"\ncallback {delivery.headers.get('webhook-id')} type={delivery.json()['type']} "
+           f"signature {'VERIFIED' if _verify_independently(engine, delivery) else 'DID NOT VERIFY'} "
+           "(Standard Webhooks)")
+    return 0 if _verify_independently(engine, delivery) else 1
+
+
+def _verify_independently(engine: LocalEngine, delivery: Any) -> bool:
+    """Checks the callback with the standardwebhooks reference library when it is installed, else our verifier."""
+    try:
+        from standardwebhooks.webhooks import Webhook
+    except ImportError:
+        return bool(delivery.verified)
+    try:
+        Webhook(engine.settings.callback_secret).verify(delivery.body, delivery.headers)
+    except Exception:
+        return False
+    return True
+
+
+def _describe_outputs(engine: LocalEngine, run: dict[str, Any]) -> list[str]:
+    lines = ["\noutputs:"]
+    for step in run["steps"]:
+        for url in step.get("generation_output_file", []):
+            path = engine.artifacts.path_for(url.split("/files/", 1)[1])
+            lines.append(f"  {step['step_key']:<15} {path}  ({path.stat().st_size} bytes) {_media_facts(path)}")
+    return lines
+
+
+def _media_facts(path: Path) -> str:
+    if path.suffix == ".mp4":
+        import av
+
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            frames = sum(1 for _ in container.decode(stream))
+            return f"[{stream.codec_context.name} {stream.width}x{stream.height}, {frames} frames decoded]"
+    from PIL import Image
+
+    with Image.open(io.BytesIO(path.read_bytes())) as image:
+        return f"[{image.format} {image.width}x{image.height}]"
+
+
+def keys_create(args: argparse.Namespace) -> int:
+    from babychain.api.auth import create_key
+    from babychain.services import services
+
+    engine = LocalEngine(args.home).start()
+    try:
+        key = create_key(services(), args.name)
+    finally:
+        engine.stop()
+    _print(f"API key for {args.name!r} (shown once, stored only as a hash):\n{key}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="babychain", description=__doc__)
+    parser.add_argument("--home", default=".babychain", help="folder for the embedded database, files and jobs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="run the engine on this machine in the foreground")
+    p_serve.add_argument("--port", type=int, default=8080)
+    p_serve.set_defaults(func=serve)
+    p_demo = sub.add_parser("demo", help="run one chain end to end on the local provider and show it")
+    p_demo.add_argument("--chain", default="chain3", choices=["chain1", "chain2", "chain3"])
+    p_demo.add_argument("--port", type=int, default=0)
+    p_demo.add_argument("--timeout", type=float, default=120.0)
+    p_demo.set_defaults(func=demo)
+    p_keys = sub.add_parser("keys", help="manage API keys stored in the database")
+    keys_sub = p_keys.add_subparsers(dest="keys_command", required=True)
+    p_create = keys_sub.add_parser("create", help="create a key (printed once)")
+    p_create.add_argument("--name", required=True)
+    p_create.set_defaults(func=keys_create)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

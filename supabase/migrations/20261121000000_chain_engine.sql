@@ -195,7 +195,7 @@ begin
                                 idempotency_key, request_hash, current_step_key, deadline_at, callback_event_id,
                                 callback_status)
         values (v_id, p->>'owner_id', p->>'chain_slug', p->>'chain_version', p->>'mode', p->'input',
-                coalesce(p->'metadata', '{}'), p->>'webhook_url', p->>'idempotency_key', p->>'request_hash',
+                coalesce(nullif(p->'metadata', 'null'), '{}'), p->>'webhook_url', p->>'idempotency_key', p->>'request_hash',
                 'processing', now() + make_interval(secs => (p->>'run_timeout_seconds')::double precision),
                 p->>'callback_event_id', case when p->>'webhook_url' is null then null else 'waiting' end);
     exception when unique_violation then
@@ -268,7 +268,7 @@ begin
            attempt = s.attempt + 1,
            seq = s.seq + 1,
            request_params = p->'request_params',
-           input_files = coalesce(p->'input_files', s.input_files),
+           input_files = coalesce(nullif(p->'input_files', 'null'), s.input_files),
            provider = p->>'provider',
            provider_job_id = null,
            next_check_at = now() + make_interval(secs => (p->>'submit_timeout_seconds')::double precision),
@@ -299,7 +299,7 @@ create function bc_record_submission(p jsonb) returns jsonb
 language sql as $$
     update chain_steps
        set provider_job_id = p->>'provider_job_id',
-           provider_metadata = provider_metadata || coalesce(p->'provider_metadata', '{}'),
+           provider_metadata = provider_metadata || coalesce(nullif(p->'provider_metadata', 'null'), '{}'),
            seq = seq + 1,
            next_check_at = now() + make_interval(secs => (p->>'delay_seconds')::double precision),
            updated_at = now()
@@ -313,7 +313,7 @@ create function bc_defer_step(p jsonb) returns jsonb
 language sql as $$
     update chain_steps
        set seq = seq + 1,
-           provider_metadata = provider_metadata || coalesce(p->'provider_metadata', '{}'),
+           provider_metadata = provider_metadata || coalesce(nullif(p->'provider_metadata', 'null'), '{}'),
            next_check_at = now() + make_interval(secs => (p->>'delay_seconds')::double precision),
            updated_at = now()
      where id = (p->>'step_id')::uuid and status = 'running' and seq = (p->>'seq')::int
@@ -347,7 +347,7 @@ begin
     update chain_steps s
        set status = 'succeeded',
            output_files = p->'output_files',
-           provider_metadata = s.provider_metadata || coalesce(p->'provider_metadata', '{}'),
+           provider_metadata = s.provider_metadata || coalesce(nullif(p->'provider_metadata', 'null'), '{}'),
            seq = s.seq + 1,
            next_check_at = null,
            error_code = null,
@@ -393,7 +393,7 @@ begin
        set status = 'failed',
            error_code = p->>'error_code',
            error_message = p->>'error_message',
-           provider_metadata = s.provider_metadata || coalesce(p->'provider_metadata', '{}'),
+           provider_metadata = s.provider_metadata || coalesce(nullif(p->'provider_metadata', 'null'), '{}'),
            seq = s.seq + 1,
            next_check_at = null,
            completed_at = now(),

@@ -81,6 +81,19 @@ class LocalQueue(Queue):
                 self._cond.wait(timeout)
             return None
 
+    def take(self, timeout: float = 5.0) -> dict[str, Any] | None:
+        """Pops the next message once it is due, without delivering it (for driving handlers by hand)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                if self._heap and self._heap[0][0] <= now:
+                    return heapq.heappop(self._heap)[3]
+                if now >= deadline:
+                    return None
+                wait = deadline - now if not self._heap else min(deadline, self._heap[0][0]) - now
+                self._cond.wait(max(0.0, wait))
+
     def _work(self) -> None:
         while (item := self._next()) is not None:
             message_id, body, receives = item

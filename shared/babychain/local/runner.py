@@ -45,7 +45,9 @@ def dev_callback_secret(home: Path) -> str:
 class LocalEngine:
     def __init__(self, home: str | Path = ".babychain", *, port: int = 0, host: str = "127.0.0.1",
                  overrides: dict[str, Any] | None = None, resolver: Resolver = system_resolver,
-                 sweep_interval_seconds: float = 2.0) -> None:
+                 sweep_interval_seconds: float = 2.0, workers: bool = True) -> None:
+        # workers=False leaves the queues and the sweeper idle, so tests can deliver each message by hand.
+        self.workers = workers
         self.home = Path(home).resolve()
         self.home.mkdir(parents=True, exist_ok=True)
         self.resolver = resolver
@@ -96,10 +98,11 @@ class LocalEngine:
         install(Services(settings=self.settings, store=self.store, step_queue=self.step_queue,
                          callback_queue=self.callback_queue, artifacts=self.artifacts,
                          provider_for=lambda _model: provider, resolver=self.resolver))
-        self.step_queue.start()
-        self.callback_queue.start()
         threading.Thread(target=self._serve, name="api", daemon=True).start()
-        threading.Thread(target=self._sweep_forever, name="sweeper", daemon=True).start()
+        if self.workers:
+            self.step_queue.start()
+            self.callback_queue.start()
+            threading.Thread(target=self._sweep_forever, name="sweeper", daemon=True).start()
         return self
 
     def _serve(self) -> None:

@@ -160,7 +160,7 @@ create function bc_create_api_key(p jsonb) returns jsonb
 language sql as $$
     insert into api_keys (key_prefix, key_hash, name, scopes)
     values (p->>'key_prefix', p->>'key_hash', p->>'name',
-            coalesce((select array_agg(x) from jsonb_array_elements_text(p->'scopes') x),
+            coalesce((select array_agg(x) from jsonb_array_elements_text(nullif(p->'scopes', 'null')) x),
                      '{chains:run,chains:read,runs:cancel}'))
     returning jsonb_build_object('id', id, 'key_prefix', key_prefix, 'name', name, 'scopes', to_jsonb(scopes))
 $$;

@@ -55,8 +55,9 @@ def make_engine(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Loc
 
     def make(workers: bool = True, **overrides: Any) -> LocalEngine:
         settings = {**FAST, "database_url": database_url, **overrides}
-        engine = LocalEngine(tmp_path / f"engine{len(engines)}", overrides=settings, workers=workers,
-                             sweep_interval_seconds=0.5)
+        engine = LocalEngine(
+            tmp_path / f"engine{len(engines)}", overrides=settings, workers=workers, sweep_interval_seconds=0.5
+        )
         engines.append(engine.start())
         return engine
 
@@ -88,8 +89,9 @@ def client(engine: LocalEngine) -> Iterator[httpx.Client]:
         yield c
 
 
-def wait_for_run(client: httpx.Client, run_id: str, statuses: tuple[str, ...] = TERMINAL,
-                 timeout: float = 30.0) -> dict[str, Any]:
+def wait_for_run(
+    client: httpx.Client, run_id: str, statuses: tuple[str, ...] = TERMINAL, timeout: float = 30.0
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         run: dict[str, Any] = client.get(f"/api/v1/chains/get/{run_id}").json()

@@ -12,8 +12,7 @@ app = make_resolver()
 @app.post("/api/v1/chains/<slug>/runs")
 def post_run(slug: str) -> Response:
     svc, principal = caller(app, "chains:run")
-    created = create_run(svc, principal, slug, read_json_body(app),
-                         app.current_event.headers.get("idempotency-key"))
+    created = create_run(svc, principal, slug, read_json_body(app), app.current_event.headers.get("idempotency-key"))
     return json_response(202, created.run, {"Idempotency-Replayed": "true"} if created.replayed else None)
 
 

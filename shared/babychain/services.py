@@ -59,7 +59,8 @@ def provider_registry(settings: Settings) -> Callable[[ModelSpec], Provider]:
         local = LocalProvider(settings.local_provider_url)
         return lambda _model: local
     raise ConfigurationError(
-        f"Provider mode {settings.provider_mode!r} has no adapters in this build yet; use BABYCHAIN_PROVIDER_MODE=local."
+        f"Provider mode {settings.provider_mode!r} has no adapters in this build yet; "
+        "use BABYCHAIN_PROVIDER_MODE=local."
     )
 
 
@@ -78,6 +79,11 @@ def from_environment() -> Services:
 
     # S3 artifacts arrive with the AWS deployment issue; until then a folder (e.g. EFS) with its public base URL.
     artifacts = LocalArtifactStore(settings.artifact_dir, settings.artifact_base_url)
-    return Services(settings=settings, store=PostgresStore(settings.database_url, max_size=2),
-                    step_queue=SqsQueue(step_url), callback_queue=SqsQueue(callback_url), artifacts=artifacts,
-                    provider_for=provider_registry(settings))
+    return Services(
+        settings=settings,
+        store=PostgresStore(settings.database_url, max_size=2),
+        step_queue=SqsQueue(step_url),
+        callback_queue=SqsQueue(callback_url),
+        artifacts=artifacts,
+        provider_for=provider_registry(settings),
+    )

@@ -8,12 +8,25 @@ from babychain.local.cli import demo_request
 
 SEED_CHAIN1 = {
     "input": {
-        "chain_models": {"text_to_image_model": "bfl/flux-2-flex", "image_to_video_model": "bytedance/seedance-1.5-pro"},
-        "text_to_image_params": {"prompt": "a small blue sky over a wheat field", "width": 1024, "height": 1024,
-                                 "prompt_upsampling": False, "seed": 593, "safety_tolerance": 5,
-                                 "output_format": "jpeg"},
-        "image_to_video_params": {"content": [{"type": "text", "text": "clouds drift across the sky"}],
-                                  "ratio": "1:1", "duration": 3, "watermark": False},
+        "chain_models": {
+            "text_to_image_model": "bfl/flux-2-flex",
+            "image_to_video_model": "bytedance/seedance-1.5-pro",
+        },
+        "text_to_image_params": {
+            "prompt": "a small blue sky over a wheat field",
+            "width": 1024,
+            "height": 1024,
+            "prompt_upsampling": False,
+            "seed": 593,
+            "safety_tolerance": 5,
+            "output_format": "jpeg",
+        },
+        "image_to_video_params": {
+            "content": [{"type": "text", "text": "clouds drift across the sky"}],
+            "ratio": "1:1",
+            "duration": 3,
+            "watermark": False,
+        },
     },
 }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import uuid
 from typing import Any
 
 import httpx
@@ -66,7 +66,7 @@ def test_database_key_is_stored_hashed_and_works(engine: LocalEngine) -> None:
 
 
 def test_idempotent_replay_and_conflict(engine: LocalEngine, client: httpx.Client) -> None:
-    headers = {"Idempotency-Key": "sky-blue"}
+    headers = {"Idempotency-Key": f"sky-blue-{uuid.uuid4()}"}  # the database is shared across tests
     first = client.post("/api/v1/chains/chain1/runs", json=SEED_CHAIN1, headers=headers)
     # Same body with keys in another order is the same request.
     reordered = json.loads(json.dumps(SEED_CHAIN1), object_pairs_hook=lambda p: dict(reversed(p)))
@@ -76,17 +76,26 @@ def test_idempotent_replay_and_conflict(engine: LocalEngine, client: httpx.Clien
     assert replay.headers["idempotency-replayed"] == "true"
     changed = json.loads(json.dumps(SEED_CHAIN1))
     changed["input"]["text_to_image_params"]["seed"] = 594
-    error = _error(client.post("/api/v1/chains/chain1/runs", json=changed, headers=headers), 409,
-                   "idempotency_conflict", "Idempotency-Key")
+    error = _error(
+        client.post("/api/v1/chains/chain1/runs", json=changed, headers=headers),
+        409,
+        "idempotency_conflict",
+        "Idempotency-Key",
+    )
     assert error["details"]["run_id"] == first.json()["id"]
     # Keys are scoped per caller.
     with client_for(engine, key=KEY_B) as other:
-        assert other.post("/api/v1/chains/chain1/runs", json=SEED_CHAIN1, headers=headers).json()["id"] != \
-            first.json()["id"]
+        assert (
+            other.post("/api/v1/chains/chain1/runs", json=SEED_CHAIN1, headers=headers).json()["id"]
+            != first.json()["id"]
+        )
     runs = client.get("/api/v1/chains/runs").json()["data"]
     assert [r["id"] for r in runs].count(first.json()["id"]) == 1
-    _error(client.post("/api/v1/chains/chain1/runs", json=SEED_CHAIN1, headers={"Idempotency-Key": "no spaces"}),
-           400, "invalid_idempotency_key")
+    _error(
+        client.post("/api/v1/chains/chain1/runs", json=SEED_CHAIN1, headers={"Idempotency-Key": "no spaces"}),
+        400,
+        "invalid_idempotency_key",
+    )
 
 
 def _with(path: str, value: Any) -> dict[str, Any]:
@@ -105,43 +114,96 @@ def _with(path: str, value: Any) -> dict[str, Any]:
 _DELETE = object()
 
 
-@pytest.mark.parametrize(("body", "status", "code", "field"), [
-    (_with("input.text_to_image_params.prompt", _DELETE), 400, "invalid_chain_input",
-     "input.text_to_image_params.prompt"),
-    (_with("input.chain_models.image_to_video_model", "bfl/flux-2-pro"), 400, "invalid_chain_input",
-     "input.chain_models.image_to_video_model"),
-    (_with("input.chain_models.text_to_image_model", "acme/imaginary-1"), 400, "unsupported_model_identifier",
-     "input.chain_models.text_to_image_model"),
-    (_with("input.text_to_image_params.api_key", "sk-123"), 400, "invalid_chain_input",
-     "input.text_to_image_params.api_key"),
-    (_with("input.text_to_image_params.model", "flux-dev"), 400, "invalid_chain_input",
-     "input.text_to_image_params.model"),
-    (_with("input.text_to_image_params.width", 1000), 400, "invalid_chain_input",
-     "input.text_to_image_params.width"),
-    (_with("input.image_to_video_params.content", [{"type": "text", "text": "x", "token": "t"}]), 400,
-     "invalid_chain_input", "input.image_to_video_params.content[0].token"),
-    (_with("input.image_to_video_params.content", [{"type": "image_url", "image_url": {"url": "https://a.b/c"}}]),
-     400, "invalid_chain_input", "input.image_to_video_params.content"),
-    (_with("input.image_to_video_params.duration", 60), 400, "invalid_chain_input",
-     "input.image_to_video_params.duration"),
-    (_with("input.extra", 1), 400, "invalid_chain_input", "input.extra"),
-    (_with("webhook_url", "http://example.com/hook"), 400, "invalid_callback_url", "webhook_url"),
-    (_with("webhook_url", "https://169.254.169.254/latest"), 400, "invalid_callback_url", "webhook_url"),
-    (_with("input.image_to_video_params.content",
-           [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": "https://10.0.0.1/a.png"},
-                                            "role": "first_frame"}]),
-     400, "invalid_chain_input", "input.image_to_video_params.content"),
-    ({"inputs": {}}, 400, "invalid_request", "inputs"),
-    ([1, 2], 400, "invalid_request", None),
-])
-def test_bad_bodies_get_a_clear_4xx_naming_the_field(client: httpx.Client, body: Any, status: int, code: str,
-                                                     field: str | None) -> None:
+@pytest.mark.parametrize(
+    ("body", "status", "code", "field"),
+    [
+        (
+            _with("input.text_to_image_params.prompt", _DELETE),
+            400,
+            "invalid_chain_input",
+            "input.text_to_image_params.prompt",
+        ),
+        (
+            _with("input.chain_models.image_to_video_model", "bfl/flux-2-pro"),
+            400,
+            "invalid_chain_input",
+            "input.chain_models.image_to_video_model",
+        ),
+        (
+            _with("input.chain_models.text_to_image_model", "acme/imaginary-1"),
+            400,
+            "unsupported_model_identifier",
+            "input.chain_models.text_to_image_model",
+        ),
+        (
+            _with("input.text_to_image_params.api_key", "sk-123"),
+            400,
+            "invalid_chain_input",
+            "input.text_to_image_params.api_key",
+        ),
+        (
+            _with("input.text_to_image_params.model", "flux-dev"),
+            400,
+            "invalid_chain_input",
+            "input.text_to_image_params.model",
+        ),
+        (
+            _with("input.text_to_image_params.width", 1000),
+            400,
+            "invalid_chain_input",
+            "input.text_to_image_params.width",
+        ),
+        (
+            _with("input.image_to_video_params.content", [{"type": "text", "text": "x", "token": "t"}]),
+            400,
+            "invalid_chain_input",
+            "input.image_to_video_params.content[0].token",
+        ),
+        (
+            _with(
+                "input.image_to_video_params.content", [{"type": "image_url", "image_url": {"url": "https://a.b/c"}}]
+            ),
+            400,
+            "invalid_chain_input",
+            "input.image_to_video_params.content",
+        ),
+        (
+            _with("input.image_to_video_params.duration", 60),
+            400,
+            "invalid_chain_input",
+            "input.image_to_video_params.duration",
+        ),
+        (_with("input.extra", 1), 400, "invalid_chain_input", "input.extra"),
+        (_with("webhook_url", "http://example.com/hook"), 400, "invalid_callback_url", "webhook_url"),
+        (_with("webhook_url", "https://169.254.169.254/latest"), 400, "invalid_callback_url", "webhook_url"),
+        (
+            _with(
+                "input.image_to_video_params.content",
+                [
+                    {"type": "text", "text": "x"},
+                    {"type": "image_url", "image_url": {"url": "https://10.0.0.1/a.png"}, "role": "first_frame"},
+                ],
+            ),
+            400,
+            "invalid_chain_input",
+            "input.image_to_video_params.content",
+        ),
+        ({"inputs": {}}, 400, "invalid_request", "inputs"),
+        ([1, 2], 400, "invalid_request", None),
+    ],
+)
+def test_bad_bodies_get_a_clear_4xx_naming_the_field(
+    client: httpx.Client, body: Any, status: int, code: str, field: str | None
+) -> None:
     _error(client.post("/api/v1/chains/chain1/runs", json=body), status, code, field)
 
 
 def test_invalid_json_unknown_chain_and_oversized_body(client: httpx.Client) -> None:
-    _error(client.post("/api/v1/chains/chain1/runs", content=b"{not json",
-                       headers={"Content-Type": "application/json"}), 400, "invalid_json")
+    _error(
+        client.post("/api/v1/chains/chain1/runs", content=b"{not json", headers={"Content-Type": "application/json"}),
+        400,
+        "invalid_json",
+    )
     _error(client.post("/api/v1/chains/chain9/runs", json=SEED_CHAIN1), 404, "chain_not_found")
     big = _with("input.text_to_image_params.prompt", "x" * (300 * 1024))
     _error(client.post("/api/v1/chains/chain1/runs", json=big), 413, "payload_too_large")
@@ -151,12 +213,20 @@ def test_invalid_json_unknown_chain_and_oversized_body(client: httpx.Client) -> 
 
 def test_chain2_needs_a_source_image_and_downstream_steps_refuse_caller_inputs(client: httpx.Client) -> None:
     body = chain_request("chain2", None)
-    _error(client.post("/api/v1/chains/chain2/runs", json=body), 400, "invalid_chain_input",
-           "input.image_to_image_params.input_image")
+    _error(
+        client.post("/api/v1/chains/chain2/runs", json=body),
+        400,
+        "invalid_chain_input",
+        "input.image_to_image_params.input_image",
+    )
     body = chain_request("chain3", None)
     body["input"]["image_to_image_params"]["input_image"] = "https://93.184.216.34/x.png"
-    _error(client.post("/api/v1/chains/chain3/runs", json=body), 400, "invalid_chain_input",
-           "input.image_to_image_params.input_image")
+    _error(
+        client.post("/api/v1/chains/chain3/runs", json=body),
+        400,
+        "invalid_chain_input",
+        "input.image_to_image_params.input_image",
+    )
 
 
 def test_list_runs_newest_first_with_cursor_and_filters(engine: LocalEngine) -> None:
@@ -180,7 +250,7 @@ def test_list_runs_newest_first_with_cursor_and_filters(engine: LocalEngine) -> 
         assert [r["id"] for r in chain3] == [third]
         _error(client.get("/api/v1/chains/runs", params={"limit": 0}), 400, "invalid_request", "limit")
         _error(client.get("/api/v1/chains/runs", params={"cursor": "garbage"}), 400, "invalid_request", "cursor")
-        for run_id in ids[1:] + [third]:
+        for run_id in [*ids[1:], third]:
             wait_for_run(client, run_id)
 
 

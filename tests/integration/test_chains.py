@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import itertools
+import uuid
 from typing import Any
 
 import av
@@ -46,8 +48,9 @@ def test_chain_runs_to_success_with_handoff_and_signed_callback(
 ) -> None:
     source = None
     if chain == "chain2":
-        source = engine.artifacts.put("inputs/source.png", text_to_image("kite", seed=3, width=320, height=240),
-                                      "image/png")
+        source = engine.artifacts.put(
+            "inputs/source.png", text_to_image("kite", seed=3, width=320, height=240), "image/png"
+        )
     response = client.post(f"/api/v1/chains/{chain}/runs", json=chain_request(chain, receiver.url, source))
     assert response.status_code == 202, response.text
     run = wait_for_run(client, response.json()["id"])
@@ -56,7 +59,7 @@ def test_chain_runs_to_success_with_handoff_and_signed_callback(
     assert run["current_step_key"] == "completed"
     steps = run["steps"]
     assert [s["status"] for s in steps] == ["succeeded"] * len(steps)
-    for previous, step in zip(steps, steps[1:], strict=False):
+    for previous, step in itertools.pairwise(steps):
         assert step["generation_input_file"] == previous["generation_output_file"]
         assert step["started_at"] >= previous["completed_at"]
     if chain == "chain2":
@@ -78,14 +81,28 @@ def test_chain_runs_to_success_with_handoff_and_signed_callback(
     assert final["callback"]["status"] == "delivered" and final["callback"]["attempts"] == 1
 
 
-def test_seed_chain1_request_gets_the_seed_resource_shape(engine: LocalEngine, client: httpx.Client,
-                                                          receiver: WebhookReceiver) -> None:
+def test_seed_chain1_request_gets_the_seed_resource_shape(
+    engine: LocalEngine, client: httpx.Client, receiver: WebhookReceiver
+) -> None:
     body = {**SEED_CHAIN1, "webhook_url": receiver.url}
-    response = client.post("/api/v1/chains/chain1/runs", json=body, headers={"Idempotency-Key": "sky-blue"})
+    response = client.post(
+        "/api/v1/chains/chain1/runs", json=body, headers={"Idempotency-Key": f"sky-blue-{uuid.uuid4()}"}
+    )
     assert response.status_code == 202
     created = response.json()
-    for field in ("id", "object", "chain_slug", "chain_version", "mode", "status", "input", "created_at",
-                  "updated_at", "current_step_key", "steps"):
+    for field in (
+        "id",
+        "object",
+        "chain_slug",
+        "chain_version",
+        "mode",
+        "status",
+        "input",
+        "created_at",
+        "updated_at",
+        "current_step_key",
+        "steps",
+    ):
         assert field in created
     assert created["object"] == "chain_run"
     assert created["chain_slug"] == "chain1"
@@ -96,9 +113,17 @@ def test_seed_chain1_request_gets_the_seed_resource_shape(engine: LocalEngine, c
     assert created["input"] == SEED_CHAIN1["input"]
     first, second = created["steps"]
     assert (first["step_key"], first["step_kind"], first["depends_on"], first["status"]) == (
-        "text_to_image", "image", [], "queued")
+        "text_to_image",
+        "image",
+        [],
+        "queued",
+    )
     assert (second["step_key"], second["step_kind"], second["depends_on"], second["status"]) == (
-        "image_to_video", "video", ["text_to_image"], "queued")
+        "image_to_video",
+        "video",
+        ["text_to_image"],
+        "queued",
+    )
     for step in created["steps"]:
         for field in ("id", "step_index", "model_identifier", "started_at", "completed_at"):
             assert field in step

@@ -85,13 +85,18 @@ def test_each_message_type_delivered_twice_changes_nothing(
         assert _run(client, run_id)["steps"] == run["steps"]
         assert len(engine.provider_server.submissions) == 2
 
-        # And the sweeper, run twice on a finished run, finds nothing to re-drive.
-        assert engine.sweep_once()["due_steps"] == 0
-        assert engine.sweep_once()["due_callbacks"] == 0
+        # And the sweeper, run twice on a finished run, re-drives nothing of it. (The database is shared with
+        # other tests, whose leftovers it may well find.)
+        engine.sweep_once()
+        engine.sweep_once()
+        redriven = [
+            m for q in (engine.step_queue, engine.callback_queue) for m in iter(lambda q=q: q.take(timeout=0.1), None)
+        ]
+        assert [m for m in redriven if m["run_id"] == run_id] == []
 
 
 def test_callback_is_retried_with_the_same_event_id_and_every_attempt_recorded(
-    make_engine: Callable[..., LocalEngine]
+    make_engine: Callable[..., LocalEngine],
 ) -> None:
     engine = make_engine()
     receiver = WebhookReceiver(engine.settings.callback_secret, answers=[500, 503]).start()
@@ -111,7 +116,10 @@ def test_callback_is_retried_with_the_same_event_id_and_every_attempt_recorded(
     assert run["callback"]["status"] == "delivered" and run["callback"]["attempts"] == 3
     attempts = engine.store.list_callback_deliveries(run_id) if engine.store else []
     assert [(a["attempt"], a["outcome"], a["status_code"]) for a in attempts] == [
-        (1, "failed", 500), (2, "failed", 503), (3, "delivered", 204)]
+        (1, "failed", 500),
+        (2, "failed", 503),
+        (3, "delivered", 204),
+    ]
 
 
 def test_callback_gives_up_after_the_schedule(make_engine: Callable[..., LocalEngine]) -> None:
@@ -137,10 +145,10 @@ def test_sweeper_redrives_a_lost_step_message(make_engine: Callable[..., LocalEn
         lost = engine.step_queue.take(timeout=1)
         assert lost is not None  # ...and dropped on the floor
         time.sleep(0.05)
-        assert engine.sweep_once()["due_steps"] == 1
-        redriven = engine.step_queue.take(timeout=1)
-        assert redriven == lost
-        _deliver("step_executor", redriven)
+        assert engine.sweep_once()["due_steps"] >= 1
+        redriven = [m for m in iter(lambda: engine.step_queue.take(timeout=0.2), None)]
+        assert lost in redriven
+        _deliver("step_executor", lost)
         assert _run(client, run_id)["steps"][0]["status"] == "running"
 
 

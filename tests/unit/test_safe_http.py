@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+
 from babychain.errors import UnsafeUrlError
 from babychain.security.safe_http import FetchError, fetch_bytes, parse_retry_after, post_json
 from babychain.security.urls import Resolver
@@ -176,9 +177,7 @@ def test_http_is_refused_without_the_development_setting(server: Server) -> None
 def test_fetch_connects_to_the_pinned_address_and_keeps_the_host(server: Server) -> None:
     # Nothing on this machine resolves files.test, so success means the validated IP was used.
     url = server.url("/host", host="files.test")
-    fetched = fetch_bytes(
-        url, resolver=fixed({"files.test": ["127.0.0.1"]}), max_bytes=1024, allow_loopback_http=True
-    )
+    fetched = fetch_bytes(url, resolver=fixed({"files.test": ["127.0.0.1"]}), max_bytes=1024, allow_loopback_http=True)
     assert fetched.content == f"files.test:{server.port}".encode()
     assert fetched.url == url
     assert server.seen[0]["headers"]["Host"] == f"files.test:{server.port}"
@@ -235,9 +234,7 @@ def test_redirect_to_a_name_with_a_private_answer_is_refused(server: Server, sta
 
 def test_redirect_loop_stops_after_the_cap(server: Server) -> None:
     with pytest.raises(FetchError) as info:
-        fetch_bytes(
-            server.url("/loop"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True, max_redirects=2
-        )
+        fetch_bytes(server.url("/loop"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True, max_redirects=2)
     assert info.value.transient is False
     assert len(server.seen) == 3  # the first request plus two redirects
 
@@ -246,11 +243,7 @@ def test_announced_oversized_body_is_refused(server: Server) -> None:
     with pytest.raises(UnsafeUrlError, match="larger than 1000 bytes"):
         fetch_bytes(server.url("/big"), resolver=no_dns, max_bytes=1000, allow_loopback_http=True)
     assert (
-        len(
-            fetch_bytes(
-                server.url("/big"), resolver=no_dns, max_bytes=10_000, allow_loopback_http=True
-            ).content
-        )
+        len(fetch_bytes(server.url("/big"), resolver=no_dns, max_bytes=10_000, allow_loopback_http=True).content)
         == 10_000
     )
 
@@ -258,9 +251,7 @@ def test_announced_oversized_body_is_refused(server: Server) -> None:
 def test_unannounced_oversized_body_is_cut_off(server: Server) -> None:
     started = time.monotonic()
     with pytest.raises(UnsafeUrlError, match="larger than 100000 bytes"):
-        fetch_bytes(
-            server.url("/big-unannounced"), resolver=no_dns, max_bytes=100_000, allow_loopback_http=True
-        )
+        fetch_bytes(server.url("/big-unannounced"), resolver=no_dns, max_bytes=100_000, allow_loopback_http=True)
     assert time.monotonic() - started < 5
 
 
@@ -278,9 +269,7 @@ def test_not_found_is_permanent(server: Server) -> None:
 
 def test_read_timeout_is_transient(server: Server) -> None:
     with pytest.raises(FetchError) as info:
-        fetch_bytes(
-            server.url("/slow"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True, timeout=0.2
-        )
+        fetch_bytes(server.url("/slow"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True, timeout=0.2)
     assert info.value.transient is True and info.value.status_code is None
 
 
@@ -294,9 +283,7 @@ def test_total_timeout_stops_a_dripping_body(server: Server) -> None:
 
 def test_connection_refused_is_transient() -> None:
     with pytest.raises(FetchError) as info:
-        fetch_bytes(
-            f"http://127.0.0.1:{free_port()}/x", resolver=no_dns, max_bytes=10, allow_loopback_http=True
-        )
+        fetch_bytes(f"http://127.0.0.1:{free_port()}/x", resolver=no_dns, max_bytes=10, allow_loopback_http=True)
     assert info.value.transient is True
 
 
@@ -421,16 +408,12 @@ def test_https_ipv6_pin_is_bracketed_and_keeps_the_port() -> None:
 
 def test_plain_http_sets_no_sni() -> None:
     client, seen = mock_client(lambda request: httpx.Response(200, content=b"ok"))
-    fetch_bytes(
-        "http://127.0.0.1:9/x", resolver=no_dns, max_bytes=10, allow_loopback_http=True, client=client
-    )
+    fetch_bytes("http://127.0.0.1:9/x", resolver=no_dns, max_bytes=10, allow_loopback_http=True, client=client)
     assert "sni_hostname" not in seen[0].extensions
 
 
 def test_https_downgrade_redirect_is_refused() -> None:
-    client, seen = mock_client(
-        lambda request: httpx.Response(302, headers={"Location": "http://cdn.example/b"})
-    )
+    client, seen = mock_client(lambda request: httpx.Response(302, headers={"Location": "http://cdn.example/b"}))
     with pytest.raises(UnsafeUrlError, match="HTTPS"):
         fetch_bytes(
             "https://cdn.example/a",
@@ -465,18 +448,14 @@ def test_connect_failure_moves_to_the_next_validated_address() -> None:
 
     client, seen = mock_client(handler)
     resolver = fixed({"cdn.example": ["2606:4700::1", "93.184.216.34"]})
-    assert (
-        fetch_bytes("https://cdn.example/", resolver=resolver, max_bytes=10, client=client).content == b"v4"
-    )
+    assert fetch_bytes("https://cdn.example/", resolver=resolver, max_bytes=10, client=client).content == b"v4"
     assert [r.url.host for r in seen] == ["2606:4700::1", "93.184.216.34"]
 
 
 def test_redirect_without_location_fails() -> None:
     client, _ = mock_client(lambda request: httpx.Response(302))
     with pytest.raises(FetchError) as info:
-        fetch_bytes(
-            "https://cdn.example/", resolver=fixed({"cdn.example": ["8.8.8.8"]}), max_bytes=10, client=client
-        )
+        fetch_bytes("https://cdn.example/", resolver=fixed({"cdn.example": ["8.8.8.8"]}), max_bytes=10, client=client)
     assert (info.value.status_code, info.value.transient) == (302, False)
 
 

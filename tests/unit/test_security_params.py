@@ -4,6 +4,7 @@ import math
 from typing import Any
 
 import pytest
+
 from babychain.errors import ApiError
 from babychain.security.params import (
     CREDENTIAL_MESSAGE,
@@ -120,9 +121,7 @@ def test_credential_at_top_level() -> None:
 
 
 def test_credential_inside_array_of_objects() -> None:
-    error = rejected(
-        {"content": [{"type": "text"}, {"type": "image", "token": "t"}]}, "input.image_to_video_params"
-    )
+    error = rejected({"content": [{"type": "text"}, {"type": "image", "token": "t"}]}, "input.image_to_video_params")
     assert error.field == "input.image_to_video_params.content[1].token"
     assert error.message == CREDENTIAL_MESSAGE
 

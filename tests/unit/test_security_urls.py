@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from babychain.errors import UnsafeUrlError
 from babychain.security.urls import (
     CheckedUrl,
@@ -196,9 +197,7 @@ def test_http_is_rejected_by_default() -> None:
     assert info.value.message == "URL must use HTTPS."
 
 
-@pytest.mark.parametrize(
-    "url", ["ftp://cdn.example/a", "file:///etc/passwd", "gopher://cdn.example/", "data:,x"]
-)
+@pytest.mark.parametrize("url", ["ftp://cdn.example/a", "file:///etc/passwd", "gopher://cdn.example/", "data:,x"])
 def test_other_schemes_are_rejected(url: str) -> None:
     with pytest.raises(UnsafeUrlError):
         check_url(url, resolver=PUBLIC, allow_loopback_http=True)
@@ -271,9 +270,7 @@ class TestLoopbackDevelopmentSetting:
             "127.0.0.1",
             "::1",
         )
-        assert (
-            check_url("http://files.test/x", resolver=resolver, allow_loopback_http=True).host == "files.test"
-        )
+        assert check_url("http://files.test/x", resolver=resolver, allow_loopback_http=True).host == "files.test"
 
     def test_http_to_public_host_still_needs_https(self) -> None:
         with pytest.raises(UnsafeUrlError, match="HTTPS"):
@@ -284,9 +281,7 @@ class TestLoopbackDevelopmentSetting:
         with pytest.raises(UnsafeUrlError):
             check_url("http://mixed.test/", resolver=resolver, allow_loopback_http=True)
 
-    @pytest.mark.parametrize(
-        "answer", ["10.0.0.1", "169.254.169.254", "192.168.0.10", "::ffff:127.0.0.1", "fe80::1"]
-    )
+    @pytest.mark.parametrize("answer", ["10.0.0.1", "169.254.169.254", "192.168.0.10", "::ffff:127.0.0.1", "fe80::1"])
     def test_other_private_ranges_stay_blocked(self, answer: str) -> None:
         resolver = fixed({"dev.test": [answer]})
         for scheme in ("http", "https"):
@@ -295,9 +290,7 @@ class TestLoopbackDevelopmentSetting:
 
     def test_https_accepts_loopback_only_in_development(self) -> None:
         resolver = fixed({"dev.test": ["127.0.0.1"]})
-        assert check_url("https://dev.test/", resolver=resolver, allow_loopback_http=True).addresses == (
-            "127.0.0.1",
-        )
+        assert check_url("https://dev.test/", resolver=resolver, allow_loopback_http=True).addresses == ("127.0.0.1",)
         with pytest.raises(UnsafeUrlError):
             check_url("https://dev.test/", resolver=resolver)
 

@@ -41,8 +41,12 @@ def create_key(svc: Services, name: str) -> str:
 def authenticate(svc: Services, headers: Mapping[str, str], scope: str) -> Principal:
     header = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
     if not header.startswith("Bearer ") or not header[7:].strip():
-        raise ApiError(401, "missing_api_key", "Send your API key as 'Authorization: Bearer <key>'.",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "missing_api_key",
+            "Send your API key as 'Authorization: Bearer <key>'.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     token = header[7:].strip()
     digest = hash_key(token)
     principal = None

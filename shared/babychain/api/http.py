@@ -19,8 +19,12 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(status_code=status, content_type="application/json",
-                    body=json.dumps(body, separators=(",", ":")), headers={**NO_STORE, **(headers or {})})
+    return Response(
+        status_code=status,
+        content_type="application/json",
+        body=json.dumps(body, separators=(",", ":")),
+        headers={**NO_STORE, **(headers or {})},
+    )
 
 
 def error_response(error: ApiError) -> Response:

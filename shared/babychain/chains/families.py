@@ -104,8 +104,9 @@ class ImageItem(_Params):
 class SeedanceParams(_Params):
     """BytePlus Seedance video task (`POST /api/v3/contents/generations/tasks`)."""
 
-    content: Annotated[list[Annotated[TextItem | ImageItem, Field(discriminator="type")]],
-                       Field(min_length=1, max_length=8)]
+    content: Annotated[
+        list[Annotated[TextItem | ImageItem, Field(discriminator="type")]], Field(min_length=1, max_length=8)
+    ]
     ratio: Literal[RATIOS] | None = None  # type: ignore[valid-type]
     duration: Annotated[int | None, Field(ge=-1, le=12)] = None
     resolution: Literal["480p", "720p", "1080p"] | None = None
@@ -119,7 +120,7 @@ class SeedanceParams(_Params):
     @classmethod
     def _needs_prompt(cls, items: list[TextItem | ImageItem]) -> list[TextItem | ImageItem]:
         if not any(isinstance(item, TextItem) for item in items):
-            raise ValueError("content needs a text item with the prompt: {\"type\": \"text\", \"text\": \"...\"}")
+            raise ValueError('content needs a text item with the prompt: {"type": "text", "text": "..."}')
         return items
 
 
@@ -186,7 +187,9 @@ class Family:
     def input_urls(self, params: dict[str, Any]) -> list[str]:
         match self.name:
             case "seedance":
-                return [item["image_url"]["url"] for item in params.get("content", []) if item.get("type") == "image_url"]
+                return [
+                    item["image_url"]["url"] for item in params.get("content", []) if item.get("type") == "image_url"
+                ]
             case "seedream":
                 image = params.get("image")
                 return [image] if isinstance(image, str) else list(image or [])
@@ -200,8 +203,10 @@ class Family:
         out = copy.deepcopy(params)
         match self.name:
             case "seedance":
-                out["content"] = [*out.get("content", []),
-                                  {"type": "image_url", "image_url": {"url": url}, "role": "first_frame"}]
+                out["content"] = [
+                    *out.get("content", []),
+                    {"type": "image_url", "image_url": {"url": url}, "role": "first_frame"},
+                ]
             case "seedream":
                 out["image"] = url
             case "babysea_image" | "babysea_video":
@@ -216,26 +221,49 @@ class Family:
             case "seedance":
                 text = " ".join(i["text"] for i in params["content"] if i.get("type") == "text")
                 duration = params.get("duration")
-                return GenerationRequest(prompt=text, seed=params.get("seed"), input_urls=urls, output_format="mp4",
-                                         duration_seconds=float(duration) if duration and duration > 0 else 5.0,
-                                         ratio=params.get("ratio"))
+                return GenerationRequest(
+                    prompt=text,
+                    seed=params.get("seed"),
+                    input_urls=urls,
+                    output_format="mp4",
+                    duration_seconds=float(duration) if duration and duration > 0 else 5.0,
+                    ratio=params.get("ratio"),
+                )
             case "seedream":
                 w, h = _size(params.get("size"))
-                return GenerationRequest(prompt=params["prompt"], seed=params.get("seed"), input_urls=urls,
-                                         width=w, height=h, output_format="jpeg")
+                return GenerationRequest(
+                    prompt=params["prompt"],
+                    seed=params.get("seed"),
+                    input_urls=urls,
+                    width=w,
+                    height=h,
+                    output_format="jpeg",
+                )
             case "babysea_video":
-                return GenerationRequest(prompt=params["generation_prompt"], seed=params.get("generation_seed"),
-                                         input_urls=urls, output_format="mp4",
-                                         duration_seconds=float(params["generation_duration"]),
-                                         ratio=params.get("generation_ratio"))
+                return GenerationRequest(
+                    prompt=params["generation_prompt"],
+                    seed=params.get("generation_seed"),
+                    input_urls=urls,
+                    output_format="mp4",
+                    duration_seconds=float(params["generation_duration"]),
+                    ratio=params.get("generation_ratio"),
+                )
             case "babysea_image":
-                return GenerationRequest(prompt=params["generation_prompt"], seed=params.get("generation_seed"),
-                                         input_urls=urls,
-                                         output_format=params.get("generation_output_format") or "png")
+                return GenerationRequest(
+                    prompt=params["generation_prompt"],
+                    seed=params.get("generation_seed"),
+                    input_urls=urls,
+                    output_format=params.get("generation_output_format") or "png",
+                )
             case _:
-                return GenerationRequest(prompt=params["prompt"], seed=params.get("seed"), input_urls=urls,
-                                         width=params.get("width"), height=params.get("height"),
-                                         output_format=params.get("output_format") or "jpeg")
+                return GenerationRequest(
+                    prompt=params["prompt"],
+                    seed=params.get("seed"),
+                    input_urls=urls,
+                    width=params.get("width"),
+                    height=params.get("height"),
+                    output_format=params.get("output_format") or "jpeg",
+                )
 
 
 def _field_path(prefix: str, exc: ValidationError) -> str:

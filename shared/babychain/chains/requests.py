@@ -28,8 +28,14 @@ class PlannedStep:
     params: dict[str, Any]
 
     def row(self) -> dict[str, Any]:
-        return {"step_index": self.step_index, "step_key": self.step_key, "step_kind": self.step_kind,
-                "model_identifier": self.model_identifier, "depends_on": self.depends_on, "params": self.params}
+        return {
+            "step_index": self.step_index,
+            "step_key": self.step_key,
+            "step_kind": self.step_kind,
+            "model_identifier": self.model_identifier,
+            "depends_on": self.depends_on,
+            "params": self.params,
+        }
 
 
 @dataclass(frozen=True)
@@ -51,14 +57,16 @@ def _size(value: Any) -> int:
     return len(json.dumps(value, separators=(",", ":")).encode())
 
 
-def plan_run(template: ChainTemplate, body: Any, *, mode: str, resolver: Resolver,
-             allow_loopback_http: bool) -> RunPlan:
+def plan_run(
+    template: ChainTemplate, body: Any, *, mode: str, resolver: Resolver, allow_loopback_http: bool
+) -> RunPlan:
     if not isinstance(body, dict):
         raise invalid_input("Request body must be a JSON object.", code="invalid_request")
     for key in body:
         if key not in TOP_LEVEL_FIELDS:
-            raise invalid_input(f"Unknown field {key!r}; expected {', '.join(TOP_LEVEL_FIELDS)}.", key,
-                                code="invalid_request")
+            raise invalid_input(
+                f"Unknown field {key!r}; expected {', '.join(TOP_LEVEL_FIELDS)}.", key, code="invalid_request"
+            )
     raw_input = body.get("input")
     if not isinstance(raw_input, dict):
         raise invalid_input("input is required and must be a JSON object.", "input")
@@ -80,8 +88,13 @@ def plan_run(template: ChainTemplate, body: Any, *, mode: str, resolver: Resolve
         if not isinstance(webhook_url, str):
             raise invalid_input("webhook_url must be a string.", "webhook_url", code="invalid_callback_url")
         _check_url(webhook_url, "webhook_url", resolver, allow_loopback_http, "invalid_callback_url")
-    return RunPlan(input=raw_input, metadata=metadata, webhook_url=webhook_url, steps=steps,
-                   request_hash=request_hash(template.slug, body))
+    return RunPlan(
+        input=raw_input,
+        metadata=metadata,
+        webhook_url=webhook_url,
+        steps=steps,
+        request_hash=request_hash(template.slug, body),
+    )
 
 
 def _check_url(url: str, field: str, resolver: Resolver, allow_loopback_http: bool, code: str) -> None:
@@ -97,16 +110,20 @@ def _plan_steps(template: ChainTemplate, raw_input: dict[str, Any], mode: str) -
         allowed.add("source_image_url")
     for key in raw_input:
         if key not in allowed:
-            raise invalid_input(f"Unknown input field {key!r} for {template.slug}; expected {', '.join(sorted(allowed))}.",
-                                f"input.{key}")
+            raise invalid_input(
+                f"Unknown input field {key!r} for {template.slug}; expected {', '.join(sorted(allowed))}.",
+                f"input.{key}",
+            )
     chain_models = raw_input.get("chain_models")
     if not isinstance(chain_models, dict):
         raise invalid_input("input.chain_models is required and must name a model for each step.", "input.chain_models")
     wanted = {f"{k}_model" for k in template.step_keys}
     for key in chain_models:
         if key not in wanted:
-            raise invalid_input(f"{template.slug} has no step for {key!r}; expected {', '.join(sorted(wanted))}.",
-                                f"input.chain_models.{key}")
+            raise invalid_input(
+                f"{template.slug} has no step for {key!r}; expected {', '.join(sorted(wanted))}.",
+                f"input.chain_models.{key}",
+            )
 
     steps: list[PlannedStep] = []
     for index, step_key in enumerate(template.step_keys):
@@ -116,11 +133,15 @@ def _plan_steps(template: ChainTemplate, raw_input: dict[str, Any], mode: str) -
             raise invalid_input(f"{model_field} is required.", model_field)
         model = MODELS_BY_ID.get(model_id)
         if model is None:
-            raise invalid_input(f"Unknown model {model_id!r}. GET /api/v1/models lists the catalog.", model_field,
-                                code="unsupported_model_identifier")
+            raise invalid_input(
+                f"Unknown model {model_id!r}. GET /api/v1/models lists the catalog.",
+                model_field,
+                code="unsupported_model_identifier",
+            )
         if step_key not in model.step_kinds:
-            raise invalid_input(f"{model_id} cannot run the {step_key} step; it supports "
-                                f"{', '.join(model.step_kinds)}.", model_field)
+            raise invalid_input(
+                f"{model_id} cannot run the {step_key} step; it supports {', '.join(model.step_kinds)}.", model_field
+            )
         if mode not in model.modes:
             raise invalid_input(f"{model_id} is not available in {mode} mode.", model_field)
 
@@ -133,30 +154,48 @@ def _plan_steps(template: ChainTemplate, raw_input: dict[str, Any], mode: str) -
         params = family.validate(params, params_field)
         given_inputs = family.input_urls(params)
         if index > 0 and given_inputs:
-            raise invalid_input(f"BabyChain supplies the {step_key} step's input from the previous step; remove "
-                                f"{family.input_field}.", f"{params_field}.{family.input_field}")
+            raise invalid_input(
+                f"BabyChain supplies the {step_key} step's input from the previous step; remove {family.input_field}.",
+                f"{params_field}.{family.input_field}",
+            )
         if step_key == TEXT_TO_IMAGE and given_inputs:
-            raise invalid_input("text_to_image takes no input image; use chain2 to start from an image.",
-                                f"{params_field}.{family.input_field}")
+            raise invalid_input(
+                "text_to_image takes no input image; use chain2 to start from an image.",
+                f"{params_field}.{family.input_field}",
+            )
         if index == 0 and step_key == IMAGE_TO_IMAGE:
-            params = _with_source_image(raw_input, params, given_inputs, params_field, family.input_field, model_id,
-                                        mode)
+            params = _with_source_image(
+                raw_input, params, given_inputs, params_field, family.input_field, model_id, mode
+            )
         steps.append(PlannedStep(index, step_key, STEP_KINDS[step_key], model_id, template.depends_on(index), params))
     return steps
 
 
-def _with_source_image(raw_input: dict[str, Any], params: dict[str, Any], given: list[str], params_field: str,
-                       input_field: str, model_id: str, mode: str) -> dict[str, Any]:
+def _with_source_image(
+    raw_input: dict[str, Any],
+    params: dict[str, Any],
+    given: list[str],
+    params_field: str,
+    input_field: str,
+    model_id: str,
+    mode: str,
+) -> dict[str, Any]:
     source = raw_input.get("source_image_url")
     if source is not None and given:
-        raise invalid_input("Give the source image once: either input.source_image_url or "
-                            f"{params_field}.{input_field}.", "input.source_image_url")
+        raise invalid_input(
+            f"Give the source image once: either input.source_image_url or {params_field}.{input_field}.",
+            "input.source_image_url",
+        )
     if source is None and not given:
-        raise invalid_input(f"image_to_image needs a source image: set input.source_image_url or "
-                            f"{params_field}.{input_field} to an HTTPS image URL.", f"{params_field}.{input_field}")
+        raise invalid_input(
+            f"image_to_image needs a source image: set input.source_image_url or "
+            f"{params_field}.{input_field} to an HTTPS image URL.",
+            f"{params_field}.{input_field}",
+        )
     if source is None:
         return params
     if not isinstance(source, str):
-        raise ApiError(400, "invalid_chain_input", "input.source_image_url must be a string.",
-                       field="input.source_image_url")
+        raise ApiError(
+            400, "invalid_chain_input", "input.source_image_url must be a string.", field="input.source_image_url"
+        )
     return MODELS_BY_ID[model_id].family(mode).inject_input(params, source)

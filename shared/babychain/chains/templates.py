@@ -46,14 +46,33 @@ class ChainTemplate:
                 for i, key in enumerate(self.step_keys)
             ],
             "input_fields": [
-                {"name": "chain_models", "type": "object", "required": True,
-                 "description": "The model for each step: " + ", ".join(f"{k}_model" for k in self.step_keys)},
-                *[{"name": f"{k}_params", "type": "object", "required": True,
-                   "description": f"Parameters of the {k} step, in the selected model's schema."}
-                  for k in self.step_keys],
-                *([{"name": "source_image_url", "type": "string", "required": False,
-                    "description": "Caller-supplied HTTPS image for the first step (or set it in the step params)."}]
-                  if self.step_keys[0] == IMAGE_TO_IMAGE else []),
+                {
+                    "name": "chain_models",
+                    "type": "object",
+                    "required": True,
+                    "description": "The model for each step: " + ", ".join(f"{k}_model" for k in self.step_keys),
+                },
+                *[
+                    {
+                        "name": f"{k}_params",
+                        "type": "object",
+                        "required": True,
+                        "description": f"Parameters of the {k} step, in the selected model's schema.",
+                    }
+                    for k in self.step_keys
+                ],
+                *(
+                    [
+                        {
+                            "name": "source_image_url",
+                            "type": "string",
+                            "required": False,
+                            "description": "Caller-supplied HTTPS image for the first step (or set it in the step params).",  # noqa: E501
+                        }
+                    ]
+                    if self.step_keys[0] == IMAGE_TO_IMAGE
+                    else []
+                ),
             ],
         }
 
@@ -61,8 +80,12 @@ class ChainTemplate:
 TEMPLATES: tuple[ChainTemplate, ...] = (
     ChainTemplate("chain1", "chain101", "Text to image, then image to video", (TEXT_TO_IMAGE, IMAGE_TO_VIDEO)),
     ChainTemplate("chain2", "chain202", "Image to image, then image to video", (IMAGE_TO_IMAGE, IMAGE_TO_VIDEO)),
-    ChainTemplate("chain3", "chain303", "Text to image, image to image, then image to video",
-                  (TEXT_TO_IMAGE, IMAGE_TO_IMAGE, IMAGE_TO_VIDEO)),
+    ChainTemplate(
+        "chain3",
+        "chain303",
+        "Text to image, image to image, then image to video",
+        (TEXT_TO_IMAGE, IMAGE_TO_IMAGE, IMAGE_TO_VIDEO),
+    ),
 )
 
 _BY_SLUG = {t.slug: t for t in TEMPLATES} | {t.alias: t for t in TEMPLATES}

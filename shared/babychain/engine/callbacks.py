@@ -19,8 +19,7 @@ USER_AGENT = "BabyChain/0.1 (+standard-webhooks)"
 
 
 def callback_payload(run: dict[str, Any]) -> dict[str, Any]:
-    return {"type": f"chain_run.{run['status']}", "timestamp": datetime.now(UTC).isoformat(),
-            "data": present_run(run)}
+    return {"type": f"chain_run.{run['status']}", "timestamp": datetime.now(UTC).isoformat(), "data": present_run(run)}
 
 
 def retry_delay(svc: Services, attempt: int, retry_after: float | None) -> float | None:
@@ -38,35 +37,48 @@ def deliver_callback(svc: Services, run_id: str) -> str:
         return "not_due"
     run, attempt = claim["run"], claim["attempt"]
     body = json.dumps(callback_payload(run), separators=(",", ":")).encode()
-    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
-               **signature_headers(svc.settings.require_callback_secret(), run["callback_event_id"], body)}
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        **signature_headers(svc.settings.require_callback_secret(), run["callback_event_id"], body),
+    }
     started = time.monotonic()
     status_code: int | None = None
     excerpt: str | None = None
     error: str | None = None
     retry_after: float | None = None
     try:
-        result = post_json(run["webhook_url"], body, headers, resolver=svc.resolver,
-                           timeout=svc.settings.callback_timeout_seconds,
-                           allow_loopback_http=svc.settings.allow_loopback_http)
+        result = post_json(
+            run["webhook_url"],
+            body,
+            headers,
+            resolver=svc.resolver,
+            timeout=svc.settings.callback_timeout_seconds,
+            allow_loopback_http=svc.settings.allow_loopback_http,
+        )
         status_code, excerpt, retry_after = result.status_code, result.body_excerpt, result.retry_after
     except (FetchError, UnsafeUrlError) as exc:
         error = str(exc)[:2000]
     delivered = status_code is not None and 200 <= status_code < 300
-    if delivered:
-        retry_in = None
-    elif status_code == 410:  # Standard Webhooks: Gone means stop sending
+    if delivered or status_code == 410:
         retry_in = None
     else:
         retry_in = retry_delay(svc, attempt, retry_after)
         if status_code is not None and error is None:
             error = f"Receiver answered HTTP {status_code}."
-    svc.store.record_callback_attempt({
-        "run_id": run_id, "attempt": attempt, "event_id": run["callback_event_id"],
-        "outcome": "delivered" if delivered else "failed", "status_code": status_code, "error": error,
-        "response_excerpt": excerpt, "duration_ms": int((time.monotonic() - started) * 1000),
-        "retry_in_seconds": retry_in,
-    })
+    svc.store.record_callback_attempt(
+        {
+            "run_id": run_id,
+            "attempt": attempt,
+            "event_id": run["callback_event_id"],
+            "outcome": "delivered" if delivered else "failed",
+            "status_code": status_code,
+            "error": error,
+            "response_excerpt": excerpt,
+            "duration_ms": int((time.monotonic() - started) * 1000),
+            "retry_in_seconds": retry_in,
+        }
+    )
     if delivered:
         return "delivered"
     if retry_in is not None:

@@ -59,14 +59,26 @@ def _start(svc: Services, run: Row, step: Row) -> str:
     elif family.input_urls(params):
         input_files = family.input_urls(params)
     provider = svc.provider_for(model)
-    claimed = svc.store.claim_step(step["id"], step["seq"], provider=provider.name, request_params=params,
-                                   input_files=input_files,
-                                   submit_timeout_seconds=svc.settings.submit_timeout_seconds)
+    claimed = svc.store.claim_step(
+        step["id"],
+        step["seq"],
+        provider=provider.name,
+        request_params=params,
+        input_files=input_files,
+        submit_timeout_seconds=svc.settings.submit_timeout_seconds,
+    )
     if claimed is None:
         return "stale"
     attempt = claimed["attempt"]
-    job = StepJob(run_id=run["id"], step_id=step["id"], step_key=step["step_key"], model=model, mode=run["mode"],
-                  params=params, idempotency_key=f"babychain:{run['id']}:{step['step_key']}:{attempt}")
+    job = StepJob(
+        run_id=run["id"],
+        step_id=step["id"],
+        step_key=step["step_key"],
+        model=model,
+        mode=run["mode"],
+        params=params,
+        idempotency_key=f"babychain:{run['id']}:{step['step_key']}:{attempt}",
+    )
     try:
         submission = provider.submit(job)
     except ProviderError as exc:
@@ -77,8 +89,9 @@ def _start(svc: Services, run: Row, step: Row) -> str:
                 svc.step_queue.send(step_message(run["id"], step["id"], retried["seq"]), delay)
             return "retrying"
         return _fail(svc, run, step, exc.code, exc.message, attempt=attempt)
-    recorded = svc.store.record_submission(step["id"], attempt, submission.job_id, submission.metadata,
-                                           svc.settings.poll_interval_seconds)
+    recorded = svc.store.record_submission(
+        step["id"], attempt, submission.job_id, submission.metadata, svc.settings.poll_interval_seconds
+    )
     if recorded is None:
         # Cancel (or a deadline) won while we were submitting: the job must not run on for nothing.
         provider.cancel(submission.job_id, submission.metadata)
@@ -102,11 +115,16 @@ def _check(svc: Services, run: Row, step: Row) -> str:
         case "succeeded":
             return _succeed(svc, run, step, status)
         case "canceled":
-            return _fail(svc, run, step, "provider_canceled", "The provider canceled the generation.",
-                         seq=step["seq"])
+            return _fail(svc, run, step, "provider_canceled", "The provider canceled the generation.", seq=step["seq"])
         case _:
-            return _fail(svc, run, step, status.error_code or "provider_failed",
-                         status.error_message or "The provider reported a failed generation.", seq=step["seq"])
+            return _fail(
+                svc,
+                run,
+                step,
+                status.error_code or "provider_failed",
+                status.error_message or "The provider reported a failed generation.",
+                seq=step["seq"],
+            )
 
 
 def _defer(svc: Services, run: Row, step: Row, delay: float, status: JobStatus | None = None) -> str:
@@ -126,14 +144,17 @@ def _succeed(svc: Services, run: Row, step: Row, status: JobStatus) -> str:
     except FetchError as exc:
         if exc.transient:
             return _defer(svc, run, step, backoff_seconds(svc, 2))
-        return _fail(svc, run, step, "output_copy_failed", f"Could not copy the provider's output: {exc}",
-                     seq=step["seq"])
+        return _fail(
+            svc, run, step, "output_copy_failed", f"Could not copy the provider's output: {exc}", seq=step["seq"]
+        )
     except UnsafeUrlError as exc:
-        return _fail(svc, run, step, "output_copy_failed", f"Provider output URL refused: {exc.message}",
-                     seq=step["seq"])
+        return _fail(
+            svc, run, step, "output_copy_failed", f"Provider output URL refused: {exc.message}", seq=step["seq"]
+        )
     if not durable:
-        return _fail(svc, run, step, "provider_unexpected_response", "The provider returned no output.",
-                     seq=step["seq"])
+        return _fail(
+            svc, run, step, "provider_unexpected_response", "The provider returned no output.", seq=step["seq"]
+        )
     result = svc.store.complete_step(step["id"], step["attempt"], durable, dict(status.metadata))
     if result is None:
         return "stale"  # canceled or timed out meanwhile: the late result is ignored
@@ -146,8 +167,12 @@ def _succeed(svc: Services, run: Row, step: Row, status: JobStatus) -> str:
 
 
 def _copy_output(svc: Services, run: Row, step: Row, index: int, url: str) -> str:
-    fetched = fetch_bytes(url, resolver=svc.resolver, max_bytes=svc.settings.max_output_bytes,
-                          allow_loopback_http=svc.settings.allow_loopback_http)
+    fetched = fetch_bytes(
+        url,
+        resolver=svc.resolver,
+        max_bytes=svc.settings.max_output_bytes,
+        allow_loopback_http=svc.settings.allow_loopback_http,
+    )
     content_type = fetched.content_type.split(";")[0].strip().lower()
     extension = EXTENSIONS.get(content_type) or _extension_from_url(url)
     key = f"runs/{run['id']}/{step['step_key']}/output-{index}{extension}"
@@ -162,8 +187,9 @@ def _extension_from_url(url: str) -> str:
         return ".bin"
 
 
-def _fail(svc: Services, run: Row, step: Row, code: str, message: str, *, attempt: int | None = None,
-          seq: int | None = None) -> str:
+def _fail(
+    svc: Services, run: Row, step: Row, code: str, message: str, *, attempt: int | None = None, seq: int | None = None
+) -> str:
     failed = svc.store.fail_step(step["id"], code, message[:2000], attempt=attempt, seq=seq)
     if failed is None:
         return "stale"

@@ -61,6 +61,10 @@ def present_run(run: Row) -> dict[str, Any]:
         out["output"] = run["output"]
     if run.get("webhook_url"):
         out["webhook_url"] = run["webhook_url"]
-        out["callback"] = {"event_id": run["callback_event_id"], "status": run["callback_status"],
-                           "attempts": run["callback_attempts"], "next_attempt_at": run["callback_next_at"]}
+        out["callback"] = {
+            "event_id": run["callback_event_id"],
+            "status": run["callback_status"],
+            "attempts": run["callback_attempts"],
+            "next_attempt_at": run["callback_next_at"],
+        }
     return out

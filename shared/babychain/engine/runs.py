@@ -33,25 +33,43 @@ def create_run(svc: Services, principal: Principal, slug: str, body: Any, idempo
     if template is None:
         raise not_found("chain_not_found", f"No chain template {slug!r}. GET /api/v1/chains lists them.")
     if idempotency_key is not None and not IDEMPOTENCY_KEY.match(idempotency_key):
-        raise invalid_input("Idempotency-Key must be 1-255 characters of A-Z a-z 0-9 _ . : -.", "Idempotency-Key",
-                            code="invalid_idempotency_key")
+        raise invalid_input(
+            "Idempotency-Key must be 1-255 characters of A-Z a-z 0-9 _ . : -.",
+            "Idempotency-Key",
+            code="invalid_idempotency_key",
+        )
     mode = svc.settings.provider_mode
-    plan = plan_run(template, body, mode=mode, resolver=svc.resolver,
-                    allow_loopback_http=svc.settings.allow_loopback_http)
+    plan = plan_run(
+        template, body, mode=mode, resolver=svc.resolver, allow_loopback_http=svc.settings.allow_loopback_http
+    )
     run_id = str(uuid.uuid4())
-    result = svc.store.create_run({
-        "id": run_id, "owner_id": principal.owner_id, "chain_slug": template.slug,
-        "chain_version": template.version, "mode": mode, "input": plan.input, "metadata": plan.metadata,
-        "webhook_url": plan.webhook_url, "idempotency_key": idempotency_key, "request_hash": plan.request_hash,
-        "run_timeout_seconds": svc.settings.run_timeout_seconds, "callback_event_id": f"evt_{run_id}",
-        "steps": [s.row() for s in plan.steps],
-    })
+    result = svc.store.create_run(
+        {
+            "id": run_id,
+            "owner_id": principal.owner_id,
+            "chain_slug": template.slug,
+            "chain_version": template.version,
+            "mode": mode,
+            "input": plan.input,
+            "metadata": plan.metadata,
+            "webhook_url": plan.webhook_url,
+            "idempotency_key": idempotency_key,
+            "request_hash": plan.request_hash,
+            "run_timeout_seconds": svc.settings.run_timeout_seconds,
+            "callback_event_id": f"evt_{run_id}",
+            "steps": [s.row() for s in plan.steps],
+        }
+    )
     run = result["run"]
     if not result["created"]:
         if run["request_hash"] != plan.request_hash:
-            raise ApiError(409, "idempotency_conflict",
-                           "This Idempotency-Key was already used with a different request.",
-                           field="Idempotency-Key", details={"run_id": run["id"]})
+            raise ApiError(
+                409,
+                "idempotency_conflict",
+                "This Idempotency-Key was already used with a different request.",
+                field="Idempotency-Key",
+                details={"run_id": run["id"]},
+            )
         return Created(present_run(run), replayed=True)
     first = run["steps"][0]
     # If this send is lost, the sweeper re-drives the step: it is due from now on.
@@ -138,11 +156,15 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
 
 def list_chains(svc: Services) -> dict[str, Any]:
     mode = svc.settings.provider_mode
-    return {"object": "list", "url": "/api/v1/chains", "has_more": False,
-            "data": [t.summary(mode) for t in TEMPLATES]}
+    return {"object": "list", "url": "/api/v1/chains", "has_more": False, "data": [t.summary(mode) for t in TEMPLATES]}
 
 
 def list_models(svc: Services) -> dict[str, Any]:
     mode = svc.settings.provider_mode
-    return {"object": "list", "url": "/api/v1/models", "has_more": False, "mode": mode,
-            "data": [m.summary() for m in MODELS_BY_ID.values()]}
+    return {
+        "object": "list",
+        "url": "/api/v1/models",
+        "has_more": False,
+        "mode": mode,
+        "data": [m.summary() for m in MODELS_BY_ID.values()],
+    }

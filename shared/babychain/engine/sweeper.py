@@ -14,12 +14,15 @@ BATCH_LIMIT = 500
 
 def sweep(svc: Services) -> dict[str, int]:
     s = svc.settings
-    result: dict[str, Any] = svc.store.sweep({
-        "grace_seconds": s.sweeper_grace_seconds, "limit": BATCH_LIMIT,
-        "image_step_timeout_seconds": s.image_step_timeout_seconds,
-        "video_step_timeout_seconds": s.video_step_timeout_seconds,
-        "callback_stale_seconds": s.callback_stale_seconds,
-    })
+    result: dict[str, Any] = svc.store.sweep(
+        {
+            "grace_seconds": s.sweeper_grace_seconds,
+            "limit": BATCH_LIMIT,
+            "image_step_timeout_seconds": s.image_step_timeout_seconds,
+            "video_step_timeout_seconds": s.video_step_timeout_seconds,
+            "callback_stale_seconds": s.callback_stale_seconds,
+        }
+    )
     for step in result["timed_out_steps"]:
         if step.get("provider_job_id") and step.get("provider"):
             _cancel_quietly(svc, step)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
@@ -28,21 +29,34 @@ DEMO_PROMPTS = {
 def demo_request(chain: str, receiver_url: str, source_image_url: str | None = None) -> dict[str, Any]:
     """A BYOK-shaped request (the seed's models and fields) that runs unchanged on the local provider."""
     inputs: dict[str, Any] = {"chain_models": {}}
-    steps = {"chain1": ["text_to_image", "image_to_video"], "chain2": ["image_to_image", "image_to_video"],
-             "chain3": ["text_to_image", "image_to_image", "image_to_video"]}[chain]
+    steps = {
+        "chain1": ["text_to_image", "image_to_video"],
+        "chain2": ["image_to_image", "image_to_video"],
+        "chain3": ["text_to_image", "image_to_image", "image_to_video"],
+    }[chain]
     for step in steps:
         if step == "text_to_image":
             inputs["chain_models"]["text_to_image_model"] = "bfl/flux-2-flex"
-            inputs["text_to_image_params"] = {"prompt": DEMO_PROMPTS[step], "width": 1024, "height": 768,
-                                              "prompt_upsampling": False, "seed": 593, "safety_tolerance": 5,
-                                              "output_format": "jpeg"}
+            inputs["text_to_image_params"] = {
+                "prompt": DEMO_PROMPTS[step],
+                "width": 1024,
+                "height": 768,
+                "prompt_upsampling": False,
+                "seed": 593,
+                "safety_tolerance": 5,
+                "output_format": "jpeg",
+            }
         elif step == "image_to_image":
             inputs["chain_models"]["image_to_image_model"] = "bfl/flux-kontext-pro"
             inputs["image_to_image_params"] = {"prompt": DEMO_PROMPTS[step], "seed": 7, "output_format": "png"}
         else:
             inputs["chain_models"]["image_to_video_model"] = "bytedance/seedance-1.5-pro"
-            inputs["image_to_video_params"] = {"content": [{"type": "text", "text": DEMO_PROMPTS[step]}],
-                                               "ratio": "16:9", "duration": 3, "watermark": False}
+            inputs["image_to_video_params"] = {
+                "content": [{"type": "text", "text": DEMO_PROMPTS[step]}],
+                "ratio": "16:9",
+                "duration": 3,
+                "watermark": False,
+            }
     if source_image_url:
         inputs["source_image_url"] = source_image_url
     return {"input": inputs, "webhook_url": receiver_url}
@@ -60,10 +74,8 @@ def serve(args: argparse.Namespace) -> int:
     _print("Press Ctrl-C to stop.")
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         stopped.wait()
-    except KeyboardInterrupt:
-        pass
     engine.stop()
     return 0
 
@@ -81,24 +93,30 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def _run_demo(engine: LocalEngine, receiver: WebhookReceiver, chain: str, timeout: float) -> int:
-    client = httpx.Client(base_url=engine.base_url, timeout=30,
-                          headers={"Authorization": f"Bearer {engine.settings.api_keys[0]}"})
+    client = httpx.Client(
+        base_url=engine.base_url, timeout=30, headers={"Authorization": f"Bearer {engine.settings.api_keys[0]}"}
+    )
     source = None
     if chain == "chain2":
         # chain2 starts from a caller image: make one with a chain1-style text_to_image call on the local media kit.
         from babychain.providers.local_media import text_to_image
 
-        source = engine.artifacts.put("demo/source.png", text_to_image("a red kite over green hills", seed=1,
-                                                                        width=768, height=512), "image/png")
+        source = engine.artifacts.put(
+            "demo/source.png", text_to_image("a red kite over green hills", seed=1, width=768, height=512), "image/png"
+        )
     body = demo_request(chain, receiver.url, source)
     _print(f"\nPOST /api/v1/chains/{chain}/runs")
-    response = client.post(f"/api/v1/chains/{chain}/runs", json=body, headers={"Idempotency-Key": f"demo-{time.time()}"})
+    response = client.post(
+        f"/api/v1/chains/{chain}/runs", json=body, headers={"Idempotency-Key": f"demo-{time.time()}"}
+    )
     run = response.json()
     if response.status_code != 202:
         _print(f"create failed: {response.status_code} {json.dumps(run)}")
         return 1
-    _print(f"  202 {run['id']} status={run['status']} mode={run['mode']} steps="
-           + " -> ".join(s["step_key"] for s in run["steps"]))
+    _print(
+        f"  202 {run['id']} status={run['status']} mode={run['mode']} steps="
+        + " -> ".join(s["step_key"] for s in run["steps"])
+    )
     seen: dict[str, str] = {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -123,9 +141,11 @@ def _run_demo(engine: LocalEngine, receiver: WebhookReceiver, chain: str, timeou
         _print("no callback arrived")
         return 1
     delivery = deliveries[0]
-    _print(f"\ncallback {delivery.headers.get('webhook-id')} type={delivery.json()['type']} "
-           f"signature {'VERIFIED' if _verify_independently(engine, delivery) else 'DID NOT VERIFY'} "
-           "(Standard Webhooks)")
+    _print(
+        f"\ncallback {delivery.headers.get('webhook-id')} type={delivery.json()['type']} "
+        f"signature {'VERIFIED' if _verify_independently(engine, delivery) else 'DID NOT VERIFY'} "
+        "(Standard Webhooks)"
+    )
     return 0 if _verify_independently(engine, delivery) else 1
 
 

@@ -83,8 +83,15 @@ class LambdaContext:
         return 300_000
 
 
-def http_event(method: str, path: str, query: str, headers: dict[str, str], body: bytes,
-               route_key: str, path_parameters: dict[str, str]) -> dict[str, Any]:
+def http_event(
+    method: str,
+    path: str,
+    query: str,
+    headers: dict[str, str],
+    body: bytes,
+    route_key: str,
+    path_parameters: dict[str, str],
+) -> dict[str, Any]:
     """An API Gateway HTTP API (payload format 2.0) event."""
     try:
         text, is_base64 = body.decode(), False
@@ -106,11 +113,22 @@ def http_event(method: str, path: str, query: str, headers: dict[str, str], body
         "queryStringParameters": query_params or None,
         "pathParameters": path_parameters or None,
         "requestContext": {
-            "accountId": "000000000000", "apiId": "local", "domainName": "localhost", "domainPrefix": "localhost",
-            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
-                     "userAgent": headers.get("user-agent", "")},
-            "requestId": str(uuid.uuid4()), "routeKey": route_key, "stage": "$default",
-            "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"), "timeEpoch": int(now.timestamp() * 1000),
+            "accountId": "000000000000",
+            "apiId": "local",
+            "domainName": "localhost",
+            "domainPrefix": "localhost",
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": headers.get("user-agent", ""),
+            },
+            "requestId": str(uuid.uuid4()),
+            "routeKey": route_key,
+            "stage": "$default",
+            "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "timeEpoch": int(now.timestamp() * 1000),
         },
         "body": text if body else None,
         "isBase64Encoded": is_base64,
@@ -122,24 +140,36 @@ def sqs_event(queue_name: str, messages: list[tuple[str, dict[str, Any], int]]) 
     records = []
     for message_id, body, receive_count in messages:
         text = json.dumps(body)
-        records.append({
-            "messageId": message_id,
-            "receiptHandle": f"local-{message_id}-{receive_count}",
-            "body": text,
-            "attributes": {"ApproximateReceiveCount": str(receive_count),
-                           "SentTimestamp": str(int(time.time() * 1000)), "SenderId": "local",
-                           "ApproximateFirstReceiveTimestamp": str(int(time.time() * 1000))},
-            "messageAttributes": {},
-            "md5OfBody": hashlib.md5(text.encode()).hexdigest(),  # noqa: S324 - SQS's own checksum
-            "eventSource": "aws:sqs",
-            "eventSourceARN": f"arn:aws:sqs:local:000000000000:{queue_name}",
-            "awsRegion": "local",
-        })
+        records.append(
+            {
+                "messageId": message_id,
+                "receiptHandle": f"local-{message_id}-{receive_count}",
+                "body": text,
+                "attributes": {
+                    "ApproximateReceiveCount": str(receive_count),
+                    "SentTimestamp": str(int(time.time() * 1000)),
+                    "SenderId": "local",
+                    "ApproximateFirstReceiveTimestamp": str(int(time.time() * 1000)),
+                },
+                "messageAttributes": {},
+                "md5OfBody": hashlib.md5(text.encode()).hexdigest(),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": f"arn:aws:sqs:local:000000000000:{queue_name}",
+                "awsRegion": "local",
+            }
+        )
     return {"Records": records}
 
 
 def scheduled_event() -> dict[str, Any]:
-    return {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.events",
-            "account": "000000000000", "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "region": "local", "resources": ["arn:aws:events:local:000000000000:rule/babychain-sweeper"],
-            "detail": {}}
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "000000000000",
+        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": "local",
+        "resources": ["arn:aws:events:local:000000000000:rule/babychain-sweeper"],
+        "detail": {},
+    }

@@ -23,8 +23,15 @@ log = logging.getLogger(__name__)
 
 
 class LocalQueue(Queue):
-    def __init__(self, name: str, handler: Callable[[dict[str, Any], Any], Any], *, workers: int = 2,
-                 visibility_timeout: float = 2.0, max_receives: int = 5) -> None:
+    def __init__(
+        self,
+        name: str,
+        handler: Callable[[dict[str, Any], Any], Any],
+        *,
+        workers: int = 2,
+        visibility_timeout: float = 2.0,
+        max_receives: int = 5,
+    ) -> None:
         self.name = name
         self.handler = handler
         self.workers = workers
@@ -45,8 +52,9 @@ class LocalQueue(Queue):
 
     def _push(self, body: dict[str, Any], delay: float, message_id: str, receives: int) -> None:
         with self._cond:
-            heapq.heappush(self._heap, (time.monotonic() + max(0.0, delay), next(self._counter), message_id, body,
-                                        receives))
+            heapq.heappush(
+                self._heap, (time.monotonic() + max(0.0, delay), next(self._counter), message_id, body, receives)
+            )
             self._cond.notify()
 
     def start(self) -> None:
@@ -104,16 +112,21 @@ class LocalQueue(Queue):
                     self._in_flight -= 1
             if failed:
                 if receives >= self.max_receives:
-                    log.error("%s: message %s moved to the dead-letter list after %d receives", self.name,
-                              message_id, receives)
+                    log.error(
+                        "%s: message %s moved to the dead-letter list after %d receives",
+                        self.name,
+                        message_id,
+                        receives,
+                    )
                     self.dead_letters.append(body)
                 else:
                     self._push(body, self.visibility_timeout, message_id, receives)
 
     def _deliver(self, message_id: str, body: dict[str, Any], receives: int) -> bool:
         try:
-            response = self.handler(sqs_event(self.name, [(message_id, body, receives)]),
-                                    LambdaContext(function_name=self.name))
+            response = self.handler(
+                sqs_event(self.name, [(message_id, body, receives)]), LambdaContext(function_name=self.name)
+            )
         except Exception:
             log.exception("%s: handler crashed", self.name)
             return True

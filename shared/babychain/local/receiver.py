@@ -64,8 +64,7 @@ class WebhookReceiver:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 with receiver._arrived:
                     status = receiver.answers.pop(0) if receiver.answers else 204
-                    receiver.deliveries.append(Delivery(headers, body, verify(receiver.secret, headers, body),
-                                                        status))
+                    receiver.deliveries.append(Delivery(headers, body, verify(receiver.secret, headers, body), status))
                     receiver._arrived.notify_all()
                 self.send_response(status)
                 self.send_header("Content-Length", "0")

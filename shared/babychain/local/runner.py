@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 from babychain.artifacts import LocalArtifactStore
 from babychain.config import Settings, load_settings
 from babychain.errors import ApiError
-from babychain.local.lambda_shim import LambdaContext, load_handler, match_route, scheduled_event, http_event
+from babychain.local.lambda_shim import LambdaContext, http_event, load_handler, match_route, scheduled_event
 from babychain.local.queue import LocalQueue
 from babychain.providers.local import LocalProvider, LocalProviderServer
 from babychain.security.urls import Resolver, system_resolver
@@ -43,9 +43,17 @@ def dev_callback_secret(home: Path) -> str:
 
 
 class LocalEngine:
-    def __init__(self, home: str | Path = ".babychain", *, port: int = 0, host: str = "127.0.0.1",
-                 overrides: dict[str, Any] | None = None, resolver: Resolver = system_resolver,
-                 sweep_interval_seconds: float = 2.0, workers: bool = True) -> None:
+    def __init__(
+        self,
+        home: str | Path = ".babychain",
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        overrides: dict[str, Any] | None = None,
+        resolver: Resolver = system_resolver,
+        sweep_interval_seconds: float = 2.0,
+        workers: bool = True,
+    ) -> None:
         # workers=False leaves the queues and the sweeper idle, so tests can deliver each message by hand.
         self.workers = workers
         self.home = Path(home).resolve()
@@ -57,9 +65,12 @@ class LocalEngine:
         self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
         self.settings = self._settings(overrides or {})
-        self.provider_server = LocalProviderServer(self.home / "local-provider",
-                                                   delay_seconds=self.settings.local_provider_delay_seconds,
-                                                   fail_rules=self.settings.local_provider_fail, resolver=resolver)
+        self.provider_server = LocalProviderServer(
+            self.home / "local-provider",
+            delay_seconds=self.settings.local_provider_delay_seconds,
+            fail_rules=self.settings.local_provider_fail,
+            resolver=resolver,
+        )
         self.artifacts = LocalArtifactStore(self.home / "artifacts", self.base_url + "/files")
         self.step_queue = LocalQueue("step-queue", load_handler("step_executor"), workers=4)
         self.callback_queue = LocalQueue("callback-queue", load_handler("callback_sender"), workers=2)
@@ -92,12 +103,21 @@ class LocalEngine:
         apply_migrations(dsn)
         self.store = PostgresStore(dsn)
         provider_url = self.provider_server.start()
-        self.settings = dataclasses.replace(self.settings, database_url=dsn, local_provider_url=provider_url,
-                                            artifact_base_url=self.base_url + "/files")
+        self.settings = dataclasses.replace(
+            self.settings, database_url=dsn, local_provider_url=provider_url, artifact_base_url=self.base_url + "/files"
+        )
         provider = LocalProvider(provider_url)
-        install(Services(settings=self.settings, store=self.store, step_queue=self.step_queue,
-                         callback_queue=self.callback_queue, artifacts=self.artifacts,
-                         provider_for=lambda _model: provider, resolver=self.resolver))
+        install(
+            Services(
+                settings=self.settings,
+                store=self.store,
+                step_queue=self.step_queue,
+                callback_queue=self.callback_queue,
+                artifacts=self.artifacts,
+                provider_for=lambda _model: provider,
+                resolver=self.resolver,
+            )
+        )
         threading.Thread(target=self._serve, name="api", daemon=True).start()
         if self.workers:
             self.step_queue.start()
@@ -131,13 +151,16 @@ class LocalEngine:
 
     def describe(self) -> list[str]:
         s = self.settings
+        # Values that came from the environment are named, not printed; generated development defaults are shown.
+        api_key = "from BABYCHAIN_API_KEY" if os.environ.get("BABYCHAIN_API_KEY") else s.api_keys[0]
+        secret = "from BABYCHAIN_CALLBACK_SECRET" if os.environ.get("BABYCHAIN_CALLBACK_SECRET") else s.callback_secret
         return [
             f"BabyChain is serving on {self.base_url}",
             f"  provider mode     {s.provider_mode} (local provider at {s.local_provider_url})",
             f"  database          {'embedded Postgres in ' + str(self.home / 'pg') if self._pg else 'DATABASE_URL'}",
             f"  artifacts         {self.home / 'artifacts'} served at {self.base_url}/files/",
-            f"  API key           {'BABYCHAIN_API_KEY' if os.environ.get('BABYCHAIN_API_KEY') else s.api_keys[0]}",
-            f"  callback secret   {'BABYCHAIN_CALLBACK_SECRET' if os.environ.get('BABYCHAIN_CALLBACK_SECRET') else s.callback_secret}",
+            f"  API key           {api_key}",
+            f"  callback secret   {secret}",
             "  DEVELOPMENT SETTING ON: plain HTTP on loopback is accepted for input URLs and webhook_url.",
         ]
 
@@ -186,8 +209,7 @@ class LocalEngine:
                 if route is None:
                     return self._error(ApiError(404, "route_not_found", "No such route."))
                 function, route_key, params = route
-                event = http_event(method, parts.path, parts.query, dict(self.headers.items()), body, route_key,
-                                   params)
+                event = http_event(method, parts.path, parts.query, dict(self.headers.items()), body, route_key, params)
                 response = load_handler(function)(event, LambdaContext(function_name=function))
                 payload = response.get("body") or ""
                 data = base64.b64decode(payload) if response.get("isBase64Encoded") else payload.encode()

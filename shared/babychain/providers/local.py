@@ -53,8 +53,16 @@ class FailRule:
 
 
 class LocalProviderServer:
-    def __init__(self, folder: str | Path, *, delay_seconds: float = 1.0, fail_rules: list[str] | tuple[str, ...] = (),
-                 resolver: Resolver = system_resolver, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        delay_seconds: float = 1.0,
+        fail_rules: list[str] | tuple[str, ...] = (),
+        resolver: Resolver = system_resolver,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
         self.folder = Path(folder).resolve()
         (self.folder / "jobs").mkdir(parents=True, exist_ok=True)
         (self.folder / "files").mkdir(parents=True, exist_ok=True)
@@ -110,16 +118,23 @@ class LocalProviderServer:
         with self._lock:
             rule = self._take_rule(step_key, "submit_")
             if rule is not None:
-                return int(rule.what.removeprefix("submit_")), {"error": {"code": "injected", "message":
-                                                                          f"injected {rule.what}"}}
+                return int(rule.what.removeprefix("submit_")), {
+                    "error": {"code": "injected", "message": f"injected {rule.what}"}
+                }
             job_id = hashlib.sha256(str(body["idempotency_key"]).encode()).hexdigest()[:24]
             existing = self._load(job_id)
             if existing is not None:
                 return 200, self._public(existing)
             outcome = self._take_rule(step_key, "")
-            job = {"id": job_id, "status": "pending", "step_key": step_key, "request": body["request"],
-                   "ready_at": time.time() + self.delay_seconds, "created_at": time.time(),
-                   "fail": outcome.what if outcome else None}
+            job = {
+                "id": job_id,
+                "status": "pending",
+                "step_key": step_key,
+                "request": body["request"],
+                "ready_at": time.time() + self.delay_seconds,
+                "created_at": time.time(),
+                "fail": outcome.what if outcome else None,
+            }
             self._save(job)
             self.submissions.append(body)
         return 200, self._public(job)
@@ -160,20 +175,34 @@ class LocalProviderServer:
 
     def _render(self, step_key: str, request: GenerationRequest) -> tuple[bytes, str]:
         if step_key == "text_to_image":
-            return local_media.text_to_image(request.prompt, seed=request.seed, width=request.width or 1024,
-                                             height=request.height or 1024,
-                                             output_format=request.output_format), request.output_format
+            return local_media.text_to_image(
+                request.prompt,
+                seed=request.seed,
+                width=request.width or 1024,
+                height=request.height or 1024,
+                output_format=request.output_format,
+            ), request.output_format
         if not request.input_urls:
             raise ValueError(f"{step_key} needs an input image")
-        source = fetch_bytes(request.input_urls[0], resolver=self.resolver, max_bytes=MAX_INPUT_BYTES,
-                             allow_loopback_http=True).content
+        source = fetch_bytes(
+            request.input_urls[0], resolver=self.resolver, max_bytes=MAX_INPUT_BYTES, allow_loopback_http=True
+        ).content
         if step_key == "image_to_image":
-            return local_media.image_to_image(source, request.prompt, seed=request.seed,
-                                              output_format=request.output_format, width=request.width,
-                                              height=request.height), request.output_format
-        return local_media.image_to_video(source, request.prompt, seed=request.seed,
-                                          duration_seconds=request.duration_seconds or 3.0,
-                                          ratio=request.ratio), "mp4"
+            return local_media.image_to_image(
+                source,
+                request.prompt,
+                seed=request.seed,
+                output_format=request.output_format,
+                width=request.width,
+                height=request.height,
+            ), request.output_format
+        return local_media.image_to_video(
+            source,
+            request.prompt,
+            seed=request.seed,
+            duration_seconds=request.duration_seconds or 3.0,
+            ratio=request.ratio,
+        ), "mp4"
 
     def _public(self, job: dict[str, Any]) -> dict[str, Any]:
         out = {"id": job["id"], "status": job["status"]}
@@ -256,16 +285,26 @@ class LocalProvider(Provider):
         except httpx.HTTPError as exc:
             raise ProviderError("provider_network_error", f"Local provider unreachable: {exc}", transient=True) from exc
         if response.status_code >= 400:
-            raise provider_error_for_status(response.status_code, f"Local provider answered {response.status_code}.",
-                                            parse_retry_after(response.headers.get("Retry-After")))
+            raise provider_error_for_status(
+                response.status_code,
+                f"Local provider answered {response.status_code}.",
+                parse_retry_after(response.headers.get("Retry-After")),
+            )
         answer: dict[str, Any] = response.json()
         return answer
 
     def submit(self, job: StepJob) -> Submission:
         request = job.model.family(job.mode).describe(job.params)
-        answer = self._request("POST", "/v1/jobs", {"model": job.model.id, "step_key": job.step_key,
-                                                    "idempotency_key": job.idempotency_key,
-                                                    "request": asdict(request)})
+        answer = self._request(
+            "POST",
+            "/v1/jobs",
+            {
+                "model": job.model.id,
+                "step_key": job.step_key,
+                "idempotency_key": job.idempotency_key,
+                "request": asdict(request),
+            },
+        )
         return Submission(job_id=answer["id"], metadata={"local_status": answer["status"]})
 
     def poll(self, job_id: str, metadata: dict[str, Any]) -> JobStatus:
@@ -274,8 +313,11 @@ class LocalProvider(Provider):
             case "succeeded":
                 return JobStatus("succeeded", output_urls=[answer["output_url"]])
             case "failed":
-                code = "provider_content_moderated" if answer.get("error_code") == "content_moderated" \
+                code = (
+                    "provider_content_moderated"
+                    if answer.get("error_code") == "content_moderated"
                     else "provider_failed"
+                )
                 return JobStatus("failed", error_code=code, error_message=answer.get("error_message"))
             case "canceled":
                 return JobStatus("canceled")

@@ -19,11 +19,21 @@ import io
 import math
 import random
 import warnings
+from collections.abc import Iterator
 from fractions import Fraction
 from functools import lru_cache
 
 import av
-from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageOps, ImageStat
+from PIL import (
+    Image,
+    ImageChops,
+    ImageDraw,
+    ImageFilter,
+    ImageFont,
+    ImageOps,
+    ImageStat,
+    UnidentifiedImageError,
+)
 
 __all__ = [
     "content_type_for",
@@ -58,18 +68,14 @@ def _normalize_format(output_format: str) -> str:
     if fmt == "jpg":
         fmt = "jpeg"
     if fmt not in _CONTENT_TYPES:
-        raise ValueError(
-            f"unsupported output format {output_format!r}; expected one of png, jpeg, jpg, webp, mp4"
-        )
+        raise ValueError(f"unsupported output format {output_format!r}; expected one of png, jpeg, jpg, webp, mp4")
     return fmt
 
 
 def _normalize_image_format(output_format: str) -> str:
     fmt = _normalize_format(output_format)
     if fmt not in _IMAGE_FORMATS:
-        raise ValueError(
-            f"unsupported image output format {output_format!r}; expected png, jpeg, jpg or webp"
-        )
+        raise ValueError(f"unsupported image output format {output_format!r}; expected png, jpeg, jpg or webp")
     return fmt
 
 
@@ -132,8 +138,11 @@ def _lerp(a: RGB, b: RGB, t: float) -> RGB:
 
 
 def _clean_text(text: str) -> str:
-    """Collapse whitespace and drop characters no font can draw (controls, lone surrogates)."""
-    cleaned = "".join(ch if ch.isprintable() else " " for ch in str(text))
+    """Collapse whitespace and drop characters no font can draw (controls, lone surrogates).
+
+    Only the first 2000 characters are kept: no caption shows more, and wrapping cost stays bounded.
+    """
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in str(text)[:2000])
     return " ".join(cleaned.split())
 
 
@@ -153,31 +162,41 @@ def _drawable(text: str, font: Font) -> str:
 
 
 def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Font, max_width: float, max_lines: int) -> list[str]:
-    """Greedy pixel-width word wrap; over-long words are split; overflow ends with '...'."""
+    """Greedy pixel-width word wrap; over-long words are split; overflow ends with '...'.
+
+    Stops as soon as `max_lines` is exceeded, so very long prompts cost no more than short ones.
+    """
 
     def width(s: str) -> float:
         return draw.textlength(s, font=font)
 
-    pieces: list[str] = []
-    for word in text.split():
-        while len(word) > 1 and width(word) > max_width:
-            cut = len(word) - 1
-            while cut > 1 and width(word[:cut]) > max_width:
-                cut -= 1
-            pieces.append(word[:cut])
-            word = word[cut:]
-        pieces.append(word)
+    def pieces() -> Iterator[str]:
+        for word in text.split():
+            while len(word) > 1 and width(word) > max_width:
+                # Longest prefix that fits (at least one character), by binary search.
+                lo, hi = 1, len(word) - 1
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if width(word[:mid]) <= max_width:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                yield word[:lo]
+                word = word[lo:]
+            yield word
 
     lines: list[str] = []
     current = ""
-    for piece in pieces:
+    for piece in pieces():
         candidate = f"{current} {piece}" if current else piece
         if not current or width(candidate) <= max_width:
             current = candidate
-        else:
-            lines.append(current)
-            current = piece
-    if current:
+            continue
+        lines.append(current)
+        current = piece
+        if len(lines) > max_lines:
+            break
+    if current and len(lines) <= max_lines:
         lines.append(current)
 
     if len(lines) > max_lines:
@@ -271,7 +290,9 @@ def _decode_image(data: bytes, *, draft_side: int | None = None) -> Image.Image:
             img = ImageOps.exif_transpose(img)
     except ValueError:
         raise
-    except Exception as exc:  # UnidentifiedImageError, OSError, SyntaxError, DecompressionBombError, ...
+    except UnidentifiedImageError as exc:
+        raise ValueError("input image could not be decoded: not a recognised image format") from exc
+    except Exception as exc:  # OSError (truncated/corrupt), SyntaxError, DecompressionBombError, ...
         raise ValueError(f"input image could not be decoded: {exc}") from exc
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
@@ -303,9 +324,7 @@ def _background(rng: random.Random, palette: list[RGB], size: tuple[int, int]) -
         for x in range(grad_w):
             t = ((x / (grad_w - 1) - 0.5) * dx + (y / (grad_h - 1) - 0.5) * dy) / 1.4142 + 0.5
             t = max(0.0, min(1.0, t))
-            pixels.append(
-                _lerp(stops[0], stops[1], t * 2) if t < 0.5 else _lerp(stops[1], stops[2], t * 2 - 1)
-            )
+            pixels.append(_lerp(stops[0], stops[1], t * 2) if t < 0.5 else _lerp(stops[1], stops[2], t * 2 - 1))
     gradient = Image.new("RGB", (grad_w, grad_h))
     gradient.putdata(pixels)
     base = gradient.resize((work_w, work_h), Image.Resampling.BICUBIC).convert("RGBA")
@@ -449,9 +468,7 @@ def _vignette(img: Image.Image, colour: RGB, strength: float) -> Image.Image:
 
 def _mean_abs_diff(a: Image.Image, b: Image.Image) -> float:
     small = (max(1, min(a.width, 256)), max(1, min(a.height, 256)))
-    diff = ImageChops.difference(
-        a.resize(small, Image.Resampling.BILINEAR), b.resize(small, Image.Resampling.BILINEAR)
-    )
+    diff = ImageChops.difference(a.resize(small, Image.Resampling.BILINEAR), b.resize(small, Image.Resampling.BILINEAR))
     return sum(ImageStat.Stat(diff).mean) / 3
 
 
@@ -495,9 +512,7 @@ def image_to_image(
     # 1. Colour grade: a palette duotone blended over the original, sometimes posterized.
     dark = _lerp(palette[0], (0, 0, 0), 0.7)
     light = _lerp(palette[3], (255, 255, 255), 0.45)
-    duotone = ImageOps.colorize(
-        ImageOps.autocontrast(src.convert("L")), black=dark, white=light, mid=palette[1]
-    )
+    duotone = ImageOps.colorize(ImageOps.autocontrast(src.convert("L")), black=dark, white=light, mid=palette[1])
     img = Image.blend(src, duotone, rng.uniform(0.55, 0.8))
     if rng.random() < 0.5:
         img = ImageOps.posterize(img, rng.choice((2, 3)))

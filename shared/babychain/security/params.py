@@ -60,11 +60,7 @@ def normalise_key(key: str) -> str:
 
 def is_credential_like_key(key: str) -> bool:
     norm = normalise_key(key)
-    return (
-        norm.startswith(_CREDENTIAL_PREFIXES)
-        or norm in _CREDENTIAL_EXACT
-        or norm.endswith(_CREDENTIAL_SUFFIXES)
-    )
+    return norm.startswith(_CREDENTIAL_PREFIXES) or norm in _CREDENTIAL_EXACT or norm.endswith(_CREDENTIAL_SUFFIXES)
 
 
 def is_provider_controlled_key(key: str) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
+
 from babychain.errors import UnsafeUrlError
 from babychain.security.urls import CheckedUrl, Resolver, check_url
 

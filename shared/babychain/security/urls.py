@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import httpx
+
 from babychain.errors import UnsafeUrlError
 from babychain.security.params import child_path
 

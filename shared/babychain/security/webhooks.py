@@ -26,12 +26,16 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
 def signature_headers(secret: str, msg_id: str, body: bytes, now: float | None = None) -> dict[str, str]:
     timestamp = int(now if now is not None else time.time())
-    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(secret, msg_id, timestamp, body)}
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, msg_id, timestamp, body),
+    }
 
 
-def verify(secret: str, headers: dict[str, str], body: bytes, *, tolerance_seconds: int = 300,
-           now: float | None = None) -> bool:
+def verify(
+    secret: str, headers: dict[str, str], body: bytes, *, tolerance_seconds: int = 300, now: float | None = None
+) -> bool:
     lowered = {k.lower(): v for k, v in headers.items()}
     msg_id, timestamp = lowered.get("webhook-id", ""), lowered.get("webhook-timestamp", "")
     if not msg_id or not timestamp.isdigit():

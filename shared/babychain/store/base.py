@@ -23,8 +23,9 @@ class Store(ABC):
 
     # API keys
     def create_api_key(self, key_prefix: str, key_hash: str, name: str, scopes: list[str] | None = None) -> Row:
-        return self.call("bc_create_api_key", {"key_prefix": key_prefix, "key_hash": key_hash, "name": name,
-                                               "scopes": scopes})
+        return self.call(
+            "bc_create_api_key", {"key_prefix": key_prefix, "key_hash": key_hash, "name": name, "scopes": scopes}
+        )
 
     def authenticate_key(self, key_hash: str) -> Row | None:
         return self.call("bc_authenticate_key", {"key_hash": key_hash})
@@ -36,51 +37,123 @@ class Store(ABC):
     def get_run(self, run_id: str, owner_id: str | None = None) -> Row | None:
         return self.call("bc_get_run", {"run_id": run_id, "owner_id": owner_id})
 
-    def list_runs(self, owner_id: str, *, limit: int, status: str | None = None, chain_slug: str | None = None,
-                  cursor: tuple[str, str] | None = None) -> list[Row]:
-        return self.call("bc_list_runs", {
-            "owner_id": owner_id, "limit": limit, "status": status, "chain_slug": chain_slug,
-            "cursor_created_at": cursor[0] if cursor else None, "cursor_id": cursor[1] if cursor else None,
-        })
+    def list_runs(
+        self,
+        owner_id: str,
+        *,
+        limit: int,
+        status: str | None = None,
+        chain_slug: str | None = None,
+        cursor: tuple[str, str] | None = None,
+    ) -> list[Row]:
+        return self.call(
+            "bc_list_runs",
+            {
+                "owner_id": owner_id,
+                "limit": limit,
+                "status": status,
+                "chain_slug": chain_slug,
+                "cursor_created_at": cursor[0] if cursor else None,
+                "cursor_id": cursor[1] if cursor else None,
+            },
+        )
 
     def cancel_run(self, run_id: str) -> Row:
         return self.call("bc_cancel_run", {"run_id": run_id})
 
     # Steps
-    def claim_step(self, step_id: str, seq: int, *, provider: str, request_params: dict[str, Any],
-                   input_files: list[str] | None, submit_timeout_seconds: float) -> Row | None:
-        return self.call("bc_claim_step", {
-            "step_id": step_id, "seq": seq, "provider": provider, "request_params": request_params,
-            "input_files": input_files, "submit_timeout_seconds": submit_timeout_seconds,
-        })
+    def claim_step(
+        self,
+        step_id: str,
+        seq: int,
+        *,
+        provider: str,
+        request_params: dict[str, Any],
+        input_files: list[str] | None,
+        submit_timeout_seconds: float,
+    ) -> Row | None:
+        return self.call(
+            "bc_claim_step",
+            {
+                "step_id": step_id,
+                "seq": seq,
+                "provider": provider,
+                "request_params": request_params,
+                "input_files": input_files,
+                "submit_timeout_seconds": submit_timeout_seconds,
+            },
+        )
 
-    def record_submission(self, step_id: str, attempt: int, provider_job_id: str,
-                          provider_metadata: dict[str, Any], delay_seconds: float) -> Row | None:
-        return self.call("bc_record_submission", {
-            "step_id": step_id, "attempt": attempt, "provider_job_id": provider_job_id,
-            "provider_metadata": provider_metadata, "delay_seconds": delay_seconds,
-        })
+    def record_submission(
+        self, step_id: str, attempt: int, provider_job_id: str, provider_metadata: dict[str, Any], delay_seconds: float
+    ) -> Row | None:
+        return self.call(
+            "bc_record_submission",
+            {
+                "step_id": step_id,
+                "attempt": attempt,
+                "provider_job_id": provider_job_id,
+                "provider_metadata": provider_metadata,
+                "delay_seconds": delay_seconds,
+            },
+        )
 
-    def defer_step(self, step_id: str, seq: int, delay_seconds: float,
-                   provider_metadata: dict[str, Any] | None = None) -> Row | None:
-        return self.call("bc_defer_step", {"step_id": step_id, "seq": seq, "delay_seconds": delay_seconds,
-                                           "provider_metadata": provider_metadata})
+    def defer_step(
+        self, step_id: str, seq: int, delay_seconds: float, provider_metadata: dict[str, Any] | None = None
+    ) -> Row | None:
+        return self.call(
+            "bc_defer_step",
+            {"step_id": step_id, "seq": seq, "delay_seconds": delay_seconds, "provider_metadata": provider_metadata},
+        )
 
-    def retry_step(self, step_id: str, attempt: int, delay_seconds: float, error_code: str,
-                   error_message: str) -> Row | None:
-        return self.call("bc_retry_step", {"step_id": step_id, "attempt": attempt, "delay_seconds": delay_seconds,
-                                           "error_code": error_code, "error_message": error_message})
+    def retry_step(
+        self, step_id: str, attempt: int, delay_seconds: float, error_code: str, error_message: str
+    ) -> Row | None:
+        return self.call(
+            "bc_retry_step",
+            {
+                "step_id": step_id,
+                "attempt": attempt,
+                "delay_seconds": delay_seconds,
+                "error_code": error_code,
+                "error_message": error_message,
+            },
+        )
 
-    def complete_step(self, step_id: str, attempt: int, output_files: list[str],
-                      provider_metadata: dict[str, Any] | None = None) -> Row | None:
-        return self.call("bc_complete_step", {"step_id": step_id, "attempt": attempt, "output_files": output_files,
-                                              "provider_metadata": provider_metadata})
+    def complete_step(
+        self, step_id: str, attempt: int, output_files: list[str], provider_metadata: dict[str, Any] | None = None
+    ) -> Row | None:
+        return self.call(
+            "bc_complete_step",
+            {
+                "step_id": step_id,
+                "attempt": attempt,
+                "output_files": output_files,
+                "provider_metadata": provider_metadata,
+            },
+        )
 
-    def fail_step(self, step_id: str, error_code: str, error_message: str, *, attempt: int | None = None,
-                  seq: int | None = None, provider_metadata: dict[str, Any] | None = None) -> Row | None:
-        return self.call("bc_fail_step", {"step_id": step_id, "attempt": attempt, "seq": seq,
-                                          "error_code": error_code, "error_message": error_message,
-                                          "provider_metadata": provider_metadata})
+    def fail_step(
+        self,
+        step_id: str,
+        error_code: str,
+        error_message: str,
+        *,
+        attempt: int | None = None,
+        seq: int | None = None,
+        provider_metadata: dict[str, Any] | None = None,
+    ) -> Row | None:
+        return self.call(
+            "bc_fail_step",
+            {
+                "step_id": step_id,
+                "attempt": attempt,
+                "seq": seq,
+                "error_code": error_code,
+                "error_message": error_message,
+                "provider_metadata": provider_metadata,
+            },
+        )
 
     def find_step_by_job(self, provider: str, provider_job_id: str) -> Row | None:
         return self.call("bc_find_step_by_job", {"provider": provider, "provider_job_id": provider_job_id})

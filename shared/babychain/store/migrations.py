@@ -15,8 +15,10 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[3] / "supabase" / "migrations"
 def apply_migrations(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
     applied: list[str] = []
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("create table if not exists bc_schema_migrations "
-                     "(version text primary key, applied_at timestamptz not null default now())")
+        conn.execute(
+            "create table if not exists bc_schema_migrations "
+            "(version text primary key, applied_at timestamptz not null default now())"
+        )
         # One migrator at a time, even when several processes start against the same database.
         conn.execute("select pg_advisory_lock(727274)")
         try:
@@ -25,7 +27,7 @@ def apply_migrations(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                 if path.name in done:
                     continue
                 with conn.transaction():
-                    conn.execute(path.read_text())  # type: ignore[arg-type]
+                    conn.execute(path.read_text())
                     conn.execute("insert into bc_schema_migrations (version) values (%s)", (path.name,))
                 applied.append(path.name)
         finally:

@@ -162,7 +162,7 @@ def test_image_to_image_rejects_truncated_input(photo: bytes) -> None:
 
 
 def _probe(data: bytes) -> tuple[dict[str, object], list[Image.Image]]:
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), mode="r") as container:
         assert container.format is not None
         stream = container.streams.video[0]
         info: dict[str, object] = {

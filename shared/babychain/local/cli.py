@@ -66,16 +66,27 @@ def _print(line: str = "") -> None:
     print(line, flush=True)
 
 
+def _announce(delivery: Any) -> None:
+    payload = delivery.json()
+    _print(
+        f"callback {delivery.headers.get('webhook-id')} {payload.get('type')} "
+        f"signature {'verified' if delivery.verified else 'DID NOT VERIFY'}"
+    )
+
+
 def serve(args: argparse.Namespace) -> int:
     engine = LocalEngine(args.home, port=args.port).start()
+    receiver = WebhookReceiver(engine.settings.callback_secret, on_delivery=_announce).start()
     for line in engine.describe():
         _print(line)
+    _print(f"  webhook receiver  {receiver.url} (use it as webhook_url: it verifies and prints each callback)")
     _print(f"Try:  curl -s {engine.base_url}/api/v1/chains -H 'Authorization: Bearer {engine.settings.api_keys[0]}'")
     _print("Press Ctrl-C to stop.")
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     with contextlib.suppress(KeyboardInterrupt):
         stopped.wait()
+    receiver.stop()
     engine.stop()
     return 0
 
@@ -141,25 +152,25 @@ def _run_demo(engine: LocalEngine, receiver: WebhookReceiver, chain: str, timeou
         _print("no callback arrived")
         return 1
     delivery = deliveries[0]
+    verified, verifier = _verify_independently(engine, delivery)
     _print(
         f"\ncallback {delivery.headers.get('webhook-id')} type={delivery.json()['type']} "
-        f"signature {'VERIFIED' if _verify_independently(engine, delivery) else 'DID NOT VERIFY'} "
-        "(Standard Webhooks)"
+        f"signature {'VERIFIED' if verified else 'DID NOT VERIFY'} with {verifier}"
     )
-    return 0 if _verify_independently(engine, delivery) else 1
+    return 0 if verified else 1
 
 
-def _verify_independently(engine: LocalEngine, delivery: Any) -> bool:
-    """Checks the callback with the standardwebhooks reference library when it is installed, else our verifier."""
+def _verify_independently(engine: LocalEngine, delivery: Any) -> tuple[bool, str]:
+    """Checks the callback with the Standard Webhooks reference library when it is installed, else our verifier."""
     try:
         from standardwebhooks.webhooks import Webhook
     except ImportError:
-        return bool(delivery.verified)
+        return bool(delivery.verified), "the engine's own verifier (standardwebhooks is not installed)"
     try:
         Webhook(engine.settings.callback_secret).verify(delivery.body, delivery.headers)
     except Exception:
-        return False
-    return True
+        return False, "the standardwebhooks reference library"
+    return True, "the standardwebhooks reference library"
 
 
 def _describe_outputs(engine: LocalEngine, run: dict[str, Any]) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -26,8 +27,16 @@ class Delivery:
 class WebhookReceiver:
     """Records every delivery. `answers` scripts the HTTP status of the first deliveries (e.g. [500, 500])."""
 
-    def __init__(self, secret: str, *, answers: list[int] | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        secret: str,
+        *,
+        answers: list[int] | None = None,
+        host: str = "127.0.0.1",
+        on_delivery: Callable[[Delivery], None] | None = None,
+    ) -> None:
         self.secret = secret
+        self.on_delivery = on_delivery
         self.answers = list(answers or [])
         self.deliveries: list[Delivery] = []
         self._arrived = threading.Condition()
@@ -64,8 +73,11 @@ class WebhookReceiver:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 with receiver._arrived:
                     status = receiver.answers.pop(0) if receiver.answers else 204
-                    receiver.deliveries.append(Delivery(headers, body, verify(receiver.secret, headers, body), status))
+                    delivery = Delivery(headers, body, verify(receiver.secret, headers, body), status)
+                    receiver.deliveries.append(delivery)
                     receiver._arrived.notify_all()
+                if receiver.on_delivery is not None:
+                    receiver.on_delivery(delivery)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

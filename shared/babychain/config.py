@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from functools import cache
 
 from babychain.errors import ConfigurationError
 
@@ -126,8 +125,3 @@ def load_settings() -> Settings:
         ),
         local_provider_fail=_keys(os.environ.get("BABYCHAIN_LOCAL_PROVIDER_FAIL", "")),
     )
-
-
-@cache
-def settings() -> Settings:
-    return load_settings()

@@ -17,12 +17,3 @@ def provider_error_for_status(status: int, message: str, retry_after: float | No
     if status == 404:
         return ProviderError("provider_not_found", message, transient=False)
     return ProviderError("provider_invalid_request", message, transient=False)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None

@@ -23,8 +23,8 @@ from babychain.chains.families import GenerationRequest
 from babychain.errors import ProviderError
 from babychain.providers import local_media
 from babychain.providers.base import JobStatus, Provider, StepJob, Submission
-from babychain.providers.http_errors import parse_retry_after, provider_error_for_status
-from babychain.security.safe_http import fetch_bytes
+from babychain.providers.http_errors import provider_error_for_status
+from babychain.security.safe_http import fetch_bytes, parse_retry_after
 from babychain.security.urls import Resolver, system_resolver
 
 _JOB_ID = re.compile(r"^[a-f0-9]{24}$")

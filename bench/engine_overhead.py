@@ -10,6 +10,7 @@ Usage: python bench/engine_overhead.py [--runs 10] [--concurrency 1] [--poll 0.0
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -61,7 +62,7 @@ def main() -> None:
         finally:
             engine.stop()
     assert all(r["status"] == "succeeded" for r in runs), [r["status"] for r in runs]
-    hops = [_t(b["started_at"]) - _t(a["completed_at"]) for r in runs for a, b in zip(r["steps"], r["steps"][1:])]
+    hops = [_t(b["started_at"]) - _t(a["completed_at"]) for r in runs for a, b in itertools.pairwise(r["steps"])]
     first_claim = [_t(r["steps"][0]["started_at"]) - _t(r["created_at"]) for r in runs]
     totals = [_t(r["steps"][-1]["completed_at"]) - _t(r["created_at"]) for r in runs]
     per_kind: dict[str, list[float]] = {}

@@ -6,6 +6,7 @@ development defaults (see `babychain.local.runner`) before anything reads them.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -82,6 +83,20 @@ class Settings:
     local_provider_delay_seconds: float = 1.0
     local_provider_fail: tuple[str, ...] = field(default_factory=tuple)
 
+    # Real providers. Base URLs are configuration so tests can point them at local stand-ins.
+    bfl_api_key: str = ""
+    bfl_api_base_url: str = "https://api.bfl.ai/v1"
+    bfl_webhook_secret: str = ""
+    ark_api_key: str = ""
+    ark_api_base_url: str = "https://ark.ap-southeast.bytepluses.com/api/v3"
+    babysea_api_key: str = ""
+    babysea_api_base_url: str = "https://api.us.babysea.ai"
+    babysea_webhook_secret: str = ""
+    # Where providers can reach this deployment's webhook routes; empty means poll only.
+    public_base_url: str = ""
+    # Optional failover routes per model, e.g. {"bytedance/seedream-4.5": ["byteplus", "babysea"]}.
+    model_routes: dict[str, list[str]] = field(default_factory=dict)
+
     def require_callback_secret(self) -> str:
         if not self.callback_secret:
             raise ConfigurationError("BABYCHAIN_CALLBACK_SECRET is not set; callbacks cannot be signed.")
@@ -124,4 +139,36 @@ def load_settings() -> Settings:
             "BABYCHAIN_LOCAL_PROVIDER_DELAY_SECONDS", defaults.local_provider_delay_seconds
         ),
         local_provider_fail=_keys(os.environ.get("BABYCHAIN_LOCAL_PROVIDER_FAIL", "")),
+        bfl_api_key=os.environ.get("BFL_API_KEY", ""),
+        bfl_api_base_url=os.environ.get("BFL_API_BASE_URL", "") or _bfl_base(os.environ.get("BFL_REGION", "")),
+        bfl_webhook_secret=os.environ.get("BFL_WEBHOOK_SECRET", ""),
+        ark_api_key=os.environ.get("ARK_API_KEY", ""),
+        ark_api_base_url=os.environ.get("ARK_API_BASE_URL", defaults.ark_api_base_url),
+        babysea_api_key=os.environ.get("BABYSEA_API_KEY", ""),
+        babysea_api_base_url=os.environ.get("BABYSEA_API_BASE_URL", "")
+        or f"https://api.{os.environ.get('BABYSEA_REGION', 'us') or 'us'}.babysea.ai",
+        babysea_webhook_secret=os.environ.get("BABYSEA_WEBHOOK_SECRET", ""),
+        public_base_url=os.environ.get("BABYCHAIN_PUBLIC_URL", "").rstrip("/"),
+        model_routes=_routes(os.environ.get("BABYCHAIN_MODEL_ROUTES", "")),
     )
+
+
+def _bfl_base(region: str) -> str:
+    host = {"": "api.bfl.ai", "global": "api.bfl.ai", "eu": "api.eu.bfl.ai", "us": "api.us.bfl.ai"}.get(region.lower())
+    if host is None:
+        raise ConfigurationError(f"BFL_REGION must be global, eu or us; got {region!r}.")
+    return f"https://{host}/v1"
+
+
+def _routes(raw: str) -> dict[str, list[str]]:
+    if not raw.strip():
+        return {}
+    try:
+        routes = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"BABYCHAIN_MODEL_ROUTES is not JSON: {exc}") from exc
+    if not isinstance(routes, dict) or not all(
+        isinstance(v, list) and all(isinstance(x, str) for x in v) for v in routes.values()
+    ):
+        raise ConfigurationError('BABYCHAIN_MODEL_ROUTES must look like {"model id": ["provider", ...]}.')
+    return routes

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from babychain.artifacts import ArtifactStore
-from babychain.chains.catalog import ModelSpec
 from babychain.config import Settings, load_settings
 from babychain.errors import ConfigurationError
-from babychain.providers.base import Provider
+from babychain.providers.registry import ProviderRegistry, registry_from_settings
 from babychain.queues import Queue, SqsQueue
 from babychain.security.urls import Resolver, system_resolver
 from babychain.store.base import Store
@@ -28,7 +26,7 @@ class Services:
     step_queue: Queue
     callback_queue: Queue
     artifacts: ArtifactStore
-    provider_for: Callable[[ModelSpec], Provider]
+    providers: ProviderRegistry
     resolver: Resolver = system_resolver
 
 
@@ -48,20 +46,6 @@ def services() -> Services:
             if _installed is None:
                 _installed = from_environment()
     return _installed
-
-
-def provider_registry(settings: Settings) -> Callable[[ModelSpec], Provider]:
-    if settings.provider_mode == "local":
-        from babychain.providers.local import LocalProvider
-
-        if not settings.local_provider_url:
-            raise ConfigurationError("BABYCHAIN_LOCAL_PROVIDER_URL is not set (the local runner sets it).")
-        local = LocalProvider(settings.local_provider_url)
-        return lambda _model: local
-    raise ConfigurationError(
-        f"Provider mode {settings.provider_mode!r} has no adapters in this build yet; "
-        "use BABYCHAIN_PROVIDER_MODE=local."
-    )
 
 
 def from_environment() -> Services:
@@ -85,5 +69,5 @@ def from_environment() -> Services:
         step_queue=SqsQueue(step_url),
         callback_queue=SqsQueue(callback_url),
         artifacts=artifacts,
-        provider_for=provider_registry(settings),
+        providers=registry_from_settings(settings),
     )

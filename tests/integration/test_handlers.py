@@ -51,7 +51,16 @@ def test_every_function_in_the_template_resolves_to_a_handler_that_imports() -> 
         assert callable(load_handler(folder)) and attr == "lambda_handler"
         folders.add(folder)
     assert folders == {p.name for p in FUNCTIONS_DIR.iterdir() if (p / "app.py").is_file()}
-    assert folders == {"create_run", "get_run", "cancel_run", "list", "step_executor", "sweeper", "callback_sender"}
+    assert folders == {
+        "create_run",
+        "get_run",
+        "cancel_run",
+        "list",
+        "step_executor",
+        "sweeper",
+        "callback_sender",
+        "provider_webhook",
+    }
 
 
 def test_template_routes_match_the_local_runner_routes() -> None:

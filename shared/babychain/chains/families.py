@@ -306,3 +306,21 @@ FAMILIES: dict[str, Family] = {
         Family("babysea_video", BabySeaVideoParams, "generation_input_file"),
     )
 }
+
+
+def babysea_params(request: GenerationRequest, step_kind: str) -> dict[str, Any]:
+    """BabySea's unified fields for a request written in a provider-native schema (failover routes to BabySea)."""
+    params: dict[str, Any] = {"generation_prompt": request.prompt}
+    if request.input_urls:
+        params["generation_input_file"] = list(request.input_urls)
+    if request.seed is not None:
+        params["generation_seed"] = request.seed
+    if step_kind == "video":
+        params["generation_duration"] = max(1, round(request.duration_seconds or 5))
+        if request.ratio and request.ratio not in ("keep_ratio",):
+            params["generation_ratio"] = request.ratio
+    else:
+        params["generation_output_format"] = (
+            "jpg" if request.output_format in ("jpeg", "jpg") else request.output_format
+        )
+    return params

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import random
+from datetime import UTC, datetime
 from typing import Any
 
 from babychain.chains.catalog import MODELS_BY_ID
+from babychain.chains.families import babysea_params
+from babychain.engine.webhooks import webhook_url_for
 from babychain.errors import ProviderError, UnsafeUrlError
 from babychain.providers import local_media
 from babychain.providers.base import JobStatus, StepJob
@@ -58,7 +61,13 @@ def _start(svc: Services, run: Row, step: Row) -> str:
         params = family.inject_input(params, input_files[0])
     elif family.input_urls(params):
         input_files = family.input_urls(params)
-    provider = svc.provider_for(model)
+    # Each route gets the full retry budget; when it is spent on transient errors the next route takes over.
+    routes = svc.providers.routes(model)
+    budget = svc.settings.max_submit_attempts
+    provider = routes[min(step["attempt"] // budget, len(routes) - 1)]
+    mode = run["mode"]
+    if provider.name == "babysea" and mode != "babysea":
+        params, mode = babysea_params(family.describe(params), step["step_kind"]), "babysea"
     claimed = svc.store.claim_step(
         step["id"],
         step["seq"],
@@ -75,34 +84,49 @@ def _start(svc: Services, run: Row, step: Row) -> str:
         step_id=step["id"],
         step_key=step["step_key"],
         model=model,
-        mode=run["mode"],
+        mode=mode,
         params=params,
         idempotency_key=f"babychain:{run['id']}:{step['step_key']}:{attempt}",
+        step_kind=step["step_kind"],
+        webhook_url=webhook_url_for(svc, provider.name, step["id"]),
     )
+    attempts = list(claimed["provider_metadata"].get("attempts", []))
+    record = {"attempt": attempt, "provider": provider.name, "at": _now()}
     try:
         submission = provider.submit(job)
     except ProviderError as exc:
-        if exc.transient and attempt < svc.settings.max_submit_attempts:
-            delay = backoff_seconds(svc, attempt, exc.retry_after)
-            retried = svc.store.retry_step(step["id"], attempt, delay, exc.code, exc.message)
+        attempts.append({**record, "error_code": exc.code})
+        if exc.transient and attempt < budget * len(routes):
+            delay = backoff_seconds(svc, (attempt - 1) % budget + 1, exc.retry_after)
+            retried = svc.store.retry_step(step["id"], attempt, delay, exc.code, exc.message, {"attempts": attempts})
             if retried is not None:
                 svc.step_queue.send(step_message(run["id"], step["id"], retried["seq"]), delay)
             return "retrying"
-        return _fail(svc, run, step, exc.code, exc.message, attempt=attempt)
+        return _fail(svc, run, step, exc.code, exc.message, attempt=attempt, metadata={"attempts": attempts})
+    attempts.append({**record, "job_id": submission.job_id})
     recorded = svc.store.record_submission(
-        step["id"], attempt, submission.job_id, submission.metadata, svc.settings.poll_interval_seconds
+        step["id"],
+        attempt,
+        submission.job_id,
+        {**submission.metadata, "attempts": attempts},
+        svc.settings.poll_interval_seconds,
     )
     if recorded is None:
         # Cancel (or a deadline) won while we were submitting: the job must not run on for nothing.
         provider.cancel(submission.job_id, submission.metadata)
         return "stale"
+    if submission.output_urls is not None:  # a synchronous provider answered with the result itself
+        return _succeed(svc, run, recorded, JobStatus("succeeded", output_urls=submission.output_urls))
     svc.step_queue.send(step_message(run["id"], step["id"], recorded["seq"]), svc.settings.poll_interval_seconds)
     return "submitted"
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
 def _check(svc: Services, run: Row, step: Row) -> str:
-    model = MODELS_BY_ID[step["model_identifier"]]
-    provider = svc.provider_for(model)
+    provider = svc.providers.named(step["provider"])
     try:
         status = provider.poll(step["provider_job_id"], step["provider_metadata"])
     except ProviderError as exc:
@@ -188,9 +212,17 @@ def _extension_from_url(url: str) -> str:
 
 
 def _fail(
-    svc: Services, run: Row, step: Row, code: str, message: str, *, attempt: int | None = None, seq: int | None = None
+    svc: Services,
+    run: Row,
+    step: Row,
+    code: str,
+    message: str,
+    *,
+    attempt: int | None = None,
+    seq: int | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> str:
-    failed = svc.store.fail_step(step["id"], code, message[:2000], attempt=attempt, seq=seq)
+    failed = svc.store.fail_step(step["id"], code, message[:2000], attempt=attempt, seq=seq, provider_metadata=metadata)
     if failed is None:
         return "stale"
     if run.get("webhook_url"):

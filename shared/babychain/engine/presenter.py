@@ -29,7 +29,14 @@ def present_step(step: Row) -> dict[str, Any]:
         out["generation_input_file"] = step["input_files"]
     if step.get("output_files"):
         out["generation_output_file"] = step["output_files"]
-    progress = (step.get("provider_metadata") or {}).get("progress")
+    if step.get("provider"):
+        out["provider"] = step["provider"]
+    metadata = step.get("provider_metadata") or {}
+    # Only facts a caller can use; provider internals (polling URLs, request ids) stay on the row.
+    for key in ("provider_used", "cost", "provider_cancel", "last_frame_url", "attempts"):
+        if metadata.get(key) is not None:
+            out[key] = metadata[key]
+    progress = metadata.get("progress")
     if step["status"] == "running" and progress is not None:
         out["progress"] = progress
     if step.get("error_code"):
@@ -59,6 +66,8 @@ def present_run(run: Row) -> dict[str, Any]:
         out["error"] = {"code": run["error_code"], "message": run["error_message"]}
     if run.get("output"):
         out["output"] = run["output"]
+    if run.get("estimate"):
+        out["estimate"] = run["estimate"]
     if run.get("webhook_url"):
         out["webhook_url"] = run["webhook_url"]
         out["callback"] = {

@@ -13,6 +13,7 @@ from babychain.api.auth import Principal
 from babychain.chains.catalog import MODELS_BY_ID
 from babychain.chains.requests import plan_run
 from babychain.chains.templates import TEMPLATES, find_template
+from babychain.engine.estimates import estimate_run
 from babychain.engine.presenter import present_run
 from babychain.errors import ApiError, ProviderError, invalid_input, not_found
 from babychain.queues import callback_message, step_message
@@ -42,6 +43,8 @@ def create_run(svc: Services, principal: Principal, slug: str, body: Any, idempo
     plan = plan_run(
         template, body, mode=mode, resolver=svc.resolver, allow_loopback_http=svc.settings.allow_loopback_http
     )
+    for step in plan.steps:
+        svc.providers.check_configured(MODELS_BY_ID[step.model_identifier], f"input.chain_models.{step.step_key}_model")
     run_id = str(uuid.uuid4())
     result = svc.store.create_run(
         {
@@ -58,6 +61,7 @@ def create_run(svc: Services, principal: Principal, slug: str, body: Any, idempo
             "run_timeout_seconds": svc.settings.run_timeout_seconds,
             "callback_event_id": f"evt_{run_id}",
             "steps": [s.row() for s in plan.steps],
+            "estimate": estimate_run(svc, mode, plan.steps),
         }
     )
     run = result["run"]
@@ -106,10 +110,14 @@ def cancel_run(svc: Services, principal: Principal, run_id: str) -> dict[str, An
 
 def _cancel_at_provider(svc: Services, step: dict[str, Any]) -> None:
     try:
-        provider = svc.provider_for(MODELS_BY_ID[step["model_identifier"]])
-        provider.cancel(step["provider_job_id"], step.get("provider_metadata") or {})
+        accepted = svc.providers.named(step["provider"]).cancel(
+            step["provider_job_id"], step.get("provider_metadata") or {}
+        )
     except ProviderError:
-        pass  # best effort: the run is canceled here either way, and late results are ignored
+        accepted = False  # best effort: the run is canceled here either way, and late results are ignored
+    # Say so on the step when the provider could not stop the job (e.g. a running Seedance task): it may still
+    # finish and bill, but its result is ignored.
+    svc.store.note_step(step["id"], {"provider_cancel": "accepted" if accepted else "not_possible"})
 
 
 def list_runs(svc: Services, principal: Principal, params: dict[str, str]) -> dict[str, Any]:

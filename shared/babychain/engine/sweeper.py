@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from babychain.chains.catalog import MODELS_BY_ID
 from babychain.errors import ProviderError
 from babychain.queues import callback_message, step_message
 from babychain.services import Services
@@ -35,7 +34,7 @@ def sweep(svc: Services) -> dict[str, int]:
 
 def _cancel_quietly(svc: Services, step: dict[str, Any]) -> None:
     try:
-        provider = svc.provider_for(MODELS_BY_ID[step["model_identifier"]])
+        provider = svc.providers.named(step["provider"])
         provider.cancel(step["provider_job_id"], step.get("provider_metadata") or {})
     except ProviderError:
         pass  # best effort: the step has failed here either way

@@ -29,6 +29,8 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("POST", "/api/v1/chains/{slug}/runs", "create_run"),
     ("GET", "/api/v1/chains/get/{run_id}", "get_run"),
     ("POST", "/api/v1/chains/cancel/{run_id}", "cancel_run"),
+    ("POST", "/api/v1/webhooks/{provider}", "provider_webhook"),
+    ("POST", "/api/v1/webhooks/{provider}/{step_id}/{token}", "provider_webhook"),
 )
 
 

@@ -21,6 +21,7 @@ from babychain.errors import ApiError
 from babychain.local.lambda_shim import LambdaContext, http_event, load_handler, match_route, scheduled_event
 from babychain.local.queue import LocalQueue
 from babychain.providers.local import LocalProvider, LocalProviderServer
+from babychain.providers.registry import registry_from_settings
 from babychain.security.urls import Resolver, system_resolver
 from babychain.services import Services, install
 from babychain.store.embedded import start_embedded_postgres
@@ -106,7 +107,7 @@ class LocalEngine:
         self.settings = dataclasses.replace(
             self.settings, database_url=dsn, local_provider_url=provider_url, artifact_base_url=self.base_url + "/files"
         )
-        provider = LocalProvider(provider_url)
+        providers = registry_from_settings(self.settings, {"local": LocalProvider(provider_url)})
         install(
             Services(
                 settings=self.settings,
@@ -114,7 +115,7 @@ class LocalEngine:
                 step_queue=self.step_queue,
                 callback_queue=self.callback_queue,
                 artifacts=self.artifacts,
-                provider_for=lambda _model: provider,
+                providers=providers,
                 resolver=self.resolver,
             )
         )

@@ -107,7 +107,13 @@ class Store(ABC):
         )
 
     def retry_step(
-        self, step_id: str, attempt: int, delay_seconds: float, error_code: str, error_message: str
+        self,
+        step_id: str,
+        attempt: int,
+        delay_seconds: float,
+        error_code: str,
+        error_message: str,
+        provider_metadata: dict[str, Any] | None = None,
     ) -> Row | None:
         return self.call(
             "bc_retry_step",
@@ -117,8 +123,15 @@ class Store(ABC):
                 "delay_seconds": delay_seconds,
                 "error_code": error_code,
                 "error_message": error_message,
+                "provider_metadata": provider_metadata,
             },
         )
+
+    def note_step(self, step_id: str, provider_metadata: dict[str, Any]) -> Row | None:
+        return self.call("bc_note_step", {"step_id": step_id, "provider_metadata": provider_metadata})
+
+    def get_step(self, step_id: str) -> Row | None:
+        return self.call("bc_get_step", {"step_id": step_id})
 
     def complete_step(
         self, step_id: str, attempt: int, output_files: list[str], provider_metadata: dict[str, Any] | None = None

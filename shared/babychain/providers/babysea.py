@@ -1,0 +1,373 @@
+"""BabySea hosted mode: one API in front of several inference providers, with failover inside BabySea.
+
+Wire protocol (see reference/providers.md §3): `POST /v1/generate/{image|video}/{model}` with the unified
+`generation_*` body and an `Idempotency-Key`, `GET /v1/content/{generation_id}` to poll,
+`POST /v1/content/generation/cancel/{generation_id}` to cancel, `GET /v1/estimate/{model}` for cost. Success answers
+are `{status: "success", request_id, data}`, errors `{status: "error", request_id, error: {code: "BSE####", type,
+message, retryable, details?, provider_errors?}}`. Webhooks are account-level (no per-request URL) and signed
+Stripe-style: `X-BabySea-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.body">` keyed with the whole secret string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import time
+from typing import Any
+
+import httpx
+
+from babychain.errors import ConfigurationError, ProviderError
+from babychain.providers.base import JobStatus, Provider, StepJob, Submission, WebhookNotice, WebhookRejected
+from babychain.providers.http_errors import provider_error_for_status
+from babychain.security.safe_http import parse_retry_after
+from babychain.security.urls import is_loopback_address
+
+DEFAULT_BASE_URL = "https://api.us.babysea.ai"
+ALLOWED_HOSTS = frozenset({"api.us.babysea.ai", "api.eu.babysea.ai", "api.jp.babysea.ai"})
+CONNECT_TIMEOUT_SECONDS = 10.0
+WEBHOOK_TOLERANCE_SECONDS = 300
+MAX_ERROR_CHARS = 500
+
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}/[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_GENERATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
+_DELIVERY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
+_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+_GENERATION_EVENTS = frozenset({"generation.started", "generation.completed", "generation.failed", "generation.canceled"})
+_MODERATION_CODES = frozenset({"BSE2006"})
+
+
+def _is_moderation(code: Any, kind: Any = None) -> bool:
+    """BSE2006 content_policy_violation, whether it comes as the code, the type, or a provider's own code string."""
+    for value in (code, kind):
+        if isinstance(value, str) and (
+            value.upper() in _MODERATION_CODES or "content_policy" in value.lower() or "moderat" in value.lower()
+        ):
+            return True
+    return False
+
+
+def _header(headers: dict[str, str], name: str) -> str | None:
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            return value
+    return None
+
+
+class BabySeaProvider(Provider):
+    """The adapter for BabySea's public `/v1` API (BABYCHAIN_PROVIDER_MODE=babysea)."""
+
+    name = "babysea"
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        webhook_secret: str | None = None,
+        allow_loopback: bool = False,
+        timeout: float = 60.0,
+        webhook_tolerance_seconds: int = WEBHOOK_TOLERANCE_SECONDS,
+    ) -> None:
+        if not api_key or any(c.isspace() for c in api_key):
+            raise ConfigurationError("BabySea API key is missing or malformed.")
+        self._api_key = api_key
+        self.base_url = self._checked_base_url(base_url, allow_loopback)
+        self._webhook_secret = webhook_secret or None
+        self._webhook_tolerance = webhook_tolerance_seconds
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_SECONDS),
+            follow_redirects=False,
+            headers={"Accept": "application/json", "User-Agent": "babychain-python"},
+        )
+
+    @staticmethod
+    def _checked_base_url(base_url: str, allow_loopback: bool) -> str:
+        """Regional hosts over HTTPS only; a loopback host over http(s) only when tests or the runner ask for it."""
+        try:
+            url = httpx.URL(base_url.strip())
+            host = url.host.lower().rstrip(".")
+        except (httpx.InvalidURL, ValueError, UnicodeError) as exc:
+            raise ConfigurationError("BabySea base URL is not a valid URL.") from exc
+        # The docs write the base with or without `/v1`; every path below adds it.
+        path = url.path.rstrip("/").removesuffix("/v1")
+        if url.userinfo or url.query or url.fragment or path:
+            raise ConfigurationError("BabySea base URL must be a bare origin such as https://api.us.babysea.ai.")
+        if host in ALLOWED_HOSTS and url.scheme == "https" and url.port in (None, 443):
+            return f"https://{host}"
+        if allow_loopback and url.scheme in ("http", "https") and (host == "localhost" or is_loopback_address(host)):
+            netloc = f"[{host}]" if ":" in host else host
+            return f"{url.scheme}://{netloc}" + (f":{url.port}" if url.port is not None else "")
+        raise ConfigurationError(
+            "BabySea base URL host is not allowed; use https://api.us.babysea.ai, https://api.eu.babysea.ai or "
+            "https://api.jp.babysea.ai."
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ------------------------------------------------------------------------------------------------ HTTP
+
+    def _clean(self, text: str) -> str:
+        """Provider text is quoted in step errors: never with our key in it, never unbounded."""
+        text = text.replace(self._api_key, "[redacted]")
+        return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        not_found_code: str = "provider_not_found",
+    ) -> tuple[httpx.Response, dict[str, Any]]:
+        """One call; returns the response and its `data`, or raises ProviderError with a stable code."""
+        request_headers = {"Authorization": f"Bearer {self._api_key}", **(headers or {})}
+        try:
+            response = self._client.request(
+                method, self.base_url + path, json=body, params=params, headers=request_headers
+            )
+        except httpx.TimeoutException as exc:
+            raise ProviderError(
+                "provider_timeout", f"BabySea did not answer {method} {path} in time.", transient=True
+            ) from exc
+        except httpx.HTTPError as exc:
+            message = self._clean(f"BabySea unreachable for {method} {path}: {type(exc).__name__}.")
+            raise ProviderError("provider_network_error", message, transient=True) from exc
+        try:
+            envelope = response.json()
+        except ValueError:
+            envelope = None
+        if response.status_code >= 300 or not isinstance(envelope, dict) or envelope.get("status") == "error":
+            raise self._error(response, envelope, not_found_code)
+        data = envelope.get("data")
+        if envelope.get("status") != "success" or not isinstance(data, dict):
+            raise ProviderError(
+                "provider_unexpected_response",
+                f"BabySea answered {method} {path} without a success envelope.",
+                transient=False,
+            )
+        return response, data
+
+    def _error(self, response: httpx.Response, envelope: Any, not_found_code: str) -> ProviderError:
+        status = response.status_code
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        error = envelope.get("error") if isinstance(envelope, dict) else None
+        if not isinstance(error, dict):
+            # Requests that miss the OpenAPI shape are refused at the edge with a plain 403, not a BSE error.
+            text = response.text.strip()
+            where = "BabySea's edge" if status == 403 else "BabySea"
+            message = self._clean(f"{where} answered HTTP {status}" + (f": {text}" if text else "."))
+            if 200 <= status < 300:
+                return ProviderError("provider_unexpected_response", message, transient=False)
+            exc = provider_error_for_status(status, message, retry_after)
+            return ProviderError(not_found_code, message, transient=False) if status == 404 else exc
+
+        code = str(error.get("code") or "")
+        kind = str(error.get("type") or "")
+        details = error.get("details") if isinstance(error.get("details"), dict) else {}
+        if retry_after is None and isinstance(details.get("retry_after_seconds"), int | float):
+            retry_after = max(0.0, float(details["retry_after_seconds"]))
+        text = f"BabySea {status} {code or 'error'}"
+        text += f" {kind}" if kind else ""
+        text += f": {error.get('message') or 'no message'}"
+        if isinstance(error.get("provider_errors"), list):
+            tried = [
+                f"{p.get('provider')}: {p.get('code') or p.get('type')}"
+                for p in error["provider_errors"]
+                if isinstance(p, dict)
+            ]
+            text += f" (providers tried: {'; '.join(tried)})" if tried else ""
+        if envelope.get("request_id"):
+            text += f" [request_id {envelope['request_id']}]"
+        message = self._clean(text)
+
+        # What the body says beyond the status, in order of precedence.
+        if code == "BSE1004" or status == 402:
+            return ProviderError("provider_quota_exceeded", message, transient=False)
+        if _is_moderation(code, kind):
+            return ProviderError("provider_content_moderated", message, transient=False)
+        if code == "BSE2015":  # same Idempotency-Key, different body: a bug on our side, retrying cannot help
+            return ProviderError("provider_invalid_request", message, transient=False)
+        if code == "BSE2016":  # the original request with this key is still being processed: ask again shortly
+            return ProviderError("provider_idempotency_in_progress", message, transient=True, retry_after=retry_after)
+        if status in (401, 403):
+            return provider_error_for_status(status, message)
+        if status == 404:
+            return ProviderError(not_found_code, message, transient=False)
+        base = provider_error_for_status(status, message, retry_after)
+        retryable = error.get("retryable")
+        # BabySea says to follow `retryable`, not the status alone (some provider 5xx are final).
+        if retryable is True and not base.transient:
+            return ProviderError(base.code, message, transient=True, retry_after=retry_after)
+        if retryable is False and base.transient:
+            return ProviderError("provider_failed", message, transient=False)
+        return base
+
+    # ------------------------------------------------------------------------------------------ contract
+
+    @staticmethod
+    def _model_path(model_id: str) -> str:
+        if not _MODEL_ID.match(model_id) or ".." in model_id:
+            raise ProviderError("provider_invalid_request", f"Not a BabySea model id: {model_id!r}.", transient=False)
+        return model_id
+
+    @staticmethod
+    def _generation_path(generation_id: str) -> str:
+        if not isinstance(generation_id, str) or not _GENERATION_ID.match(generation_id):
+            raise ProviderError("provider_task_not_found", "Not a BabySea generation id.", transient=False)
+        return generation_id
+
+    def submit(self, job: StepJob) -> Submission:
+        # The step kind decides the route; the model's own kind is the fallback when a caller leaves the default.
+        kind = "video" if job.step_kind == "video" or job.model.output_kind == "video" else "image"
+        path = f"/v1/generate/{kind}/{self._model_path(job.model.id)}"
+        response, data = self._request("POST", path, body=job.params, headers={"Idempotency-Key": job.idempotency_key})
+        generation_id = data.get("generation_id")
+        if not isinstance(generation_id, str) or not generation_id:
+            raise ProviderError(
+                "provider_unexpected_response", "BabySea accepted the job but returned no generation_id.", transient=False
+            )
+        metadata: dict[str, Any] = {
+            "request_id": self._request_id(response),
+            "prediction_id": data.get("generation_prediction_id"),
+            "provider_order": data.get("generation_provider_order"),
+            "idempotency_replayed": response.headers.get("Idempotency-Replayed", "").strip().lower() == "true",
+        }
+        if data.get("generation_status"):
+            # A replay of a job that was canceled meanwhile answers with its status instead of the create data.
+            metadata["generation_status"] = data["generation_status"]
+        return Submission(job_id=generation_id, metadata=metadata)
+
+    @staticmethod
+    def _request_id(response: httpx.Response) -> str | None:
+        # The envelope carries it; older docs put it in X-Request-ID.
+        value = response.json().get("request_id") or response.headers.get("X-Request-ID")
+        return value if isinstance(value, str) else None
+
+    def poll(self, job_id: str, metadata: dict[str, Any]) -> JobStatus:
+        _, record = self._request(
+            "GET", f"/v1/content/{self._generation_path(job_id)}", not_found_code="provider_task_not_found"
+        )
+        status = record.get("generation_status")
+        info: dict[str, Any] = {"last_status": status}
+        if record.get("generation_prediction_id"):
+            info["prediction_id"] = record["generation_prediction_id"]
+        if record.get("generation_provider_used"):
+            info["provider_used"] = record["generation_provider_used"]
+        match status:
+            case "pending" | "processing":
+                return JobStatus("pending", metadata=info)
+            case "succeeded":
+                if record.get("generation_removed"):
+                    return JobStatus(
+                        "failed",
+                        error_code="provider_expired",
+                        error_message="BabySea deleted this generation's files.",
+                        metadata=info,
+                    )
+                outputs = record.get("generation_output_file")
+                urls = [u for u in outputs if isinstance(u, str) and u] if isinstance(outputs, list) else []
+                if not urls:
+                    return JobStatus(
+                        "failed",
+                        error_code="provider_unexpected_response",
+                        error_message="BabySea reported success without output files.",
+                        metadata=info,
+                    )
+                info["metrics"] = {
+                    "total_time": record.get("generation_metrics_total_time"),
+                    "predict_time": record.get("generation_metrics_predict_time"),
+                }
+                if record.get("generation_completed_at"):
+                    info["completed_at"] = record["generation_completed_at"]
+                return JobStatus("succeeded", output_urls=urls, metadata=info)
+            case "failed":
+                error_code = record.get("generation_error_code")
+                info["provider_error_code"] = error_code
+                code = "provider_content_moderated" if _is_moderation(error_code) else "provider_failed"
+                message = str(record.get("generation_error") or f"BabySea generation failed ({error_code}).")
+                return JobStatus("failed", error_code=code, error_message=self._clean(message), metadata=info)
+            case "canceled" | "cancelled":
+                return JobStatus("canceled", metadata=info)
+            case _:
+                # An undocumented status is not an answer yet; the step's deadline bounds the wait.
+                return JobStatus("pending", metadata=info)
+
+    def cancel(self, job_id: str, metadata: dict[str, Any]) -> bool:
+        try:
+            _, data = self._request("POST", f"/v1/content/generation/cancel/{self._generation_path(job_id)}")
+        except ProviderError:
+            return False  # already terminal, unknown, or unreachable: the engine cancels locally either way
+        return data.get("generation_status") == "canceled"
+
+    def estimate(self, model_id: str, step_kind: str, params: dict[str, Any]) -> dict[str, Any]:
+        """BabySea's own price for this request (1 credit = 1 USD)."""
+        query: dict[str, str] = {"count": str(int(params.get("generation_output_number") or 1))}
+        if step_kind == "video":
+            if params.get("generation_duration") is not None:
+                query["duration"] = str(params["generation_duration"])
+            if params.get("generation_resolution"):
+                query["resolution"] = str(params["generation_resolution"])
+            if params.get("generation_generate_audio") is not None:
+                query["audio"] = "true" if params["generation_generate_audio"] else "false"
+        _, data = self._request("GET", f"/v1/estimate/{self._model_path(model_id)}", params=query)
+        amount = data.get("cost_total_consumed")
+        if not isinstance(amount, int | float) or isinstance(amount, bool):
+            raise ProviderError(
+                "provider_unexpected_response", "BabySea estimate has no cost_total_consumed.", transient=False
+            )
+        return {"amount": float(amount), "currency": "USD", "basis": "babysea_estimate", "details": data}
+
+    # ------------------------------------------------------------------------------------------- webhooks
+
+    def parse_webhook(self, headers: dict[str, str], body: bytes) -> WebhookNotice | None:
+        if not self._webhook_secret:
+            raise WebhookRejected("No BabySea webhook secret is configured.")
+        signature = _header(headers, "X-BabySea-Signature")
+        if not signature:
+            raise WebhookRejected("Missing X-BabySea-Signature.")
+        delivery_id = (_header(headers, "X-BabySea-Delivery-Id") or "").strip()
+        if not _DELIVERY_ID.match(delivery_id):
+            raise WebhookRejected("Missing or malformed X-BabySea-Delivery-Id.")
+
+        timestamp = ""
+        candidates: list[str] = []
+        for part in signature.split(","):
+            key, _, value = part.strip().partition("=")
+            if key == "t":
+                timestamp = value
+            elif key == "v1" and _HEX.match(value):
+                candidates.append(value.lower())
+        if not timestamp.isdigit() or not candidates:
+            raise WebhookRejected("Malformed X-BabySea-Signature.")
+        if abs(time.time() - int(timestamp)) > self._webhook_tolerance:
+            raise WebhookRejected("BabySea webhook timestamp is outside the tolerance.")
+        # The key is the whole secret string as UTF-8 (whsec_ included, no base64), unlike Standard Webhooks.
+        expected = hmac.new(
+            self._webhook_secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256
+        ).hexdigest()
+        if not any(hmac.compare_digest(expected, candidate) for candidate in candidates):
+            raise WebhookRejected("BabySea webhook signature does not match.")
+
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:
+            raise WebhookRejected("BabySea webhook body is not JSON.") from exc
+        if not isinstance(payload, dict) or not isinstance(payload.get("webhook_event"), str):
+            raise WebhookRejected("BabySea webhook body has no webhook_event.")
+        body_delivery = payload.get("webhook_delivery_id")
+        if body_delivery is not None and body_delivery != delivery_id:
+            raise WebhookRejected("X-BabySea-Delivery-Id does not match webhook_delivery_id.")
+        if payload["webhook_event"] not in _GENERATION_EVENTS:
+            return None  # webhook.test, credits.low_balance and future events concern no job
+        data = payload.get("webhook_data")
+        generation_id = data.get("generation_id") if isinstance(data, dict) else None
+        if not isinstance(generation_id, str) or not _GENERATION_ID.match(generation_id):
+            raise WebhookRejected("BabySea generation event without a generation_id.")
+        return WebhookNotice(job_id=generation_id, receipt_id=delivery_id)

@@ -99,13 +99,16 @@ def _owned_run(svc: Services, principal: Principal, run_id: str) -> dict[str, An
 def cancel_run(svc: Services, principal: Principal, run_id: str) -> dict[str, Any]:
     _owned_run(svc, principal, run_id)
     result = svc.store.cancel_run(run_id)
+    run = result["run"]
     if result["canceled"]:
-        for step in result["steps"]:
-            if step.get("provider_job_id"):
-                _cancel_at_provider(svc, step)
-        if result["run"].get("webhook_url"):
+        in_flight = [step for step in result["steps"] if step.get("provider_job_id")]
+        for step in in_flight:
+            _cancel_at_provider(svc, step)
+        if in_flight:  # the steps now say whether the provider stopped
+            run = svc.store.get_run(run_id) or run
+        if run.get("webhook_url"):
             svc.callback_queue.send(callback_message(run_id))
-    return present_run(result["run"])
+    return present_run(run)
 
 
 def _cancel_at_provider(svc: Services, step: dict[str, Any]) -> None:

@@ -93,6 +93,8 @@ class LocalEngine:
             "sweeper_grace_seconds": min(env.sweeper_grace_seconds, 5.0),
             "artifact_dir": str(self.home / "artifacts"),
             "local_provider_dir": str(self.home / "local-provider"),
+            # Providers on this machine (stand-ins) reach the webhook routes here.
+            "public_base_url": env.public_base_url or self.base_url,
         }
         values.update(overrides)
         return dataclasses.replace(env, **values)

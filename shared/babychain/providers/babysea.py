@@ -35,7 +35,9 @@ _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}/[A-Za-z0-9][A-Za-z0-9.
 _GENERATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 _HEX = re.compile(r"^[0-9a-fA-F]{64}$")
-_GENERATION_EVENTS = frozenset({"generation.started", "generation.completed", "generation.failed", "generation.canceled"})
+_GENERATION_EVENTS = frozenset(
+    {"generation.started", "generation.completed", "generation.failed", "generation.canceled"}
+)
 _MODERATION_CODES = frozenset({"BSE2006"})
 
 
@@ -170,9 +172,10 @@ class BabySeaProvider(Provider):
 
         code = str(error.get("code") or "")
         kind = str(error.get("type") or "")
-        details = error.get("details") if isinstance(error.get("details"), dict) else {}
-        if retry_after is None and isinstance(details.get("retry_after_seconds"), int | float):
-            retry_after = max(0.0, float(details["retry_after_seconds"]))
+        details = error.get("details")
+        seconds = details.get("retry_after_seconds") if isinstance(details, dict) else None
+        if retry_after is None and isinstance(seconds, int | float) and not isinstance(seconds, bool):
+            retry_after = max(0.0, float(seconds))
         text = f"BabySea {status} {code or 'error'}"
         text += f" {kind}" if kind else ""
         text += f": {error.get('message') or 'no message'}"
@@ -229,9 +232,11 @@ class BabySeaProvider(Provider):
         path = f"/v1/generate/{kind}/{self._model_path(job.model.id)}"
         response, data = self._request("POST", path, body=job.params, headers={"Idempotency-Key": job.idempotency_key})
         generation_id = data.get("generation_id")
-        if not isinstance(generation_id, str) or not generation_id:
+        if not isinstance(generation_id, str) or not _GENERATION_ID.match(generation_id):
             raise ProviderError(
-                "provider_unexpected_response", "BabySea accepted the job but returned no generation_id.", transient=False
+                "provider_unexpected_response",
+                "BabySea accepted the job but returned no usable generation_id.",
+                transient=False,
             )
         metadata: dict[str, Any] = {
             "request_id": self._request_id(response),
@@ -349,9 +354,7 @@ class BabySeaProvider(Provider):
         if abs(time.time() - int(timestamp)) > self._webhook_tolerance:
             raise WebhookRejected("BabySea webhook timestamp is outside the tolerance.")
         # The key is the whole secret string as UTF-8 (whsec_ included, no base64), unlike Standard Webhooks.
-        expected = hmac.new(
-            self._webhook_secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256
-        ).hexdigest()
+        expected = hmac.new(self._webhook_secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
         if not any(hmac.compare_digest(expected, candidate) for candidate in candidates):
             raise WebhookRejected("BabySea webhook signature does not match.")
 

@@ -142,6 +142,12 @@ class BflProvider(Provider):
                 "provider_unexpected_response", "BFL's submit answer is not a JSON object.", transient=False
             )
         job_id, polling_url = answer.get("id"), answer.get("polling_url")
+        derived = False
+        if isinstance(job_id, str) and job_id and not polling_url and "webhook_url" in body and "webhook_url" in answer:
+            # BFL's OpenAPI lets a webhook request be answered with AsyncWebhookResponse {id, status, webhook_url},
+            # which has no polling_url; the documented get_result on the host we submitted to still finds the task.
+            polling_url = f"{self.base_url}/get_result?id={quote(job_id, safe='')}"
+            derived = True
         if not isinstance(job_id, str) or not job_id or not isinstance(polling_url, str) or not polling_url:
             raise ProviderError(
                 "provider_unexpected_response", "BFL's submit answer lacks id or polling_url.", transient=False
@@ -152,6 +158,8 @@ class BflProvider(Provider):
                 "provider_request_blocked", "BFL returned a polling_url outside its allowed hosts.", transient=False
             )
         metadata: dict[str, Any] = {"polling_url": polling_url, "endpoint": endpoint}
+        if derived:
+            metadata["polling_url_derived"] = True
         for key in ("cost", "input_mp", "output_mp"):
             if isinstance(answer.get(key), int | float) and not isinstance(answer.get(key), bool):
                 metadata[key] = answer[key]

@@ -1,9 +1,64 @@
-# `sam build` calls build-SharedLayer for the layer (BuildMethod: makefile).
-# The layer carries the babychain package from shared/ and the runtime dependencies from layers/requirements.txt.
-build-SharedLayer:
-	mkdir -p "$(ARTIFACTS_DIR)/python"
-	cp -r shared/babychain "$(ARTIFACTS_DIR)/python/"
-	python -m pip install -r layers/requirements.txt -t "$(ARTIFACTS_DIR)/python" \
-		--platform manylinux2014_aarch64 --implementation cp --python-version 3.13 --only-binary=:all:
+# Lambda layers, built without Docker: the babychain package is copied, the dependencies are installed from
+# platform wheels for the template's runtime (python3.13) and architecture (arm64), whatever machine runs this.
+#
+#   sam build                 calls build-SharedLayer and build-DependenciesLayer (BuildMethod: makefile) with
+#                             ARTIFACTS_DIR set; each target fills $(ARTIFACTS_DIR)/python (Lambda's /opt/python).
+#   make layers               builds both into build/layers/{shared,dependencies}/python, without SAM.
+#   make layer-check          checks the built layers hold every runtime import of every handler; reports sizes.
+#
+# Variables: PYTHON (the interpreter whose pip downloads the wheels), LAYERS_DIR (where `make layers` builds).
 
-.PHONY: build-SharedLayer
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+PYTHON ?= python3
+LAYERS_DIR ?= $(ROOT)/build/layers
+
+# The template's Globals: Runtime python3.13, Architectures [arm64]. The python3.13 runtime runs on Amazon Linux
+# 2023 (glibc 2.34), so any manylinux wheel up to manylinux_2_34 runs there. pip does not widen a manylinux_2_x
+# platform to the older ones, so every glibc level is listed (psycopg-binary 3.3 ships manylinux_2_28 aarch64 only).
+LAYER_PYTHON_VERSION := 3.13
+LAYER_ARCH := aarch64
+LAYER_GLIBC_MINORS := 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34
+LAYER_PLATFORMS := --platform manylinux2014_$(LAYER_ARCH) \
+	$(foreach m,$(LAYER_GLIBC_MINORS),--platform manylinux_2_$(m)_$(LAYER_ARCH))
+# What every handler imports, and what configuration can switch on (imported lazily): both ship in the layer.
+LAYER_REQUIREMENTS := -r "$(ROOT)/layers/requirements.txt" -r "$(ROOT)/layers/requirements-optional.txt"
+# --only-binary: never build an sdist on this machine (it would be for the wrong platform).
+# --no-compile: pip would write .pyc files for the build interpreter's version, useless on 3.13.
+PIP_LAYER_FLAGS := $(LAYER_PLATFORMS) --implementation cp --python-version $(LAYER_PYTHON_VERSION) \
+	--only-binary=:all: --no-compile --no-warn-script-location --no-warn-conflicts --disable-pip-version-check
+
+# Drops what the runtime never reads: bytecode caches and console scripts (their shebangs name the build machine's
+# interpreter). The *.dist-info folders stay: the layer check maps distributions to import names with them.
+define strip_layer
+	find "$(1)" -depth -type d -name __pycache__ -exec rm -rf {} +
+	find "$(1)" -type f -name '*.py[co]' -delete
+	rm -rf "$(1)/bin"
+endef
+
+build-SharedLayer:
+	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it; or use: make layers)"; exit 2; }
+	rm -rf "$(ARTIFACTS_DIR)/python"
+	mkdir -p "$(ARTIFACTS_DIR)/python"
+	cp -R "$(ROOT)/shared/babychain" "$(ARTIFACTS_DIR)/python/"
+	$(call strip_layer,$(ARTIFACTS_DIR)/python)
+
+build-DependenciesLayer:
+	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it; or use: make layers)"; exit 2; }
+	rm -rf "$(ARTIFACTS_DIR)/python"
+	mkdir -p "$(ARTIFACTS_DIR)/python"
+	$(PYTHON) -m pip install --quiet $(LAYER_REQUIREMENTS) --target "$(ARTIFACTS_DIR)/python" $(PIP_LAYER_FLAGS)
+	$(PYTHON) "$(ROOT)/layers/prune_runtime.py" "$(ARTIFACTS_DIR)/python" $(LAYER_REQUIREMENTS)
+	$(call strip_layer,$(ARTIFACTS_DIR)/python)
+
+layers:
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory -f "$(ROOT)/Makefile" build-SharedLayer ARTIFACTS_DIR="$(LAYERS_DIR)/shared" && \
+	$(MAKE) --no-print-directory -f "$(ROOT)/Makefile" build-DependenciesLayer \
+		ARTIFACTS_DIR="$(LAYERS_DIR)/dependencies" && \
+	echo "Built $(LAYERS_DIR)/{shared,dependencies}/python in $$(( $$(date +%s) - start )) s:" && \
+	du -sh "$(LAYERS_DIR)/shared" "$(LAYERS_DIR)/dependencies"
+
+layer-check:
+	$(PYTHON) "$(ROOT)/layers/check_layer.py" "$(LAYERS_DIR)"
+
+.PHONY: build-SharedLayer build-DependenciesLayer layers layer-check

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from babychain.local.receiver import WebhookReceiver
 from babychain.local.runner import LocalEngine
@@ -34,19 +38,47 @@ FAST = {
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_server() -> Iterator[str]:
     """A real Postgres: DATABASE_URL when given, else an embedded server for this test process."""
     if os.environ.get("DATABASE_URL"):
-        dsn = os.environ["DATABASE_URL"]
-        apply_migrations(dsn)
-        yield dsn
+        yield os.environ["DATABASE_URL"]
         return
     from babychain.store.embedded import start_embedded_postgres
 
-    dsn, server = start_embedded_postgres(tmp_path_factory.mktemp("pg"))
-    apply_migrations(dsn)
+    # A folder of its own (not pytest's rotating tmp dirs) that is deleted with the server.
+    dsn, server = start_embedded_postgres(tempfile.mkdtemp(prefix="babychain-pg-"), cleanup_mode="delete")
     yield dsn
-    del server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def template_database(postgres_server: str) -> str:
+    """A migrated database that every test database is copied from."""
+    name = f"babychain_template_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f"create database {name}")
+    apply_migrations(make_conninfo(postgres_server, dbname=name))
+    return name
+
+
+@pytest.fixture(scope="session")
+def session_database_url(postgres_server: str, template_database: str) -> str:
+    """One migrated database shared by a whole test session, for suites that scope their data themselves."""
+    return _copy_of(postgres_server, template_database)
+
+
+def _copy_of(server: str, template: str) -> str:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        # file_copy: a checkpoint and a directory copy, much faster than WAL-logging a small database.
+        conn.execute(f"create database {name} template {template} strategy file_copy")
+    return make_conninfo(server, dbname=name)
+
+
+@pytest.fixture
+def database_url(postgres_server: str, template_database: str) -> str:
+    """A fresh database per test, so no test sees (or its sweeper re-drives) another test's runs."""
+    return _copy_of(postgres_server, template_database)
 
 
 @pytest.fixture

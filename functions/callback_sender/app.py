@@ -8,14 +8,20 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from babychain.engine.callbacks import deliver_callback
+from babychain.observability import logger, metrics, tracer
 from babychain.services import services
 
 processor = BatchProcessor(event_type=EventType.SQS)
 
 
 def record_handler(record: SQSRecord) -> str:
-    return deliver_callback(services(), json.loads(record.body)["run_id"])
+    body = json.loads(record.body)
+    logger.set_correlation_id(body.get("run_id"))
+    return deliver_callback(services(), body["run_id"])
 
 
+@logger.inject_lambda_context
+@metrics.log_metrics
+@tracer.capture_lambda_handler
 def lambda_handler(event: dict, context: LambdaContext) -> PartialItemFailureResponse:
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -1,10 +1,12 @@
 """POST /api/v1/chains/cancel/{run_id}: cancel a run in any non-terminal state (terminal runs come back as they are)."""
 
 from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from babychain.api.http import caller, json_response, make_resolver
 from babychain.engine.runs import cancel_run
+from babychain.observability import logger, metrics, tracer
 
 app = make_resolver()
 
@@ -15,5 +17,8 @@ def cancel(run_id: str) -> Response:
     return json_response(200, cancel_run(svc, principal, run_id))
 
 
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     return app.resolve(event, context)

@@ -1,10 +1,12 @@
 """POST /api/v1/chains/{slug}/runs: create a run (202), with Idempotency-Key replay."""
 
 from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from babychain.api.http import caller, json_response, make_resolver, read_json_body
 from babychain.engine.runs import create_run
+from babychain.observability import logger, metrics, tracer
 
 app = make_resolver()
 
@@ -16,5 +18,8 @@ def post_run(slug: str) -> Response:
     return json_response(202, created.run, {"Idempotency-Replayed": "true"} if created.replayed else None)
 
 
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     return app.resolve(event, context)

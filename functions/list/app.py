@@ -1,10 +1,12 @@
 """The read-only listings: chain templates, the caller's runs, the model catalog, and health."""
 
 from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from babychain.api.http import caller, json_response, make_resolver
 from babychain.engine.runs import list_chains, list_models, list_runs
+from babychain.observability import logger, metrics, tracer
 from babychain.services import services
 
 app = make_resolver()
@@ -33,5 +35,8 @@ def health() -> Response:
     return json_response(200, {"status": "ok", "service": "babychain", **services().store.health()})
 
 
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     return app.resolve(event, context)

@@ -3,10 +3,12 @@
 import base64
 
 from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from babychain.api.http import json_response, make_resolver
 from babychain.engine.webhooks import handle_provider_webhook
+from babychain.observability import logger, metrics, tracer
 from babychain.services import services
 
 app = make_resolver()
@@ -33,5 +35,8 @@ def step_webhook(provider: str, step_id: str, token: str) -> Response:
     return json_response(200, outcome.body())
 
 
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     return app.resolve(event, context)

@@ -8,14 +8,20 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from babychain.engine.executor import handle_step_message
+from babychain.observability import logger, metrics, tracer
 from babychain.services import services
 
 processor = BatchProcessor(event_type=EventType.SQS)
 
 
 def record_handler(record: SQSRecord) -> str:
-    return handle_step_message(services(), json.loads(record.body))
+    body = json.loads(record.body)
+    logger.set_correlation_id(body.get("run_id"))
+    return handle_step_message(services(), body)
 
 
+@logger.inject_lambda_context
+@metrics.log_metrics
+@tracer.capture_lambda_handler
 def lambda_handler(event: dict, context: LambdaContext) -> PartialItemFailureResponse:
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

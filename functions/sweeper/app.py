@@ -3,8 +3,12 @@
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from babychain.engine.sweeper import sweep
+from babychain.observability import logger, metrics, tracer
 from babychain.services import services
 
 
+@logger.inject_lambda_context
+@metrics.log_metrics
+@tracer.capture_lambda_handler
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     return sweep(services())

@@ -10,7 +10,11 @@ from urllib.parse import quote
 class ArtifactStore(ABC):
     @abstractmethod
     def put(self, key: str, content: bytes, content_type: str) -> str:
-        """Stores `content` under `key` and returns the durable URL callers and providers fetch it from."""
+        """Stores `content` under `key` and returns its durable reference (kept on the step)."""
+
+    def shareable(self, reference: str) -> str:
+        """A URL callers and providers can fetch the artifact from (e.g. presigned); here, the reference itself."""
+        return reference
 
 
 class LocalArtifactStore(ArtifactStore):

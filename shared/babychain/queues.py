@@ -27,6 +27,10 @@ class Queue(ABC):
     def send(self, body: dict[str, Any], delay_seconds: float = 0) -> None:
         """Enqueues one message, delivered no earlier than `delay_seconds` from now (capped at 15 minutes)."""
 
+    def send_many(self, bodies: list[dict[str, Any]]) -> None:
+        for body in bodies:
+            self.send(body)
+
 
 class SqsQueue(Queue):
     def __init__(self, queue_url: str, client: Any | None = None) -> None:
@@ -38,3 +42,14 @@ class SqsQueue(Queue):
     def send(self, body: dict[str, Any], delay_seconds: float = 0) -> None:
         delay = min(SQS_MAX_DELAY_SECONDS, max(0, math.ceil(delay_seconds)))
         self._client.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(body), DelaySeconds=delay)
+
+    def send_many(self, bodies: list[dict[str, Any]]) -> None:
+        # SQS takes ten entries per call; a partial failure is retried once, then raised so nothing is lost silently.
+        for start in range(0, len(bodies), 10):
+            entries = [{"Id": str(i), "MessageBody": json.dumps(b)} for i, b in enumerate(bodies[start : start + 10])]
+            answer = self._client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            failed = [e for e in entries if e["Id"] in {f["Id"] for f in answer.get("Failed", [])}]
+            if failed:
+                answer = self._client.send_message_batch(QueueUrl=self.queue_url, Entries=failed)
+                if answer.get("Failed"):
+                    raise RuntimeError(f"SQS refused {len(answer['Failed'])} messages: {answer['Failed'][0]}")

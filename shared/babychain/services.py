@@ -49,25 +49,55 @@ def services() -> Services:
 
 
 def from_environment() -> Services:
-    """The AWS shape: Postgres from DATABASE_URL, SQS queues from their URLs."""
-    from babychain.store.postgres import PostgresStore
+    """The AWS shape: secrets from Secrets Manager, Postgres or Supabase, SQS queues and S3 artifacts."""
+    from babychain.aws.secrets import load_secrets_into_environment
+    from babychain.observability import init_sentry
 
+    load_secrets_into_environment()
+    init_sentry()
     settings = load_settings()
-    if not settings.database_url:
-        raise ConfigurationError("DATABASE_URL is not set.")
     step_url = os.environ.get("BABYCHAIN_STEP_QUEUE_URL", "")
     callback_url = os.environ.get("BABYCHAIN_CALLBACK_QUEUE_URL", "")
     if not step_url or not callback_url:
         raise ConfigurationError("BABYCHAIN_STEP_QUEUE_URL and BABYCHAIN_CALLBACK_QUEUE_URL must be set.")
-    from babychain.artifacts import LocalArtifactStore
-
-    # S3 artifacts arrive with the AWS deployment issue; until then a folder (e.g. EFS) with its public base URL.
-    artifacts = LocalArtifactStore(settings.artifact_dir, settings.artifact_base_url)
     return Services(
         settings=settings,
-        store=PostgresStore(settings.database_url, max_size=2),
+        store=store_from_environment(settings),
         step_queue=SqsQueue(step_url),
         callback_queue=SqsQueue(callback_url),
-        artifacts=artifacts,
+        artifacts=artifacts_from_environment(settings),
         providers=registry_from_settings(settings),
     )
+
+
+def store_from_environment(settings: Settings) -> Store:
+    kind = os.environ.get("BABYCHAIN_STORE", "postgres").strip().lower()
+    if kind == "supabase":
+        from babychain.store.supabase import SupabaseStore
+
+        url, key = os.environ.get("SUPABASE_URL", ""), os.environ.get("SUPABASE_SERVICE_ROLE_KEY", "")
+        if not url or not key:
+            raise ConfigurationError("BABYCHAIN_STORE=supabase needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY.")
+        return SupabaseStore(url, key)
+    if kind != "postgres":
+        raise ConfigurationError(f"BABYCHAIN_STORE must be postgres or supabase; got {kind!r}.")
+    if not settings.database_url:
+        raise ConfigurationError("DATABASE_URL is not set.")
+    from babychain.store.postgres import PostgresStore
+
+    # A Lambda container handles one event at a time: two connections cover the handler and a pool refresh.
+    return PostgresStore(settings.database_url, max_size=2)
+
+
+def artifacts_from_environment(settings: Settings) -> ArtifactStore:
+    bucket = os.environ.get("BABYCHAIN_ARTIFACT_BUCKET", "")
+    if bucket:
+        from babychain.aws.artifacts import S3ArtifactStore
+
+        ttl = int(os.environ.get("BABYCHAIN_ARTIFACT_URL_TTL_SECONDS", "3600"))
+        return S3ArtifactStore(bucket, url_ttl_seconds=ttl)
+    from babychain.artifacts import LocalArtifactStore
+
+    if not settings.artifact_base_url:
+        raise ConfigurationError("Set BABYCHAIN_ARTIFACT_BUCKET (S3), or BABYCHAIN_ARTIFACT_DIR with its base URL.")
+    return LocalArtifactStore(settings.artifact_dir, settings.artifact_base_url)

@@ -1,93 +1,18 @@
-"""The deployment shape: template.yaml names real handlers, and the sample events in events/ drive them."""
+"""The sample events in events/ drive the real handlers (the template itself is checked in test_template.py)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from babychain.local.lambda_shim import FUNCTIONS_DIR, ROUTES, LambdaContext, load_handler
+from babychain.local.lambda_shim import LambdaContext, load_handler
 from babychain.local.runner import DEFAULT_API_KEY, LocalEngine
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
-
-
-class _CfnLoader(yaml.SafeLoader):
-    """Reads CloudFormation short tags (!Ref, !GetAtt, !Sub) as plain values."""
-
-
-_CfnLoader.add_multi_constructor(
-    "!",
-    lambda loader, suffix, node: (
-        loader.construct_scalar(node)
-        if isinstance(node, yaml.ScalarNode)
-        else loader.construct_sequence(node)
-        if isinstance(node, yaml.SequenceNode)
-        else loader.construct_mapping(node)
-    ),
-)
-
-
-def _template() -> dict[str, Any]:
-    return yaml.load((ROOT / "template.yaml").read_text(), Loader=_CfnLoader)
-
-
-def _functions() -> dict[str, dict[str, Any]]:
-    resources = _template()["Resources"]
-    return {name: r["Properties"] for name, r in resources.items() if r["Type"] == "AWS::Serverless::Function"}
-
-
-def test_every_function_in_the_template_resolves_to_a_handler_that_imports() -> None:
-    folders = set()
-    for props in _functions().values():
-        folder = Path(props["CodeUri"].rstrip("/")).name
-        module, _, attr = props["Handler"].partition(".")
-        assert (ROOT / props["CodeUri"] / f"{module}.py").is_file()
-        assert callable(load_handler(folder)) and attr == "lambda_handler"
-        folders.add(folder)
-    assert folders == {p.name for p in FUNCTIONS_DIR.iterdir() if (p / "app.py").is_file()}
-    assert folders == {
-        "create_run",
-        "get_run",
-        "cancel_run",
-        "list",
-        "step_executor",
-        "sweeper",
-        "callback_sender",
-        "provider_webhook",
-    }
-
-
-def test_template_routes_match_the_local_runner_routes() -> None:
-    template_routes = set()
-    for props in _functions().values():
-        for event in props.get("Events", {}).values():
-            if event["Type"] == "HttpApi":
-                template_routes.add(
-                    (
-                        event["Properties"]["Method"],
-                        event["Properties"]["Path"],
-                        Path(props["CodeUri"].rstrip("/")).name,
-                    )
-                )
-    assert template_routes == set(ROUTES)
-
-
-def test_queues_have_dead_letter_queues_and_report_batch_item_failures() -> None:
-    resources = _template()["Resources"]
-    queues = {n: r for n, r in resources.items() if r["Type"] == "AWS::SQS::Queue" and "DeadLetter" not in n}
-    assert queues
-    for queue in queues.values():
-        assert queue["Properties"]["RedrivePolicy"]["maxReceiveCount"] >= 1
-    for props in _functions().values():
-        for event in props.get("Events", {}).values():
-            if event["Type"] == "SQS":
-                assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
 
 
 @pytest.mark.parametrize(

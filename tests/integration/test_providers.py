@@ -135,7 +135,9 @@ def test_each_chain_in_byok_mode(chain: str, engine_for: Callable[..., LocalEngi
     # The BFL submit carried the handoff as input_image, the Seedance task as a first_frame item.
     tasks = stand_ins.byteplus.requests_for("POST", "/api/v3/contents/generations/tasks")
     # One provider submit per attempt (a loaded machine can turn a first attempt into a transient network error).
-    assert len(tasks) == run["steps"][-1]["attempt"], json.dumps(run["steps"][-1].get("attempts"))
+    assert len(tasks) == run["steps"][-1]["attempt"], json.dumps(
+        [run["steps"][-1].get("attempts"), [(t["headers"].get("x-idempotency-key"), t.get("time")) for t in tasks]]
+    )
     task = tasks[-1]
     image_items = [c for c in task["json"]["content"] if c["type"] == "image_url"]
     assert image_items == [

@@ -8,8 +8,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from babychain.engine.presenter import present_run
+from babychain.engine.presenter import Share, present_run
 from babychain.errors import UnsafeUrlError
+from babychain.observability import count, logger
 from babychain.queues import callback_message
 from babychain.security.safe_http import FetchError, post_json
 from babychain.security.webhooks import signature_headers
@@ -18,8 +19,12 @@ from babychain.services import Services
 USER_AGENT = "BabyChain/0.1 (+standard-webhooks)"
 
 
-def callback_payload(run: dict[str, Any]) -> dict[str, Any]:
-    return {"type": f"chain_run.{run['status']}", "timestamp": datetime.now(UTC).isoformat(), "data": present_run(run)}
+def callback_payload(run: dict[str, Any], share: Share) -> dict[str, Any]:
+    return {
+        "type": f"chain_run.{run['status']}",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "data": present_run(run, share),
+    }
 
 
 def retry_delay(svc: Services, attempt: int, retry_after: float | None) -> float | None:
@@ -36,7 +41,7 @@ def deliver_callback(svc: Services, run_id: str) -> str:
     if claim is None:
         return "not_due"
     run, attempt = claim["run"], claim["attempt"]
-    body = json.dumps(callback_payload(run), separators=(",", ":")).encode()
+    body = json.dumps(callback_payload(run, svc.artifacts.shareable), separators=(",", ":")).encode()
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
@@ -66,6 +71,11 @@ def deliver_callback(svc: Services, run_id: str) -> str:
         retry_in = retry_delay(svc, attempt, retry_after)
         if status_code is not None and error is None:
             error = f"Receiver answered HTTP {status_code}."
+    count("CallbackAttempts", outcome="delivered" if delivered else "failed")
+    logger.info(
+        "callback attempt",
+        extra={"run_id": run_id, "attempt": attempt, "status_code": status_code, "delivered": delivered},
+    )
     svc.store.record_callback_attempt(
         {
             "run_id": run_id,

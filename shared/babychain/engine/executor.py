@@ -7,7 +7,6 @@ late message, or a result arriving after cancel, changes nothing.
 
 from __future__ import annotations
 
-import logging
 import random
 from datetime import UTC, datetime
 from typing import Any
@@ -16,16 +15,13 @@ from babychain.chains.catalog import MODELS_BY_ID
 from babychain.chains.families import babysea_params
 from babychain.engine.webhooks import webhook_url_for
 from babychain.errors import ProviderError, UnsafeUrlError
-from babychain.providers import local_media
+from babychain.media_types import EXTENSION_BY_CONTENT_TYPE, extension_for
+from babychain.observability import count, duration, logger
 from babychain.providers.base import JobStatus, StepJob
 from babychain.queues import callback_message, step_message
 from babychain.security.safe_http import FetchError, fetch_bytes
 from babychain.services import Services
 from babychain.store.base import Row
-
-log = logging.getLogger(__name__)
-
-EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "video/mp4": ".mp4"}
 
 
 def backoff_seconds(svc: Services, attempt: int, retry_after: float | None = None) -> float:
@@ -58,7 +54,7 @@ def _start(svc: Services, run: Row, step: Row) -> str:
     if step["depends_on"]:
         if not input_files:
             return _fail(svc, run, step, "chain_step_params_failed", "Required previous step output is missing.")
-        params = family.inject_input(params, input_files[0])
+        params = family.inject_input(params, svc.artifacts.shareable(input_files[0]))
     elif family.input_urls(params):
         input_files = family.input_urls(params)
     # Each route gets the full retry budget; when it is spent on transient errors the next route takes over.
@@ -95,6 +91,17 @@ def _start(svc: Services, run: Row, step: Row) -> str:
     try:
         submission = provider.submit(job)
     except ProviderError as exc:
+        count("ProviderErrors", provider=provider.name, code=exc.code)
+        logger.warning(
+            "submit failed",
+            extra={
+                "run_id": run["id"],
+                "step": step["step_key"],
+                "code": exc.code,
+                "transient": exc.transient,
+                "attempt": attempt,
+            },
+        )
         attempts.append({**record, "error_code": exc.code})
         if exc.transient and attempt < budget * len(routes):
             delay = backoff_seconds(svc, (attempt - 1) % budget + 1, exc.retry_after)
@@ -130,6 +137,7 @@ def _check(svc: Services, run: Row, step: Row) -> str:
     try:
         status = provider.poll(step["provider_job_id"], step["provider_metadata"])
     except ProviderError as exc:
+        count("ProviderErrors", provider=provider.name, code=exc.code)
         if exc.transient:
             return _defer(svc, run, step, backoff_seconds(svc, 2, exc.retry_after))
         return _fail(svc, run, step, exc.code, exc.message, seq=step["seq"])
@@ -182,6 +190,12 @@ def _succeed(svc: Services, run: Row, step: Row, status: JobStatus) -> str:
     result = svc.store.complete_step(step["id"], step["attempt"], durable, dict(status.metadata))
     if result is None:
         return "stale"  # canceled or timed out meanwhile: the late result is ignored
+    started = datetime.fromisoformat(step["started_at"]) if step.get("started_at") else None
+    if started is not None:
+        duration("StepDuration", (datetime.now(UTC) - started).total_seconds(), model=step["model_identifier"])
+    logger.info("step succeeded", extra={"run_id": run["id"], "step": step["step_key"]})
+    if result["run_status"] == "succeeded":
+        count("RunsSucceeded")
     next_step = result.get("next_step")
     if next_step is not None:
         svc.step_queue.send(step_message(run["id"], next_step["id"], next_step["seq"]))
@@ -198,7 +212,7 @@ def _copy_output(svc: Services, run: Row, step: Row, index: int, url: str) -> st
         allow_loopback_http=svc.settings.allow_loopback_http,
     )
     content_type = fetched.content_type.split(";")[0].strip().lower()
-    extension = EXTENSIONS.get(content_type) or _extension_from_url(url)
+    extension = EXTENSION_BY_CONTENT_TYPE.get(content_type) or _extension_from_url(url)
     key = f"runs/{run['id']}/{step['step_key']}/output-{index}{extension}"
     return svc.artifacts.put(key, fetched.content, content_type or "application/octet-stream")
 
@@ -206,7 +220,7 @@ def _copy_output(svc: Services, run: Row, step: Row, index: int, url: str) -> st
 def _extension_from_url(url: str) -> str:
     suffix = url.rsplit("?", 1)[0].rsplit(".", 1)[-1].lower()
     try:
-        return local_media.extension_for(suffix)
+        return extension_for(suffix)
     except ValueError:
         return ".bin"
 
@@ -225,6 +239,8 @@ def _fail(
     failed = svc.store.fail_step(step["id"], code, message[:2000], attempt=attempt, seq=seq, provider_metadata=metadata)
     if failed is None:
         return "stale"
+    count("RunsFailed", reason=code)
+    logger.info("step failed", extra={"run_id": run["id"], "step": step["step_key"], "code": code})
     if run.get("webhook_url"):
         svc.callback_queue.send(callback_message(run["id"]))
     return "failed"

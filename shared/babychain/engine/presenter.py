@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from babychain.store.base import Row
 
 ACTIVE = ("queued", "running")
+Share = Callable[[str], str]
 
 
-def present_step(step: Row) -> dict[str, Any]:
+def _same(url: str) -> str:
+    return url
+
+
+def present_step(step: Row, share: Share = _same) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": step["id"],
         "object": "chain_step",
@@ -26,9 +32,9 @@ def present_step(step: Row) -> dict[str, Any]:
         "completed_at": step["completed_at"],
     }
     if step.get("input_files"):
-        out["generation_input_file"] = step["input_files"]
+        out["generation_input_file"] = [share(u) for u in step["input_files"]]
     if step.get("output_files"):
-        out["generation_output_file"] = step["output_files"]
+        out["generation_output_file"] = [share(u) for u in step["output_files"]]
     if step.get("provider"):
         out["provider"] = step["provider"]
     metadata = step.get("provider_metadata") or {}
@@ -45,7 +51,8 @@ def present_step(step: Row) -> dict[str, Any]:
     return out
 
 
-def present_run(run: Row) -> dict[str, Any]:
+def present_run(run: Row, share: Share = _same) -> dict[str, Any]:
+    """`share` turns stored artifact references into URLs the caller can fetch (e.g. presigned S3 URLs)."""
     out: dict[str, Any] = {
         "id": run["id"],
         "object": "chain_run",
@@ -58,14 +65,14 @@ def present_run(run: Row) -> dict[str, Any]:
         "updated_at": run["updated_at"],
         "completed_at": run["completed_at"],
         "current_step_key": run["current_step_key"] or "processing",
-        "steps": [present_step(s) for s in run.get("steps", [])],
+        "steps": [present_step(s, share) for s in run.get("steps", [])],
     }
     if run.get("metadata"):
         out["metadata"] = run["metadata"]
     if run.get("error_code"):
         out["error"] = {"code": run["error_code"], "message": run["error_message"]}
     if run.get("output"):
-        out["output"] = run["output"]
+        out["output"] = {**run["output"], "output_files": [share(u) for u in run["output"].get("output_files", [])]}
     if run.get("estimate"):
         out["estimate"] = run["estimate"]
     if run.get("webhook_url"):

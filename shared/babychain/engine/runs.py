@@ -16,6 +16,7 @@ from babychain.chains.templates import TEMPLATES, find_template
 from babychain.engine.estimates import estimate_run
 from babychain.engine.presenter import present_run
 from babychain.errors import ApiError, ProviderError, invalid_input, not_found
+from babychain.observability import count, logger
 from babychain.queues import callback_message, step_message
 from babychain.services import Services
 
@@ -74,15 +75,17 @@ def create_run(svc: Services, principal: Principal, slug: str, body: Any, idempo
                 field="Idempotency-Key",
                 details={"run_id": run["id"]},
             )
-        return Created(present_run(run), replayed=True)
+        return Created(present_run(run, svc.artifacts.shareable), replayed=True)
+    count("RunsCreated", mode=mode, chain=template.slug)
+    logger.info("run created", extra={"run_id": run["id"], "chain": template.slug, "mode": mode})
     first = run["steps"][0]
     # If this send is lost, the sweeper re-drives the step: it is due from now on.
     svc.step_queue.send(step_message(run["id"], first["id"], first["seq"]))
-    return Created(present_run(run), replayed=False)
+    return Created(present_run(run, svc.artifacts.shareable), replayed=False)
 
 
 def get_run(svc: Services, principal: Principal, run_id: str) -> dict[str, Any]:
-    return present_run(_owned_run(svc, principal, run_id))
+    return present_run(_owned_run(svc, principal, run_id), svc.artifacts.shareable)
 
 
 def _owned_run(svc: Services, principal: Principal, run_id: str) -> dict[str, Any]:
@@ -108,7 +111,9 @@ def cancel_run(svc: Services, principal: Principal, run_id: str) -> dict[str, An
             run = svc.store.get_run(run_id) or run
         if run.get("webhook_url"):
             svc.callback_queue.send(callback_message(run_id))
-    return present_run(run)
+        count("RunsCanceled")
+        logger.info("run canceled", extra={"run_id": run_id, "in_flight_steps": len(in_flight)})
+    return present_run(run, svc.artifacts.shareable)
 
 
 def _cancel_at_provider(svc: Services, step: dict[str, Any]) -> None:
@@ -146,7 +151,7 @@ def list_runs(svc: Services, principal: Principal, params: dict[str, str]) -> di
     return {
         "object": "list",
         "url": "/api/v1/chains/runs",
-        "data": [present_run(r) for r in page],
+        "data": [present_run(r, svc.artifacts.shareable) for r in page],
         "has_more": has_more,
         "next_cursor": _encode_cursor(page[-1]) if has_more else None,
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from babychain.errors import ProviderError
+from babychain.observability import count
 from babychain.queues import callback_message, step_message
 from babychain.services import Services
 
@@ -25,10 +26,13 @@ def sweep(svc: Services) -> dict[str, int]:
     for step in result["timed_out_steps"]:
         if step.get("provider_job_id") and step.get("provider"):
             _cancel_quietly(svc, step)
-    for item in [*result["requeued_steps"], *result["due_steps"]]:
-        svc.step_queue.send(step_message(item["run_id"], item["step_id"], item["seq"]))
-    for run_id in result["due_callbacks"]:
-        svc.callback_queue.send(callback_message(run_id))
+    svc.step_queue.send_many(
+        [step_message(i["run_id"], i["step_id"], i["seq"]) for i in [*result["requeued_steps"], *result["due_steps"]]]
+    )
+    svc.callback_queue.send_many([callback_message(run_id) for run_id in result["due_callbacks"]])
+    for key in ("timed_out_runs", "timed_out_steps"):
+        if result[key]:
+            count("RunsFailed", len(result[key]), reason=key)
     return {key: len(value) for key, value in result.items()}
 
 

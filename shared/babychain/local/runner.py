@@ -20,7 +20,8 @@ from babychain.config import Settings, load_settings
 from babychain.errors import ApiError
 from babychain.local.lambda_shim import LambdaContext, http_event, load_handler, match_route, scheduled_event
 from babychain.local.queue import LocalQueue
-from babychain.providers.local import LocalProvider, LocalProviderServer
+from babychain.providers.local import LocalProvider
+from babychain.providers.local_server import LocalProviderServer
 from babychain.providers.registry import registry_from_settings
 from babychain.security.urls import Resolver, system_resolver
 from babychain.services import Services, install

@@ -35,6 +35,8 @@ from PIL import (
     UnidentifiedImageError,
 )
 
+from babychain.media_types import content_type_for, extension_for, normalize_format
+
 __all__ = [
     "content_type_for",
     "extension_for",
@@ -51,8 +53,6 @@ MAX_FPS = 60
 # Inputs above this many pixels are refused outright instead of being decoded (decompression-bomb guard).
 MAX_INPUT_PIXELS = 64_000_000
 
-_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "mp4": "video/mp4"}
-_EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "mp4": ".mp4"}
 _IMAGE_FORMATS = ("png", "jpeg", "webp")
 _KEEP_RATIO = {"", "adaptive", "keep_ratio", "keep", "original", "auto"}
 
@@ -63,30 +63,11 @@ Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 # --------------------------------------------------------------------------------------------- formats
 
 
-def _normalize_format(output_format: str) -> str:
-    fmt = str(output_format).strip().lower().lstrip(".")
-    if fmt == "jpg":
-        fmt = "jpeg"
-    if fmt not in _CONTENT_TYPES:
-        raise ValueError(f"unsupported output format {output_format!r}; expected one of png, jpeg, jpg, webp, mp4")
-    return fmt
-
-
 def _normalize_image_format(output_format: str) -> str:
-    fmt = _normalize_format(output_format)
+    fmt = normalize_format(output_format)
     if fmt not in _IMAGE_FORMATS:
         raise ValueError(f"unsupported image output format {output_format!r}; expected png, jpeg, jpg or webp")
     return fmt
-
-
-def content_type_for(output_format: str) -> str:
-    """MIME type for an output format ("png", "jpeg"/"jpg", "webp", "mp4")."""
-    return _CONTENT_TYPES[_normalize_format(output_format)]
-
-
-def extension_for(output_format: str) -> str:
-    """File extension, with the dot, for an output format (JPEG is ".jpg")."""
-    return _EXTENSIONS[_normalize_format(output_format)]
 
 
 # --------------------------------------------------------------------------------------------- helpers

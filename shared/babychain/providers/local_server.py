@@ -1,0 +1,266 @@
+"""The built-in local provider's server: an async job API on loopback that makes real images and videos offline.
+
+It plays a remote provider: submit returns a job id, the result is ready after a configurable delay, outputs are
+served over HTTP, failures can be injected. Only the one-machine shape runs it (it needs Pillow and PyAV); the adapter
+in `babychain.providers.local` talks to it over HTTP like any provider adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from babychain.chains.families import GenerationRequest
+from babychain.errors import ProviderError
+from babychain.providers import local_media
+from babychain.security.safe_http import fetch_bytes
+from babychain.security.urls import Resolver, system_resolver
+
+_JOB_ID = re.compile(r"^[a-f0-9]{24}$")
+_FILE_NAME = re.compile(r"^[a-f0-9]{24}\.(png|jpg|webp|mp4)$")
+MAX_INPUT_BYTES = 30 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FailRule:
+    """`<step_key>[:<what>][x<count>]`, e.g. `image_to_video`, `text_to_image:moderated`, `image_to_video:submit_503x2`.
+
+    `failed` (the default) and `moderated` end the job failed; `submit_<status>` answers submits with that HTTP
+    status, `count` times (all of them when no count is given).
+    """
+
+    step_key: str
+    what: str
+    count: int | None
+
+    @classmethod
+    def parse(cls, text: str) -> FailRule:
+        m = re.fullmatch(r"([a-z_]+)(?::([a-z0-9_]+?))?(?:x(\d+))?", text.strip())
+        if not m:
+            raise ValueError(f"bad local provider fail rule {text!r}")
+        return cls(m.group(1), m.group(2) or "failed", int(m.group(3)) if m.group(3) else None)
+
+
+class LocalProviderServer:
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        delay_seconds: float = 1.0,
+        fail_rules: list[str] | tuple[str, ...] = (),
+        resolver: Resolver = system_resolver,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.folder = Path(folder).resolve()
+        (self.folder / "jobs").mkdir(parents=True, exist_ok=True)
+        (self.folder / "files").mkdir(parents=True, exist_ok=True)
+        self.delay_seconds = delay_seconds
+        self.rules = [FailRule.parse(r) for r in fail_rules]
+        self._rule_uses: dict[int, int] = {}
+        self.resolver = resolver
+        self.submissions: list[dict[str, Any]] = []  # every accepted submit, for tests and the demo
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> str:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="local-provider", daemon=True)
+        self._thread.start()
+        return self.base_url
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    # Jobs live on disk so a restarted runner can still answer for them.
+    def _job_path(self, job_id: str) -> Path:
+        return self.folder / "jobs" / f"{job_id}.json"
+
+    def _load(self, job_id: str) -> dict[str, Any] | None:
+        path = self._job_path(job_id)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _save(self, job: dict[str, Any]) -> None:
+        tmp = self._job_path(job["id"]).with_suffix(".tmp")
+        tmp.write_text(json.dumps(job))
+        tmp.replace(self._job_path(job["id"]))
+
+    def _take_rule(self, step_key: str, prefix: str) -> FailRule | None:
+        for i, rule in enumerate(self.rules):
+            if rule.step_key == step_key and rule.what.startswith(prefix):
+                used = self._rule_uses.get(i, 0)
+                if rule.count is not None and used >= rule.count:
+                    continue
+                self._rule_uses[i] = used + 1
+                return rule
+        return None
+
+    def submit(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        step_key = str(body.get("step_key", ""))
+        with self._lock:
+            rule = self._take_rule(step_key, "submit_")
+            if rule is not None:
+                return int(rule.what.removeprefix("submit_")), {
+                    "error": {"code": "injected", "message": f"injected {rule.what}"}
+                }
+            job_id = hashlib.sha256(str(body["idempotency_key"]).encode()).hexdigest()[:24]
+            existing = self._load(job_id)
+            if existing is not None:
+                return 200, self._public(existing)
+            outcome = self._take_rule(step_key, "")
+            job = {
+                "id": job_id,
+                "status": "pending",
+                "step_key": step_key,
+                "request": body["request"],
+                "ready_at": time.time() + self.delay_seconds,
+                "created_at": time.time(),
+                "fail": outcome.what if outcome else None,
+            }
+            self._save(job)
+            self.submissions.append(body)
+        return 200, self._public(job)
+
+    def status(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            job = self._load(job_id)
+            if job is None or job["status"] != "pending" or time.time() < job["ready_at"]:
+                return self._public(job) if job else None
+            self._finish(job)
+            self._save(job)
+            return self._public(job)
+
+    def cancel(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            job = self._load(job_id)
+            if job is not None and job["status"] == "pending":
+                job["status"] = "canceled"
+                self._save(job)
+            return self._public(job) if job else None
+
+    def _finish(self, job: dict[str, Any]) -> None:
+        if job["fail"] == "moderated":
+            job.update(status="failed", error_code="content_moderated", error_message="Content Moderated")
+            return
+        if job["fail"]:
+            job.update(status="failed", error_code="generation_failed", error_message="The generation failed.")
+            return
+        request = GenerationRequest(**job["request"])
+        try:
+            content, fmt = self._render(job["step_key"], request)
+        except (ValueError, ProviderError) as exc:
+            job.update(status="failed", error_code="invalid_input", error_message=str(exc))
+            return
+        name = f"{job['id']}{local_media.extension_for(fmt)}"
+        (self.folder / "files" / name).write_bytes(content)
+        job.update(status="succeeded", output=f"/files/{name}", content_type=local_media.content_type_for(fmt))
+
+    def _render(self, step_key: str, request: GenerationRequest) -> tuple[bytes, str]:
+        if step_key == "text_to_image":
+            return local_media.text_to_image(
+                request.prompt,
+                seed=request.seed,
+                width=request.width or 1024,
+                height=request.height or 1024,
+                output_format=request.output_format,
+            ), request.output_format
+        if not request.input_urls:
+            raise ValueError(f"{step_key} needs an input image")
+        source = fetch_bytes(
+            request.input_urls[0], resolver=self.resolver, max_bytes=MAX_INPUT_BYTES, allow_loopback_http=True
+        ).content
+        if step_key == "image_to_image":
+            return local_media.image_to_image(
+                source,
+                request.prompt,
+                seed=request.seed,
+                output_format=request.output_format,
+                width=request.width,
+                height=request.height,
+            ), request.output_format
+        return local_media.image_to_video(
+            source,
+            request.prompt,
+            seed=request.seed,
+            duration_seconds=request.duration_seconds or 3.0,
+            ratio=request.ratio,
+        ), "mp4"
+
+    def _public(self, job: dict[str, Any]) -> dict[str, Any]:
+        out = {"id": job["id"], "status": job["status"]}
+        if job["status"] == "pending":
+            total = max(self.delay_seconds, 1e-6)
+            out["progress"] = round(min(0.99, max(0.0, 1 - (job["ready_at"] - time.time()) / total)), 2)
+        if job.get("output"):
+            out["output_url"] = self.base_url + job["output"]
+        for key in ("error_code", "error_message"):
+            if job.get(key):
+                out[key] = job[key]
+        return out
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # quiet: the runner prints progress itself
+                pass
+
+            def _json(self, status: int, body: dict[str, Any] | None) -> None:
+                data = json.dumps(body if body is not None else {"error": {"code": "not_found"}}).encode()
+                self.send_response(status if body is not None else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _job_id(self) -> str | None:
+                job_id = self.path.rsplit("/", 1)[-1]
+                return job_id if self.path.startswith("/v1/jobs/") and _JOB_ID.match(job_id) else None
+
+            def do_POST(self) -> None:
+                if self.path != "/v1/jobs":
+                    return self._json(404, None)
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(length))
+                    status, answer = server.submit(body)
+                except (ValueError, KeyError, TypeError) as exc:
+                    return self._json(400, {"error": {"code": "invalid_request", "message": str(exc)}})
+                self._json(status, answer)
+
+            def do_GET(self) -> None:
+                if self.path.startswith("/files/"):
+                    name = self.path.removeprefix("/files/")
+                    path = server.folder / "files" / name
+                    if not _FILE_NAME.match(name) or not path.exists():
+                        return self._json(404, None)
+                    data = path.read_bytes()
+                    self.send_response(200)
+                    self.send_header("Content-Type", local_media.content_type_for(name.rsplit(".", 1)[1]))
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return None
+                job_id = self._job_id()
+                self._json(200, server.status(job_id) if job_id else None)
+                return None
+
+            def do_DELETE(self) -> None:
+                job_id = self._job_id()
+                self._json(200, server.cancel(job_id) if job_id else None)
+
+        return Handler

@@ -1,0 +1,742 @@
+"""One contract for both store adapters: psycopg straight to Postgres, and supabase-py through PostgREST RPC.
+
+Every test runs against `PostgresStore(database_url)` and `SupabaseStore(gateway.url, key)` in front of the same
+database, and expects the same values. The database is shared by the whole test session, so each test works with
+its own owner ids and rows. Then: the Supabase adapter's error mapping, and Row Level Security.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from babychain.store.base import Store
+from babychain.store.postgres import PostgresStore
+from babychain.store.supabase import StoreAuthError, StoreError, StoreUnavailable, SupabaseStore
+from tests.standins.postgrest import PostgrestStandIn
+
+ADAPTERS = ("postgres", "supabase")
+RUN_KEYS = {
+    "id",
+    "owner_id",
+    "chain_slug",
+    "chain_version",
+    "mode",
+    "status",
+    "input",
+    "metadata",
+    "webhook_url",
+    "idempotency_key",
+    "request_hash",
+    "current_step_key",
+    "output",
+    "error_code",
+    "error_message",
+    "deadline_at",
+    "callback_event_id",
+    "callback_status",
+    "callback_attempts",
+    "callback_next_at",
+    "callback_claimed_at",
+    "created_at",
+    "updated_at",
+    "completed_at",
+    "estimate",
+    "steps",
+}
+SWEEP_KEYS = {"timed_out_runs", "timed_out_steps", "requeued_steps", "due_steps", "due_callbacks"}
+
+
+# fixtures -------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gateway(database_url: str) -> Iterator[PostgrestStandIn]:
+    with PostgrestStandIn(database_url, "sb_secret_" + secrets.token_urlsafe(24)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stores(database_url: str, gateway: PostgrestStandIn) -> Iterator[dict[str, Store]]:
+    postgres = PostgresStore(database_url, max_size=2)
+    supabase = SupabaseStore(gateway.url, gateway.service_role_key, timeout=10.0)
+    yield {"postgres": postgres, "supabase": supabase}
+    supabase.close()
+    postgres.close()
+
+
+@pytest.fixture(params=ADAPTERS)
+def store(request: pytest.FixtureRequest, stores: dict[str, Store]) -> Store:
+    return stores[request.param]
+
+
+def new_owner() -> str:
+    return f"test:{uuid.uuid4().hex}"
+
+
+def run_request(
+    owner_id: str,
+    *,
+    steps: int = 2,
+    slug: str = "contract-chain",
+    webhook_url: str | None = None,
+    idempotency_key: str | None = None,
+    timeout_seconds: float = 3600.0,
+    request_hash: str = "hash-1",
+) -> dict[str, Any]:
+    run_id = str(uuid.uuid4())
+    step_rows = [
+        {
+            "step_index": 0,
+            "step_key": "image",
+            "step_kind": "image",
+            "model_identifier": "local/image",
+            "depends_on": [],
+            "params": {"prompt": "a lighthouse", "n": 1, "ratio": 1.5},
+        },
+        {
+            "step_index": 1,
+            "step_key": "video",
+            "step_kind": "video",
+            "model_identifier": "local/video",
+            "depends_on": ["image"],
+            "params": {"duration": 5},
+        },
+    ]
+    return {
+        "id": run_id,
+        "owner_id": owner_id,
+        "chain_slug": slug,
+        "chain_version": "2026-11-21",
+        "mode": "local",
+        "input": {"prompt": "a lighthouse", "nested": {"list": [1, 2.5, "três", None, True]}},
+        "metadata": {"customer": "ü-42"},
+        "webhook_url": webhook_url,
+        "idempotency_key": idempotency_key,
+        "request_hash": request_hash,
+        "run_timeout_seconds": timeout_seconds,
+        "callback_event_id": f"evt_{run_id}",
+        "steps": step_rows[:steps],
+        "estimate": {"usd": 0.05, "items": [{"step_key": "image", "usd": 0.05}]},
+    }
+
+
+def make_run(store: Store, owner_id: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    result = store.create_run(run_request(owner_id or new_owner(), **kwargs))
+    assert result["created"] is True
+    run: dict[str, Any] = result["run"]
+    return run
+
+
+def claim_first(store: Store, run: dict[str, Any], *, job_id: str | None = None) -> dict[str, Any]:
+    step = run["steps"][0]
+    claimed = store.claim_step(
+        step["id"], step["seq"], provider="local", request_params={"prompt": "x"}, input_files=None, **_SUBMIT
+    )
+    assert claimed is not None
+    if job_id is None:
+        return claimed
+    submitted = store.record_submission(step["id"], claimed["attempt"], job_id, {"region": "eu"}, 30.0)
+    assert submitted is not None
+    return submitted
+
+
+_SUBMIT = {"submit_timeout_seconds": 60.0}
+
+
+# runs -----------------------------------------------------------------------------------------------------------------
+
+
+def test_create_run_and_idempotent_replay(store: Store) -> None:
+    owner = new_owner()
+    key = f"idem-{uuid.uuid4().hex}"
+    first = store.create_run(run_request(owner, idempotency_key=key, webhook_url="https://example.com/hook"))
+    assert first["created"] is True
+    run = first["run"]
+    assert set(run) == RUN_KEYS
+    assert run["owner_id"] == owner
+    assert run["status"] == "queued"
+    assert run["current_step_key"] == "processing"
+    assert run["callback_status"] == "waiting"
+    assert run["input"] == {"prompt": "a lighthouse", "nested": {"list": [1, 2.5, "três", None, True]}}
+    assert run["metadata"] == {"customer": "ü-42"}
+    assert run["estimate"] == {"usd": 0.05, "items": [{"step_key": "image", "usd": 0.05}]}
+    assert [(s["step_key"], s["status"], s["seq"], s["attempt"]) for s in run["steps"]] == [
+        ("image", "queued", 0, 0),
+        ("video", "queued", 0, 0),
+    ]
+    assert run["steps"][0]["next_check_at"] is not None and run["steps"][1]["next_check_at"] is None
+    assert run["steps"][1]["depends_on"] == ["image"]
+
+    # Same key, another request id (and even another hash): the earlier run comes back, untouched.
+    replay = store.create_run(run_request(owner, idempotency_key=key, request_hash="hash-2"))
+    assert replay == {"run": run, "created": False}
+
+    # The key is scoped to its owner; without a key every request creates a run.
+    assert store.create_run(run_request(new_owner(), idempotency_key=key))["created"] is True
+    assert store.create_run(run_request(owner))["created"] is True
+    assert store.create_run(run_request(owner))["created"] is True
+
+
+def test_get_run_with_and_without_owner(store: Store) -> None:
+    owner = new_owner()
+    run = make_run(store, owner, steps=1)
+    assert store.get_run(run["id"]) == run
+    assert store.get_run(run["id"], owner) == run
+    assert store.get_run(run["id"], new_owner()) is None
+    assert store.get_run(str(uuid.uuid4())) is None
+    assert store.get_run(str(uuid.uuid4()), owner) is None
+
+
+def _newest_first(runs: list[dict[str, Any]]) -> list[str]:
+    ordered = sorted(runs, key=lambda r: (datetime.fromisoformat(r["created_at"]), r["id"]), reverse=True)
+    return [r["id"] for r in ordered]
+
+
+def test_list_runs_pagination_and_filters(store: Store) -> None:
+    owner = new_owner()
+    runs = [make_run(store, owner, steps=1, slug="alpha" if i < 3 else "beta") for i in range(5)]
+    store.cancel_run(runs[1]["id"])
+    expected = _newest_first(runs)
+
+    seen: list[str] = []
+    cursor: tuple[str, str] | None = None
+    pages = []
+    while True:
+        page = store.list_runs(owner, limit=2, cursor=cursor)
+        pages.append(len(page))
+        if not page:
+            break
+        seen += [r["id"] for r in page]
+        cursor = (page[-1]["created_at"], page[-1]["id"])
+    assert pages == [2, 2, 1, 0]
+    assert seen == expected
+
+    full = store.list_runs(owner, limit=10)
+    assert [r["id"] for r in full] == expected
+    assert all(set(r) == RUN_KEYS for r in full)
+    assert full == [store.get_run(run_id) for run_id in expected]
+
+    assert [r["id"] for r in store.list_runs(owner, limit=10, status="canceled")] == [runs[1]["id"]]
+    assert {r["id"] for r in store.list_runs(owner, limit=10, chain_slug="beta")} == {runs[3]["id"], runs[4]["id"]}
+    assert store.list_runs(owner, limit=10, chain_slug="alpha", status="succeeded") == []
+    assert store.list_runs(new_owner(), limit=10) == []
+
+
+def test_cancel_run(store: Store) -> None:
+    run = make_run(store)
+    running = claim_first(store, run)
+    result = store.cancel_run(run["id"])
+    assert result["canceled"] is True
+    assert [s["id"] for s in result["steps"]] == [running["id"]]
+    assert result["steps"][0]["status"] == "running"  # as it was when the cancel won
+    after = result["run"]
+    assert after["status"] == "canceled"
+    assert after["error_code"] == "client_canceled"
+    assert after["current_step_key"] == "canceled"
+    assert after["completed_at"] is not None
+    assert [s["status"] for s in after["steps"]] == ["canceled", "skipped"]
+    assert after["steps"][0]["seq"] == running["seq"] + 1
+
+    again = store.cancel_run(run["id"])
+    assert again == {"run": store.get_run(run["id"]), "canceled": False, "steps": []}
+    assert store.cancel_run(str(uuid.uuid4())) == {"run": None, "canceled": False, "steps": []}
+
+
+def test_queued_run_cancels_with_every_step_skipped(store: Store) -> None:
+    run = make_run(store)
+    result = store.cancel_run(run["id"])
+    assert result["canceled"] is True and result["steps"] == []
+    assert [s["status"] for s in result["run"]["steps"]] == ["skipped", "skipped"]
+
+
+# steps ----------------------------------------------------------------------------------------------------------------
+
+
+def test_claim_step_once_per_seq(store: Store) -> None:
+    run = make_run(store)
+    first, second = run["steps"]
+    claimed = store.claim_step(
+        first["id"], 0, provider="local", request_params={"prompt": "x"}, input_files=["https://in/a.png"], **_SUBMIT
+    )
+    assert claimed is not None
+    assert (claimed["status"], claimed["attempt"], claimed["seq"]) == ("running", 1, 1)
+    assert claimed["provider"] == "local"
+    assert claimed["request_params"] == {"prompt": "x"}
+    assert claimed["input_files"] == ["https://in/a.png"]
+    assert claimed["started_at"] is not None
+
+    # The same message again (same seq) is stale.
+    assert store.claim_step(first["id"], 0, provider="local", request_params={}, input_files=None, **_SUBMIT) is None
+    # A step whose producer has not succeeded cannot start.
+    assert store.claim_step(second["id"], 0, provider="local", request_params={}, input_files=None, **_SUBMIT) is None
+    # Unknown steps are stale too.
+    assert store.claim_step(str(uuid.uuid4()), 0, provider="x", request_params={}, input_files=None, **_SUBMIT) is None
+
+    current = store.get_run(run["id"])
+    assert current is not None
+    assert (current["status"], current["current_step_key"]) == ("running", "image")
+    assert current["steps"][0] == claimed | {"updated_at": current["steps"][0]["updated_at"]}
+
+
+def test_step_transition_guards(store: Store) -> None:
+    run = make_run(store)
+    step_id = run["steps"][0]["id"]
+    claimed = claim_first(store, run)
+    job = f"job-{uuid.uuid4().hex}"
+
+    # record_submission: guarded by attempt.
+    assert store.record_submission(step_id, claimed["attempt"] + 1, job, {}, 30.0) is None
+    submitted = store.record_submission(step_id, claimed["attempt"], job, {"region": "eu"}, 30.0)
+    assert submitted is not None
+    assert (submitted["provider_job_id"], submitted["seq"]) == (job, claimed["seq"] + 1)
+    assert submitted["provider_metadata"] == {"region": "eu"}
+
+    # defer_step: guarded by seq.
+    assert store.defer_step(step_id, claimed["seq"], 1.0) is None
+    deferred = store.defer_step(step_id, submitted["seq"], 1.0, {"progress": 0.5})
+    assert deferred is not None
+    assert deferred["seq"] == submitted["seq"] + 1
+    assert deferred["provider_metadata"] == {"region": "eu", "progress": 0.5}
+    assert store.defer_step(step_id, deferred["seq"], 1.0) is not None  # provider_metadata None keeps the metadata
+
+    # retry_step: guarded by attempt; gives the attempt back.
+    assert store.retry_step(step_id, 7, 0.5, "provider_unavailable", "try later") is None
+    retried = store.retry_step(step_id, claimed["attempt"], 0.5, "provider_unavailable", "try later", {"retries": 1})
+    assert retried is not None
+    assert (retried["status"], retried["provider_job_id"], retried["error_code"]) == (
+        "queued",
+        None,
+        "provider_unavailable",
+    )
+    assert retried["provider_metadata"] == {"region": "eu", "progress": 0.5, "retries": 1}
+
+    # The second attempt.
+    again = store.claim_step(step_id, retried["seq"], provider="local", request_params={}, input_files=None, **_SUBMIT)
+    assert again is not None
+    assert (again["attempt"], again["error_code"]) == (2, None)
+
+    # complete_step: guarded by attempt; hands the outputs to the next step.
+    assert store.complete_step(step_id, 1, ["https://out/a.png"]) is None
+    done = store.complete_step(step_id, 2, ["https://out/a.png"], {"seed": 7})
+    assert done is not None
+    assert done["run_status"] == "running"
+    next_step = done["next_step"]
+    assert next_step["id"] == run["steps"][1]["id"]
+    assert (next_step["status"], next_step["input_files"]) == ("queued", ["https://out/a.png"])
+    assert next_step["next_check_at"] is not None
+    assert store.complete_step(step_id, 2, ["https://out/a.png"]) is None  # only once
+
+    # fail_step: guarded by seq and by attempt.
+    video = store.claim_step(
+        next_step["id"], next_step["seq"], provider="local", request_params={}, input_files=None, **_SUBMIT
+    )
+    assert video is not None
+    assert store.fail_step(video["id"], "provider_error", "boom", seq=video["seq"] + 5) is None
+    assert store.fail_step(video["id"], "provider_error", "boom", attempt=video["attempt"] + 1) is None
+    failed = store.fail_step(video["id"], "provider_error", "boom", attempt=video["attempt"], seq=video["seq"])
+    assert failed is not None
+    assert failed["run_status"] == "failed"
+    assert (failed["step"]["status"], failed["step"]["error_message"]) == ("failed", "boom")
+    assert store.fail_step(video["id"], "provider_error", "boom") is None  # the run is over
+
+    final = store.get_run(run["id"])
+    assert final is not None
+    assert (final["status"], final["error_code"], final["error_message"]) == ("failed", "provider_error", "boom")
+    assert [s["status"] for s in final["steps"]] == ["succeeded", "failed"]
+
+
+def test_complete_last_step_finishes_the_run(store: Store) -> None:
+    run = make_run(store, steps=1)
+    submitted = claim_first(store, run, job_id=f"job-{uuid.uuid4().hex}")
+    done = store.complete_step(submitted["id"], submitted["attempt"], ["https://out/final.png"])
+    assert done == {"run_status": "succeeded", "next_step": None}
+    final = store.get_run(run["id"])
+    assert final is not None
+    assert final["status"] == "succeeded"
+    assert final["current_step_key"] == "completed"
+    assert final["output"] == {"final_step_key": "image", "output_files": ["https://out/final.png"]}
+
+
+def test_find_note_and_get_step(store: Store) -> None:
+    run = make_run(store)
+    job = f"job-{uuid.uuid4().hex}"
+    submitted = claim_first(store, run, job_id=job)
+    found = store.find_step_by_job("local", job)
+    assert found == submitted
+    assert store.find_step_by_job("other", job) is None
+    assert store.find_step_by_job("local", f"job-{uuid.uuid4().hex}") is None
+
+    store.cancel_run(run["id"])
+    noted = store.note_step(submitted["id"], {"cancel_error": "provider could not cancel"})
+    assert noted is not None  # whatever the status
+    assert noted["status"] == "canceled"
+    assert noted["provider_metadata"] == {"region": "eu", "cancel_error": "provider could not cancel"}
+    assert store.note_step(str(uuid.uuid4()), {"x": 1}) is None
+
+    assert store.get_step(submitted["id"]) == noted
+    current = store.get_run(run["id"])
+    assert current is not None
+    assert store.get_step(run["steps"][1]["id"]) == current["steps"][1]
+    assert store.get_step(str(uuid.uuid4())) is None
+
+
+# callbacks ------------------------------------------------------------------------------------------------------------
+
+
+def test_callback_claims_and_attempts(store: Store) -> None:
+    run = make_run(store, webhook_url="https://example.com/hook")
+    assert store.claim_callback(run["id"], 60.0) is None  # nothing to deliver while the run is active
+    store.cancel_run(run["id"])
+
+    claimed = store.claim_callback(run["id"], 60.0)
+    assert claimed is not None
+    assert claimed["attempt"] == 1
+    assert (claimed["run"]["id"], claimed["run"]["callback_status"]) == (run["id"], "delivering")
+    assert store.claim_callback(run["id"], 60.0) is None  # claimed and not stale
+
+    attempt: dict[str, Any] = {
+        "run_id": run["id"],
+        "event_id": run["callback_event_id"],
+        "outcome": "failed",
+        "status_code": 500,
+        "error": "Receiver answered HTTP 500.",
+        "response_excerpt": "oops",
+        "duration_ms": 12,
+    }
+    assert store.record_callback_attempt({**attempt, "attempt": 1, "retry_in_seconds": 0}) == {
+        "callback_status": "pending"
+    }
+    second = store.claim_callback(run["id"], 60.0)
+    assert second is not None and second["attempt"] == 2
+    # A late record for the first attempt is kept as history but decides nothing.
+    assert store.record_callback_attempt({**attempt, "attempt": 1, "retry_in_seconds": 0}) == {"callback_status": None}
+    delivered = {**attempt, "attempt": 2, "outcome": "delivered", "status_code": 204, "error": None}
+    assert store.record_callback_attempt({**delivered, "retry_in_seconds": None}) == {"callback_status": "delivered"}
+    assert store.claim_callback(run["id"], 0.0) is None
+
+    deliveries = store.list_callback_deliveries(run["id"])
+    assert [(d["attempt"], d["outcome"], d["status_code"]) for d in deliveries] == [
+        (1, "failed", 500),
+        (1, "failed", 500),
+        (2, "delivered", 204),
+    ]
+    assert deliveries[0]["event_id"] == run["callback_event_id"]
+    assert deliveries[2]["error"] is None and deliveries[0]["response_excerpt"] == "oops"
+    assert store.list_callback_deliveries(str(uuid.uuid4())) == []
+
+
+def test_callback_gives_up_without_retry(store: Store) -> None:
+    run = make_run(store, webhook_url="https://example.com/hook")
+    store.cancel_run(run["id"])
+    claimed = store.claim_callback(run["id"], 60.0)
+    assert claimed is not None
+    record = {"run_id": run["id"], "event_id": "e", "attempt": 1, "outcome": "failed", "retry_in_seconds": None}
+    assert store.record_callback_attempt(record) == {"callback_status": "failed"}
+    stored = store.get_run(run["id"])
+    assert stored is not None and stored["callback_status"] == "failed"
+
+
+def test_stale_delivery_can_be_reclaimed(store: Store) -> None:
+    run = make_run(store, webhook_url="https://example.com/hook")
+    store.cancel_run(run["id"])
+    assert store.claim_callback(run["id"], 60.0) is not None
+    reclaimed = store.claim_callback(run["id"], 0.0)  # the sender died: its claim is stale at once
+    assert reclaimed is not None and reclaimed["attempt"] == 2
+
+
+# sweeper --------------------------------------------------------------------------------------------------------------
+
+
+def test_sweep_shape_and_effects(store: Store) -> None:
+    expired = make_run(store, timeout_seconds=0.0)
+    due = make_run(store, steps=1)
+    params = {
+        "grace_seconds": 0,
+        "limit": 100_000,
+        "image_step_timeout_seconds": 86_400,
+        "video_step_timeout_seconds": 86_400,
+        "callback_stale_seconds": 86_400,
+    }
+    result = store.sweep(params)
+    assert set(result) == SWEEP_KEYS
+    assert all(isinstance(value, list) for value in result.values())
+    assert expired["id"] in result["timed_out_runs"]
+    step = due["steps"][0]
+    assert {"run_id": due["id"], "step_id": step["id"], "seq": step["seq"]} in result["due_steps"]
+
+    swept = store.get_run(expired["id"])
+    assert swept is not None
+    assert (swept["status"], swept["error_code"]) == ("failed", "run_timed_out")
+    assert expired["id"] not in store.sweep(params)["timed_out_runs"]
+
+
+# webhooks, keys, health -----------------------------------------------------------------------------------------------
+
+
+def test_record_webhook_receipt_once(store: Store) -> None:
+    receipt = uuid.uuid4().hex
+    assert store.record_webhook_receipt("bfl", receipt) is True
+    assert store.record_webhook_receipt("bfl", receipt) is False
+    assert store.record_webhook_receipt("byteplus", receipt) is True
+
+
+def test_api_keys(store: Store) -> None:
+    key_hash = secrets.token_hex(32)
+    created = store.create_api_key("bc_live_ab", key_hash, "contract")
+    assert set(created) == {"id", "key_prefix", "name", "scopes"}
+    assert (created["key_prefix"], created["name"]) == ("bc_live_ab", "contract")
+    assert created["scopes"] == ["chains:run", "chains:read", "runs:cancel"]
+    assert store.authenticate_key(key_hash) == created
+    assert store.authenticate_key(secrets.token_hex(32)) is None
+
+    reader_hash = secrets.token_hex(32)
+    reader = store.create_api_key("bc_live_cd", reader_hash, "reader", ["chains:read"])
+    assert reader["scopes"] == ["chains:read"]
+    assert store.authenticate_key(reader_hash) == reader
+
+
+def test_health(store: Store) -> None:
+    assert store.health() == {"database": "ok"}
+
+
+def test_only_store_functions(store: Store) -> None:
+    # (PostgresStore's `^...$` pattern also lets "bc_get_run\n" through, harmlessly; SupabaseStore uses fullmatch.)
+    for name in ("pg_sleep", "bc_Get_run", "bc_get_run;drop table chain_runs", "bc_get_run()", "bc_1", ""):
+        with pytest.raises(ValueError, match="not a store function"):
+            store.call(name, {})
+
+
+def test_database_errors_carry_the_sqlstate(store: Store) -> None:
+    with pytest.raises(Exception) as caught:
+        store.get_run("not-a-uuid")
+    error = caught.value
+    assert isinstance(error, psycopg.DataError | StoreError)
+    assert getattr(error, "sqlstate", None) == "22P02"
+    assert not isinstance(error, StoreUnavailable)
+
+
+# both at once ---------------------------------------------------------------------------------------------------------
+
+
+def test_adapters_return_identical_json(stores: dict[str, Store]) -> None:
+    postgres, supabase = stores["postgres"], stores["supabase"]
+    owner = new_owner()
+    run = make_run(postgres, owner, webhook_url="https://example.com/hook")
+    claim_first(supabase, run, job_id=f"job-{uuid.uuid4().hex}")
+
+    def both(call: Any) -> tuple[str, str]:
+        return json.dumps(call(postgres)), json.dumps(call(supabase))
+
+    for call in (
+        lambda s: s.get_run(run["id"]),
+        lambda s: s.get_run(run["id"], owner),
+        lambda s: s.list_runs(owner, limit=5),
+        lambda s: s.get_step(run["steps"][0]["id"]),
+        lambda s: s.get_run(str(uuid.uuid4())),
+        lambda s: s.list_callback_deliveries(run["id"]),
+    ):
+        left, right = both(call)
+        assert left == right
+    assert json.dumps(postgres.get_run(run["id"])).encode() == json.dumps(supabase.get_run(run["id"])).encode()
+
+
+# Supabase adapter errors ----------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _assert_secret_free(error: BaseException, secret: str) -> None:
+    texts = [str(error), repr(error), *(str(v) for v in vars(error).values())]
+    assert all(secret not in text for text in texts)
+    assert error.__cause__ is None and error.__suppress_context__
+
+
+def test_supabase_postgrest_down_is_unavailable(stores: dict[str, Store], gateway: PostgrestStandIn) -> None:
+    gateway.fail_next(
+        503, {"code": "PGRST001", "message": "Database client error. Retrying the connection.", "details": None}
+    )
+    with pytest.raises(StoreUnavailable) as caught:
+        stores["supabase"].health()
+    assert (caught.value.code, caught.value.status, caught.value.function) == ("PGRST001", 503, "bc_health")
+    assert stores["supabase"].health() == {"database": "ok"}  # POSTs are not retried by postgrest-py
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type"),
+    [
+        (502, "<html><body>502 Bad Gateway</body></html>", "text/html"),
+        (504, {"message": "An invalid response was received from the upstream server"}, "application/json"),
+        (520, "", "text/plain"),
+    ],
+)
+def test_supabase_gateway_errors_are_unavailable(
+    stores: dict[str, Store], gateway: PostgrestStandIn, status: int, body: Any, content_type: str
+) -> None:
+    gateway.fail_next(status, body, content_type=content_type)
+    with pytest.raises(StoreUnavailable) as caught:
+        stores["supabase"].get_run(str(uuid.uuid4()))
+    assert caught.value.status == status
+
+
+def test_supabase_transient_sqlstate_is_unavailable(stores: dict[str, Store], gateway: PostgrestStandIn) -> None:
+    gateway.fail_next(500, {"code": "57014", "message": "canceling statement due to statement timeout"})
+    with pytest.raises(StoreUnavailable) as caught:
+        stores["supabase"].health()
+    assert caught.value.sqlstate == "57014"
+    gateway.fail_next(500, {"code": "XX000", "message": "internal error"})
+    with pytest.raises(StoreError) as other:
+        stores["supabase"].health()
+    assert not isinstance(other.value, StoreUnavailable)
+
+
+def test_supabase_unreachable_and_timeout(gateway: PostgrestStandIn) -> None:
+    closed = SupabaseStore(f"http://127.0.0.1:{_free_port()}", gateway.service_role_key, timeout=2.0)
+    try:
+        with pytest.raises(StoreUnavailable, match="unreachable") as caught:
+            closed.health()
+        _assert_secret_free(caught.value, gateway.service_role_key)
+    finally:
+        closed.close()
+
+    slow = SupabaseStore(gateway.url, gateway.service_role_key, timeout=0.2)
+    try:
+        gateway.stall_next(1.0)
+        with pytest.raises(StoreUnavailable, match="Timeout"):
+            slow.health()
+    finally:
+        slow.close()
+
+
+def test_supabase_wrong_key_is_an_auth_error(gateway: PostgrestStandIn) -> None:
+    wrong_key = "sb_secret_" + secrets.token_urlsafe(24)
+    store = SupabaseStore(gateway.url, wrong_key)
+    try:
+        with pytest.raises(StoreAuthError) as caught:
+            store.health()
+        assert (caught.value.code, caught.value.status) == ("PGRST301", 401)
+        _assert_secret_free(caught.value, wrong_key)
+        _assert_secret_free(caught.value, gateway.service_role_key)
+        assert wrong_key not in repr(store)
+    finally:
+        store.close()
+
+
+def test_supabase_errors_never_echo_the_key(stores: dict[str, Store], gateway: PostgrestStandIn) -> None:
+    key = gateway.service_role_key
+    gateway.fail_next(400, {"code": "PGRST100", "message": f"bad apikey {key}", "details": key, "hint": f"[{key}]"})
+    with pytest.raises(StoreError) as caught:
+        stores["supabase"].health()
+    _assert_secret_free(caught.value, key)
+    assert "[redacted]" in caught.value.message
+
+
+def test_supabase_missing_function_and_non_json_answers(stores: dict[str, Store], gateway: PostgrestStandIn) -> None:
+    with pytest.raises(StoreError) as missing:
+        stores["supabase"].call("bc_no_such_function", {})
+    assert (missing.value.code, missing.value.status) == ("PGRST202", 404)
+
+    gateway.fail_next(200, "<html>captive portal</html>", content_type="text/html")
+    with pytest.raises(StoreError, match="not JSON"):
+        stores["supabase"].health()
+    gateway.fail_next(204, b"", content_type="application/json")
+    assert stores["supabase"].health() is None  # no body: the same as a NULL from psycopg
+
+
+def test_supabase_sends_the_rpc_protocol(stores: dict[str, Store], gateway: PostgrestStandIn) -> None:
+    run_id = str(uuid.uuid4())
+    stores["supabase"].get_run(run_id, "owner-x")
+    request = gateway.requests[-1]
+    assert (request["method"], request["path"]) == ("POST", "/rest/v1/rpc/bc_get_run")
+    assert request["json"] == {"p": {"run_id": run_id, "owner_id": "owner-x"}}
+    assert request["headers"]["apikey"] == gateway.service_role_key
+    assert request["headers"]["authorization"] == f"Bearer {gateway.service_role_key}"
+
+
+# RLS ------------------------------------------------------------------------------------------------------------------
+
+
+TABLES = ("api_keys", "chain_runs", "chain_steps", "callback_deliveries", "provider_webhook_receipts")
+
+
+@pytest.fixture
+def owner_conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(database_url) as conn:  # not autocommit: each test rolls back what it did
+        member = conn.execute(
+            "select rolsuper or pg_has_role(current_user, 'anon', 'member') from pg_roles where rolname = current_user"
+        ).fetchone()
+        if not (member and member[0]):
+            pytest.skip("the test database user may not assume the anon role")
+        yield conn
+        conn.rollback()
+
+
+def test_every_table_has_rls_and_no_policies(owner_conn: psycopg.Connection[Any]) -> None:
+    rows = owner_conn.execute(
+        "select c.relname, c.relrowsecurity, c.relforcerowsecurity from pg_class c "
+        "join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public' and c.relkind = 'r'"
+    ).fetchall()
+    flags = {name: (rls, forced) for name, rls, forced in rows}
+    for table in (*TABLES, "bc_schema_migrations"):
+        assert flags[table] == (True, False), table
+    policies = owner_conn.execute("select count(*) from pg_policies where schemaname = 'public'").fetchone()
+    assert policies == (0,)
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+def test_rls_keeps_client_roles_out(owner_conn: psycopg.Connection[Any], stores: dict[str, Store], role: str) -> None:
+    run = make_run(stores["postgres"])
+    owner_conn.execute(f"set local role {role}")
+    for table in TABLES:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), owner_conn.transaction():
+            owner_conn.execute(f"select * from {table}")
+    for function in ("bc_get_run", "bc_list_runs", "bc_health"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="function"), owner_conn.transaction():
+            owner_conn.execute(f"select {function}(%s::jsonb)", (json.dumps({"run_id": run["id"]}),))
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), owner_conn.transaction():
+        owner_conn.execute("select bc_run_json(%s::uuid)", (run["id"],))
+
+
+def test_rls_hides_rows_even_with_a_table_grant(owner_conn: psycopg.Connection[Any], stores: dict[str, Store]) -> None:
+    # Supabase grants anon SELECT on public tables by default; with RLS and no policy it still sees nothing.
+    run = make_run(stores["postgres"])
+    for table in TABLES:
+        owner_conn.execute(f"grant select on {table} to anon")
+    owner_conn.execute("set local role anon")
+    for table in TABLES:
+        assert owner_conn.execute(f"select count(*) from {table}").fetchone() == (0,), table
+    assert owner_conn.execute("select count(*) from chain_runs where id = %s", (run["id"],)).fetchone() == (0,)
+
+
+def test_service_role_reaches_the_data(owner_conn: psycopg.Connection[Any], stores: dict[str, Store]) -> None:
+    bypass = owner_conn.execute("select rolbypassrls from pg_roles where rolname = 'service_role'").fetchone()
+    if not (bypass and bypass[0]):
+        pytest.skip("service_role was created without BYPASSRLS (the migration ran as a non-superuser)")
+    run = make_run(stores["postgres"])
+    owner_conn.execute("set local role service_role")
+    row = owner_conn.execute("select bc_get_run(%s::jsonb)", (json.dumps({"run_id": run["id"]}),)).fetchone()
+    assert row is not None and row[0] == stores["postgres"].get_run(run["id"])
+    # Writes too: a whole run through the functions, under the service role's own grants.
+    created = owner_conn.execute("select bc_create_run(%s::jsonb)", (json.dumps(run_request(new_owner())),)).fetchone()
+    assert created is not None and created[0]["created"] is True
+    receipt = owner_conn.execute(
+        "select bc_record_webhook_receipt(%s::jsonb)",
+        (json.dumps({"provider": "bfl", "receipt_id": uuid.uuid4().hex}),),
+    ).fetchone()
+    assert receipt == ({"first": True},)
+    attempt = {"run_id": run["id"], "event_id": "e", "attempt": 1, "outcome": "failed", "retry_in_seconds": None}
+    recorded = owner_conn.execute("select bc_record_callback_attempt(%s::jsonb)", (json.dumps(attempt),)).fetchone()
+    assert recorded == ({"callback_status": None},)  # no claim to settle, but the attempt row is written

@@ -1,8 +1,8 @@
 """One contract for both store adapters: psycopg straight to Postgres, and supabase-py through PostgREST RPC.
 
-Every test runs against `PostgresStore(database_url)` and `SupabaseStore(gateway.url, key)` in front of the same
-database, and expects the same values. The database is shared by the whole test session, so each test works with
-its own owner ids and rows. Then: the Supabase adapter's error mapping, and Row Level Security.
+Every test runs against `PostgresStore(session_database_url)` and `SupabaseStore(gateway.url, key)` in front of
+the same database, and expects the same values. The database is shared by the whole test session, so each test works
+with its own owner ids and rows. Then: the Supabase adapter's error mapping, and Row Level Security.
 """
 
 from __future__ import annotations
@@ -59,14 +59,14 @@ SWEEP_KEYS = {"timed_out_runs", "timed_out_steps", "requeued_steps", "due_steps"
 
 
 @pytest.fixture(scope="module")
-def gateway(database_url: str) -> Iterator[PostgrestStandIn]:
-    with PostgrestStandIn(database_url, "sb_secret_" + secrets.token_urlsafe(24)) as server:
+def gateway(session_database_url: str) -> Iterator[PostgrestStandIn]:
+    with PostgrestStandIn(session_database_url, "sb_secret_" + secrets.token_urlsafe(24)) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def stores(database_url: str, gateway: PostgrestStandIn) -> Iterator[dict[str, Store]]:
-    postgres = PostgresStore(database_url, max_size=2)
+def stores(session_database_url: str, gateway: PostgrestStandIn) -> Iterator[dict[str, Store]]:
+    postgres = PostgresStore(session_database_url, max_size=2)
     supabase = SupabaseStore(gateway.url, gateway.service_role_key, timeout=10.0)
     yield {"postgres": postgres, "supabase": supabase}
     supabase.close()
@@ -673,8 +673,8 @@ TABLES = ("api_keys", "chain_runs", "chain_steps", "callback_deliveries", "provi
 
 
 @pytest.fixture
-def owner_conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(database_url) as conn:  # not autocommit: each test rolls back what it did
+def owner_conn(session_database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(session_database_url) as conn:  # not autocommit: each test rolls back what it did
         member = conn.execute(
             "select rolsuper or pg_has_role(current_user, 'anon', 'member') from pg_roles where rolname = current_user"
         ).fetchone()

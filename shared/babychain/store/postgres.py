@@ -15,8 +15,11 @@ _FUNCTION_NAME = re.compile(r"^bc_[a-z_]+$")
 
 class PostgresStore(Store):
     def __init__(self, dsn: str, *, max_size: int = 8) -> None:
-        # Autocommit: each SQL function is its own transaction, which is what makes it atomic.
-        self._pool = ConnectionPool(dsn, min_size=1, max_size=max_size, kwargs={"autocommit": True}, open=True)
+        # Autocommit: each SQL function is its own transaction, which is what makes it atomic. No server-side
+        # prepared statements, so transaction poolers (Supabase's port 6543, PgBouncer) work too.
+        self._pool = ConnectionPool(
+            dsn, min_size=1, max_size=max_size, kwargs={"autocommit": True, "prepare_threshold": None}, open=True
+        )
 
     def call(self, function: str, params: dict[str, Any]) -> Any:
         if not _FUNCTION_NAME.match(function):

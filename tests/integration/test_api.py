@@ -271,3 +271,21 @@ def test_chains_and_models_listings(client: httpx.Client) -> None:
     by_id = {m["id"]: m for m in models}
     assert by_id["bytedance/seedance-1.5-pro"]["kind"] == "video"
     assert set(by_id["bfl/flux-2-pro"]["schemas"]) == {"byok", "babysea"}
+
+
+def test_an_unreachable_database_is_a_503_without_details(engine: LocalEngine) -> None:
+    import dataclasses
+
+    from babychain.services import install, services
+    from babychain.store.supabase import SupabaseStore
+
+    working = services()
+    # A Supabase store whose gateway is gone: nothing listens on this port.
+    install(dataclasses.replace(working, store=SupabaseStore("http://127.0.0.1:9", "service-role-key-123456")))
+    try:
+        with client_for(engine) as client:
+            response = client.get("/api/v1/chains/runs")
+    finally:
+        install(working)
+    error = _error(response, 503, "database_unreachable")
+    assert "service-role-key" not in response.text and "9" not in error["message"]

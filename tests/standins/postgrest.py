@@ -2,7 +2,8 @@
 
 It answers `POST /rest/v1/rpc/<function>` the way PostgREST does for a function returning a scalar: the function's
 value serialised as the whole JSON body (`null` for SQL NULL), built by Postgres itself with PostgREST's own
-expression, `coalesce((json_agg(v) -> 0)::text, 'null')`, under `Content-Type: application/json; charset=utf-8`.
+expression, `coalesce(string_agg(to_json(pgrst_scalar)::text, ','), 'null')`, as `application/json;
+charset=utf-8`.
 Arguments are matched by name, like PostgREST: the body must be `{"p": ...}`, run as `bc_x(p => $1::jsonb)`.
 
 It checks the `apikey` header and `Authorization: Bearer <key>` against the service role key (401 with PostgREST's
@@ -179,7 +180,10 @@ class PostgrestStandIn:
                 "unnamed json/jsonb parameter, but no matches were found in the schema cache.",
                 None,
             )
-        sql = f"select coalesce((json_agg(r.v) -> 0)::text, 'null') from (select {function}(p => %s::jsonb) as v) r"
+        sql = (
+            "select coalesce(string_agg(to_json(r.pgrst_scalar)::text, ','), 'null') "
+            f"from (select {function}(p => %s::jsonb) as pgrst_scalar) r"
+        )
         try:
             with self._pool.connection() as conn:
                 row = conn.execute(sql, (json.dumps(body["p"]),)).fetchone()

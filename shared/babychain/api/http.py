@@ -32,12 +32,18 @@ def error_response(error: ApiError) -> Response:
 
 
 def _is_database_down(exc: Exception) -> bool:
-    try:
-        import psycopg
-        import psycopg_pool
-    except ImportError:
-        return False
-    return isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout)
+    import psycopg
+    import psycopg_pool
+
+    from babychain.store.supabase import StoreUnavailable  # does not import supabase-py itself
+
+    return isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout | StoreUnavailable)
+
+
+def _is_misconfigured(exc: Exception) -> bool:
+    from babychain.store.supabase import StoreAuthError
+
+    return isinstance(exc, ConfigurationError | StoreAuthError)
 
 
 def make_resolver() -> APIGatewayHttpResolver:
@@ -52,7 +58,7 @@ def make_resolver() -> APIGatewayHttpResolver:
         if _is_database_down(exc):
             log.error("database unreachable: %s", type(exc).__name__)
             return error_response(ApiError(503, "database_unreachable", "The database is unreachable; retry soon."))
-        if isinstance(exc, ConfigurationError):
+        if _is_misconfigured(exc):
             log.error("configuration error: %s", exc)
             return error_response(ApiError(500, "configuration_error", "The server is misconfigured."))
         log.exception("unhandled error")

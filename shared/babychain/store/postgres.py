@@ -22,7 +22,7 @@ class PostgresStore(Store):
         )
 
     def call(self, function: str, params: dict[str, Any]) -> Any:
-        if not _FUNCTION_NAME.match(function):
+        if not _FUNCTION_NAME.fullmatch(function):
             raise ValueError(f"not a store function: {function!r}")
         with self._pool.connection() as conn:
             row = conn.execute(f"select {function}(%s)", (Jsonb(params),)).fetchone()

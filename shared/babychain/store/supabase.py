@@ -5,11 +5,11 @@ key (which bypasses Row Level Security; the anon and authenticated roles can nei
 functions, see `supabase/migrations/*_row_level_security.sql`).
 
 What comes back matches the psycopg adapter value for value. PostgREST answers a function that returns a scalar
-(`jsonb` is one) with that value serialised as the whole JSON body, `null` for SQL NULL
-(`coalesce((json_agg(...) -> 0)::text, 'null')`), and postgrest-py decodes the body with `response.json()` into
-`APIResponse.data`: objects, arrays, strings, numbers and `None` exactly as psycopg's jsonb loader gives them. The
-only answers that need normalising are bodiless ones (204, or an empty 2xx body, which postgrest-py turns into `[]`):
-those become `None`. A 2xx answer that is not JSON at all (a proxy page) is an error, not a result.
+(`jsonb` is one) with that value serialised as the whole JSON body, `null` for SQL NULL (it builds the body in SQL,
+`coalesce(string_agg(to_json(pgrst_scalar)::text, ','), 'null')`), and postgrest-py decodes it with
+`response.json()` into `data`: objects, arrays, strings, numbers, booleans and `None`, exactly as psycopg's jsonb
+loader gives them. Only bodiless answers need normalising (a 204, or an empty 2xx body, which postgrest-py turns
+into `[]`): they become `None`. A 2xx answer that is not JSON at all (a proxy's page) is an error, not a result.
 
 Failures are `StoreError`s carrying PostgREST's or Postgres's code (`sqlstate` for the latter, like psycopg's):
 
@@ -103,6 +103,7 @@ class SupabaseStore(Store):
             persist_session=False,
         )
         self._client = create_client(self._url, service_role_key, options=options)
+        _ = self._client.postgrest  # built lazily by supabase-py; build it now, before threads share the client
 
     def __repr__(self) -> str:
         return f"SupabaseStore({self._url!r})"

@@ -95,7 +95,6 @@ def init_sentry() -> bool:
     sentry_sdk.init(
         dsn=dsn,
         before_send=before_send,
-        send_default_pii=False,
         traces_sample_rate=0.0,
         environment=os.environ.get("BABYCHAIN_ENVIRONMENT", "production"),
     )

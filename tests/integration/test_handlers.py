@@ -61,3 +61,34 @@ def test_sample_schedule_event_runs_the_sweeper(make_engine: Callable[..., Local
     make_engine(workers=False)
     result = load_handler("sweeper")(json.loads((EVENTS / "sweeper.json").read_text()), LambdaContext("sweeper"))
     assert set(result) == {"timed_out_runs", "timed_out_steps", "requeued_steps", "due_steps", "due_callbacks"}
+
+
+def test_sample_provider_webhook_event_is_verified_and_deduplicated(make_engine: Callable[..., LocalEngine]) -> None:
+    """events/provider_webhook.json is a BabySea delivery signed with the sample secret `whsec_sample_babysea_secret`.
+
+    Its timestamp is fixed, so the test signs it again for now: BabySea rejects deliveries older than 300 s.
+    """
+    import hashlib
+    import hmac
+    import time
+
+    make_engine(
+        workers=False,
+        babysea_api_key="bye_sample_key_0000000000",
+        babysea_api_base_url="http://127.0.0.1:9",
+        babysea_webhook_secret="whsec_sample_babysea_secret",
+    )
+    event = json.loads((EVENTS / "provider_webhook.json").read_text())
+    t = str(int(time.time()))
+    v1 = hmac.new(b"whsec_sample_babysea_secret", f"{t}.{event['body']}".encode(), hashlib.sha256).hexdigest()
+    event["headers"]["x-babysea-signature"] = f"t={t},v1={v1}"
+    handler = load_handler("provider_webhook")
+    first = handler(event, LambdaContext("provider_webhook"))
+    again = handler(event, LambdaContext("provider_webhook"))
+    # No step ran generation gen_sample_0001 here: verified, recorded, and ignored; the replay is a duplicate.
+    assert (first["statusCode"], json.loads(first["body"])["status"]) == (200, "ignored")
+    assert (again["statusCode"], json.loads(again["body"])["status"]) == (200, "duplicate")
+    event["headers"]["x-babysea-signature"] = f"t={t},v1={'0' * 64}"
+    forged = handler(event, LambdaContext("provider_webhook"))
+    assert forged["statusCode"] == 400
+    assert json.loads(forged["body"])["error"]["code"] == "invalid_webhook_signature"

@@ -21,9 +21,13 @@ import httpx
 
 from babychain.errors import ConfigurationError, ProviderError
 from babychain.providers.base import JobStatus, Provider, StepJob, Submission, WebhookNotice, WebhookRejected
-from babychain.providers.http_errors import provider_error_for_status
+from babychain.providers.http_errors import (
+    is_loopback_stand_in,
+    provider_error_for_status,
+    scrub_secret,
+    transport_error,
+)
 from babychain.security.safe_http import parse_retry_after
-from babychain.security.urls import is_loopback_address
 
 DEFAULT_BASE_URL = "https://api.us.babysea.ai"
 ALLOWED_HOSTS = frozenset({"api.us.babysea.ai", "api.eu.babysea.ai", "api.jp.babysea.ai"})
@@ -100,7 +104,7 @@ class BabySeaProvider(Provider):
             raise ConfigurationError("BabySea base URL must be a bare origin such as https://api.us.babysea.ai.")
         if host in ALLOWED_HOSTS and url.scheme == "https" and url.port in (None, 443):
             return f"https://{host}"
-        if allow_loopback and url.scheme in ("http", "https") and (host == "localhost" or is_loopback_address(host)):
+        if is_loopback_stand_in(url.scheme, host, allow_loopback):
             netloc = f"[{host}]" if ":" in host else host
             return f"{url.scheme}://{netloc}" + (f":{url.port}" if url.port is not None else "")
         raise ConfigurationError(
@@ -115,8 +119,7 @@ class BabySeaProvider(Provider):
 
     def _clean(self, text: str) -> str:
         """Provider text is quoted in step errors: never with our key in it, never unbounded."""
-        text = text.replace(self._api_key, "[redacted]")
-        return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+        return scrub_secret(text, self._api_key, MAX_ERROR_CHARS)
 
     def _request(
         self,
@@ -134,13 +137,8 @@ class BabySeaProvider(Provider):
             response = self._client.request(
                 method, self.base_url + path, json=body, params=params, headers=request_headers
             )
-        except httpx.TimeoutException as exc:
-            raise ProviderError(
-                "provider_timeout", f"BabySea did not answer {method} {path} in time.", transient=True
-            ) from exc
         except httpx.HTTPError as exc:
-            message = self._clean(f"BabySea unreachable for {method} {path}: {type(exc).__name__}.")
-            raise ProviderError("provider_network_error", message, transient=True) from exc
+            raise transport_error(exc, f"BabySea ({method} {path})") from None
         try:
             envelope = response.json()
         except ValueError:

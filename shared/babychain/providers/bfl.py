@@ -19,9 +19,13 @@ import httpx
 
 from babychain.errors import ProviderError
 from babychain.providers.base import JobStatus, Provider, StepJob, Submission, WebhookNotice, WebhookRejected
-from babychain.providers.http_errors import provider_error_for_status
+from babychain.providers.http_errors import (
+    is_loopback_stand_in,
+    provider_error_for_status,
+    scrub_secret,
+    transport_error,
+)
 from babychain.security.safe_http import parse_retry_after
-from babychain.security.urls import is_loopback_address
 
 DEFAULT_BASE_URL = "https://api.bfl.ai/v1"
 ALLOWED_DOMAIN = "bfl.ai"  # api.bfl.ai, api.eu.bfl.ai, api.us.bfl.ai and the cluster hosts polling_url points at
@@ -80,11 +84,7 @@ class BflProvider(Provider):
             return False
         if parts.scheme == "https" and host.endswith("." + ALLOWED_DOMAIN):
             return True
-        return (
-            self.allow_loopback
-            and parts.scheme in ("http", "https")
-            and (host == "localhost" or is_loopback_address(host))
-        )
+        return is_loopback_stand_in(parts.scheme, host, self.allow_loopback)
 
     # ------------------------------------------------------------------------------------------ HTTP
 
@@ -92,19 +92,13 @@ class BflProvider(Provider):
         return {"x-key": self._api_key, "accept": "application/json"}
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "[redacted]")[:ERROR_EXCERPT_CHARS]
+        return scrub_secret(text, self._api_key)
 
     def _send(self, method: str, url: str, *, headers: dict[str, str], body: dict[str, Any] | None = None) -> Any:
         try:
             response = self._client.request(method, url, headers=headers, json=body)
-        except httpx.TimeoutException as exc:
-            raise ProviderError(
-                "provider_timeout", f"BFL did not answer in time ({type(exc).__name__}).", transient=True
-            ) from None
         except httpx.HTTPError as exc:
-            raise ProviderError(
-                "provider_network_error", self._scrub(f"BFL unreachable: {type(exc).__name__}: {exc}"), transient=True
-            ) from None
+            raise transport_error(exc, "BFL") from None
         if response.status_code >= 400:
             raise provider_error_for_status(
                 response.status_code,

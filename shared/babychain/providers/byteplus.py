@@ -23,9 +23,13 @@ import httpx
 
 from babychain.errors import ConfigurationError, ProviderError
 from babychain.providers.base import JobStatus, Provider, StepJob, Submission, WebhookNotice, WebhookRejected
-from babychain.providers.http_errors import provider_error_for_status
+from babychain.providers.http_errors import (
+    is_loopback_stand_in,
+    provider_error_for_status,
+    scrub_secret,
+    transport_error,
+)
 from babychain.security.safe_http import parse_retry_after
-from babychain.security.urls import is_loopback_address
 
 DEFAULT_BASE_URL = "https://ark.ap-southeast.bytepluses.com/api/v3"
 ALLOWED_HOSTS = frozenset({"ark.ap-southeast.bytepluses.com"})
@@ -281,12 +285,8 @@ class BytePlusProvider(Provider):
             response = self._client.request(
                 method, self.base_url + path, json=body, headers=headers, timeout=timeout or self._timeout
             )
-        except httpx.TimeoutException as exc:
-            raise ProviderError("provider_timeout", f"BytePlus ModelArk timed out ({method}).", transient=True) from exc
         except httpx.HTTPError as exc:
-            raise ProviderError(
-                "provider_network_error", f"BytePlus ModelArk unreachable: {exc.__class__.__name__}.", transient=True
-            ) from exc
+            raise transport_error(exc, "BytePlus ModelArk") from None
         if response.status_code >= 400:
             raise self._http_error(response, not_found_code)
         return response
@@ -341,7 +341,7 @@ class BytePlusProvider(Provider):
         return self._scrub(": ".join(parts) or fallback)
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "[redacted]")[:MAX_ERROR_CHARS]
+        return scrub_secret(text, self._api_key, MAX_ERROR_CHARS)
 
 
 def _obj(value: Any) -> dict[str, Any]:
@@ -363,9 +363,7 @@ def _checked_base_url(base_url: str, allow_loopback: bool) -> str:
     if parts.username or parts.password or parts.query or parts.fragment:
         raise ConfigurationError("The BytePlus base URL must not carry credentials, a query or a fragment.")
     official = parts.scheme == "https" and host in ALLOWED_HOSTS and port in (None, 443)
-    loopback = (
-        allow_loopback and parts.scheme in ("http", "https") and (host == "localhost" or is_loopback_address(host))
-    )
+    loopback = is_loopback_stand_in(parts.scheme, host, allow_loopback)
     if not (official or loopback):
         raise ConfigurationError(f"BytePlus base URL host {host or '(none)'!r} is not allowed.")
     return base_url.strip().rstrip("/")

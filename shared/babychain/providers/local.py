@@ -9,7 +9,7 @@ import httpx
 
 from babychain.errors import ProviderError
 from babychain.providers.base import JobStatus, Provider, StepJob, Submission
-from babychain.providers.http_errors import provider_error_for_status
+from babychain.providers.http_errors import provider_error_for_status, transport_error
 from babychain.security.safe_http import parse_retry_after
 
 
@@ -26,7 +26,7 @@ class LocalProvider(Provider):
         try:
             response = self._client.request(method, self.base_url + path, json=body)
         except httpx.HTTPError as exc:
-            raise ProviderError("provider_network_error", f"Local provider unreachable: {exc}", transient=True) from exc
+            raise transport_error(exc, "The local provider") from None
         if response.status_code >= 400:
             raise provider_error_for_status(
                 response.status_code,

@@ -42,7 +42,8 @@ create table chain_runs (
     callback_claimed_at  timestamptz,
     created_at           timestamptz not null default now(),
     updated_at           timestamptz not null default now(),
-    completed_at         timestamptz
+    completed_at         timestamptz,
+    estimate             jsonb                -- cost estimate at create time (currency, total, per step)
 );
 
 -- A caller's runs newest first (list endpoint, keyset pagination).
@@ -193,11 +194,13 @@ begin
     begin
         insert into chain_runs (id, owner_id, chain_slug, chain_version, mode, input, metadata, webhook_url,
                                 idempotency_key, request_hash, current_step_key, deadline_at, callback_event_id,
-                                callback_status)
+                                callback_status, estimate)
         values (v_id, p->>'owner_id', p->>'chain_slug', p->>'chain_version', p->>'mode', p->'input',
-                coalesce(nullif(p->'metadata', 'null'), '{}'), p->>'webhook_url', p->>'idempotency_key', p->>'request_hash',
-                'processing', now() + make_interval(secs => (p->>'run_timeout_seconds')::double precision),
-                p->>'callback_event_id', case when p->>'webhook_url' is null then null else 'waiting' end);
+                coalesce(nullif(p->'metadata', 'null'), '{}'), p->>'webhook_url', p->>'idempotency_key',
+                p->>'request_hash', 'processing',
+                now() + make_interval(secs => (p->>'run_timeout_seconds')::double precision),
+                p->>'callback_event_id', case when p->>'webhook_url' is null then null else 'waiting' end,
+                nullif(p->'estimate', 'null'));
     exception when unique_violation then
         -- A concurrent request with the same key won the race: hand back its run.
         select id into v_existing from chain_runs
@@ -327,6 +330,7 @@ language sql as $$
        set status = 'queued',
            seq = seq + 1,
            provider_job_id = null,
+           provider_metadata = provider_metadata || coalesce(nullif(p->'provider_metadata', 'null'), '{}'),
            error_code = p->>'error_code',
            error_message = p->>'error_message',
            next_check_at = now() + make_interval(secs => (p->>'delay_seconds')::double precision),
@@ -560,6 +564,21 @@ begin
     returning true into v_inserted;
     return jsonb_build_object('first', coalesce(v_inserted, false));
 end
+$$;
+
+-- Adds facts to a step whatever its status (e.g. "the provider could not cancel this running task").
+create function bc_note_step(p jsonb) returns jsonb
+language sql as $$
+    update chain_steps
+       set provider_metadata = provider_metadata || coalesce(nullif(p->'provider_metadata', 'null'), '{}'),
+           updated_at = now()
+     where id = (p->>'step_id')::uuid
+    returning to_jsonb(chain_steps.*)
+$$;
+
+create function bc_get_step(p jsonb) returns jsonb
+language sql stable as $$
+    select to_jsonb(s) from chain_steps s where s.id = (p->>'step_id')::uuid
 $$;
 
 create function bc_find_step_by_job(p jsonb) returns jsonb

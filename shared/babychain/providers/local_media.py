@@ -613,10 +613,11 @@ def image_to_video(
     pan_a = (rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7))
     pan_b = (rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7))
 
-    # A soft round glow (255 in the middle) that drifts across the frame.
+    # A soft round glow that drifts across the frame. radial_gradient is 0 at the centre and ~181 at the
+    # middle of each edge (255 only in the corners), so fade to exactly 0 by radius 128 to avoid a square rim.
     glow_d = max(8, round(min(out_w, out_h) * 0.9))
-    glow = ImageOps.invert(Image.radial_gradient("L")).resize((glow_d, glow_d), Image.Resampling.BILINEAR)
-    glow = glow.point(lambda v: round((v / 255) ** 2 * 150))
+    glow = Image.radial_gradient("L").point(lambda v: round(max(0.0, 1 - v / 181) ** 2 * 150))
+    glow = glow.resize((glow_d, glow_d), Image.Resampling.BILINEAR)
     glow_tint = Image.new("RGB", (out_w, out_h), _lerp(palette[3], (255, 255, 255), 0.6))
     glow_from_left = rng.random() < 0.5
 

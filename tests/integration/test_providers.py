@@ -107,6 +107,13 @@ def _source(engine: LocalEngine) -> str:
     return engine.artifacts.put("inputs/source.png", text_to_image("kite", seed=3, width=320, height=240), "image/png")
 
 
+def _run_chain1(engine: LocalEngine) -> dict[str, Any]:
+    """Creates the BYOK-shaped chain1 request and waits for the run to end."""
+    with client_for(engine) as client:
+        run_id = client.post("/api/v1/chains/chain1/runs", json=chain_request("chain1", None)).json()["id"]
+        return wait_for_run(client, run_id)
+
+
 def _assert_chain_succeeded(run: dict[str, Any], engine: LocalEngine) -> None:
     assert run["status"] == "succeeded", json.dumps(run, indent=1)[:3000]
     steps = run["steps"]
@@ -261,10 +268,7 @@ def test_moderation_fails_the_step_with_a_clear_code(
 ) -> None:
     stand_ins.bfl.moderate_next("Content Moderated")
     engine = engine_for("byok")
-    with client_for(engine) as client:
-        run = wait_for_run(
-            client, client.post("/api/v1/chains/chain1/runs", json=chain_request("chain1", None)).json()["id"]
-        )
+    run = _run_chain1(engine)
     assert run["status"] == "failed"
     assert run["steps"][0]["error"]["code"] == "provider_content_moderated"
     assert [s["status"] for s in run["steps"]] == ["failed", "skipped"]
@@ -275,10 +279,7 @@ def test_insufficient_credits_fail_at_once_without_retry(
 ) -> None:
     stand_ins.bfl.fail_next_submit(402, times=5)
     engine = engine_for("byok")
-    with client_for(engine) as client:
-        run = wait_for_run(
-            client, client.post("/api/v1/chains/chain1/runs", json=chain_request("chain1", None)).json()["id"]
-        )
+    run = _run_chain1(engine)
     assert run["status"] == "failed"
     assert run["steps"][0]["error"]["code"] == "provider_quota_exceeded"
     assert len(stand_ins.bfl.submits()) == 1
@@ -289,10 +290,7 @@ def test_rate_limit_then_success_retries_with_backoff_and_one_job(
 ) -> None:
     stand_ins.bfl.fail_next_submit(429, retry_after=0.2)
     engine = engine_for("byok")
-    with client_for(engine) as client:
-        run = wait_for_run(
-            client, client.post("/api/v1/chains/chain1/runs", json=chain_request("chain1", None)).json()["id"]
-        )
+    run = _run_chain1(engine)
     _assert_chain_succeeded(run, engine)
     step = run["steps"][0]
     assert [a.get("error_code") for a in step["attempts"]] == ["provider_rate_limited", None]
@@ -314,10 +312,7 @@ def test_an_expired_bfl_result_url_never_reaches_the_next_step(make_engine: Call
             ark_api_key=byteplus.api_key,
             ark_api_base_url=byteplus.base_url,
         )
-        with client_for(engine) as client:
-            run = wait_for_run(
-                client, client.post("/api/v1/chains/chain1/runs", json=chain_request("chain1", None)).json()["id"]
-            )
+        run = _run_chain1(engine)
         _assert_chain_succeeded(run, engine)
         time.sleep(1.2)
         job = next(iter(bfl.jobs.values()))

@@ -88,7 +88,14 @@ def make_engine(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Loc
     def make(workers: bool = True, **overrides: Any) -> LocalEngine:
         settings = {**FAST, "database_url": database_url, **overrides}
         engine = LocalEngine(
-            tmp_path / f"engine{len(engines)}", overrides=settings, workers=workers, sweep_interval_seconds=0.5
+            tmp_path / f"engine{len(engines)}",
+            overrides=settings,
+            workers=workers,
+            sweep_interval_seconds=0.5,
+            # Small pools: two test processes share two cores, and each test has its own engine.
+            api_workers=1,
+            step_workers=2,
+            callback_workers=1,
         )
         engines.append(engine.start())
         return engine

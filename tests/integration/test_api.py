@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from babychain.local.runner import LocalEngine
-from tests.conftest import KEY_B, client_for, wait_for_run
+from tests.conftest import KEY_A, KEY_B, client_for, wait_for_run
 from tests.integration.requests import SEED_CHAIN1, chain_request
 
 
@@ -276,16 +276,21 @@ def test_chains_and_models_listings(client: httpx.Client) -> None:
 def test_an_unreachable_database_is_a_503_without_details(engine: LocalEngine) -> None:
     import dataclasses
 
+    from babychain.local.lambda_shim import LambdaContext, http_event, load_handler
     from babychain.services import install, services
     from babychain.store.supabase import SupabaseStore
 
+    # The list handler, invoked as Lambda would, with a Supabase store whose gateway is gone (nothing on port 9).
     working = services()
-    # A Supabase store whose gateway is gone: nothing listens on this port.
     install(dataclasses.replace(working, store=SupabaseStore("http://127.0.0.1:9", "service-role-key-123456")))
     try:
-        with client_for(engine) as client:
-            response = client.get("/api/v1/chains/runs")
+        event = http_event(
+            "GET", "/api/v1/chains/runs", "", {"authorization": f"Bearer {KEY_A}"}, b"", "GET /api/v1/chains/runs", {}
+        )
+        response = load_handler("list")(event, LambdaContext(function_name="list"))
     finally:
         install(working)
-    error = _error(response, 503, "database_unreachable")
-    assert "service-role-key" not in response.text and "9" not in error["message"]
+    assert response["statusCode"] == 503, response
+    error = json.loads(response["body"])["error"]
+    assert error["code"] == "database_unreachable"
+    assert "service-role-key" not in response["body"] and "9" not in error["message"]

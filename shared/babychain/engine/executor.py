@@ -209,7 +209,9 @@ def _copy_output(svc: Services, run: Row, step: Row, index: int, url: str) -> st
         url,
         resolver=svc.resolver,
         max_bytes=svc.settings.max_output_bytes,
-        allow_loopback_http=svc.settings.allow_loopback_http,
+        # The built-in local provider lives on this machine by design: its outputs are on loopback even when the
+        # development setting is off (a one-machine deployment serving beyond loopback).
+        allow_loopback_http=svc.settings.allow_loopback_http or step.get("provider") == "local",
     )
     content_type = fetched.content_type.split(";")[0].strip().lower()
     extension = EXTENSION_BY_CONTENT_TYPE.get(content_type) or _extension_from_url(url)

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from babychain.local.receiver import WebhookReceiver
-from babychain.local.runner import LocalEngine
+from babychain.local.runner import LOOPBACK_HOSTS, LocalEngine
 
 DEMO_PROMPTS = {
     "text_to_image": "a lighthouse on a cliff at dawn, soft pastel sky",
@@ -75,19 +75,39 @@ def _announce(delivery: Any) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    engine = LocalEngine(args.home, port=args.port).start()
-    receiver = WebhookReceiver(engine.settings.callback_secret, on_delivery=_announce).start()
+    if args.host not in LOOPBACK_HOSTS and not args.allow_remote:
+        _print(f"Refusing to listen on {args.host}: add --allow-remote to serve the API beyond this machine.")
+        return 2
+    logging.getLogger("babychain.access").setLevel(logging.INFO if args.access_log else logging.WARNING)
+    engine = LocalEngine(
+        args.home,
+        port=args.port,
+        host=args.host,
+        allow_remote=args.allow_remote,
+        api_workers=args.workers,
+        step_workers=args.step_workers,
+        callback_workers=args.callback_workers,
+        access_log=args.access_log,
+        log_level=logging.INFO if args.access_log else logging.WARNING,
+    ).start()
+    receiver = (
+        None if engine.remote else WebhookReceiver(engine.settings.callback_secret, on_delivery=_announce).start()
+    )
     for line in engine.describe():
         _print(line)
-    _print(f"  webhook receiver  {receiver.url} (use it as webhook_url: it verifies and prints each callback)")
+    if receiver is not None:
+        _print(f"  webhook receiver  {receiver.url} (use it as webhook_url: it verifies and prints each callback)")
     _print(f"Try:  curl -s {engine.base_url}/api/v1/chains -H 'Authorization: Bearer {engine.settings.api_keys[0]}'")
     _print("Press Ctrl-C to stop.")
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     with contextlib.suppress(KeyboardInterrupt):
         stopped.wait()
-    receiver.stop()
+    _print("Stopping: finishing in-flight work...")
+    if receiver is not None:
+        receiver.stop()
     engine.stop()
+    _print("Stopped.")
     return 0
 
 
@@ -200,7 +220,7 @@ def keys_create(args: argparse.Namespace) -> int:
     from babychain.api.auth import create_key
     from babychain.services import services
 
-    engine = LocalEngine(args.home).start()
+    engine = LocalEngine(args.home, workers=False, api_workers=0).start()
     try:
         key = create_key(services(), args.name)
     finally:
@@ -216,6 +236,20 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="run the engine on this machine in the foreground")
     p_serve.add_argument("--port", type=int, default=8080)
+    p_serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (beyond loopback needs --allow-remote)"
+    )
+    p_serve.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host beyond loopback; turns off the development setting (plain HTTP on loopback)",
+    )
+    p_serve.add_argument("--workers", type=int, default=None, help="API worker processes (default: one per core)")
+    p_serve.add_argument("--step-workers", type=int, default=4, help="step executor processes")
+    p_serve.add_argument("--callback-workers", type=int, default=2, help="callback sender processes")
+    p_serve.add_argument(
+        "--no-access-log", dest="access_log", action="store_false", help="do not print one line per HTTP request"
+    )
     p_serve.set_defaults(func=serve)
     p_demo = sub.add_parser("demo", help="run one chain end to end on the local provider and show it")
     p_demo.add_argument("--chain", default="chain3", choices=["chain1", "chain2", "chain3"])

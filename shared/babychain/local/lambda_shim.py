@@ -50,6 +50,13 @@ def match_route(method: str, path: str) -> tuple[str, str, dict[str, str]] | Non
     return None
 
 
+def route_methods(path: str) -> list[str]:
+    """The methods some route accepts at `path` (for a 405 with its Allow header); empty when no route matches."""
+    return sorted({method for method, _route, _function, pattern in _COMPILED if pattern.match(path)})
+
+
+API_FUNCTIONS = tuple(sorted({function for _method, _route, function in ROUTES}))
+
 _loaded: dict[str, Handler] = {}
 
 

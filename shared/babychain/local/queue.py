@@ -1,133 +1,146 @@
-"""An in-process stand-in for SQS with delays, at-least-once redelivery and a dead-letter list.
+"""SQS on one machine: durable queues in Postgres (`bc_queue_*` in supabase/migrations), shared by worker processes.
 
-Messages are delivered to the real handler as SQS batch events; a record the handler reports in
-`batchItemFailures` (or a handler crash) is redelivered after the visibility timeout, and after `max_receives`
-it lands in `dead_letters`, as with an SQS redrive policy.
+Senders use `PostgresQueue.send` like `SqsQueue.send`. A consumer process receives one message at a time, hands it
+to the real handler as an SQS event, and deletes it when the handler reports success, as Lambda's SQS integration
+does. A message whose handler failed or crashed comes back after its visibility timeout; one received too often
+moves to the dead letters. Consumers hold an advisory lock while they live, so the messages of a consumer that died
+are released at once (`release_orphans`) rather than after their visibility timeout.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
-import logging
-import threading
 import time
-import uuid
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from babychain.local.lambda_shim import LambdaContext, sqs_event
-from babychain.queues import Queue
+import psycopg
 
-log = logging.getLogger(__name__)
+from babychain.queues import SQS_MAX_DELAY_SECONDS, Queue
+from babychain.store.base import Store
+
+# Advisory lock namespace of queue consumers: (RECEIVER_LOCK_CLASS, receiver id) is held while a consumer lives.
+RECEIVER_LOCK_CLASS = 7272
+STEP_QUEUE = "steps"
+CALLBACK_QUEUE = "callbacks"
 
 
-class LocalQueue(Queue):
+@dataclass(frozen=True)
+class ReceivedMessage:
+    id: int
+    body: dict[str, Any]
+    receive_count: int
+    receipt: str
+    sent_at: str
+
+
+class PostgresQueue(Queue):
     def __init__(
         self,
+        store: Store,
         name: str,
-        handler: Callable[[dict[str, Any], Any], Any],
         *,
-        workers: int = 2,
-        visibility_timeout: float = 2.0,
+        visibility_timeout_seconds: float = 300.0,
+        retry_after_failure_seconds: float = 2.0,
         max_receives: int = 5,
     ) -> None:
+        self.store = store
         self.name = name
-        self.handler = handler
-        self.workers = workers
-        self.visibility_timeout = visibility_timeout
+        self.visibility_timeout_seconds = visibility_timeout_seconds
+        self.retry_after_failure_seconds = retry_after_failure_seconds
         self.max_receives = max_receives
-        self.dead_letters: list[dict[str, Any]] = []
-        self.sent = 0
-        self._heap: list[tuple[float, int, str, dict[str, Any], int]] = []
-        self._counter = itertools.count()
-        self._cond = threading.Condition()
-        self._in_flight = 0
-        self._stopped = False
-        self._threads: list[threading.Thread] = []
+
+    @property
+    def channel(self) -> str:
+        return f"bc_queue_{self.name}"
 
     def send(self, body: dict[str, Any], delay_seconds: float = 0) -> None:
-        self._push(body, delay_seconds, str(uuid.uuid4()), 0)
-        self.sent += 1
+        self._send([{"body": body, "delay_seconds": min(SQS_MAX_DELAY_SECONDS, max(0.0, delay_seconds))}])
 
-    def _push(self, body: dict[str, Any], delay: float, message_id: str, receives: int) -> None:
-        with self._cond:
-            heapq.heappush(
-                self._heap, (time.monotonic() + max(0.0, delay), next(self._counter), message_id, body, receives)
+    def send_many(self, bodies: list[dict[str, Any]]) -> None:
+        if bodies:
+            self._send([{"body": body, "delay_seconds": 0} for body in bodies])
+
+    def _send(self, messages: list[dict[str, Any]]) -> None:
+        self.store.call("bc_queue_send", {"queue": self.name, "messages": messages})
+
+    def receive(self, receiver: int, max_messages: int = 1) -> tuple[list[ReceivedMessage], float | None]:
+        """Due messages (now invisible and held by `receiver`), and seconds until the next one becomes visible."""
+        answer = self.store.call(
+            "bc_queue_receive",
+            {
+                "queue": self.name,
+                "max_messages": max_messages,
+                "visibility_timeout_seconds": self.visibility_timeout_seconds,
+                "max_receives": self.max_receives,
+                "receiver": receiver,
+            },
+        )
+        messages = [
+            ReceivedMessage(m["id"], m["body"], m["receive_count"], m["receipt"], m["sent_at"])
+            for m in answer["messages"]
+        ]
+        next_in = answer.get("next_visible_in_seconds")
+        return messages, None if next_in is None else float(next_in)
+
+    def delete(self, message: ReceivedMessage) -> bool:
+        return bool(
+            self.store.call("bc_queue_delete", {"queue": self.name, "id": message.id, "receipt": message.receipt})
+        )
+
+    def retry_later(self, message: ReceivedMessage) -> bool:
+        """A failed message comes back after a short wait instead of the whole visibility timeout."""
+        return bool(
+            self.store.call(
+                "bc_queue_change_visibility",
+                {
+                    "queue": self.name,
+                    "id": message.id,
+                    "receipt": message.receipt,
+                    "visibility_timeout_seconds": self.retry_after_failure_seconds,
+                },
             )
-            self._cond.notify()
-
-    def start(self) -> None:
-        for i in range(self.workers):
-            thread = threading.Thread(target=self._work, name=f"{self.name}-{i}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify_all()
-        for thread in self._threads:
-            thread.join(timeout=5)
-
-    def idle(self) -> bool:
-        with self._cond:
-            return not self._heap and self._in_flight == 0
-
-    def pending(self) -> int:
-        with self._cond:
-            return len(self._heap) + self._in_flight
-
-    def _next(self) -> tuple[str, dict[str, Any], int] | None:
-        with self._cond:
-            while not self._stopped:
-                if self._heap and self._heap[0][0] <= time.monotonic():
-                    _, _, message_id, body, receives = heapq.heappop(self._heap)
-                    self._in_flight += 1
-                    return message_id, body, receives + 1
-                timeout = self._heap[0][0] - time.monotonic() if self._heap else None
-                self._cond.wait(timeout)
-            return None
+        )
 
     def take(self, timeout: float = 5.0) -> dict[str, Any] | None:
-        """Pops the next message once it is due, without delivering it (for driving handlers by hand)."""
+        """Receives and deletes the next message once it is due (for driving handlers by hand in tests)."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                now = time.monotonic()
-                if self._heap and self._heap[0][0] <= now:
-                    return heapq.heappop(self._heap)[3]
-                if now >= deadline:
-                    return None
-                wait = deadline - now if not self._heap else min(deadline, self._heap[0][0]) - now
-                self._cond.wait(max(0.0, wait))
+        while True:
+            messages, next_in = self.receive(receiver=1)
+            if messages:
+                self.delete(messages[0])
+                return messages[0].body
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            time.sleep(min(remaining, 0.02 if next_in is None else max(0.005, min(next_in, 0.05))))
 
-    def _work(self) -> None:
-        while (item := self._next()) is not None:
-            message_id, body, receives = item
-            try:
-                failed = self._deliver(message_id, body, receives)
-            finally:
-                with self._cond:
-                    self._in_flight -= 1
-            if failed:
-                if receives >= self.max_receives:
-                    log.error(
-                        "%s: message %s moved to the dead-letter list after %d receives",
-                        self.name,
-                        message_id,
-                        receives,
-                    )
-                    self.dead_letters.append(body)
-                else:
-                    self._push(body, self.visibility_timeout, message_id, receives)
+    def stats(self) -> dict[str, int]:
+        answer: dict[str, int] = self.store.call("bc_queue_stats", {"queue": self.name})
+        return answer
 
-    def _deliver(self, message_id: str, body: dict[str, Any], receives: int) -> bool:
-        try:
-            response = self.handler(
-                sqs_event(self.name, [(message_id, body, receives)]), LambdaContext(function_name=self.name)
-            )
-        except Exception:
-            log.exception("%s: handler crashed", self.name)
-            return True
-        return bool((response or {}).get("batchItemFailures"))
+    def dead_letters(self) -> list[dict[str, Any]]:
+        rows = self.store.call("bc_queue_dead_letters", {"queue": self.name})
+        return list(rows or [])
+
+
+def release_orphans(store: Store) -> int:
+    """Makes the messages of consumers that died visible again; returns how many."""
+    return int(store.call("bc_queue_release_orphans", {}) or 0)
+
+
+class ConsumerLease:
+    """A consumer's own connection: holds its liveness lock and waits for new-message notifications."""
+
+    def __init__(self, dsn: str, receiver: int, queue: PostgresQueue) -> None:
+        self.receiver = receiver
+        self._conn = psycopg.connect(dsn, autocommit=True, prepare_threshold=None)
+        self._conn.execute("select pg_advisory_lock(%s, %s)", (RECEIVER_LOCK_CLASS, receiver))
+        self._conn.execute(f'listen "{queue.channel}"')
+
+    def wait(self, timeout: float) -> None:
+        """Returns on the next notification on the queue's channel, or after `timeout` seconds."""
+        for _ in self._conn.notifies(timeout=max(0.0, timeout), stop_after=1):
+            pass
+
+    def close(self) -> None:
+        self._conn.close()

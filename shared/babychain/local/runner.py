@@ -1,25 +1,36 @@
-"""The one-machine shape: the same Lambda handlers behind a loopback HTTP API, in-process queues and sweeper,
-an embedded Postgres, the artifact server and the local provider."""
+"""The one-machine shape: the same Lambda handlers in worker processes, durable queues and the embedded Postgres.
+
+`LocalEngine` is the supervisor. It starts Postgres (embedded, unless `DATABASE_URL` names one) and the local
+provider, binds the API socket, and runs the containers (`babychain.local.containers`): API workers behind uvicorn,
+step executors and callback senders on the Postgres queues, and the scheduled sweeper. It replaces a container that
+dies, releases the messages a dead container held, and on SIGTERM stops taking work, lets in-flight invocations
+finish and exits. It also installs the same services in its own process, so tests and the CLI can call handlers and
+queues directly.
+"""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import logging
-import mimetypes
+import multiprocessing
 import os
 import secrets
+import signal
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from multiprocessing.context import ForkServerContext
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from babychain.artifacts import LocalArtifactStore
 from babychain.config import Settings, load_settings
-from babychain.errors import ApiError
-from babychain.local.lambda_shim import LambdaContext, http_event, load_handler, match_route, scheduled_event
-from babychain.local.queue import LocalQueue
+from babychain.local.containers import ContainerSpec, run_container
+from babychain.local.http_server import bind_socket
+from babychain.local.lambda_shim import LambdaContext, load_handler, scheduled_event
+from babychain.local.queue import CALLBACK_QUEUE, STEP_QUEUE, PostgresQueue, release_orphans
 from babychain.providers.local import LocalProvider
 from babychain.providers.local_server import LocalProviderServer
 from babychain.providers.registry import registry_from_settings
@@ -32,7 +43,9 @@ from babychain.store.postgres import PostgresStore
 log = logging.getLogger(__name__)
 
 DEFAULT_API_KEY = "bc_local_dev_key_0001"
-MAX_REQUEST_BYTES = 10 * 1024 * 1024  # API Gateway's own payload limit; the handlers enforce the API's smaller one
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+SUPERVISE_INTERVAL_SECONDS = 1.0
+STOP_TIMEOUT_SECONDS = 15.0
 
 
 def dev_callback_secret(home: Path) -> str:
@@ -44,6 +57,39 @@ def dev_callback_secret(home: Path) -> str:
     return path.read_text().strip()
 
 
+def local_services(settings: Settings, resolver: Resolver = system_resolver) -> Services:
+    """The services of one process of the one-machine shape (a container, or the supervisor itself)."""
+    store = PostgresStore(settings.database_url, max_size=2)
+    # A step invocation may submit (submit timeout) and copy an output; a callback attempt is one POST. A consumer
+    # that dies gives its message back at once (orphan release), so these only bound a stuck, living consumer.
+    step_queue = PostgresQueue(store, STEP_QUEUE, visibility_timeout_seconds=settings.submit_timeout_seconds + 120)
+    callback_queue = PostgresQueue(
+        store, CALLBACK_QUEUE, visibility_timeout_seconds=settings.callback_timeout_seconds * 2 + 30
+    )
+    return Services(
+        settings=settings,
+        store=store,
+        step_queue=step_queue,
+        callback_queue=callback_queue,
+        artifacts=LocalArtifactStore(settings.artifact_dir, settings.artifact_base_url),
+        providers=registry_from_settings(settings, {"local": LocalProvider(settings.local_provider_url)}),
+        resolver=resolver,
+    )
+
+
+_context: ForkServerContext | None = None
+
+
+def _container_context() -> ForkServerContext:
+    """One fork server per process, which has imported every handler before it forks a container."""
+    global _context
+    if _context is None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["babychain.local.warm"])
+        _context = ctx
+    return _context
+
+
 class LocalEngine:
     def __init__(
         self,
@@ -51,37 +97,62 @@ class LocalEngine:
         *,
         port: int = 0,
         host: str = "127.0.0.1",
+        allow_remote: bool = False,
         overrides: dict[str, Any] | None = None,
         resolver: Resolver = system_resolver,
         sweep_interval_seconds: float = 2.0,
         workers: bool = True,
+        api_workers: int | None = None,
+        step_workers: int = 4,
+        callback_workers: int = 2,
+        access_log: bool = False,
+        log_level: int = logging.WARNING,
     ) -> None:
-        # workers=False leaves the queues and the sweeper idle, so tests can deliver each message by hand.
+        # workers=False runs no queue consumers and no sweeper, so tests can deliver each message by hand; the API
+        # workers always run.
+        if host not in LOOPBACK_HOSTS and not allow_remote:
+            raise ValueError(
+                f"Serving on {host} needs allow_remote (--allow-remote): it exposes the API beyond this machine."
+            )
         self.workers = workers
+        self.remote = host not in LOOPBACK_HOSTS
         self.home = Path(home).resolve()
         self.home.mkdir(parents=True, exist_ok=True)
         self.resolver = resolver
         self.sweep_interval_seconds = sweep_interval_seconds
-        self._stop = threading.Event()
+        self.counts = {
+            "api": api_workers if api_workers is not None else (os.cpu_count() or 2),
+            "step_executor": step_workers if workers else 0,
+            "callback_sender": callback_workers if workers else 0,
+            "sweeper": 1 if workers else 0,
+        }
+        self.access_log = access_log
+        self.log_level = log_level
+        self._sock = bind_socket(host, port)
         self._pg: Any = None
-        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
-        self._httpd.daemon_threads = True
+        self._containers: dict[str, BaseProcess] = {}
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self.restarts = 0
         self.settings = self._settings(overrides or {})
-        self.provider_server = LocalProviderServer(
-            self.home / "local-provider",
-            delay_seconds=self.settings.local_provider_delay_seconds,
-            fail_rules=self.settings.local_provider_fail,
-            resolver=resolver,
-        )
-        self.artifacts = LocalArtifactStore(self.home / "artifacts", self.base_url + "/files")
-        self.step_queue = LocalQueue("step-queue", load_handler("step_executor"), workers=4)
-        self.callback_queue = LocalQueue("callback-queue", load_handler("callback_sender"), workers=2)
+        self.provider_server: LocalProviderServer | None = None
+        if not self.settings.local_provider_url:
+            self.provider_server = LocalProviderServer(
+                self.home / "local-provider",
+                delay_seconds=self.settings.local_provider_delay_seconds,
+                fail_rules=self.settings.local_provider_fail,
+                resolver=resolver,
+            )
+        self.artifacts = LocalArtifactStore(self.settings.artifact_dir, self.base_url + "/files")
         self.store: PostgresStore | None = None
+        self.services: Services | None = None
 
     @property
     def base_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        host, port = self._sock.getsockname()[:2]
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def _settings(self, overrides: dict[str, Any]) -> Settings:
         env = load_settings()
@@ -89,10 +160,12 @@ class LocalEngine:
             "provider_mode": env.provider_mode,
             "api_keys": env.api_keys or (DEFAULT_API_KEY,),
             "callback_secret": env.callback_secret or dev_callback_secret(self.home),
-            "allow_loopback_http": True,
+            # Plain HTTP on loopback is a development convenience; never when the API is reachable from elsewhere.
+            "allow_loopback_http": not self.remote,
             "poll_interval_seconds": min(env.poll_interval_seconds, 0.5),
             "sweeper_grace_seconds": min(env.sweeper_grace_seconds, 5.0),
             "artifact_dir": str(self.home / "artifacts"),
+            "artifact_base_url": self.base_url + "/files",
             "local_provider_dir": str(self.home / "local-provider"),
             # Providers on this machine (stand-ins) reach the webhook routes here.
             "public_base_url": env.public_base_url or self.base_url,
@@ -100,132 +173,126 @@ class LocalEngine:
         values.update(overrides)
         return dataclasses.replace(env, **values)
 
+    @property
+    def step_queue(self) -> PostgresQueue:
+        return self._services().step_queue  # type: ignore[return-value]
+
+    @property
+    def callback_queue(self) -> PostgresQueue:
+        return self._services().callback_queue  # type: ignore[return-value]
+
+    def _services(self) -> Services:
+        if self.services is None:
+            raise RuntimeError("the engine is not started")
+        return self.services
+
     def start(self) -> LocalEngine:
         dsn = self.settings.database_url
         if not dsn:
             dsn, self._pg = start_embedded_postgres(self.home / "pg")
         apply_migrations(dsn)
-        self.store = PostgresStore(dsn)
-        provider_url = self.provider_server.start()
-        self.settings = dataclasses.replace(
-            self.settings, database_url=dsn, local_provider_url=provider_url, artifact_base_url=self.base_url + "/files"
-        )
-        providers = registry_from_settings(self.settings, {"local": LocalProvider(provider_url)})
-        install(
-            Services(
-                settings=self.settings,
-                store=self.store,
-                step_queue=self.step_queue,
-                callback_queue=self.callback_queue,
-                artifacts=self.artifacts,
-                providers=providers,
-                resolver=self.resolver,
-            )
-        )
-        threading.Thread(target=self._serve, name="api", daemon=True).start()
-        if self.workers:
-            self.step_queue.start()
-            self.callback_queue.start()
-            threading.Thread(target=self._sweep_forever, name="sweeper", daemon=True).start()
+        updates: dict[str, Any] = {"database_url": dsn}
+        if self.provider_server is not None:
+            updates["local_provider_url"] = self.provider_server.start()
+        self.settings = dataclasses.replace(self.settings, **updates)
+        self.services = local_services(self.settings, self.resolver)
+        self.store = self.services.store  # type: ignore[assignment]
+        install(self.services)
+        # Messages held by consumers of an earlier run that died (kill -9) are delivered again now, not after their
+        # visibility timeout.
+        release_orphans(self.services.store)
+        for role, count in self.counts.items():
+            for index in range(count):
+                self._spawn(f"{role}-{index + 1}", role)
+        self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+        self._supervisor.start()
         return self
 
-    def _serve(self) -> None:
-        self._httpd.serve_forever(poll_interval=0.2)
+    def _spec(self, name: str, role: str) -> ContainerSpec:
+        return ContainerSpec(
+            role=role,
+            name=name,
+            settings=self.settings,
+            environ=dict(os.environ),
+            resolver=self.resolver,
+            sweep_interval_seconds=self.sweep_interval_seconds,
+            log_level=self.log_level,
+            access_log=self.access_log,
+        )
+
+    def _spawn(self, name: str, role: str) -> None:
+        ctx = _container_context()
+        args = (self._spec(name, role), self._sock if role == "api" else None)
+        process = ctx.Process(target=run_container, args=args, name=f"babychain-{name}", daemon=False)
+        process.start()
+        self._containers[name] = process
+
+    def _supervise(self) -> None:
+        """Replaces containers that died and gives their messages back; the sweeper stays the safety net."""
+        while not self._stopping.wait(SUPERVISE_INTERVAL_SECONDS):
+            died = [name for name, process in self._containers.items() if not process.is_alive()]
+            if self._stopping.is_set():
+                return
+            try:
+                if died:
+                    release_orphans(self._services().store)
+                for name in died:
+                    code = self._containers[name].exitcode
+                    log.warning("container %s exited (code %s); starting a new one", name, code)
+                    self.restarts += 1
+                    self._spawn(name, name.rsplit("-", 1)[0])
+            except Exception:
+                log.exception("supervisor check failed")
+
+    def container_pids(self) -> dict[str, int | None]:
+        return {name: process.pid for name, process in self._containers.items()}
 
     def stop(self) -> None:
-        self._stop.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self.step_queue.stop()
-        self.callback_queue.stop()
-        self.provider_server.stop()
+        """Stops taking work, lets every container finish its invocation, then stops the rest."""
+        self._stopping.set()
+        for process in self._containers.values():
+            if process.pid is not None and process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        for name, process in self._containers.items():
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.warning("container %s did not stop in time; killing it", name)
+                process.kill()
+                process.join(2)
+        self._containers.clear()
+        self._sock.close()
+        if self.provider_server is not None:
+            self.provider_server.stop()
         install(None)
-        if self.store is not None:
-            self.store.close()
+        if self.services is not None:
+            self.services.store.close()
 
     def sweep_once(self) -> Any:
         return load_handler("sweeper")(scheduled_event(), LambdaContext(function_name="sweeper"))
-
-    def _sweep_forever(self) -> None:
-        while not self._stop.wait(self.sweep_interval_seconds):
-            try:
-                self.sweep_once()
-            except Exception:
-                log.exception("sweeper failed")
 
     def describe(self) -> list[str]:
         s = self.settings
         # Values that came from the environment are named, not printed; generated development defaults are shown.
         api_key = "from BABYCHAIN_API_KEY" if os.environ.get("BABYCHAIN_API_KEY") else s.api_keys[0]
         secret = "from BABYCHAIN_CALLBACK_SECRET" if os.environ.get("BABYCHAIN_CALLBACK_SECRET") else s.callback_secret
-        return [
-            f"BabyChain is serving on {self.base_url}",
-            f"  provider mode     {s.provider_mode} (local provider at {s.local_provider_url})",
+        provider = f" (local provider at {s.local_provider_url})" if s.provider_mode == "local" else ""
+        lines = [
+            f"BabyChain is serving on {self.base_url}"
+            + (f" (listening on {self._sock.getsockname()[0]})" if self.remote else ""),
+            f"  provider mode     {s.provider_mode}{provider}",
             f"  database          {'embedded Postgres in ' + str(self.home / 'pg') if self._pg else 'DATABASE_URL'}",
             f"  artifacts         {self.home / 'artifacts'} served at {self.base_url}/files/",
+            f"  workers           {self.counts['api']} API, {self.counts['step_executor']} step executor, "
+            f"{self.counts['callback_sender']} callback sender, {self.counts['sweeper']} sweeper (one process each)",
             f"  API key           {api_key}",
             f"  callback secret   {secret}",
-            "  DEVELOPMENT SETTING ON: plain HTTP on loopback is accepted for input URLs and webhook_url.",
         ]
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        engine = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _error(self, error: ApiError) -> None:
-                import json
-
-                self._send(error.status, {"Content-Type": "application/json"}, json.dumps(error.body()).encode())
-
-            def _files(self, path: str) -> None:
-                try:
-                    file = engine.artifacts.path_for(unquote(path.removeprefix("/files/")))
-                except ValueError:
-                    file = None
-                if file is None or not file.is_file():
-                    return self._error(ApiError(404, "file_not_found", "No such file."))
-                content_type = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
-                return self._send(200, {"Content-Type": content_type}, file.read_bytes())
-
-            def _handle(self, method: str) -> None:
-                parts = urlsplit(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_REQUEST_BYTES:
-                    self.close_connection = True
-                    return self._error(ApiError(413, "payload_too_large", "Request body is too large."))
-                body = self.rfile.read(length) if length else b""
-                if method == "GET" and parts.path.startswith("/files/"):
-                    return self._files(parts.path)
-                route = match_route(method, parts.path)
-                if route is None:
-                    return self._error(ApiError(404, "route_not_found", "No such route."))
-                function, route_key, params = route
-                event = http_event(method, parts.path, parts.query, dict(self.headers.items()), body, route_key, params)
-                response = load_handler(function)(event, LambdaContext(function_name=function))
-                payload = response.get("body") or ""
-                data = base64.b64decode(payload) if response.get("isBase64Encoded") else payload.encode()
-                return self._send(response["statusCode"], response.get("headers") or {}, data)
-
-            def do_GET(self) -> None:
-                self._handle("GET")
-
-            def do_POST(self) -> None:
-                self._handle("POST")
-
-            def do_DELETE(self) -> None:
-                self._handle("DELETE")
-
-        return Handler
+        if s.allow_loopback_http:
+            lines.append("  DEVELOPMENT SETTING ON: plain HTTP on loopback is accepted for input URLs and webhook_url.")
+        else:
+            lines.append(
+                "  Plain HTTP on loopback is refused for input URLs and webhook_url (the API is reachable remotely)."
+            )
+        return lines

@@ -1,0 +1,178 @@
+"""Worker processes that play Lambda containers on one machine.
+
+Lambda's contract: a container runs one invocation at a time, and concurrency comes from more containers. Powertools
+relies on it (the resolver's current event is class-level state), so the one-machine shape keeps it: each container
+is a process that imports the handlers and takes one event at a time.
+
+  api              uvicorn on the shared listening socket; each request becomes an API Gateway event (http_server)
+  step_executor    receives from the durable `steps` queue in Postgres and invokes the executor with an SQS event
+  callback_sender  the same on the `callbacks` queue
+  sweeper          invokes the sweeper on a schedule, as EventBridge does
+
+Processes are forked from a server that has already imported the handlers (multiprocessing's forkserver with
+preloading), so a container starts in milliseconds and nothing is inherited from the parent's threads. A container
+dies with its parent (PR_SET_PDEATHSIG), so kill -9 of `babychain serve` leaves no worker behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from babychain.config import Settings
+from babychain.security.urls import Resolver, system_resolver
+
+log = logging.getLogger(__name__)
+
+QUEUE_ROLES = {"step_executor": "steps", "callback_sender": "callbacks"}
+ROLES = ("api", "step_executor", "callback_sender", "sweeper")
+IDLE_WAIT_SECONDS = 1.0  # an idle consumer re-checks its queue at least this often, notifications aside
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    role: str
+    name: str
+    settings: Settings
+    environ: dict[str, str] = field(default_factory=dict)
+    resolver: Resolver = system_resolver
+    sweep_interval_seconds: float = 2.0
+    log_level: int = logging.WARNING
+    access_log: bool = False
+
+
+class _Shutdown(BaseException):
+    """Raised from the SIGTERM handler while a container is idle, so it stops at once instead of after its wait."""
+
+
+def run_container(spec: ContainerSpec, sock: socket.socket | None = None) -> None:
+    """The container's main function (the multiprocessing target)."""
+    _die_with_parent()
+    os.setpgrp()  # Ctrl-C in a terminal reaches the supervisor, which stops the containers in order
+    os.environ.clear()
+    os.environ.update(spec.environ)
+    logging.basicConfig(
+        level=spec.log_level, format=f"%(levelname)s [{spec.name}] %(name)s: %(message)s", stream=sys.stderr
+    )
+    # Powertools warns on every invocation that published no metric; locally no metrics are shipped anywhere.
+    warnings.filterwarnings("ignore", message="No application metrics to publish")
+    logging.getLogger("babychain.access").setLevel(logging.INFO if spec.access_log else logging.WARNING)
+    from babychain.local.runner import local_services
+    from babychain.services import install
+
+    svc = local_services(spec.settings, spec.resolver)
+    install(svc)
+    try:
+        if spec.role == "api":
+            assert sock is not None
+            from babychain.local.http_server import ApiGatewayApp, serve
+
+            serve(sock, ApiGatewayApp(spec.settings.artifact_dir))
+        elif spec.role in QUEUE_ROLES:
+            _consume(spec, svc)
+        elif spec.role == "sweeper":
+            _sweep(spec)
+        else:
+            raise ValueError(f"unknown container role {spec.role!r}")
+    except _Shutdown:
+        pass
+    finally:
+        svc.store.close()
+
+
+class _Lifecycle:
+    """Stop on SIGTERM: at once when idle, after the current invocation when busy."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.busy = False
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+        if not self.busy:
+            raise _Shutdown
+
+
+def _consume(spec: ContainerSpec, svc: Any) -> None:
+    from babychain.local.lambda_shim import LambdaContext, load_handler, sqs_event
+    from babychain.local.queue import ConsumerLease, PostgresQueue
+
+    queue: PostgresQueue = svc.step_queue if spec.role == "step_executor" else svc.callback_queue
+    handler = load_handler(spec.role)
+    lifecycle = _Lifecycle()
+    receiver = random.randint(1, 2**31 - 1)
+    lease = ConsumerLease(spec.settings.database_url, receiver, queue)
+    try:
+        while not lifecycle.stopping:
+            lifecycle.busy = True
+            messages, next_in = queue.receive(receiver)
+            if not messages:
+                lifecycle.busy = False
+                if lifecycle.stopping:
+                    break
+                lease.wait(IDLE_WAIT_SECONDS if next_in is None else min(max(next_in, 0.0), IDLE_WAIT_SECONDS))
+                continue
+            message = messages[0]
+            event = sqs_event(f"local-{queue.name}", [(str(message.id), message.body, message.receive_count)])
+            try:
+                response = handler(event, LambdaContext(function_name=spec.role))
+                failed = bool((response or {}).get("batchItemFailures"))
+            except Exception:
+                log.exception("%s: handler crashed on message %s", spec.name, message.id)
+                failed = True
+            if failed:
+                queue.retry_later(message)
+            else:
+                queue.delete(message)
+            lifecycle.busy = False
+    finally:
+        with contextlib.suppress(Exception):
+            lease.close()
+
+
+def _sweep(spec: ContainerSpec) -> None:
+    import time
+
+    from babychain.local.lambda_shim import LambdaContext, load_handler, scheduled_event
+
+    handler = load_handler("sweeper")
+    lifecycle = _Lifecycle()
+    while not lifecycle.stopping:
+        time.sleep(spec.sweep_interval_seconds)
+        lifecycle.busy = True
+        try:
+            handler(scheduled_event(), LambdaContext(function_name="sweeper"))
+        except Exception:
+            log.exception("sweeper failed")
+        lifecycle.busy = False
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the process that forked it exits."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def preload() -> None:
+    """Imports every handler and their dependencies (run in the fork server, so containers start already warm)."""
+    from babychain.local.lambda_shim import API_FUNCTIONS, load_handler
+
+    for function in (*API_FUNCTIONS, "step_executor", "callback_sender", "sweeper"):
+        load_handler(function)
+    import babychain.local.http_server
+    import babychain.local.runner  # noqa: F401

@@ -1,0 +1,171 @@
+-- Durable queues for the one-machine shape, with SQS's semantics.
+--
+-- On AWS the step and callback messages travel on SQS and these tables stay empty. On one machine (`babychain
+-- serve`, with the embedded Postgres or any DATABASE_URL) they are the queues: a message survives a crash, several
+-- worker processes share a queue, and the handlers cannot tell it from SQS:
+--   * delay: a message is invisible until `visible_at`;
+--   * receive: it becomes invisible for the visibility timeout, its receive count goes up and it gets a new receipt;
+--   * delete: only with the current receipt (a consumer whose lease ran out cannot delete a redelivered copy);
+--   * redrive: a message already received `max_receives` times moves to the dead letters instead of being delivered.
+-- A consumer holds the advisory lock (7272, receiver) while it lives; `bc_queue_release_orphans` makes the messages
+-- of consumers that died (kill -9, a crash) visible at once, instead of after their visibility timeout.
+
+create table bc_queue_messages (
+    id                bigint generated always as identity primary key,
+    queue             text not null,
+    body              jsonb not null,
+    sent_at           timestamptz not null default now(),
+    visible_at        timestamptz not null default now(),
+    receive_count     integer not null default 0,
+    first_received_at timestamptz,
+    receipt           uuid,
+    receiver          integer,
+    constraint bc_queue_messages_queue_name check (queue ~ '^[a-z][a-z0-9_]{0,62}$'),
+    constraint bc_queue_messages_receiver_positive check (receiver is null or receiver > 0)
+);
+
+-- Due messages of a queue in order (receive), and the time until the next one (consumers sleep until then).
+create index bc_queue_messages_due on bc_queue_messages (queue, visible_at);
+-- Messages held by a consumer (orphan release).
+create index bc_queue_messages_held on bc_queue_messages (receiver) where receiver is not null;
+
+create table bc_queue_dead_letters (
+    id            bigint primary key,
+    queue         text not null,
+    body          jsonb not null,
+    sent_at       timestamptz not null,
+    receive_count integer not null,
+    dead_at       timestamptz not null default now()
+);
+
+-- {queue, messages: [{body, delay_seconds}]} -> number sent. Consumers LISTEN on bc_queue_<queue>.
+create function bc_queue_send(p jsonb) returns jsonb
+language plpgsql set search_path = public, pg_temp as $$
+declare
+    v_count integer;
+begin
+    insert into bc_queue_messages (queue, body, visible_at)
+    select p->>'queue', m->'body',
+           now() + make_interval(secs => least(greatest(coalesce((m->>'delay_seconds')::float8, 0), 0), 900))
+      from jsonb_array_elements(p->'messages') as m;
+    get diagnostics v_count = row_count;
+    perform pg_notify('bc_queue_' || (p->>'queue'), '');
+    return to_jsonb(v_count);
+end
+$$;
+
+-- {queue, max_messages, visibility_timeout_seconds, max_receives, receiver}
+--   -> {messages: [{id, body, receive_count, receipt, sent_at, first_received_at}], next_visible_in_seconds}
+create function bc_queue_receive(p jsonb) returns jsonb
+language sql set search_path = public, pg_temp as $$
+    with due as (
+        select id
+          from bc_queue_messages
+         where queue = p->>'queue' and visible_at <= now()
+         order by visible_at, id
+         limit coalesce((p->>'max_messages')::int, 1)
+           for update skip locked
+    ), dead as (
+        delete from bc_queue_messages m
+         using due
+         where m.id = due.id and m.receive_count >= (p->>'max_receives')::int
+        returning m.id, m.queue, m.body, m.sent_at, m.receive_count
+    ), buried as (
+        insert into bc_queue_dead_letters (id, queue, body, sent_at, receive_count)
+        select id, queue, body, sent_at, receive_count from dead
+    ), received as (
+        update bc_queue_messages m
+           set visible_at = now() + make_interval(secs => (p->>'visibility_timeout_seconds')::float8),
+               receive_count = m.receive_count + 1,
+               first_received_at = coalesce(m.first_received_at, now()),
+               receipt = gen_random_uuid(),
+               receiver = (p->>'receiver')::int
+          from due
+         where m.id = due.id and m.receive_count < (p->>'max_receives')::int
+        returning m.id, m.body, m.receive_count, m.receipt, m.sent_at, m.first_received_at
+    )
+    select jsonb_build_object(
+        'messages', coalesce((select jsonb_agg(to_jsonb(r) order by r.id) from received r), '[]'::jsonb),
+        'next_visible_in_seconds', (
+            select extract(epoch from min(visible_at) - now())
+              from bc_queue_messages
+             where queue = p->>'queue'
+        )
+    )
+$$;
+
+-- {queue, id, receipt} -> true when deleted (false: the receipt is stale, the message was received again).
+create function bc_queue_delete(p jsonb) returns jsonb
+language sql set search_path = public, pg_temp as $$
+    with gone as (
+        delete from bc_queue_messages
+         where id = (p->>'id')::bigint and queue = p->>'queue' and receipt = (p->>'receipt')::uuid
+        returning 1
+    )
+    select to_jsonb(exists (select from gone))
+$$;
+
+-- {queue, id, receipt, visibility_timeout_seconds} -> true when changed (ChangeMessageVisibility).
+create function bc_queue_change_visibility(p jsonb) returns jsonb
+language sql set search_path = public, pg_temp as $$
+    with changed as (
+        update bc_queue_messages
+           set visible_at = now() + make_interval(secs => (p->>'visibility_timeout_seconds')::float8),
+               receiver = null
+         where id = (p->>'id')::bigint and queue = p->>'queue' and receipt = (p->>'receipt')::uuid
+        returning 1
+    )
+    select to_jsonb(exists (select from changed))
+$$;
+
+-- {} -> number of messages made visible again because the consumer holding them is gone (its lock was released).
+create function bc_queue_release_orphans(p jsonb) returns jsonb
+language plpgsql set search_path = public, pg_temp as $$
+declare
+    v_count integer;
+begin
+    update bc_queue_messages m
+       set visible_at = now(), receiver = null
+     where m.receiver is not null
+       and m.visible_at > now()
+       and not exists (
+           select from pg_locks l
+            where l.locktype = 'advisory' and l.granted
+              and l.database = (select oid from pg_database where datname = current_database())
+              and l.classid = 7272 and l.objid = m.receiver::oid and l.objsubid = 2
+       );
+    get diagnostics v_count = row_count;
+    if v_count > 0 then
+        perform pg_notify('bc_queue_' || q.queue, '') from (select distinct queue from bc_queue_messages) q;
+    end if;
+    return to_jsonb(v_count);
+end
+$$;
+
+-- {queue} -> {visible, in_flight, delayed, dead}: what an operator (and the tests) can see of a queue.
+create function bc_queue_stats(p jsonb) returns jsonb
+language sql set search_path = public, pg_temp as $$
+    select jsonb_build_object(
+        'visible', count(*) filter (where visible_at <= now()),
+        'in_flight', count(*) filter (where visible_at > now() and receive_count > 0 and receiver is not null),
+        'delayed', count(*) filter (where visible_at > now() and receiver is null),
+        'dead', (select count(*) from bc_queue_dead_letters d where d.queue = p->>'queue')
+    )
+      from bc_queue_messages
+     where queue = p->>'queue'
+$$;
+
+-- {queue} -> the dead letters' bodies, oldest first.
+create function bc_queue_dead_letters(p jsonb) returns jsonb
+language sql set search_path = public, pg_temp as $$
+    select coalesce(jsonb_agg(body order by dead_at, id), '[]'::jsonb)
+      from bc_queue_dead_letters
+     where queue = p->>'queue'
+$$;
+
+-- Only the engine reaches the queues (see the row level security migration).
+alter table bc_queue_messages enable row level security;
+alter table bc_queue_dead_letters enable row level security;
+revoke all on table bc_queue_messages, bc_queue_dead_letters from anon, authenticated;
+grant select, insert, update, delete on table bc_queue_messages, bc_queue_dead_letters to service_role;
+grant usage, select on sequence bc_queue_messages_id_seq to service_role;

@@ -85,17 +85,24 @@ def database_url(postgres_server: str, template_database: str) -> str:
 def make_engine(database_url: str, tmp_path: Path) -> Iterator[Callable[..., LocalEngine]]:
     engines: list[LocalEngine] = []
 
-    def make(workers: bool = True, **overrides: Any) -> LocalEngine:
+    def make(
+        workers: bool = True,
+        *,
+        api_workers: int = 1,
+        step_workers: int = 2,
+        callback_workers: int = 1,
+        **overrides: Any,
+    ) -> LocalEngine:
         settings = {**FAST, "database_url": database_url, **overrides}
+        # Small pools by default: two test processes share two cores, and each test has its own engine.
         engine = LocalEngine(
             tmp_path / f"engine{len(engines)}",
             overrides=settings,
             workers=workers,
             sweep_interval_seconds=0.5,
-            # Small pools: two test processes share two cores, and each test has its own engine.
-            api_workers=1,
-            step_workers=2,
-            callback_workers=1,
+            api_workers=api_workers,
+            step_workers=step_workers,
+            callback_workers=callback_workers,
         )
         engines.append(engine.start())
         return engine

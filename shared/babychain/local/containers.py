@@ -11,19 +11,21 @@ is a process that imports the handlers and takes one event at a time.
 
 Processes are forked from a server that has already imported the handlers (multiprocessing's forkserver with
 preloading), so a container starts in milliseconds and nothing is inherited from the parent's threads. A container
-dies with its parent (PR_SET_PDEATHSIG), so kill -9 of `babychain serve` leaves no worker behind.
+dies with the supervisor (it watches its pidfd), so kill -9 of `babychain serve` leaves no worker behind.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import random
+import select
 import signal
 import socket
 import sys
+import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +50,7 @@ class ContainerSpec:
     sweep_interval_seconds: float = 2.0
     log_level: int = logging.WARNING
     access_log: bool = False
+    supervisor_pid: int = 0
 
 
 class _Shutdown(BaseException):
@@ -56,7 +59,7 @@ class _Shutdown(BaseException):
 
 def run_container(spec: ContainerSpec, sock: socket.socket | None = None) -> None:
     """The container's main function (the multiprocessing target)."""
-    _die_with_parent()
+    _die_with_supervisor(spec.supervisor_pid)
     os.setpgrp()  # Ctrl-C in a terminal reaches the supervisor, which stops the containers in order
     os.environ.clear()
     os.environ.update(spec.environ)
@@ -142,8 +145,6 @@ def _consume(spec: ContainerSpec, svc: Any) -> None:
 
 
 def _sweep(spec: ContainerSpec) -> None:
-    import time
-
     from babychain.local.lambda_shim import LambdaContext, load_handler, scheduled_event
 
     handler = load_handler("sweeper")
@@ -158,14 +159,38 @@ def _sweep(spec: ContainerSpec) -> None:
         lifecycle.busy = False
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when the process that forked it exits."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+def _die_with_supervisor(pid: int) -> None:
+    """Ends this container the moment the supervisor process is gone (kill -9 included).
+
+    The container's parent is the fork server, not the supervisor, and the fork server outlives the supervisor
+    while containers hold its pipe, so PR_SET_PDEATHSIG cannot do this: a thread waits on the supervisor's pidfd.
+    """
+
+    def watch() -> None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # no pidfd (not Linux, or an old kernel): poll instead
+            while True:
+                time.sleep(0.5)
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+        else:
+            select.select([pidfd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if not _alive(pid):
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def preload() -> None:

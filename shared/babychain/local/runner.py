@@ -218,6 +218,7 @@ class LocalEngine:
             sweep_interval_seconds=self.sweep_interval_seconds,
             log_level=self.log_level,
             access_log=self.access_log,
+            supervisor_pid=os.getpid(),
         )
 
     def _spawn(self, name: str, role: str) -> None:

@@ -1,0 +1,374 @@
+"""The one-machine server as a real server: concurrent callers never mix, nothing is lost to kill -9, SIGTERM is
+graceful, a dead worker is replaced, and serving beyond loopback is explicit."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from babychain.api.auth import create_key
+from babychain.local.receiver import WebhookReceiver
+from babychain.local.runner import LocalEngine
+from babychain.queues import callback_message, step_message
+from babychain.security.webhooks import verify
+from babychain.services import services
+from tests.conftest import CALLBACK_SECRET, KEY_A, KEY_B, client_for, wait_for_run, wait_until
+from tests.integration.requests import chain_request
+
+
+def _distinct_request(i: int, tag: str) -> dict[str, Any]:
+    body = chain_request("chain1", None)
+    body["input"]["text_to_image_params"]["prompt"] = f"request {i} of {tag}: a kite over hills"
+    body["input"]["text_to_image_params"]["seed"] = i
+    body["metadata"] = {"request": i, "tag": tag}
+    return body
+
+
+def test_concurrent_callers_never_see_or_store_each_others_requests(
+    make_engine: Callable[..., LocalEngine],
+) -> None:
+    # Slow provider jobs keep runs active, so cancels race real work.
+    engine = make_engine(api_workers=2, local_provider_delay_seconds=30)
+    database_keys = [create_key(services(), f"caller-{n}") for n in range(2)]
+    keys = [KEY_A, KEY_B, *database_keys]  # half bootstrap keys, half database keys
+    tag = uuid.uuid4().hex[:8]
+    total = 240
+    created: dict[int, tuple[str, str]] = {}  # request number -> (key, run id)
+    errors: list[str] = []
+    lock = threading.Lock()
+    local = threading.local()
+
+    def client(key: str) -> httpx.Client:
+        clients = local.__dict__.setdefault("clients", {})
+        if key not in clients:
+            clients[key] = client_for(engine, key)
+        return clients[key]
+
+    def create(i: int) -> None:
+        key = keys[i % len(keys)]
+        response = client(key).post(
+            "/api/v1/chains/chain1/runs", json=_distinct_request(i, tag), headers={"Idempotency-Key": f"{tag}-{i}"}
+        )
+        if response.status_code != 202:
+            errors.append(f"create {i}: {response.status_code} {response.text[:200]}")
+            return
+        with lock:
+            created[i] = (key, response.json()["id"])
+
+    def read_side(n: int) -> None:
+        # Gets, lists and cancels of runs created so far, interleaved with the creates.
+        with lock:
+            known = list(created.items())
+        if not known:
+            return
+        i, (key, run_id) = random.choice(known)
+        if n % 5 == 0:
+            response = client(key).post(f"/api/v1/chains/cancel/{run_id}")
+        elif n % 5 == 1:
+            response = client(key).get("/api/v1/chains/runs", params={"limit": 5})
+        else:
+            response = client(key).get(f"/api/v1/chains/get/{run_id}")
+            if response.status_code == 200 and response.json()["metadata"] != {"request": i, "tag": tag}:
+                errors.append(f"get {run_id} answered with another run's metadata: {response.json()['metadata']}")
+        if response.status_code != 200:
+            errors.append(f"read {n}: {response.status_code} {response.text[:200]}")
+
+    jobs: list[Callable[[], None]] = []
+    for i in range(total):
+        jobs.append(lambda i=i: create(i))
+        jobs.append(lambda n=i: read_side(n))
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda job: job(), jobs))
+
+    assert not errors, errors[:5]
+    assert len(created) == total
+    # Every stored run holds its own request and belongs to the caller that sent it.
+    for i, (key, run_id) in created.items():
+        run = client(key).get(f"/api/v1/chains/get/{run_id}").json()
+        assert run["input"]["text_to_image_params"]["prompt"] == f"request {i} of {tag}: a kite over hills"
+        assert run["input"]["text_to_image_params"]["seed"] == i
+        assert run["metadata"] == {"request": i, "tag": tag}
+        other = keys[(keys.index(key) + 1) % len(keys)]
+        assert client(other).get(f"/api/v1/chains/get/{run_id}").status_code == 404
+    for key in keys:
+        listed: set[str] = set()
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"limit": 100, **({"cursor": cursor} if cursor else {})}
+            page = client(key).get("/api/v1/chains/runs", params=params).json()
+            listed |= {run["id"] for run in page["data"]}
+            cursor = page["next_cursor"]
+            if not page["has_more"]:
+                break
+        assert listed == {run_id for k, run_id in created.values() if k == key}
+
+
+def test_concurrent_step_and_callback_messages_advance_each_run_once(
+    make_engine: Callable[..., LocalEngine], receiver: WebhookReceiver
+) -> None:
+    engine = make_engine(step_workers=4, callback_workers=2, local_provider_delay_seconds=0.1)
+    tag = uuid.uuid4().hex[:8]
+    count = 16
+    with client_for(engine) as client:
+        runs = {}
+        for i in range(count):
+            body = {**_distinct_request(i, tag), "webhook_url": receiver.url}
+            run = client.post("/api/v1/chains/chain1/runs", json=body).json()
+            runs[run["id"]] = i
+            # Duplicates of the first step's message, racing the original on four executor processes.
+            first = services().store.get_run(run["id"])["steps"][0]  # type: ignore[index]
+            engine.step_queue.send_many([step_message(run["id"], first["id"], first["seq"])] * 3)
+        finished = {run_id: wait_for_run(client, run_id, timeout=90) for run_id in runs}
+    assert {run["status"] for run in finished.values()} == {"succeeded"}
+    # Duplicate callback messages for every finished run, delivered concurrently by two sender processes.
+    engine.callback_queue.send_many([callback_message(run_id) for run_id in runs for _ in range(3)])
+    deliveries = receiver.wait_for(count, timeout=30)
+    time.sleep(1.0)  # room for any extra delivery to show up
+    deliveries = list(receiver.deliveries)
+    assert len(deliveries) == count
+    for delivery in deliveries:
+        assert delivery.verified
+        data = delivery.json()["data"]
+        assert delivery.headers["webhook-id"] == f"evt_{data['id']}"
+        assert data["metadata"] == {"request": runs[data["id"]], "tag": tag}
+    assert {d.json()["data"]["id"] for d in deliveries} == set(runs)
+    # One provider job per step: the local provider saw exactly one submit for each step of each run.
+    submitted = [s["idempotency_key"] for s in engine.provider_server.submissions] if engine.provider_server else []
+    assert len(submitted) == len(set(submitted)) == 2 * count
+
+
+def test_a_dead_worker_process_is_replaced_and_work_goes_on(make_engine: Callable[..., LocalEngine]) -> None:
+    engine = make_engine(local_provider_delay_seconds=0.1)
+    before = engine.container_pids()
+    os.kill(before["step_executor-1"], signal.SIGKILL)
+    os.kill(before["api-1"], signal.SIGKILL)
+    after = wait_until(
+        lambda: (
+            pids
+            if (pids := engine.container_pids())["step_executor-1"] != before["step_executor-1"]
+            and pids["api-1"] != before["api-1"]
+            else None
+        ),
+        timeout=10,
+    )
+    assert after and engine.restarts >= 2
+    with client_for(engine) as client:
+        run = client.post("/api/v1/chains/chain1/runs", json=chain_request("chain1", None)).json()
+        assert wait_for_run(client, run["id"])["status"] == "succeeded"
+
+
+def test_serving_beyond_loopback_is_explicit_and_turns_the_development_setting_off(
+    database_url: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="allow_remote"):
+        LocalEngine(tmp_path / "refused", host="0.0.0.0")
+    engine = LocalEngine(
+        tmp_path / "remote",
+        host="0.0.0.0",
+        allow_remote=True,
+        overrides={"database_url": database_url, "api_keys": (KEY_A,), "local_provider_delay_seconds": 0.1},
+        api_workers=1,
+        step_workers=1,
+        callback_workers=1,
+    ).start()
+    try:
+        assert engine.settings.allow_loopback_http is False
+        assert any("refused" in line for line in engine.describe())
+        with client_for(engine) as client:
+            body = {**chain_request("chain1", None), "webhook_url": "http://127.0.0.1:9/hook"}
+            refused = client.post("/api/v1/chains/chain1/runs", json=body)
+            assert refused.status_code == 400
+            assert refused.json()["error"]["field"] == "webhook_url"
+            # The built-in provider still works: its outputs are on loopback by design.
+            run = client.post("/api/v1/chains/chain1/runs", json=chain_request("chain1", None)).json()
+            assert wait_for_run(client, run["id"])["status"] == "succeeded"
+    finally:
+        engine.stop()
+    result = subprocess.run(
+        [sys.executable, "-m", "babychain.local.cli", "--home", str(tmp_path / "cli"), "serve", "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2 and "--allow-remote" in result.stdout
+
+
+# `babychain serve` as a process: kill -9 and SIGTERM -------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Serve:
+    """`babychain serve` in a subprocess, as an operator runs it."""
+
+    def __init__(self, home: Path, port: int, env: dict[str, str]) -> None:
+        self.home, self.port, self.env = home, port, env
+        self.process: subprocess.Popen[str] | None = None
+        self.url = f"http://127.0.0.1:{port}"
+
+    def start(self) -> Serve:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "babychain.local.cli", "--home", str(self.home), "serve", "--port", str(self.port)],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert wait_until(self.healthy, timeout=60), "serve did not come up"
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(self.url + "/api/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def output(self) -> str:
+        assert self.process is not None and self.process.stdout is not None
+        return self.process.stdout.read()
+
+
+@pytest.fixture
+def serve_env(database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BABYCHAIN_", "DATABASE_URL"))}
+    env.update(
+        DATABASE_URL=database_url,
+        BABYCHAIN_API_KEY=KEY_A,
+        BABYCHAIN_CALLBACK_SECRET=CALLBACK_SECRET,
+        BABYCHAIN_LOCAL_PROVIDER_DELAY_SECONDS="1.5",
+        BABYCHAIN_POLL_INTERVAL_SECONDS="0.1",
+    )
+    return env
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Serve]]:
+    started: list[Serve] = []
+    yield started
+    for server in started:
+        if server.process is not None and server.process.poll() is None:
+            server.process.kill()
+            server.process.wait(10)
+
+
+def test_kill_9_mid_run_then_restart_finishes_the_run_promptly_and_once(
+    tmp_path: Path, serve_env: dict[str, str], servers: list[Serve], receiver: WebhookReceiver
+) -> None:
+    home, port = tmp_path / "home", _free_port()
+    first = Serve(home, port, serve_env).start()
+    servers.append(first)
+    headers = {"Authorization": f"Bearer {KEY_A}"}
+    with httpx.Client(base_url=first.url, headers=headers, timeout=10) as client:
+        body = {**chain_request("chain3", None), "webhook_url": receiver.url}
+        run_id = client.post("/api/v1/chains/chain3/runs", json=body).json()["id"]
+        # Kill while the second step's provider job runs (its progress shows it was submitted and polled).
+        assert wait_until(
+            lambda: "progress" in client.get(f"/api/v1/chains/get/{run_id}").json()["steps"][1], timeout=30
+        )
+    assert first.process is not None
+    first.process.kill()
+    first.process.wait(10)
+    # Every worker process died with it: nothing answers on the port any more.
+    assert wait_until(lambda: not first.healthy(), timeout=5)
+    assert not (home / "pg").exists()  # DATABASE_URL was used; no embedded server was started
+
+    restarted_at = time.monotonic()
+    servers.append(Serve(home, port, serve_env).start())
+    with httpx.Client(base_url=first.url, headers=headers, timeout=10) as client:
+        run = wait_for_run(client, run_id, timeout=60)
+    recovered_in = time.monotonic() - restarted_at
+    assert run["status"] == "succeeded", run
+    # Well inside the sweeper's stale windows (60 s for a claimed submit, 120 s for a claimed callback): the durable
+    # queue delivered the interrupted work again at once.
+    assert recovered_in < 30, recovered_in
+    jobs = list((home / "local-provider" / "jobs").glob("*.json"))
+    assert len(jobs) == 3  # one provider job per step
+    assert receiver.wait_for(1, timeout=30)
+    time.sleep(1.0)
+    assert [d.headers["webhook-id"] for d in receiver.deliveries] == [f"evt_{run_id}"]
+    assert receiver.deliveries[0].verified
+
+
+class _SlowReceiver:
+    """A webhook receiver that holds each request for `hold` seconds before answering 200."""
+
+    def __init__(self, hold: float) -> None:
+        self.arrived = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.verified = verify(CALLBACK_SECRET, {k.lower(): v for k, v in self.headers.items()}, body)
+                receiver.arrived.set()
+                time.sleep(hold)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.verified = False
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/hook"
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def test_sigterm_lets_the_invocation_in_flight_finish_then_exits(
+    tmp_path: Path, serve_env: dict[str, str], servers: list[Serve], database_url: str
+) -> None:
+    slow = _SlowReceiver(hold=3.0)
+    server = Serve(tmp_path / "home", _free_port(), {**serve_env, "BABYCHAIN_LOCAL_PROVIDER_DELAY_SECONDS": "0.1"})
+    servers.append(server.start())
+    try:
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY_A}"}, timeout=10) as client:
+            body = {**chain_request("chain1", None), "webhook_url": slow.url}
+            run_id = client.post("/api/v1/chains/chain1/runs", json=body).json()["id"]
+        # The callback sender is now inside its POST to the slow receiver: stop the server.
+        assert slow.arrived.wait(60)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(30) == 0
+        out = server.output()
+        assert "Stopped." in out and "Traceback" not in out
+        assert not server.healthy()
+    finally:
+        slow.stop()
+    # The attempt in flight was finished and recorded, not cut off.
+    with psycopg.connect(database_url) as conn:
+        status, attempts = conn.execute(
+            "select callback_status, callback_attempts from chain_runs where id = %s", (run_id,)
+        ).fetchone() or (None, None)
+        outcomes = conn.execute(
+            "select outcome, status_code from callback_deliveries where run_id = %s", (run_id,)
+        ).fetchall()
+    assert slow.verified
+    assert (status, attempts) == ("delivered", 1)
+    assert outcomes == [("delivered", 200)]

@@ -143,7 +143,7 @@ class LocalEngine:
                 fail_rules=self.settings.local_provider_fail,
                 resolver=resolver,
             )
-        self.artifacts = LocalArtifactStore(self.settings.artifact_dir, self.base_url + "/files")
+        self.artifacts = LocalArtifactStore(self.settings.artifact_dir, self.settings.artifact_base_url)
         self.store: PostgresStore | None = None
         self.services: Services | None = None
 
@@ -165,7 +165,8 @@ class LocalEngine:
             "poll_interval_seconds": min(env.poll_interval_seconds, 0.5),
             "sweeper_grace_seconds": min(env.sweeper_grace_seconds, 5.0),
             "artifact_dir": str(self.home / "artifacts"),
-            "artifact_base_url": self.base_url + "/files",
+            # Artifact URLs go to callers and providers: through the public URL when there is one.
+            "artifact_base_url": env.artifact_base_url or (env.public_base_url or self.base_url) + "/files",
             "local_provider_dir": str(self.home / "local-provider"),
             # Providers on this machine (stand-ins) reach the webhook routes here.
             "public_base_url": env.public_base_url or self.base_url,
@@ -284,7 +285,7 @@ class LocalEngine:
             + (f" (listening on {self._sock.getsockname()[0]})" if self.remote else ""),
             f"  provider mode     {s.provider_mode}{provider}",
             f"  database          {'embedded Postgres in ' + str(self.home / 'pg') if self._pg else 'DATABASE_URL'}",
-            f"  artifacts         {self.home / 'artifacts'} served at {self.base_url}/files/",
+            f"  artifacts         {s.artifact_dir} served at {self.base_url}/files/ as {s.artifact_base_url}/",
             f"  workers           {self.counts['api']} API, {self.counts['step_executor']} step executor, "
             f"{self.counts['callback_sender']} callback sender, {self.counts['sweeper']} sweeper (one process each)",
             f"  API key           {api_key}",

@@ -78,7 +78,6 @@ def serve(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK_HOSTS and not args.allow_remote:
         _print(f"Refusing to listen on {args.host}: add --allow-remote to serve the API beyond this machine.")
         return 2
-    logging.getLogger("babychain.access").setLevel(logging.INFO if args.access_log else logging.WARNING)
     engine = LocalEngine(
         args.home,
         port=args.port,
@@ -88,7 +87,6 @@ def serve(args: argparse.Namespace) -> int:
         step_workers=args.step_workers,
         callback_workers=args.callback_workers,
         access_log=args.access_log,
-        log_level=logging.INFO if args.access_log else logging.WARNING,
     ).start()
     receiver = (
         None if engine.remote else WebhookReceiver(engine.settings.callback_secret, on_delivery=_announce).start()

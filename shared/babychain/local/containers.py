@@ -63,12 +63,7 @@ def run_container(spec: ContainerSpec, sock: socket.socket | None = None) -> Non
     os.setpgrp()  # Ctrl-C in a terminal reaches the supervisor, which stops the containers in order
     os.environ.clear()
     os.environ.update(spec.environ)
-    logging.basicConfig(
-        level=spec.log_level, format=f"%(levelname)s [{spec.name}] %(name)s: %(message)s", stream=sys.stderr
-    )
-    # Powertools warns on every invocation that published no metric; locally no metrics are shipped anywhere.
-    warnings.filterwarnings("ignore", message="No application metrics to publish")
-    logging.getLogger("babychain.access").setLevel(logging.INFO if spec.access_log else logging.WARNING)
+    _configure_logging(spec)
     from babychain.local.runner import local_services
     from babychain.services import install
 
@@ -90,6 +85,23 @@ def run_container(spec: ContainerSpec, sock: socket.socket | None = None) -> Non
         pass
     finally:
         svc.store.close()
+
+
+def _configure_logging(spec: ContainerSpec) -> None:
+    logging.basicConfig(
+        level=spec.log_level, format=f"%(levelname)s [{spec.name}] %(name)s: %(message)s", stream=sys.stderr
+    )
+    for chatty in ("httpx", "httpcore", "uvicorn", "uvicorn.error"):
+        logging.getLogger(chatty).setLevel(max(spec.log_level, logging.WARNING))
+    # The access log is plain lines of its own, not records of the Powertools logger ("babychain") it sits under.
+    access = logging.getLogger("babychain.access")
+    access.propagate = False
+    access.setLevel(logging.INFO if spec.access_log else logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(levelname)s [{spec.name}] %(name)s: %(message)s"))
+    access.addHandler(handler)
+    # Powertools warns on every invocation that published no metric; locally no metrics are shipped anywhere.
+    warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 
 class _Lifecycle:

@@ -102,7 +102,7 @@ class ApiGatewayApp:
                 _raw_target(scope),
                 scope.get("http_version", "1.1"),
                 reply.status,
-                reply.length,
+                0 if scope["method"] == "HEAD" else reply.length,  # bytes of body sent
                 (time.perf_counter() - started) * 1000,
                 reply.function,
             )
@@ -142,8 +142,13 @@ class ApiGatewayApp:
 
     def _file(self, method: str, path: str, headers: dict[str, str]) -> Reply:
         key = unquote(path.removeprefix("/files/"))
-        file = (self.artifacts_dir / key).resolve()
-        if not file.is_relative_to(self.artifacts_dir) or not file.is_file() or file.name.endswith(".part"):
+        file = None if "\x00" in key else (self.artifacts_dir / key).resolve()  # resolve() raises on a NUL
+        if (
+            file is None
+            or not file.is_relative_to(self.artifacts_dir)
+            or not file.is_file()
+            or file.name.endswith(".part")
+        ):
             return Reply.error(ApiError(404, "file_not_found", "No such file."))
         stat = file.stat()
         size = stat.st_size
@@ -185,12 +190,11 @@ def _parse_range(value: str | None, size: int) -> tuple[int, int] | str | None:
             return "unsatisfiable"
         return max(0, size - suffix), size - 1
     first = int(first_text)
-    last = int(last_text) if last_text else size - 1
-    if last < first:
+    if last_text and int(last_text) < first:
         return None
-    if first >= size:
+    if first >= size:  # checked before defaulting the last position, which would be below `first` here
         return "unsatisfiable"
-    return first, min(last, size - 1)
+    return first, min(int(last_text), size - 1) if last_text else size - 1
 
 
 def _method_not_allowed(allowed: list[str]) -> Reply:
@@ -265,6 +269,13 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 class JsonErrorProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, answering malformed HTTP in the API's JSON error shape (not plain text)."""
+
+    def _unsupported_upgrade_warning(self) -> None:
+        # The parser stops at an upgrade it will not perform (h2c, websocket): answer this request, then close,
+        # rather than keep a connection whose next requests would never be parsed.
+        self.keep_alive = False
+        if self.cycle is not None:
+            self.cycle.keep_alive = False
 
     def send_400_response(self, msg: str) -> None:
         body = _error_body(ApiError(400, "malformed_request", "The request is not valid HTTP/1.1."))

@@ -1,0 +1,276 @@
+"""`PostgresQueue` against a real Postgres: SQS's semantics (visibility, receipts, delay, redrive), SKIP LOCKED
+concurrency, orphan release through the consumers' liveness locks, notifications, durability."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from babychain.local.queue import ConsumerLease, PostgresQueue, ReceivedMessage, release_orphans
+from babychain.store.postgres import PostgresStore
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[PostgresStore]:
+    s = PostgresStore(database_url, max_size=4)
+    yield s
+    s.close()
+
+
+def _receive_one(queue: PostgresQueue, receiver: int = 1) -> ReceivedMessage:
+    messages, _next_in = queue.receive(receiver)
+    assert len(messages) == 1, messages
+    return messages[0]
+
+
+def _poll(fetch: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.01)
+
+
+def test_send_receive_delete_round_trip(store: PostgresStore) -> None:
+    queue = PostgresQueue(store, "steps", visibility_timeout_seconds=30)
+    other = PostgresQueue(store, "callbacks", visibility_timeout_seconds=30)
+    queue.send({"step_id": "a", "seq": 1})
+    queue.send_many([{"step_id": "b", "seq": 1}, {"step_id": "c", "seq": 1}])
+    assert other.receive(1) == ([], None)  # queues are separate
+    assert queue.stats() == {"visible": 3, "in_flight": 0, "delayed": 0, "dead": 0}
+
+    first = _receive_one(queue)
+    assert first.body == {"step_id": "a", "seq": 1}  # oldest first
+    assert first.receive_count == 1 and first.receipt and first.sent_at
+    rest, _ = queue.receive(1, max_messages=10)
+    assert [m.body["step_id"] for m in rest] == ["b", "c"]
+    assert queue.stats() == {"visible": 0, "in_flight": 3, "delayed": 0, "dead": 0}
+    assert len({first.receipt, *(m.receipt for m in rest)}) == 3
+
+    assert queue.delete(first) is True
+    assert queue.delete(first) is False  # already gone
+    for message in rest:
+        assert queue.delete(message) is True
+    assert queue.stats() == {"visible": 0, "in_flight": 0, "delayed": 0, "dead": 0}
+    assert queue.receive(1) == ([], None)
+
+
+def test_visibility_timeout_redelivers_with_a_new_receipt_and_stale_receipts_cannot_delete(
+    store: PostgresStore,
+) -> None:
+    queue = PostgresQueue(store, "steps", visibility_timeout_seconds=0.4)
+    queue.send({"n": 1})
+    first = _receive_one(queue, receiver=11)
+    assert first.receive_count == 1
+    hidden, next_in = queue.receive(12)
+    assert hidden == []  # invisible while the first receiver holds it
+    assert next_in is not None and 0 < next_in <= 0.4
+    time.sleep(next_in + 0.05)
+    second = _receive_one(queue, receiver=12)
+    assert second.id == first.id and second.body == {"n": 1}
+    assert second.receive_count == 2
+    assert second.receipt != first.receipt
+    assert queue.delete(first) is False  # the first receiver's lease ran out: its receipt is stale
+    assert queue.stats()["in_flight"] == 1
+    assert queue.delete(second) is True
+    assert queue.stats() == {"visible": 0, "in_flight": 0, "delayed": 0, "dead": 0}
+
+
+def test_delayed_message_becomes_visible_after_its_delay(store: PostgresStore) -> None:
+    queue = PostgresQueue(store, "steps", visibility_timeout_seconds=30)
+    started = time.monotonic()
+    queue.send({"poll": 1}, delay_seconds=0.5)
+    early, next_in = queue.receive(1)
+    assert early == []
+    assert next_in is not None and 0.3 < next_in <= 0.5
+    assert queue.stats()["delayed"] == 1
+    message = _poll(lambda: queue.receive(1)[0])
+    elapsed = time.monotonic() - started
+    assert [m.body for m in message] == [{"poll": 1}]
+    assert 0.45 <= elapsed < 3.0
+    # A negative delay is no delay.
+    queue.send({"poll": 2}, delay_seconds=-5)
+    assert [m.body for m in queue.receive(1)[0]] == [{"poll": 2}]
+
+
+def test_next_visible_in_seconds_after_a_receive(store: PostgresStore) -> None:
+    queue = PostgresQueue(store, "steps", visibility_timeout_seconds=30)
+    queue.send({"now": 1})
+    queue.send({"later": 1}, delay_seconds=5)
+    messages, next_in = queue.receive(1)
+    assert [m.body for m in messages] == [{"now": 1}]
+    # The next message to become visible is the delayed one (the received one is hidden for 30 s now).
+    assert next_in is not None and 4 < next_in <= 5
+    assert queue.receive(1) == ([], pytest.approx(next_in, abs=0.5))
+
+
+def test_retry_later_brings_a_failed_message_back_after_the_short_wait(store: PostgresStore) -> None:
+    queue = PostgresQueue(store, "steps", visibility_timeout_seconds=30, retry_after_failure_seconds=0.3)
+    queue.send({"step": "x"})
+    message = _receive_one(queue)
+    assert queue.retry_later(message) is True
+    assert queue.stats() == {"visible": 0, "in_flight": 0, "delayed": 1, "dead": 0}
+    assert queue.receive(1)[0] == []
+    started = time.monotonic()
+    again = _poll(lambda: queue.receive(1)[0])
+    # Back after about 0.3 s, not after the 30 s visibility timeout.
+    assert len(again) == 1 and again[0].receive_count == 2
+    assert time.monotonic() - started < 2.0
+    assert queue.retry_later(message) is False  # stale receipt
+    assert queue.delete(again[0]) is True
+
+
+def test_redrive_moves_a_message_to_the_dead_letters_after_max_receives(store: PostgresStore) -> None:
+    queue = PostgresQueue(store, "callbacks", visibility_timeout_seconds=0, max_receives=3)
+    queue.send({"run_id": "poison"})
+    counts = [_receive_one(queue).receive_count for _ in range(3)]
+    assert counts == [1, 2, 3]
+    messages, _ = queue.receive(1)
+    assert messages == []  # the fourth receive buries it instead of delivering it
+    assert queue.dead_letters() == [{"run_id": "poison"}]
+    assert queue.stats() == {"visible": 0, "in_flight": 0, "delayed": 0, "dead": 1}
+    assert PostgresQueue(store, "steps").dead_letters() == []
+    # The queue keeps working for other messages.
+    queue.send({"run_id": "healthy"})
+    healthy = _receive_one(queue)
+    assert healthy.body == {"run_id": "healthy"} and queue.delete(healthy)
+    assert queue.receive(1) == ([], None)
+
+
+def test_concurrent_consumers_receive_each_message_exactly_once(database_url: str, store: PostgresStore) -> None:
+    total = 200
+    PostgresQueue(store, "steps").send_many([{"n": n} for n in range(total)])
+    received: list[list[int]] = [[] for _ in range(4)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+    deadline = time.monotonic() + 30
+
+    def consume(index: int) -> None:
+        own = PostgresStore(database_url, max_size=1)
+        queue = PostgresQueue(own, "steps", visibility_timeout_seconds=60)
+        try:
+            start.wait()
+            while time.monotonic() < deadline:
+                messages, _ = queue.receive(index + 1, max_messages=1 + index % 2 * 4)  # batches of 1 and 5
+                if not messages:
+                    if sum(len(r) for r in received) >= total:
+                        return
+                    time.sleep(0.005)  # the rest are locked by the others right now
+                    continue
+                for message in messages:
+                    received[index].append(message.body["n"])
+                    assert message.receive_count == 1
+                    assert queue.delete(message)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=consume, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    everything = [n for r in received for n in r]
+    duplicates = [n for n, c in Counter(everything).items() if c > 1]
+    assert not duplicates
+    assert sorted(everything) == list(range(total))  # none lost
+    assert sum(1 for r in received if r) >= 2  # really concurrent
+    assert PostgresQueue(store, "steps").stats() == {"visible": 0, "in_flight": 0, "delayed": 0, "dead": 0}
+
+
+def test_messages_of_a_dead_consumer_are_released_at_once(database_url: str, store: PostgresStore) -> None:
+    queue = PostgresQueue(store, "steps", visibility_timeout_seconds=60)
+    lease = ConsumerLease(database_url, 4242, queue)
+    watcher = ConsumerLease(database_url, 4343, queue)
+    try:
+        queue.send({"step": "held"})
+        held = _receive_one(queue, receiver=4242)
+        assert release_orphans(store) == 0  # its consumer lives
+        assert queue.receive(4343) == ([], pytest.approx(60, abs=2))
+        assert queue.stats()["in_flight"] == 1
+
+        watcher.wait(0.05)  # drains the notification of the send
+        lease.close()  # the consumer's connection ends, as when its process is killed
+        assert _poll(lambda: release_orphans(store)) == 1
+        started = time.monotonic()
+        watcher.wait(5)  # the release notifies the queue's consumers
+        assert time.monotonic() - started < 1.5
+        again = _receive_one(queue, receiver=4343)
+        assert again.id == held.id and again.receive_count == 2
+        assert queue.delete(held) is False and queue.delete(again) is True
+        assert release_orphans(store) == 0
+    finally:
+        lease.close()
+        watcher.close()
+
+
+def test_release_orphans_leaves_messages_of_live_consumers_and_unheld_messages_alone(
+    database_url: str, store: PostgresStore
+) -> None:
+    queue = PostgresQueue(store, "steps", visibility_timeout_seconds=60)
+    leases = [ConsumerLease(database_url, receiver, queue) for receiver in (501, 502)]
+    try:
+        queue.send_many([{"n": 1}, {"n": 2}])
+        queue.send({"n": 3}, delay_seconds=60)
+        _receive_one(queue, receiver=501)
+        _receive_one(queue, receiver=502)
+        leases[1].close()
+        assert _poll(lambda: release_orphans(store)) == 1  # only 502's message; 501 lives, 3 is merely delayed
+        assert [m.body for m in queue.receive(501)[0]] == [{"n": 2}]
+        assert queue.stats() == {"visible": 0, "in_flight": 2, "delayed": 1, "dead": 0}
+    finally:
+        for lease in leases:
+            lease.close()
+
+
+def test_consumer_lease_wait_returns_on_a_send_and_times_out_otherwise(database_url: str, store: PostgresStore) -> None:
+    queue = PostgresQueue(store, "steps")
+    lease = ConsumerLease(database_url, 77, queue)
+    sender = PostgresStore(database_url, max_size=1)
+    try:
+        started = time.monotonic()
+        lease.wait(0.3)
+        assert 0.25 <= time.monotonic() - started < 1.5  # nothing sent: the whole timeout
+
+        PostgresQueue(sender, "callbacks").send({"other": "queue"})
+        started = time.monotonic()
+        lease.wait(0.3)
+        assert time.monotonic() - started >= 0.25  # another queue's send does not wake this one
+
+        timer = threading.Timer(0.2, lambda: PostgresQueue(sender, "steps").send({"wake": "up"}))
+        timer.start()
+        started = time.monotonic()
+        lease.wait(5)
+        assert time.monotonic() - started < 1.5  # woken by the send, well before the timeout
+        timer.join()
+        assert [m.body for m in queue.receive(77)[0]] == [{"wake": "up"}]
+    finally:
+        lease.close()
+        sender.close()
+
+
+def test_messages_survive_the_store_that_sent_them(database_url: str) -> None:
+    first = PostgresStore(database_url, max_size=1)
+    queue = PostgresQueue(first, "steps", visibility_timeout_seconds=30)
+    queue.send_many([{"n": 1}, {"n": 2}])
+    queue.send({"n": 3}, delay_seconds=0.2)
+    in_flight = _receive_one(queue)
+    first.close()
+
+    second = PostgresStore(database_url, max_size=1)
+    try:
+        queue = PostgresQueue(second, "steps", visibility_timeout_seconds=30)
+        assert queue.stats() == {"visible": 1, "in_flight": 1, "delayed": 1, "dead": 0}
+        assert [m.body for m in queue.receive(2)[0]] == [{"n": 2}]
+        assert [m.body for m in _poll(lambda: queue.receive(2)[0])] == [{"n": 3}]
+        assert queue.delete(in_flight) is True  # the receipt outlives the store too
+    finally:
+        second.close()

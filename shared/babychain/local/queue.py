@@ -63,8 +63,11 @@ class PostgresQueue(Queue):
     def _send(self, messages: list[dict[str, Any]]) -> None:
         self.store.call("bc_queue_send", {"queue": self.name, "messages": messages})
 
-    def receive(self, receiver: int, max_messages: int = 1) -> tuple[list[ReceivedMessage], float | None]:
-        """Due messages (now invisible and held by `receiver`), and seconds until the next one becomes visible."""
+    def receive(self, receiver: int | None, max_messages: int = 1) -> tuple[list[ReceivedMessage], float | None]:
+        """Due messages (now invisible and held by `receiver`), and seconds until the next one becomes visible.
+
+        A message received without a receiver is never released as an orphan: only its visibility timeout ends it.
+        """
         answer = self.store.call(
             "bc_queue_receive",
             {
@@ -105,7 +108,7 @@ class PostgresQueue(Queue):
         """Receives and deletes the next message once it is due (for driving handlers by hand in tests)."""
         deadline = time.monotonic() + timeout
         while True:
-            messages, next_in = self.receive(receiver=1)
+            messages, next_in = self.receive(receiver=None)
             if messages:
                 self.delete(messages[0])
                 return messages[0].body

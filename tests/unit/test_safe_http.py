@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import socket
+import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,12 +21,21 @@ import httpx
 import pytest
 
 from babychain.errors import UnsafeUrlError
-from babychain.security.safe_http import FetchError, fetch_bytes, parse_retry_after, post_json
+from babychain.security import safe_http
+from babychain.security.safe_http import (
+    FetchError,
+    close_pooled_connections,
+    fetch_bytes,
+    parse_retry_after,
+    post_json,
+    shared_ssl_context,
+)
 from babychain.security.urls import Resolver
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # reused connections would otherwise wait on delayed ACKs
     seen: list[dict[str, Any]] = []  # replaced per server by the fixture
 
     def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
@@ -38,7 +51,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def _record(self, body: bytes = b"") -> None:
         self.seen.append(
-            {"method": self.command, "path": self.path, "headers": dict(self.headers.items()), "body": body}
+            {
+                "method": self.command,
+                "path": self.path,
+                "headers": dict(self.headers.items()),
+                "body": body,
+                "client_port": self.client_address[1],  # tells connections apart
+                "sni": getattr(self.connection, "sni", None),
+            }
         )
 
     def do_GET(self) -> None:
@@ -49,6 +69,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, b"hello bytes", {"Content-Type": "image/png"})
         elif url.path == "/host":
             self._send(200, self.headers["Host"].encode(), {"Content-Type": "text/plain"})
+        elif url.path == "/set-cookie":
+            self._send(200, b"cookie", {"Set-Cookie": "session=secret; Path=/"})
         elif url.path == "/redirect":
             self._send(302, headers={"Location": "/file"})
         elif url.path == "/redirect-to":
@@ -106,16 +128,44 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404)
 
 
+class CountingHTTPServer(ThreadingHTTPServer):
+    connections = 0  # accepted TCP connections (TLS: completed handshakes)
+    finished = 0  # connections the client hung up (or the handler ended)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.connections += 1
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        self.finished += 1
+        super().shutdown_request(request)
+
+
 class Server:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.seen: list[dict[str, Any]] = []
         handler = type("BoundHandler", (Handler,), {"seen": self.seen})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = CountingHTTPServer(("127.0.0.1", 0), handler)
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.scheme = "https" if tls is not None else "http"
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+        return f"{self.scheme}://{host}:{self.port}{path}"
+
+    @property
+    def connections(self) -> int:
+        return self.httpd.connections
+
+
+@pytest.fixture(autouse=True)
+def fresh_pool() -> Iterator[None]:
+    # Pooled connections must not outlive a test server (a later server could get the same port).
+    close_pooled_connections()
+    yield
+    close_pooled_connections()
 
 
 @pytest.fixture
@@ -285,6 +335,305 @@ def test_connection_refused_is_transient() -> None:
     with pytest.raises(FetchError) as info:
         fetch_bytes(f"http://127.0.0.1:{free_port()}/x", resolver=no_dns, max_bytes=10, allow_loopback_http=True)
     assert info.value.transient is True
+
+
+# --- the per-process client pool ---
+
+
+def test_two_downloads_from_one_host_reuse_one_connection(server: Server) -> None:
+    resolver = fixed({"files.test": ["127.0.0.1"]})
+    for _ in range(3):
+        fetched = fetch_bytes(
+            server.url("/file", "files.test"), resolver=resolver, max_bytes=1024, allow_loopback_http=True
+        )
+        assert fetched.content == b"hello bytes"
+    assert server.connections == 1
+    assert len({hit["client_port"] for hit in server.seen}) == 1
+
+
+def test_host_names_sharing_an_address_never_share_a_connection(server: Server) -> None:
+    resolver = fixed({"a.test": ["127.0.0.1"], "b.test": ["127.0.0.1"]})
+    for host in ("a.test", "b.test", "a.test", "b.test"):
+        fetched = fetch_bytes(server.url("/host", host), resolver=resolver, max_bytes=1024, allow_loopback_http=True)
+        assert fetched.content == f"{host}:{server.port}".encode()
+    assert server.connections == 2
+    ports: dict[str, set[int]] = {}
+    for hit in server.seen:
+        ports.setdefault(hit["headers"]["Host"], set()).add(hit["client_port"])
+    assert len(ports[f"a.test:{server.port}"]) == 1 and len(ports[f"b.test:{server.port}"]) == 1
+    assert ports[f"a.test:{server.port}"].isdisjoint(ports[f"b.test:{server.port}"])
+    assert sorted(safe_http._client_pool().cached_keys()) == [
+        ("http", "127.0.0.1", server.port, "a.test"),
+        ("http", "127.0.0.1", server.port, "b.test"),
+    ]
+
+
+def test_tls_context_is_created_once_per_process(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    created: list[ssl.SSLContext] = []
+    real = ssl.create_default_context
+
+    def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        created.append(real(*args, **kwargs))
+        return created[-1]
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    resolver = fixed({"a.test": ["127.0.0.1"], "b.test": ["127.0.0.1"], "c.test": ["127.0.0.1"]})
+    for host in ("a.test", "b.test", "c.test", "a.test"):
+        fetch_bytes(server.url("/file", host), resolver=resolver, max_bytes=1024, allow_loopback_http=True)
+    post_json(server.url("/echo", "b.test"), b"{}", {}, resolver=resolver, allow_loopback_http=True)
+    assert len(created) == 1
+    context = shared_ssl_context()
+    assert context is created[0] and shared_ssl_context() is context
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname is True
+
+
+def test_redirect_hops_through_the_pool_are_each_checked(server: Server) -> None:
+    calls: list[str] = []
+    answers = {"files.test": ["127.0.0.1"], "other.test": ["127.0.0.1"], "internal.test": ["10.0.0.7"]}
+
+    def resolver(host: str, port: int) -> list[str]:
+        calls.append(host)
+        return answers.get(host, [])
+
+    to_other = f"http://other.test:{server.port}/file"
+    fetched = fetch_bytes(
+        server.url(f"/redirect-to?to={to_other}", "files.test"),
+        resolver=resolver,
+        max_bytes=1024,
+        allow_loopback_http=True,
+    )
+    assert fetched.url == to_other and fetched.content == b"hello bytes"
+    assert calls == ["files.test", "other.test"]
+    # Each hop went over its own host's connection, though both names pin to the same address.
+    assert [hit["headers"]["Host"] for hit in server.seen] == [f"files.test:{server.port}", f"other.test:{server.port}"]
+    assert server.connections == 2
+
+    with pytest.raises(UnsafeUrlError):
+        fetch_bytes(
+            server.url(f"/redirect-to?to=http://internal.test:{server.port}/file", "files.test"),
+            resolver=resolver,
+            max_bytes=1024,
+            allow_loopback_http=True,
+        )
+    assert calls[-2:] == ["files.test", "internal.test"]
+    assert len(server.seen) == 3  # the refused hop never reached the server
+
+
+def test_an_unread_body_does_not_poison_the_pooled_connection(server: Server) -> None:
+    with pytest.raises(UnsafeUrlError, match="larger than 1000 bytes"):
+        fetch_bytes(server.url("/big"), resolver=no_dns, max_bytes=1000, allow_loopback_http=True)
+    # The 10,000 unread bytes would be read as the next response if that connection went back to the pool, so
+    # it is closed at once.
+    deadline = time.monotonic() + 2
+    while server.httpd.finished == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.httpd.finished == 1
+    assert fetch_bytes(server.url("/file"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True).content == (
+        b"hello bytes"
+    )
+    assert server.connections == 2
+    assert fetch_bytes(server.url("/file"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True).content == (
+        b"hello bytes"
+    )
+    assert server.connections == 2  # a fully read response does return its connection
+
+
+def test_a_refused_address_keeps_the_working_client(server: Server) -> None:
+    # The server listens on 127.0.0.1 only, so 127.0.0.2 refuses and the next validated address is used.
+    resolver = fixed({"files.test": ["127.0.0.2", "127.0.0.1"]})
+    url = server.url("/file", "files.test")
+    for _ in range(2):
+        assert fetch_bytes(url, resolver=resolver, max_bytes=1024, allow_loopback_http=True).content == b"hello bytes"
+    assert server.connections == 1
+    assert ("http", "127.0.0.1", server.port, "files.test") in safe_http._client_pool().cached_keys()
+
+
+def test_pooled_clients_keep_no_cookies(server: Server) -> None:
+    fetch_bytes(server.url("/set-cookie"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True)
+    fetch_bytes(server.url("/file"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True)
+    assert server.connections == 1
+    assert [hit["path"] for hit in server.seen] == ["/set-cookie", "/file"]
+    assert "Cookie" not in server.seen[1]["headers"]
+
+
+def test_a_callers_client_is_used_as_is_and_not_closed(server: Server) -> None:
+    transport = RecordingTransport()
+    with httpx.Client(transport=transport) as client:
+        fetch_bytes(server.url("/file"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True, client=client)
+        assert not client.is_closed
+        assert len(transport.requests) == 1
+    assert safe_http._pool is None or safe_http._pool.cached_keys() == []
+
+
+def test_the_pool_is_bounded_and_closes_what_it_evicts() -> None:
+    pool = safe_http._ClientPool(size=2)
+    try:
+        keys = [("https", "93.184.216.34", 443, name) for name in ("a.example", "b.example", "c.example")]
+        with pool.lease(keys[0]) as a:
+            pass
+        with pool.lease(keys[1]) as b:
+            pass
+        with pool.lease(keys[0]) as again:
+            assert again is a
+        with pool.lease(keys[2]):
+            pass
+        assert pool.cached_keys() == [keys[0], keys[2]]  # b was least recently used
+        assert b.is_closed and not a.is_closed
+    finally:
+        pool.close()
+    assert a.is_closed
+
+
+def test_an_evicted_client_in_use_is_closed_only_after_its_request() -> None:
+    pool = safe_http._ClientPool(size=1)
+    try:
+        with pool.lease(("https", "93.184.216.34", 443, "a.example")) as busy:
+            with pool.lease(("https", "93.184.216.34", 443, "b.example")):
+                pass
+            assert not busy.is_closed  # evicted while another request was using it
+        assert busy.is_closed
+    finally:
+        pool.close()
+    with pool.lease(("https", "93.184.216.34", 443, "c.example")) as late:  # a request that raced close()
+        assert not late.is_closed
+    assert late.is_closed and pool.cached_keys() == []
+
+
+def test_a_pool_from_another_process_is_dropped_not_used(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    fetch_bytes(server.url("/file"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True)
+    parent = safe_http._client_pool()
+    monkeypatch.setattr(safe_http.os, "getpid", lambda: parent.pid + 1)
+    child = safe_http._client_pool()
+    assert child is not parent and child.ssl_context is not parent.ssl_context
+    assert child.cached_keys() == [] and len(parent.cached_keys()) == 1
+    with parent.lease(parent.cached_keys()[0]) as inherited:
+        assert not inherited.is_closed  # not closed: its sockets belong to the other process
+    monkeypatch.undo()
+    parent.close()
+
+
+def test_a_forked_child_opens_its_own_connections(server: Server) -> None:
+    url = server.url("/file")
+    fetch_bytes(url, resolver=no_dns, max_bytes=1024, allow_loopback_http=True)
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            inherited = safe_http._pool is not None
+            ok = fetch_bytes(url, resolver=no_dns, max_bytes=1024, allow_loopback_http=True).content == b"hello bytes"
+            code = 0 if ok and not inherited else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert server.connections == 2  # the child did not write into the parent's connection
+    fetch_bytes(url, resolver=no_dns, max_bytes=1024, allow_loopback_http=True)
+    assert server.connections == 2  # and the parent's connection still works
+
+
+# --- HTTPS on loopback: one TLS session per host name ---
+
+
+def make_tls_server_context(names: list[str]) -> tuple[ssl.SSLContext, bytes]:
+    """A server context for `names`, signed by a throwaway CA; returns (context, CA certificate PEM)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "safe_http test CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as folder:
+        cert_path, key_path = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+        with open(cert_path, "wb") as handle:
+            handle.write(pem)
+        with open(key_path, "wb") as handle:
+            handle.write(key_pem)
+        server_context.load_cert_chain(cert_path, key_path)
+
+    def remember_sni(sock: Any, name: str | None, _context: ssl.SSLContext) -> None:
+        sock.sni = name
+
+    server_context.sni_callback = remember_sni
+    return server_context, ca_cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture
+def tls_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    server_context, ca_pem = make_tls_server_context(["a.test", "b.test"])
+
+    def trusting_the_test_ca() -> ssl.SSLContext:
+        context = ssl.create_default_context(cadata=ca_pem.decode())
+        context.set_alpn_protocols(["http/1.1"])
+        return context
+
+    monkeypatch.setattr(safe_http, "_create_ssl_context", trusting_the_test_ca)
+    close_pooled_connections()
+    srv = Server(tls=server_context)
+    srv.thread.start()
+    yield srv
+    close_pooled_connections()
+    srv.httpd.shutdown()
+    srv.httpd.server_close()
+
+
+def test_https_host_names_sharing_an_address_each_get_their_own_tls_session(tls_server: Server) -> None:
+    resolver = fixed({name: ["127.0.0.1"] for name in ("a.test", "b.test", "c.test")})
+    for host in ("a.test", "b.test", "a.test", "b.test"):
+        fetched = fetch_bytes(
+            tls_server.url("/host", host), resolver=resolver, max_bytes=1024, allow_loopback_http=True
+        )
+        assert fetched.content == f"{host}:{tls_server.port}".encode()
+    assert tls_server.connections == 2
+    # Every request arrived on a TLS session opened (and verified) for its own host name.
+    assert [(hit["sni"], hit["headers"]["Host"]) for hit in tls_server.seen] == [
+        (host, f"{host}:{tls_server.port}") for host in ("a.test", "b.test", "a.test", "b.test")
+    ]
+    # c.test is not on the certificate: the live sessions for a.test and b.test at the same address are not used.
+    with pytest.raises(FetchError) as info:
+        fetch_bytes(tls_server.url("/host", "c.test"), resolver=resolver, max_bytes=1024, allow_loopback_http=True)
+    assert info.value.transient is True
+    assert len(tls_server.seen) == 4
 
 
 # --- post_json over real loopback HTTP ---

@@ -1,0 +1,205 @@
+"""CPU per `fetch_bytes` of a small file: a fresh client per request (the old behaviour) versus the pooled clients.
+
+A loopback server in another process serves 4 KiB over HTTP and, when `cryptography` is installed, over HTTPS
+with a throwaway CA, so only the client's CPU is counted (`time.process_time` of this process). Also times the
+TLS context creation itself against reusing the shared one.
+Usage: python bench/safe_http_reuse.py [--fetches 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import multiprocessing
+import os
+import ssl
+import statistics
+import tempfile
+import time
+import timeit
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import httpx
+
+from babychain.security import safe_http
+from babychain.security.safe_http import close_pooled_connections, fetch_bytes, shared_ssl_context
+
+BODY = bytes(range(256)) * 16  # 4 KiB; the same in the spawned server process
+HOST = "files.test"
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like a real file server
+    disable_nagle_algorithm = True  # else a reused connection stalls ~40 ms on delayed ACK between headers and body
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY)
+
+
+def serve(port_queue: Any, cert_pem: bytes | None, key_pem: bytes | None) -> None:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if cert_pem and key_pem:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        with tempfile.TemporaryDirectory() as folder:
+            cert_path, key_path = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+            with open(cert_path, "wb") as handle:
+                handle.write(cert_pem)
+            with open(key_path, "wb") as handle:
+                handle.write(key_pem)
+            context.load_cert_chain(cert_path, key_path)
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    port_queue.put(httpd.server_address[1])
+    httpd.serve_forever()
+
+
+def make_certificate(name: str) -> tuple[bytes, bytes, bytes] | None:
+    """(CA PEM, leaf PEM, leaf key PEM) for `name`, or None without `cryptography`."""
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    except ImportError:
+        return None
+    now = dt.datetime.now(dt.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
+
+    def builder(subject: x509.Name, public_key: Any) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_name)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(hours=1))
+        )
+
+    ca = (
+        builder(ca_name, ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), key.public_key())
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    pem = serialization.Encoding.PEM
+    return ca.public_bytes(pem), leaf.public_bytes(pem), key_pem
+
+
+def start_server(cert: tuple[bytes, bytes, bytes] | None) -> tuple[BaseProcess, int]:
+    context = multiprocessing.get_context("spawn")
+    ports = context.Queue()
+    process = context.Process(
+        target=serve, args=(ports, cert[1] if cert else None, cert[2] if cert else None), daemon=True
+    )
+    process.start()
+    return process, int(ports.get(timeout=30))
+
+
+def measure(fetch: Callable[[], bytes], fetches: int) -> tuple[float, float]:
+    """(CPU ms per fetch, wall ms per fetch, median of 5 batches)."""
+    for _ in range(5):
+        assert fetch() == BODY
+    cpu, wall = [], []
+    batch = max(1, fetches // 5)
+    for _ in range(5):
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        for _ in range(batch):
+            fetch()
+        cpu.append((time.process_time() - cpu0) * 1000 / batch)
+        wall.append((time.perf_counter() - wall0) * 1000 / batch)
+    return statistics.median(cpu), statistics.median(wall)
+
+
+def run_scheme(scheme: str, port: int, fetches: int, context_factory: Callable[[], ssl.SSLContext]) -> None:
+    url = f"{scheme}://{HOST}:{port}/file"
+
+    def resolver(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    def fetch(client: httpx.Client | None = None) -> bytes:
+        return fetch_bytes(url, resolver=resolver, max_bytes=1 << 20, allow_loopback_http=True, client=client).content
+
+    def fresh_client(verify: ssl.SSLContext) -> bytes:
+        # The old `_pinned_stream`: a new client (so a new TLS context and connection) per request.
+        with httpx.Client(verify=verify, trust_env=False, follow_redirects=False) as client:
+            return fetch(client)
+
+    rows = [
+        ("fresh client + TLS context per request (old)", lambda: fresh_client(context_factory())),
+        ("fresh connection, shared TLS context", lambda: fresh_client(shared_ssl_context())),
+        ("pooled client, reused connection (new)", fetch),
+    ]
+    for label, fn in rows:
+        close_pooled_connections()
+        cpu, wall = measure(fn, fetches)
+        print(f"{scheme:5}  {label:46}  CPU {cpu:6.2f} ms/fetch   wall {wall:6.2f} ms/fetch")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fetches", type=int, default=200)
+    args = parser.parse_args()
+
+    cpu = time.process_time
+    create = timeit.repeat(lambda: httpx.create_ssl_context(trust_env=False), number=20, repeat=5, timer=cpu)
+    shared_ssl_context()
+    reuse = timeit.repeat(shared_ssl_context, number=10_000, repeat=5, timer=cpu)
+    print(
+        f"TLS context (CPU): create {statistics.median(create) / 20 * 1000:.2f} ms each, "
+        f"reuse {statistics.median(reuse) / 10_000 * 1e6:.2f} µs each"
+    )
+
+    process, port = start_server(None)
+    try:
+        run_scheme("http", port, args.fetches, lambda: httpx.create_ssl_context(trust_env=False))
+    finally:
+        process.terminate()
+
+    cert = make_certificate(HOST)
+    if cert is None:
+        print("https: skipped (needs the cryptography package for a loopback certificate)")
+        return
+    ca_pem = cert[0].decode()
+
+    def trusting_bench_ca() -> ssl.SSLContext:
+        # The production context plus the throwaway CA, so creation costs the same as in production.
+        context = httpx.create_ssl_context(trust_env=False)
+        context.load_verify_locations(cadata=ca_pem)
+        context.set_alpn_protocols(["http/1.1"])
+        return context
+
+    safe_http._create_ssl_context = trusting_bench_ca
+    close_pooled_connections()
+    process, port = start_server(cert)
+    try:
+        run_scheme("https", port, args.fetches, trusting_bench_ca)
+    finally:
+        process.terminate()
+        close_pooled_connections()
+
+
+if __name__ == "__main__":
+    main()

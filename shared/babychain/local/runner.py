@@ -6,6 +6,9 @@ step executors and callback senders on the Postgres queues, and the scheduled sw
 dies, releases the messages a dead container held, and on SIGTERM stops taking work, lets in-flight invocations
 finish and exits. It also installs the same services in its own process, so tests and the CLI can call handlers and
 queues directly.
+
+Containers start like multiprocessing's spawn: a script that starts a `LocalEngine` needs the usual
+`if __name__ == "__main__":` guard (the CLI, pytest and the benchmarks have it).
 """
 
 from __future__ import annotations

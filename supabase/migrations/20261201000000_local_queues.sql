@@ -87,16 +87,15 @@ language sql set search_path = public, pg_temp as $$
     select jsonb_build_object(
         'messages', coalesce((select jsonb_agg(to_jsonb(r) order by r.id) from received r), '[]'::jsonb),
         -- The statement's snapshot still shows the rows just received or buried as they were, so those are
-        -- replaced by their new visibility.
-        'next_visible_in_seconds', (
-            select extract(epoch from min(s.visible_at) - now())
-              from (select visible_at
-                      from bc_queue_messages
-                     where queue = p->>'queue' and id not in (select id from due)
-                    union all
-                    select now() + make_interval(secs => (p->>'visibility_timeout_seconds')::float8)
-                      from received) s
-        )
+        -- replaced by their new visibility. Both lookups stop at one row (the index is ordered by visible_at).
+        'next_visible_in_seconds', extract(epoch from least(
+            (select m.visible_at
+               from bc_queue_messages m
+              where m.queue = p->>'queue' and m.id not in (select id from due)
+              order by m.visible_at
+              limit 1),
+            (select now() + make_interval(secs => (p->>'visibility_timeout_seconds')::float8) from received limit 1)
+        ) - now())
     )
 $$;
 

@@ -91,6 +91,8 @@ def _configure_logging(spec: ContainerSpec) -> None:
     logging.basicConfig(
         level=spec.log_level, format=f"%(levelname)s [{spec.name}] %(name)s: %(message)s", stream=sys.stderr
     )
+    # The Powertools logger ("babychain") writes its own JSON lines; through the root handler they would print twice.
+    logging.getLogger("babychain").propagate = False
     for chatty in ("httpx", "httpcore", "uvicorn", "uvicorn.error"):
         logging.getLogger(chatty).setLevel(max(spec.log_level, logging.WARNING))
     # The access log is plain lines of its own, not records of the Powertools logger ("babychain") it sits under.

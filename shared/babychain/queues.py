@@ -1,4 +1,4 @@
-"""The queue interface (SQS in AWS, an in-process delayed queue on one machine) and the message shapes.
+"""The queue interface (SQS in AWS, durable Postgres queues on one machine) and the message shapes.
 
 Step messages carry the step's `seq`; a message acts only while that seq is current, so duplicates and late
 messages change nothing. Callback messages carry the run id; the callback claim is the guard.

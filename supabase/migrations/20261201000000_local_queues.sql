@@ -24,6 +24,12 @@ create table bc_queue_messages (
     constraint bc_queue_messages_receiver_positive check (receiver is null or receiver > 0)
 );
 
+-- A queue table churns (every message is inserted, updated and deleted): vacuum it often, or receives walk an
+-- index head of dead entries.
+alter table bc_queue_messages set (
+    autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_cost_delay = 0
+);
+
 -- Due messages of a queue in order (receive), and the time until the next one (consumers sleep until then).
 create index bc_queue_messages_due on bc_queue_messages (queue, visible_at);
 -- Messages held by a consumer (orphan release).
@@ -54,11 +60,18 @@ begin
 end
 $$;
 
--- {queue, max_messages, visibility_timeout_seconds, max_receives, receiver}
+-- {queue, max_messages, visibility_timeout_seconds, max_receives, receiver, ack?: {id, receipt}}
 --   -> {messages: [{id, body, receive_count, receipt, sent_at, first_received_at}], next_visible_in_seconds}
+-- next_visible_in_seconds: when nothing was received, the wait until the next message becomes visible (null when the
+-- queue is empty). `ack` deletes the consumer's previous message (as bc_queue_delete) in the same statement: one
+-- round trip and one commit fewer per message.
 create function bc_queue_receive(p jsonb) returns jsonb
 language sql set search_path = public, pg_temp as $$
-    with due as (
+    with acked as (
+        delete from bc_queue_messages
+         where p ? 'ack'
+           and id = (p->'ack'->>'id')::bigint and queue = p->>'queue' and receipt = (p->'ack'->>'receipt')::uuid
+    ), due as (
         select id
           from bc_queue_messages
          where queue = p->>'queue' and visible_at <= now()
@@ -86,16 +99,15 @@ language sql set search_path = public, pg_temp as $$
     )
     select jsonb_build_object(
         'messages', coalesce((select jsonb_agg(to_jsonb(r) order by r.id) from received r), '[]'::jsonb),
-        -- The statement's snapshot still shows the rows just received or buried as they were, so those are
-        -- replaced by their new visibility. Both lookups stop at one row (the index is ordered by visible_at).
-        'next_visible_in_seconds', extract(epoch from least(
-            (select m.visible_at
-               from bc_queue_messages m
-              where m.queue = p->>'queue' and m.id not in (select id from due)
-              order by m.visible_at
-              limit 1),
-            (select now() + make_interval(secs => (p->>'visibility_timeout_seconds')::float8) from received limit 1)
-        ) - now())
+        -- Only when nothing was received (a busy consumer does not need it, and the lookup walks the index head).
+        -- The statement's snapshot still shows the rows it buried as they were, so those are skipped.
+        'next_visible_in_seconds', case when not exists (select from received) then extract(epoch from (
+            select m.visible_at
+              from bc_queue_messages m
+             where m.queue = p->>'queue' and m.id not in (select id from due)
+             order by m.visible_at
+             limit 1
+        ) - now()) end
     )
 $$;
 

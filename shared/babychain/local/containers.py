@@ -130,10 +130,12 @@ def _consume(spec: ContainerSpec, svc: Any) -> None:
     lifecycle = _Lifecycle()
     receiver = random.randint(1, 2**31 - 1)
     lease = ConsumerLease(spec.settings.database_url, receiver, queue)
+    handled = None  # deleted with the next receive, which follows at once
     try:
         while not lifecycle.stopping:
             lifecycle.busy = True
-            messages, next_in = queue.receive(receiver)
+            messages, next_in = queue.receive(receiver, ack=handled)
+            handled = None
             if not messages:
                 lifecycle.busy = False
                 if lifecycle.stopping:
@@ -151,10 +153,12 @@ def _consume(spec: ContainerSpec, svc: Any) -> None:
             if failed:
                 queue.retry_later(message)
             else:
-                queue.delete(message)
+                handled = message
             lifecycle.busy = False
     finally:
         with contextlib.suppress(Exception):
+            if handled is not None:
+                queue.delete(handled)
             lease.close()
 
 

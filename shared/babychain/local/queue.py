@@ -63,21 +63,24 @@ class PostgresQueue(Queue):
     def _send(self, messages: list[dict[str, Any]]) -> None:
         self.store.call("bc_queue_send", {"queue": self.name, "messages": messages})
 
-    def receive(self, receiver: int | None, max_messages: int = 1) -> tuple[list[ReceivedMessage], float | None]:
+    def receive(
+        self, receiver: int | None, max_messages: int = 1, *, ack: ReceivedMessage | None = None
+    ) -> tuple[list[ReceivedMessage], float | None]:
         """Due messages (now invisible and held by `receiver`), and seconds until the next one becomes visible.
 
-        A message received without a receiver is never released as an orphan: only its visibility timeout ends it.
+        `ack` deletes a message handled since the last receive in the same statement (as `delete` would). A message
+        received without a receiver is never released as an orphan: only its visibility timeout ends it.
         """
-        answer = self.store.call(
-            "bc_queue_receive",
-            {
-                "queue": self.name,
-                "max_messages": max_messages,
-                "visibility_timeout_seconds": self.visibility_timeout_seconds,
-                "max_receives": self.max_receives,
-                "receiver": receiver,
-            },
-        )
+        params: dict[str, Any] = {
+            "queue": self.name,
+            "max_messages": max_messages,
+            "visibility_timeout_seconds": self.visibility_timeout_seconds,
+            "max_receives": self.max_receives,
+            "receiver": receiver,
+        }
+        if ack is not None:
+            params["ack"] = {"id": ack.id, "receipt": ack.receipt}
+        answer = self.store.call("bc_queue_receive", params)
         messages = [
             ReceivedMessage(m["id"], m["body"], m["receive_count"], m["receipt"], m["sent_at"])
             for m in answer["messages"]

@@ -1,0 +1,537 @@
+"""chain3 throughput of the one-machine engine when the provider costs nothing: the engine's own ceiling.
+
+A loopback stand-in speaks the local provider's wire protocol (POST /v1/jobs, GET and DELETE /v1/jobs/{id}) and
+answers every job as already `succeeded`, with a tiny real output (a 64x64 image in the requested format, a 64x64
+one-second MP4) that it serves itself. It runs in a process of its own (this file with --provider-only), so its CPU
+and threads do not mix with the engine's. `LocalEngine(home, overrides={"local_provider_url": <stand-in>, ...})` is
+pointed at it; an engine that ignores a preset `local_provider_url` is detected and refused.
+
+For each concurrency level, that many client threads each create a chain3 run through the API (no webhook_url),
+wait for it to end and create the next. Completion is seen by one watcher that reads the runs' status straight from
+Postgres every 10 ms, so waiting adds no API load. One untimed warm-up run goes first.
+
+Reported per level, over the runs that ended (a run whose create or wait failed is counted as an error): runs/s,
+steps/s; hop p50/p99 (next step's started_at - previous step's completed_at, from the run resource, as in
+engine_overhead.py); whole-run p50/p99 (last completed_at - created_at); CPU per run of
+  bench     this process (time.process_time): the client threads and whatever engine work runs in-process
+  children  every other descendant process but the stand-in (live ones via psutil, exited ones through their reaper)
+  postgres  the embedded Postgres (processes named `postgres`: descendants, or the daemonized postmaster found by its
+            data or socket folder, and all their children)
+and, outside that total, the stand-in provider's own CPU per run; also the whole machine's busy CPU during the level
+and how much of it was not this bench's (another workload on the machine skews the figures).
+
+Usage: python bench/chain_throughput.py [--concurrency 1 4 16] [--runs 30 60 100] [--poll 0.05] [--json]
+(`--runs N` alone uses N at every level.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import psutil
+import psycopg
+from PIL import Image, ImageDraw
+
+from babychain.local.cli import demo_request
+from babychain.local.runner import LocalEngine
+from babychain.media_types import content_type_for, extension_for, normalize_format
+from babychain.providers import local_media
+
+KEY = "bc_bench_key_000000001"
+CHAIN = "chain3"
+TERMINAL = ["succeeded", "failed", "canceled"]
+RUN_TIMEOUT_SECONDS = 120.0
+CORES = os.cpu_count() or 1
+
+
+# ------------------------------------------------------------------------------------------------ instant provider
+
+
+def tiny_outputs() -> dict[str, bytes]:
+    """One small, real file per output format: 64x64 PNG, JPEG and WebP, and a 64x64 one-second H.264 MP4."""
+    image = Image.new("RGB", (64, 64), (40, 90, 160))
+    ImageDraw.Draw(image).ellipse((12, 12, 52, 52), fill=(240, 200, 60))
+    outputs: dict[str, bytes] = {}
+    for fmt in ("png", "jpeg", "webp"):
+        buf = io.BytesIO()
+        image.save(buf, format=fmt.upper())
+        outputs[fmt] = buf.getvalue()
+    outputs["mp4"] = local_media.image_to_video(
+        outputs["png"], "instant", seed=1, duration_seconds=1.0, fps=4, max_side=64
+    )
+    return outputs
+
+
+class InstantProvider:
+    """A threaded loopback server speaking the local provider's job API; every job is done when submitted."""
+
+    def __init__(self) -> None:
+        self.outputs = tiny_outputs()
+        self.submits = 0
+        self._jobs: dict[str, str] = {}  # job id -> output format
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="instant-provider", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> InstantProvider:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def submit(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        step_key = str(body.get("step_key", ""))
+        fmt = "mp4" if step_key == "image_to_video" else normalize_format(body["request"].get("output_format") or "png")
+        job_id = hashlib.sha256(str(body["idempotency_key"]).encode()).hexdigest()[:24]
+        with self._lock:
+            self._jobs[job_id] = fmt
+            self.submits += 1
+        return self.job(job_id)
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        fmt = self._jobs.get(job_id)
+        if fmt is None:
+            return None
+        return {"id": job_id, "status": "succeeded", "output_url": f"{self.url}/files/{job_id}{extension_for(fmt)}"}
+
+    def file(self, name: str) -> tuple[bytes, str] | None:
+        suffix = name.rsplit(".", 1)[-1]
+        if suffix not in ("png", "jpg", "webp", "mp4"):
+            return None
+        return self.outputs[normalize_format(suffix)], content_type_for(suffix)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, like a real provider
+            disable_nagle_algorithm = True  # no delayed-ACK stalls between headers and body
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, content_type: str, data: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _json(self, body: dict[str, Any] | None) -> None:
+                if body is None:
+                    return self._send(404, "application/json", b'{"error": {"code": "not_found"}}')
+                return self._send(200, "application/json", json.dumps(body).encode())
+
+            def _job_id(self) -> str:
+                return urlsplit(self.path).path.removeprefix("/v1/jobs/")
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if urlsplit(self.path).path != "/v1/jobs":
+                    return self._json(None)
+                return self._json(provider.submit(json.loads(body)))
+
+            def do_GET(self) -> None:
+                path = urlsplit(self.path).path
+                if path == "/stats":
+                    return self._json({"submits": provider.submits})
+                if path.startswith("/files/"):
+                    found = provider.file(path.removeprefix("/files/"))
+                    return self._send(200, found[1], found[0]) if found else self._json(None)
+                return self._json(provider.job(self._job_id()))
+
+            def do_DELETE(self) -> None:
+                return self._json(provider.job(self._job_id()))  # already done: nothing to cancel
+
+        return Handler
+
+
+def serve_provider() -> None:
+    """--provider-only: serve the stand-in, print its URL, and exit when stdin closes."""
+    provider = InstantProvider().start()
+    print(provider.url, flush=True)
+    sys.stdin.read()
+    provider.stop()
+
+
+@dataclass
+class ProviderProcess:
+    url: str
+    process: subprocess.Popen[str]
+
+    @classmethod
+    def start(cls) -> ProviderProcess:
+        process = subprocess.Popen(
+            [sys.executable, __file__, "--provider-only"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        if not url.startswith("http://"):
+            process.kill()
+            raise RuntimeError(f"the instant provider did not start: {url!r}")
+        return cls(url, process)
+
+    def submits(self) -> int:
+        count: int = httpx.get(self.url + "/stats").json()["submits"]
+        return count
+
+    def stop(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+# ------------------------------------------------------------------------------------------------ CPU accounting
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    """User + system time of a process and of the children it has already reaped."""
+    try:
+        t = proc.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def machine_idle_seconds() -> float:
+    """Idle CPU seconds of the whole machine (all cores) since boot.
+
+    Busy time over an interval is the interval times the core count minus the idle time: the kernel's busy counters
+    are sampled at ticks and miss short, timer-aligned bursts (like a 40 ms delayed-ACK stall's wake-ups), idle time
+    is measured exactly.
+    """
+    t = psutil.cpu_times()
+    return t.idle + getattr(t, "iowait", 0.0)
+
+
+def postgres_markers(home: Path, dsn: str) -> list[str]:
+    """What a postmaster's command line carries for this engine: the home folder, or the DSN's socket folder."""
+    return [str(home), *(h for h in parse_qs(urlsplit(dsn).query).get("host", []) if h.startswith("/"))]
+
+
+@dataclass
+class CpuSample:
+    bench: float  # this process's own threads
+    children: float  # descendants but Postgres and the stand-in, plus every child this process has reaped
+    postgres: float
+    provider: float  # the stand-in provider process
+    machine_idle: float
+    clock: float  # time.monotonic() when sampled
+
+    def __sub__(self, other: CpuSample) -> CpuSample:
+        return CpuSample(
+            self.bench - other.bench,
+            self.children - other.children,
+            self.postgres - other.postgres,
+            self.provider - other.provider,
+            self.machine_idle - other.machine_idle,
+            self.clock - other.clock,
+        )
+
+    def machine_busy(self) -> float:
+        """Of a difference of samples: CPU seconds the whole machine was busy in between."""
+        return self.clock * CORES - self.machine_idle
+
+
+def sample_cpu(markers: list[str], provider_pid: int) -> CpuSample:
+    me = psutil.Process()
+    reaped = me.cpu_times()
+    children, postgres = reaped.children_user + reaped.children_system, 0.0
+    procs = {p.pid: p for p in me.children(recursive=True) if p.pid != provider_pid}
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or ())
+        if proc.info["name"] == "postgres" and any(m in cmdline for m in markers):
+            procs[proc.pid] = proc
+            with contextlib.suppress(psutil.Error):
+                procs.update((p.pid, p) for p in proc.children(recursive=True))
+    for proc in procs.values():
+        try:
+            is_postgres = proc.name() == "postgres"
+        except psutil.Error:
+            continue
+        if is_postgres:
+            postgres += _cpu_seconds(proc)
+        else:
+            children += _cpu_seconds(proc)
+    provider = _cpu_seconds(psutil.Process(provider_pid))
+    return CpuSample(time.process_time(), children, postgres, provider, machine_idle_seconds(), time.monotonic())
+
+
+# ------------------------------------------------------------------------------------------------ driving runs
+
+
+class CompletionWatcher:
+    """Reads the status of the runs being waited for from Postgres every `interval` seconds; wakes their waiters."""
+
+    def __init__(self, dsn: str, interval: float = 0.01) -> None:
+        self._conn = psycopg.connect(dsn, autocommit=True)
+        self._interval = interval
+        self._waiting: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="completion-watcher", daemon=True)
+        self._thread.start()
+
+    def wait(self, run_id: str, timeout: float) -> None:
+        done = threading.Event()
+        with self._lock:
+            self._waiting[run_id] = done
+        if not done.wait(timeout):
+            raise TimeoutError(f"run {run_id} did not end within {timeout:.0f} s")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._interval):
+            with self._lock:
+                ids = list(self._waiting)
+            if not ids:
+                continue
+            rows = self._conn.execute(
+                "select id::text from chain_runs where id = any(%s::uuid[]) and status = any(%s)", (ids, TERMINAL)
+            ).fetchall()
+            with self._lock:
+                for (run_id,) in rows:
+                    self._waiting.pop(run_id).set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._conn.close()
+
+
+def create_body() -> dict[str, Any]:
+    body = demo_request(CHAIN, "")
+    body.pop("webhook_url")
+    return body
+
+
+def drive(
+    base_url: str, watcher: CompletionWatcher, runs: int, concurrency: int
+) -> tuple[list[str], dict[str, int], float]:
+    """`concurrency` threads create a run, wait for it to end, repeat, until `runs` runs were tried.
+
+    Returns the ids of the runs that ended, the errors of those that did not (by exception name) and the wall time.
+    """
+    counter = itertools.count()
+    ids: list[str] = []
+    failures: Counter[str] = Counter()
+    gate = threading.Barrier(concurrency + 1)
+
+    def worker() -> None:
+        with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as client:
+            client.get("/api/health")  # connect before the clock starts, not all at once after it
+            gate.wait()
+            while next(counter) < runs:  # itertools.count is atomic under the GIL
+                try:
+                    response = client.post(f"/api/v1/chains/{CHAIN}/runs", json=create_body())
+                    response.raise_for_status()
+                    run_id = response.json()["id"]
+                    watcher.wait(run_id, RUN_TIMEOUT_SECONDS)
+                    ids.append(run_id)
+                except (httpx.HTTPError, TimeoutError) as exc:  # counted and reported; the thread carries on
+                    failures[type(exc).__name__] += 1
+
+    threads = [threading.Thread(target=worker, name=f"driver-{i}") for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    gate.wait()
+    started = time.monotonic()
+    for thread in threads:
+        thread.join()
+    return ids, dict(failures), time.monotonic() - started
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+def _t(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    xs = sorted(values)
+    return xs[min(len(xs) - 1, max(0, math.ceil(p * len(xs)) - 1))] if xs else math.nan
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    runs: int
+    seconds: float
+    runs_per_second: float
+    steps_per_second: float
+    hop_p50_ms: float
+    hop_p99_ms: float
+    run_p50_ms: float
+    run_p99_ms: float
+    bench_cpu_ms_per_run: float
+    children_cpu_ms_per_run: float
+    postgres_cpu_ms_per_run: float
+    total_cpu_ms_per_run: float
+    provider_cpu_ms_per_run: float
+    machine_busy_cpu_seconds: float  # every process on the machine during the level
+    outside_cpu_seconds: float  # the part of that not accounted to this bench (other work on the machine)
+    statuses: dict[str, int]
+    errors: dict[str, int]  # runs that did not end, by the client's exception
+
+
+def measure(
+    engine: LocalEngine, watcher: CompletionWatcher, cpu_of: Callable[[], CpuSample], runs: int, concurrency: int
+) -> LevelResult:
+    before = cpu_of()
+    ids, errors, wall = drive(engine.base_url, watcher, runs, concurrency)
+    cpu = cpu_of() - before
+    with httpx.Client(base_url=engine.base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as client:
+        resources = [client.get(f"/api/v1/chains/get/{run_id}").json() for run_id in ids]
+    statuses: dict[str, int] = {}
+    for r in resources:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    done = [r for r in resources if r["status"] == "succeeded"]
+    hops = [_t(b["started_at"]) - _t(a["completed_at"]) for r in done for a, b in itertools.pairwise(r["steps"])]
+    totals = [_t(r["steps"][-1]["completed_at"]) - _t(r["created_at"]) for r in done]
+    steps = sum(len(r["steps"]) for r in resources)
+
+    def per_run(seconds: float) -> float:
+        return round(seconds * 1000 / max(1, len(ids)), 1)
+
+    return LevelResult(
+        concurrency=concurrency,
+        runs=len(ids),
+        seconds=round(wall, 2),
+        runs_per_second=round(len(ids) / wall, 2),
+        steps_per_second=round(steps / wall, 2),
+        hop_p50_ms=round(percentile(hops, 0.5) * 1000, 1),
+        hop_p99_ms=round(percentile(hops, 0.99) * 1000, 1),
+        run_p50_ms=round(percentile(totals, 0.5) * 1000, 1),
+        run_p99_ms=round(percentile(totals, 0.99) * 1000, 1),
+        bench_cpu_ms_per_run=per_run(cpu.bench),
+        children_cpu_ms_per_run=per_run(cpu.children),
+        postgres_cpu_ms_per_run=per_run(cpu.postgres),
+        total_cpu_ms_per_run=per_run(cpu.bench + cpu.children + cpu.postgres),
+        provider_cpu_ms_per_run=per_run(cpu.provider),
+        machine_busy_cpu_seconds=round(cpu.machine_busy(), 2),
+        outside_cpu_seconds=round(cpu.machine_busy() - cpu.bench - cpu.children - cpu.postgres - cpu.provider, 2),
+        statuses=statuses,
+        errors=errors,
+    )
+
+
+def _load(values: tuple[float, float, float]) -> str:
+    return " ".join(f"{x:.2f}" for x in values)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--runs", type=int, nargs="+", default=[30, 60, 100], help="runs per level (or one for all)")
+    parser.add_argument("--poll", type=float, default=0.05, help="the engine's poll_interval_seconds")
+    parser.add_argument("--json", action="store_true", help="also print a one-line JSON summary")
+    parser.add_argument("--provider-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.provider_only:
+        serve_provider()
+        return {}
+    runs = args.runs if len(args.runs) == len(args.concurrency) else [args.runs[0]] * len(args.concurrency)
+
+    load_before = os.getloadavg()
+    provider = ProviderProcess.start()
+    results: list[LevelResult] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="bc-chain-throughput-") as tmp:
+            home = Path(tmp).resolve()
+            engine = LocalEngine(
+                home,
+                overrides={
+                    "api_keys": (KEY,),
+                    "poll_interval_seconds": args.poll,
+                    "local_provider_url": provider.url,
+                    "local_provider_delay_seconds": 0.0,
+                },
+            ).start()
+            watcher = CompletionWatcher(engine.settings.database_url)
+            try:
+                markers = postgres_markers(home, engine.settings.database_url)
+
+                def cpu_of() -> CpuSample:
+                    return sample_cpu(markers, provider.process.pid)
+
+                warm = measure(engine, watcher, cpu_of, 1, 1)  # imports, first connections, caches
+                if provider.submits() == 0 or warm.statuses != {"succeeded": 1}:
+                    raise RuntimeError(
+                        f"warm-up run: {warm.statuses}, {provider.submits()} submits reached the instant provider "
+                        "(does LocalEngine honour a preset local_provider_url?)"
+                    )
+                for concurrency, count in zip(args.concurrency, runs, strict=True):
+                    results.append(measure(engine, watcher, cpu_of, count, concurrency))
+            finally:
+                watcher.close()
+                engine.stop()
+    finally:
+        provider.stop()
+    load_after = os.getloadavg()
+
+    print(f"{CHAIN} on an instant provider, poll interval {args.poll}s; CPU per run = bench + children + postgres")
+    for r in results:
+        print(
+            f"  concurrency {r.concurrency:2d}: {r.runs:4d} runs in {r.seconds:6.2f} s  {r.runs_per_second:6.2f} runs/s"
+            f"  {r.steps_per_second:6.2f} steps/s   hop p50 {r.hop_p50_ms:6.1f} p99 {r.hop_p99_ms:6.1f} ms"
+            f"   run p50 {r.run_p50_ms:7.1f} p99 {r.run_p99_ms:7.1f} ms"
+        )
+        print(
+            f"                  CPU/run {r.total_cpu_ms_per_run:6.1f} ms = {r.bench_cpu_ms_per_run:.1f} + "
+            f"{r.children_cpu_ms_per_run:.1f} + {r.postgres_cpu_ms_per_run:.1f}"
+            f"   (stand-in provider {r.provider_cpu_ms_per_run:.1f})   statuses {r.statuses}  errors {r.errors or 0}"
+        )
+        print(
+            f"{'':18}machine busy {r.machine_busy_cpu_seconds:.2f} CPU-s of {r.seconds * CORES:.2f} available, "
+            f"{r.outside_cpu_seconds:.2f} of it outside this bench"
+        )
+    print(f"  load average (1, 5, 15 min) before {_load(load_before)}, after {_load(load_after)}")
+    summary = {
+        "bench": "chain_throughput",
+        "chain": CHAIN,
+        "poll_interval_seconds": args.poll,
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in load_after],
+        "levels": [asdict(r) for r in results],
+    }
+    if args.json:
+        print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

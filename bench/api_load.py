@@ -566,9 +566,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.url:
         print(f"  engine background: first step {args.first_step}")
     for name, rate in (("creates", args.create_rate), ("gets", args.get_rate)):
-        print(
-            f"  {name}: " + (f"open loop, {rate:g} req/s scheduled" if rate else "closed loop (as fast as answered)")
-        )
+        print(f"  {name}: " + (f"open loop, {rate:g} req/s scheduled" if rate else "closed loop (as fast as answered)"))
     for phase in phases:
         _print_phase(phase)
     print(f"  load average (1, 5, 15 min) before {_load(load_before)}, after {_load(load_after)}")

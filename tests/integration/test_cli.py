@@ -19,6 +19,8 @@ def test_demo_runs_chain3_end_to_end(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    # Free of library noise: no warnings (Powertools' empty-metrics one used to appear on every invocation).
+    assert "Warning" not in result.stdout + result.stderr, result.stderr
     out = result.stdout
     assert "DEVELOPMENT SETTING ON" in out
     assert "run succeeded (current_step_key=completed)" in out

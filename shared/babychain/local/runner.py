@@ -135,6 +135,7 @@ class LocalEngine:
         self._pg: Any = None
         self._containers: dict[str, BaseProcess] = {}
         self._stopping = threading.Event()
+        self._containers_lock = threading.Lock()  # the supervisor thread replaces containers while stop() may run
         self._supervisor: threading.Thread | None = None
         self.restarts = 0
         self.settings = self._settings(overrides or {})
@@ -235,26 +236,31 @@ class LocalEngine:
     def _supervise(self) -> None:
         """Replaces containers that died and gives their messages back; the sweeper stays the safety net."""
         while not self._stopping.wait(SUPERVISE_INTERVAL_SECONDS):
-            died = [name for name, process in self._containers.items() if not process.is_alive()]
-            if self._stopping.is_set():
-                return
-            try:
-                if died:
-                    release_orphans(self._services().store)
-                for name in died:
-                    code = self._containers[name].exitcode
-                    log.warning("container %s exited (code %s); starting a new one", name, code)
-                    self.restarts += 1
-                    self._spawn(name, name.rsplit("-", 1)[0])
-            except Exception:
-                log.exception("supervisor check failed")
+            with self._containers_lock:
+                if self._stopping.is_set():
+                    return
+                died = [name for name, process in self._containers.items() if not process.is_alive()]
+                try:
+                    if died:
+                        release_orphans(self._services().store)
+                    for name in died:
+                        code = self._containers[name].exitcode
+                        log.warning("container %s exited (code %s); starting a new one", name, code)
+                        self.restarts += 1
+                        self._spawn(name, name.rsplit("-", 1)[0])
+                except Exception:
+                    log.exception("supervisor check failed")
 
     def container_pids(self) -> dict[str, int | None]:
-        return {name: process.pid for name, process in self._containers.items()}
+        with self._containers_lock:
+            return {name: process.pid for name, process in self._containers.items()}
 
     def stop(self) -> None:
         """Stops taking work, lets every container finish its invocation, then stops the rest."""
-        self._stopping.set()
+        with self._containers_lock:
+            self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join()
         for process in self._containers.values():
             if process.pid is not None and process.is_alive():
                 with contextlib.suppress(ProcessLookupError):

@@ -1,12 +1,10 @@
 """POST /api/v1/webhooks/{provider}[/{step_id}/{token}]: provider webhooks, verified and deduplicated."""
 
-import base64
-
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from babychain.api.http import json_response, make_resolver
+from babychain.api.http import json_response, make_resolver, raw_body
 from babychain.engine.webhooks import handle_provider_webhook
 from babychain.observability import logger, metrics, tracer
 from babychain.services import services
@@ -14,23 +12,16 @@ from babychain.services import services
 app = make_resolver()
 
 
-def _raw_body() -> bytes:
-    # Signatures are over the exact bytes received.
-    event = app.current_event
-    body = event.body or ""
-    return base64.b64decode(body) if event.is_base64_encoded else body.encode()
-
-
 @app.post("/api/v1/webhooks/<provider>")
 def account_webhook(provider: str) -> Response:
-    outcome = handle_provider_webhook(services(), provider, dict(app.current_event.headers), _raw_body())
+    outcome = handle_provider_webhook(services(), provider, dict(app.current_event.headers), raw_body(app))
     return json_response(200, outcome.body())
 
 
 @app.post("/api/v1/webhooks/<provider>/<step_id>/<token>")
 def step_webhook(provider: str, step_id: str, token: str) -> Response:
     outcome = handle_provider_webhook(
-        services(), provider, dict(app.current_event.headers), _raw_body(), step_id=step_id, token=token
+        services(), provider, dict(app.current_event.headers), raw_body(app), step_id=step_id, token=token
     )
     return json_response(200, outcome.body())
 

@@ -50,7 +50,7 @@ def test_another_callers_run_is_404_for_get_cancel_and_list(client: httpx.Client
 
 
 def test_database_key_is_stored_hashed_and_works(engine: LocalEngine) -> None:
-    from babychain.api.auth import create_key
+    from babychain.auth import create_key
     from babychain.services import services
 
     key = create_key(services(), "ci")
@@ -230,7 +230,7 @@ def test_chain2_needs_a_source_image_and_downstream_steps_refuse_caller_inputs(c
 
 
 def test_list_runs_newest_first_with_cursor_and_filters(engine: LocalEngine) -> None:
-    from babychain.api.auth import create_key
+    from babychain.auth import create_key
     from babychain.services import services
 
     # A fresh caller: the database is shared by the whole test session.

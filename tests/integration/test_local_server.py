@@ -22,7 +22,7 @@ import httpx
 import psycopg
 import pytest
 
-from babychain.api.auth import create_key
+from babychain.auth import create_key
 from babychain.local.receiver import WebhookReceiver
 from babychain.local.runner import LocalEngine
 from babychain.queues import callback_message, step_message

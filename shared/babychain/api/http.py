@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from typing import Any
@@ -86,6 +87,13 @@ def read_json_body(app: APIGatewayHttpResolver) -> Any:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", f"Request body is not valid JSON: {exc}.") from None
+
+
+def raw_body(app: APIGatewayHttpResolver) -> bytes:
+    """The request body exactly as received (webhook signatures are over these bytes)."""
+    event = app.current_event
+    body = event.body or ""
+    return base64.b64decode(body) if event.is_base64_encoded else body.encode()
 
 
 def caller(app: APIGatewayHttpResolver, scope: str) -> tuple[Services, Principal]:

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from babychain.api.auth import Principal
+from babychain.auth import Principal
 from babychain.chains.catalog import MODELS_BY_ID
 from babychain.chains.requests import plan_run
 from babychain.chains.templates import TEMPLATES, find_template

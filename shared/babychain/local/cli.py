@@ -215,7 +215,7 @@ def _media_facts(path: Path) -> str:
 
 
 def keys_create(args: argparse.Namespace) -> int:
-    from babychain.api.auth import create_key
+    from babychain.auth import create_key
     from babychain.services import services
 
     engine = LocalEngine(args.home, workers=False, api_workers=0).start()

@@ -17,7 +17,7 @@ from babychain.engine.webhooks import webhook_url_for
 from babychain.errors import ProviderError, UnsafeUrlError
 from babychain.media_types import EXTENSION_BY_CONTENT_TYPE, extension_for
 from babychain.observability import count, duration, logger
-from babychain.providers.base import JobStatus, StepJob
+from babychain.providers.base import JobStatus, Provider, StepJob, Submission
 from babychain.queues import callback_message, step_message
 from babychain.security.safe_http import FetchError, fetch_bytes
 from babychain.services import Services
@@ -46,21 +46,32 @@ def handle_step_message(svc: Services, message: dict[str, Any]) -> str:
     return "stale"
 
 
+def route_for_attempt(attempts_made: int, budget: int, route_count: int) -> int:
+    """The route (index into the model's routes) that the next submit goes to.
+
+    Each route gets the full retry budget; when it is spent on transient errors the next route takes over, and the
+    last route keeps any attempts beyond that.
+    """
+    return min(attempts_made // budget, route_count - 1)
+
+
+def retry_number(attempt: int, budget: int, route_count: int) -> int | None:
+    """After attempt `attempt` (1-based) failed transiently: that attempt's number within its route, which sets the
+    backoff before the retry; None when every route's budget is spent."""
+    if attempt >= budget * route_count:
+        return None
+    return (attempt - 1) % budget + 1
+
+
 def _start(svc: Services, run: Row, step: Row) -> str:
     model = MODELS_BY_ID[step["model_identifier"]]
     family = model.family(run["mode"])
-    params = step["params"]
-    input_files = step.get("input_files")
-    if step["depends_on"]:
-        if not input_files:
-            return _fail(svc, run, step, "chain_step_params_failed", "Required previous step output is missing.")
-        params = family.inject_input(params, svc.artifacts.shareable(input_files[0]))
-    elif family.input_urls(params):
-        input_files = family.input_urls(params)
-    # Each route gets the full retry budget; when it is spent on transient errors the next route takes over.
+    inputs = _step_inputs(svc, step, family)
+    if inputs is None:
+        return _fail(svc, run, step, "chain_step_params_failed", "Required previous step output is missing.")
+    params, input_files = inputs
     routes = svc.providers.routes(model)
-    budget = svc.settings.max_submit_attempts
-    provider = routes[min(step["attempt"] // budget, len(routes) - 1)]
+    provider = routes[route_for_attempt(step["attempt"], svc.settings.max_submit_attempts, len(routes))]
     mode = run["mode"]
     if provider.name == "babysea" and mode != "babysea":
         params, mode = babysea_params(family.describe(params), step["step_kind"]), "babysea"
@@ -91,26 +102,65 @@ def _start(svc: Services, run: Row, step: Row) -> str:
     try:
         submission = provider.submit(job)
     except ProviderError as exc:
-        count("ProviderErrors", provider=provider.name, code=exc.code)
-        logger.warning(
-            "submit failed",
-            extra={
-                "run_id": run["id"],
-                "step": step["step_key"],
-                "code": exc.code,
-                "transient": exc.transient,
-                "attempt": attempt,
-            },
-        )
         attempts.append({**record, "error_code": exc.code})
-        if exc.transient and attempt < budget * len(routes):
-            delay = backoff_seconds(svc, (attempt - 1) % budget + 1, exc.retry_after)
-            retried = svc.store.retry_step(step["id"], attempt, delay, exc.code, exc.message, {"attempts": attempts})
-            if retried is not None:
-                svc.step_queue.send(step_message(run["id"], step["id"], retried["seq"]), delay)
-            return "retrying"
-        return _fail(svc, run, step, exc.code, exc.message, attempt=attempt, metadata={"attempts": attempts})
+        return _submit_failed(svc, run, step, provider, attempt, attempts, exc, len(routes))
     attempts.append({**record, "job_id": submission.job_id})
+    return _submitted(svc, run, step, provider, attempt, attempts, submission)
+
+
+def _step_inputs(svc: Services, step: Row, family: Any) -> tuple[dict[str, Any], list[str] | None] | None:
+    """The params to submit (a dependent step gets its producer's output injected) and the step's input files;
+    None when a dependent step has no input to work on."""
+    params = step["params"]
+    input_files = step.get("input_files")
+    if step["depends_on"]:
+        if not input_files:
+            return None
+        return family.inject_input(params, svc.artifacts.shareable(input_files[0])), input_files
+    return params, family.input_urls(params) or input_files
+
+
+def _submit_failed(
+    svc: Services,
+    run: Row,
+    step: Row,
+    provider: Provider,
+    attempt: int,
+    attempts: list[dict[str, Any]],
+    exc: ProviderError,
+    route_count: int,
+) -> str:
+    """A transient error is retried with backoff while any route's budget is left; anything else fails the step."""
+    count("ProviderErrors", provider=provider.name, code=exc.code)
+    logger.warning(
+        "submit failed",
+        extra={
+            "run_id": run["id"],
+            "step": step["step_key"],
+            "code": exc.code,
+            "transient": exc.transient,
+            "attempt": attempt,
+        },
+    )
+    retry = retry_number(attempt, svc.settings.max_submit_attempts, route_count) if exc.transient else None
+    if retry is None:
+        return _fail(svc, run, step, exc.code, exc.message, attempt=attempt, metadata={"attempts": attempts})
+    delay = backoff_seconds(svc, retry, exc.retry_after)
+    retried = svc.store.retry_step(step["id"], attempt, delay, exc.code, exc.message, {"attempts": attempts})
+    if retried is not None:
+        svc.step_queue.send(step_message(run["id"], step["id"], retried["seq"]), delay)
+    return "retrying"
+
+
+def _submitted(
+    svc: Services,
+    run: Row,
+    step: Row,
+    provider: Provider,
+    attempt: int,
+    attempts: list[dict[str, Any]],
+    submission: Submission,
+) -> str:
     recorded = svc.store.record_submission(
         step["id"],
         attempt,

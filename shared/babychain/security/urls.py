@@ -13,7 +13,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx
 
@@ -166,6 +166,10 @@ def _is_blocked_name(host: str) -> bool:
     return host in ("localhost", "metadata.google.internal") or host.endswith(".localhost")
 
 
+class _Refused(Exception):
+    """Why a URL is refused; `check_url` turns it into UnsafeUrlError with the caller's field."""
+
+
 def check_url(
     url: str, *, resolver: Resolver, allow_loopback_http: bool = False, field: str | None = None
 ) -> CheckedUrl:
@@ -174,69 +178,77 @@ def check_url(
     `allow_loopback_http` is the development setting: it also admits `http` URLs whose host resolves only to
     loopback, and loopback answers for `https`. Other private ranges stay blocked either way.
     """
+    try:
+        scheme, host, port = _parse(url, allow_loopback_http)
+        addresses = _addresses(host, port, resolver, allow_loopback_http)
+        for address in addresses:
+            _check_address(address, scheme, allow_loopback_http)
+    except _Refused as refused:
+        raise UnsafeUrlError(str(refused), field) from None
+    return CheckedUrl(url=url, scheme=scheme, host=host, port=port, addresses=tuple(addresses))
 
-    def fail(message: str) -> NoReturn:
-        raise UnsafeUrlError(message, field)
 
+def _parse(url: str, allow_loopback_http: bool) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL that is well-formed, credential-free and HTTPS (or HTTP when allowed)."""
     if not isinstance(url, str) or not url:
-        fail("URL must be a valid URL.")
+        raise _Refused("URL must be a valid URL.")
     if len(url) > MAX_URL_LENGTH:
-        fail(f"URL is longer than {MAX_URL_LENGTH} characters.")
+        raise _Refused(f"URL is longer than {MAX_URL_LENGTH} characters.")
     if _FORBIDDEN_CHARS.search(url):
-        fail("URL must be a valid URL without spaces, control characters or backslashes.")
+        raise _Refused("URL must be a valid URL without spaces, control characters or backslashes.")
     try:
         # httpx's parser is the one that sends the request, so validation and connection agree on the host.
         parsed = httpx.URL(url)
         raw_host = parsed.raw_host.decode("ascii")
         explicit_port = parsed.port
     except (httpx.InvalidURL, ValueError, UnicodeError):
-        fail("URL must be a valid URL.")
-
+        raise _Refused("URL must be a valid URL.") from None
     scheme = parsed.scheme.lower()
     if scheme not in ("http", "https") or (scheme == "http" and not allow_loopback_http):
-        fail("URL must use HTTPS.")
+        raise _Refused("URL must use HTTPS.")
     if parsed.userinfo:
-        fail("URL must not contain credentials.")
-    host = raw_host.lower()
-    if host.endswith("."):
-        host = host[:-1]
+        raise _Refused("URL must not contain credentials.")
+    host = raw_host.lower().removesuffix(".")
     if not host:
-        fail("URL must include a host.")
+        raise _Refused("URL must include a host.")
     port = explicit_port if explicit_port is not None else (443 if scheme == "https" else 80)
     if not 0 < port < 65536:
-        fail("URL port is not valid.")
+        raise _Refused("URL port is not valid.")
+    return scheme, host, port
 
+
+def _addresses(host: str, port: int, resolver: Resolver, allow_loopback_http: bool) -> list[str]:
+    """The addresses a host stands for: an IP literal itself, or every answer of the resolver for a name."""
     if ":" in host:
         # httpx strips the brackets of an IPv6 literal; zone ids (`%eth0`) only name link-local scopes.
         if _parse_ip(host) is None or "%" in host:
-            fail("URL host is not a valid IP address.")
-        addresses = [host]
-    elif _NUMERIC_LABEL.fullmatch(host.rsplit(".", 1)[-1]):
+            raise _Refused("URL host is not a valid IP address.")
+        return [host]
+    if _NUMERIC_LABEL.fullmatch(host.rsplit(".", 1)[-1]):
         try:
             canonical = str(ipaddress.IPv4Address(host))
         except ValueError:
             canonical = ""
         if canonical != host:
-            fail("URL host must be a domain name or a standard dotted IPv4 address.")
-        addresses = [host]
-    else:
-        if len(host) > 253 or not _HOSTNAME.fullmatch(host):
-            fail("URL host is not a valid domain name.")
-        if host == "metadata.google.internal" or (_is_blocked_name(host) and not allow_loopback_http):
-            fail("URL host is not allowed.")
-        addresses = list(dict.fromkeys(resolver(host, port)))
-        if not addresses:
-            fail("URL host must resolve to a public address.")
+            raise _Refused("URL host must be a domain name or a standard dotted IPv4 address.")
+        return [host]
+    if len(host) > 253 or not _HOSTNAME.fullmatch(host):
+        raise _Refused("URL host is not a valid domain name.")
+    if host == "metadata.google.internal" or (_is_blocked_name(host) and not allow_loopback_http):
+        raise _Refused("URL host is not allowed.")
+    addresses = list(dict.fromkeys(resolver(host, port)))
+    if not addresses:
+        raise _Refused("URL host must resolve to a public address.")
+    return addresses
 
-    for address in addresses:
-        if scheme == "http":
-            # Plain HTTP exists only for the local runner; a public answer still has to use HTTPS.
-            if not is_loopback_address(address):
-                fail("URL must use HTTPS.")
-        elif not (is_public_address(address) or (allow_loopback_http and is_loopback_address(address))):
-            fail("URL host must resolve to a public address.")
 
-    return CheckedUrl(url=url, scheme=scheme, host=host, port=port, addresses=tuple(addresses))
+def _check_address(address: str, scheme: str, allow_loopback_http: bool) -> None:
+    if scheme == "http":
+        # Plain HTTP exists only for the local runner; a public answer still has to use HTTPS.
+        if not is_loopback_address(address):
+            raise _Refused("URL must use HTTPS.")
+    elif not (is_public_address(address) or (allow_loopback_http and is_loopback_address(address))):
+        raise _Refused("URL host must resolve to a public address.")
 
 
 def find_urls(value: Any, path: str = "") -> list[tuple[str, str]]:

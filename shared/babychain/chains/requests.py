@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from babychain.chains.catalog import IMAGE_TO_IMAGE, MODELS_BY_ID, TEXT_TO_IMAGE
+from babychain.chains.catalog import IMAGE_TO_IMAGE, MODELS_BY_ID, TEXT_TO_IMAGE, ModelSpec
 from babychain.chains.templates import STEP_KINDS, ChainTemplate
 from babychain.errors import ApiError, UnsafeUrlError, invalid_input
 from babychain.security.params import check_json_bounds, check_step_params
@@ -60,6 +60,26 @@ def _size(value: Any) -> int:
 def plan_run(
     template: ChainTemplate, body: Any, *, mode: str, resolver: Resolver, allow_loopback_http: bool
 ) -> RunPlan:
+    raw_input, metadata = _input_and_metadata(body)
+    steps = _plan_steps(template, raw_input, mode)
+    for path, url in find_urls(raw_input, "input"):
+        _check_url(url, path, resolver, allow_loopback_http, "invalid_chain_input")
+    webhook_url = body.get("webhook_url") or None
+    if webhook_url is not None:
+        if not isinstance(webhook_url, str):
+            raise invalid_input("webhook_url must be a string.", "webhook_url", code="invalid_callback_url")
+        _check_url(webhook_url, "webhook_url", resolver, allow_loopback_http, "invalid_callback_url")
+    return RunPlan(
+        input=raw_input,
+        metadata=metadata,
+        webhook_url=webhook_url,
+        steps=steps,
+        request_hash=request_hash(template.slug, body),
+    )
+
+
+def _input_and_metadata(body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The body's `input` and `metadata`, each a JSON object within its size and shape bounds."""
     if not isinstance(body, dict):
         raise invalid_input("Request body must be a JSON object.", code="invalid_request")
     for key in body:
@@ -79,22 +99,7 @@ def plan_run(
     if _size(metadata) > MAX_METADATA_BYTES:
         raise invalid_input(f"metadata is larger than {MAX_METADATA_BYTES} bytes.", "metadata", code="invalid_request")
     check_json_bounds(metadata, "metadata")
-
-    steps = _plan_steps(template, raw_input, mode)
-    for path, url in find_urls(raw_input, "input"):
-        _check_url(url, path, resolver, allow_loopback_http, "invalid_chain_input")
-    webhook_url = body.get("webhook_url") or None
-    if webhook_url is not None:
-        if not isinstance(webhook_url, str):
-            raise invalid_input("webhook_url must be a string.", "webhook_url", code="invalid_callback_url")
-        _check_url(webhook_url, "webhook_url", resolver, allow_loopback_http, "invalid_callback_url")
-    return RunPlan(
-        input=raw_input,
-        metadata=metadata,
-        webhook_url=webhook_url,
-        steps=steps,
-        request_hash=request_hash(template.slug, body),
-    )
+    return raw_input, metadata
 
 
 def _check_url(url: str, field: str, resolver: Resolver, allow_loopback_http: bool, code: str) -> None:
@@ -105,6 +110,17 @@ def _check_url(url: str, field: str, resolver: Resolver, allow_loopback_http: bo
 
 
 def _plan_steps(template: ChainTemplate, raw_input: dict[str, Any], mode: str) -> list[PlannedStep]:
+    chain_models = _chain_models(template, raw_input)
+    steps: list[PlannedStep] = []
+    for index, step_key in enumerate(template.step_keys):
+        model = _step_model(step_key, chain_models, mode)
+        params = _step_params(raw_input, index, step_key, model, mode)
+        steps.append(PlannedStep(index, step_key, STEP_KINDS[step_key], model.id, template.depends_on(index), params))
+    return steps
+
+
+def _chain_models(template: ChainTemplate, raw_input: dict[str, Any]) -> dict[str, Any]:
+    """`input.chain_models`, after checking that input names only this template's fields and steps."""
     allowed = {"chain_models", *(f"{k}_params" for k in template.step_keys)}
     if template.step_keys[0] == IMAGE_TO_IMAGE:
         allowed.add("source_image_url")
@@ -124,51 +140,53 @@ def _plan_steps(template: ChainTemplate, raw_input: dict[str, Any], mode: str) -
                 f"{template.slug} has no step for {key!r}; expected {', '.join(sorted(wanted))}.",
                 f"input.chain_models.{key}",
             )
+    return chain_models
 
-    steps: list[PlannedStep] = []
-    for index, step_key in enumerate(template.step_keys):
-        model_field = f"input.chain_models.{step_key}_model"
-        model_id = chain_models.get(f"{step_key}_model")
-        if not isinstance(model_id, str) or not model_id:
-            raise invalid_input(f"{model_field} is required.", model_field)
-        model = MODELS_BY_ID.get(model_id)
-        if model is None:
-            raise invalid_input(
-                f"Unknown model {model_id!r}. GET /api/v1/models lists the catalog.",
-                model_field,
-                code="unsupported_model_identifier",
-            )
-        if step_key not in model.step_kinds:
-            raise invalid_input(
-                f"{model_id} cannot run the {step_key} step; it supports {', '.join(model.step_kinds)}.", model_field
-            )
-        if mode not in model.modes:
-            raise invalid_input(f"{model_id} is not available in {mode} mode.", model_field)
 
-        params_field = f"input.{step_key}_params"
-        params = raw_input.get(f"{step_key}_params")
-        if params is None:
-            raise invalid_input(f"{params_field} is required.", params_field)
-        check_step_params(params, params_field)
-        family = model.family(mode)
-        params = family.validate(params, params_field)
-        given_inputs = family.input_urls(params)
-        if index > 0 and given_inputs:
-            raise invalid_input(
-                f"BabyChain supplies the {step_key} step's input from the previous step; remove {family.input_field}.",
-                f"{params_field}.{family.input_field}",
-            )
-        if step_key == TEXT_TO_IMAGE and given_inputs:
-            raise invalid_input(
-                "text_to_image takes no input image; use chain2 to start from an image.",
-                f"{params_field}.{family.input_field}",
-            )
-        if index == 0 and step_key == IMAGE_TO_IMAGE:
-            params = _with_source_image(
-                raw_input, params, given_inputs, params_field, family.input_field, model_id, mode
-            )
-        steps.append(PlannedStep(index, step_key, STEP_KINDS[step_key], model_id, template.depends_on(index), params))
-    return steps
+def _step_model(step_key: str, chain_models: dict[str, Any], mode: str) -> ModelSpec:
+    model_field = f"input.chain_models.{step_key}_model"
+    model_id = chain_models.get(f"{step_key}_model")
+    if not isinstance(model_id, str) or not model_id:
+        raise invalid_input(f"{model_field} is required.", model_field)
+    model = MODELS_BY_ID.get(model_id)
+    if model is None:
+        raise invalid_input(
+            f"Unknown model {model_id!r}. GET /api/v1/models lists the catalog.",
+            model_field,
+            code="unsupported_model_identifier",
+        )
+    if step_key not in model.step_kinds:
+        raise invalid_input(
+            f"{model_id} cannot run the {step_key} step; it supports {', '.join(model.step_kinds)}.", model_field
+        )
+    if mode not in model.modes:
+        raise invalid_input(f"{model_id} is not available in {mode} mode.", model_field)
+    return model
+
+
+def _step_params(raw_input: dict[str, Any], index: int, step_key: str, model: ModelSpec, mode: str) -> dict[str, Any]:
+    """The step's params, validated by the model's schema; only a chain's first step may name its input image."""
+    params_field = f"input.{step_key}_params"
+    params = raw_input.get(f"{step_key}_params")
+    if params is None:
+        raise invalid_input(f"{params_field} is required.", params_field)
+    check_step_params(params, params_field)
+    family = model.family(mode)
+    params = family.validate(params, params_field)
+    given_inputs = family.input_urls(params)
+    if index > 0 and given_inputs:
+        raise invalid_input(
+            f"BabyChain supplies the {step_key} step's input from the previous step; remove {family.input_field}.",
+            f"{params_field}.{family.input_field}",
+        )
+    if step_key == TEXT_TO_IMAGE and given_inputs:
+        raise invalid_input(
+            "text_to_image takes no input image; use chain2 to start from an image.",
+            f"{params_field}.{family.input_field}",
+        )
+    if index == 0 and step_key == IMAGE_TO_IMAGE:
+        params = _with_source_image(raw_input, params, given_inputs, params_field, family.input_field, model.id, mode)
+    return params
 
 
 def _with_source_image(

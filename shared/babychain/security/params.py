@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from babychain.errors import invalid_input
@@ -119,10 +120,7 @@ def check_json_bounds(
     Depth counts nested containers: a flat object is depth 1. Keys count towards `max_string`; every value
     (and the root) counts towards `max_nodes`. Only JSON types are accepted, and numbers must be finite.
     """
-
-    def fail(message: str, field: str) -> NoReturn:
-        raise invalid_input(message, field or None, code="invalid_request")
-
+    bounds = _JsonBounds(max_depth, max_keys, max_array, max_string)
     nodes = 0
     # Each entry is (value, path, depth of the containers around it); the root sits inside none.
     stack: list[tuple[Any, str, int]] = [(value, path, 0)]
@@ -130,29 +128,52 @@ def check_json_bounds(
         item, here, depth = stack.pop()
         nodes += 1
         if nodes > max_nodes:
-            fail(f"Value has more than {max_nodes} items in total.", path)
+            _refuse(f"Value has more than {max_nodes} items in total.", path)
+        stack.extend(bounds.children(item, here, depth))
+
+
+def _refuse(message: str, field: str) -> NoReturn:
+    raise invalid_input(message, field or None, code="invalid_request")
+
+
+@dataclass(frozen=True)
+class _JsonBounds:
+    max_depth: int
+    max_keys: int
+    max_array: int
+    max_string: int
+
+    def children(self, item: Any, here: str, depth: int) -> list[tuple[Any, str, int]]:
+        """Checks one value against the bounds and returns the values inside it."""
+        if isinstance(item, dict | list) and depth + 1 > self.max_depth:
+            _refuse(f"Value is nested deeper than {self.max_depth} levels.", here)
         if isinstance(item, dict):
-            if depth + 1 > max_depth:
-                fail(f"Value is nested deeper than {max_depth} levels.", here)
-            if len(item) > max_keys:
-                fail(f"Object has more than {max_keys} keys.", here)
-            for key, child in item.items():
-                if not isinstance(key, str):
-                    fail("Object keys must be strings.", here)
-                if len(key) > max_string:
-                    fail(f"Key is longer than {max_string} characters.", here)
-                stack.append((child, child_path(here, key), depth + 1))
-        elif isinstance(item, list):
-            if depth + 1 > max_depth:
-                fail(f"Value is nested deeper than {max_depth} levels.", here)
-            if len(item) > max_array:
-                fail(f"Array is longer than {max_array} items.", here)
-            stack.extend((child, child_path(here, index), depth + 1) for index, child in enumerate(item))
-        elif isinstance(item, str):
-            if len(item) > max_string:
-                fail(f"String is longer than {max_string} characters.", here)
+            return self._members(item, here, depth)
+        if isinstance(item, list):
+            if len(item) > self.max_array:
+                _refuse(f"Array is longer than {self.max_array} items.", here)
+            return [(child, child_path(here, index), depth + 1) for index, child in enumerate(item)]
+        self._check_scalar(item, here)
+        return []
+
+    def _members(self, item: dict[Any, Any], here: str, depth: int) -> list[tuple[Any, str, int]]:
+        if len(item) > self.max_keys:
+            _refuse(f"Object has more than {self.max_keys} keys.", here)
+        members = []
+        for key, child in item.items():
+            if not isinstance(key, str):
+                _refuse("Object keys must be strings.", here)
+            if len(key) > self.max_string:
+                _refuse(f"Key is longer than {self.max_string} characters.", here)
+            members.append((child, child_path(here, key), depth + 1))
+        return members
+
+    def _check_scalar(self, item: Any, here: str) -> None:
+        if isinstance(item, str):
+            if len(item) > self.max_string:
+                _refuse(f"String is longer than {self.max_string} characters.", here)
         elif isinstance(item, float):
             if not math.isfinite(item):
-                fail("Numbers must be finite.", here)
+                _refuse("Numbers must be finite.", here)
         elif item is not None and not isinstance(item, bool | int):
-            fail("Value is not valid JSON.", here)
+            _refuse("Value is not valid JSON.", here)

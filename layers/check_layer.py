@@ -32,6 +32,7 @@ import sys
 import tempfile
 import zipfile
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,37 +200,47 @@ def _is_type_checking(test: ast.expr) -> bool:
 def imports_of(path: Path, module: str, is_package: bool) -> list[Import]:
     """Every runtime import statement of one file, relative imports made absolute."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    package = module if is_package else module.rpartition(".")[0]
-    found: list[Import] = []
+    collector = _ImportCollector(module if is_package else module.rpartition(".")[0])
+    collector.collect(tree, lazy=False, guarded=False)
+    return collector.found
 
-    def visit(node: ast.AST, lazy: bool, guarded: bool) -> None:
+
+class _ImportCollector:
+    """Walks a module's tree, noting for each import whether it runs lazily (inside a function) or guarded
+    (inside a try that catches ImportError)."""
+
+    def __init__(self, package: str) -> None:
+        self.package = package
+        self.found: list[Import] = []
+
+    def collect(self, node: ast.AST, *, lazy: bool, guarded: bool) -> None:
         if isinstance(node, ast.Import):
-            found.extend(Import(alias.name, (), node.lineno, lazy, guarded) for alias in node.names)
+            self.found.extend(Import(alias.name, (), node.lineno, lazy, guarded) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            target = node.module or ""
-            if node.level:
-                parts = package.split(".") if package else []
-                base = parts[: len(parts) - node.level + 1]
-                target = ".".join([*base, node.module] if node.module else base)
-            found.append(Import(target, tuple(a.name for a in node.names), node.lineno, lazy, guarded))
+            self.found.append(
+                Import(self._absolute(node), tuple(a.name for a in node.names), node.lineno, lazy, guarded)
+            )
         elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
-            for child in ast.iter_child_nodes(node):
-                visit(child, True, guarded)
+            self._each(ast.iter_child_nodes(node), lazy=True, guarded=guarded)
         elif isinstance(node, ast.If) and _is_type_checking(node.test):
-            for child in node.orelse:  # the body only runs under a type checker
-                visit(child, lazy, guarded)
+            self._each(node.orelse, lazy=lazy, guarded=guarded)  # the body only runs under a type checker
         elif isinstance(node, ast.Try | ast.TryStar):
             body_guarded = guarded or any(_catches_import_error(h) for h in node.handlers)
-            for child in node.body:
-                visit(child, lazy, body_guarded)
-            for child in [*node.handlers, *node.orelse, *node.finalbody]:
-                visit(child, lazy, guarded)
+            self._each(node.body, lazy=lazy, guarded=body_guarded)
+            self._each([*node.handlers, *node.orelse, *node.finalbody], lazy=lazy, guarded=guarded)
         else:
-            for child in ast.iter_child_nodes(node):
-                visit(child, lazy, guarded)
+            self._each(ast.iter_child_nodes(node), lazy=lazy, guarded=guarded)
 
-    visit(tree, False, False)
-    return found
+    def _each(self, nodes: Iterable[ast.AST], *, lazy: bool, guarded: bool) -> None:
+        for child in nodes:
+            self.collect(child, lazy=lazy, guarded=guarded)
+
+    def _absolute(self, node: ast.ImportFrom) -> str:
+        if not node.level:
+            return node.module or ""
+        parts = self.package.split(".") if self.package else []
+        base = parts[: len(parts) - node.level + 1]
+        return ".".join([*base, node.module] if node.module else base)
 
 
 def excluded(module: str) -> bool:
@@ -323,6 +334,13 @@ class Graph:
 
     def walk(self, entry: str, entry_imports: list[Import], local_names: set[str]) -> Reach:
         reach = Reach(entry, cold_start={entry: None})
+        self._follow(reach, entry_imports, local_names)
+        self._cold_start(reach, entry_imports)
+        return reach
+
+    def _follow(self, reach: Reach, entry_imports: list[Import], local_names: set[str]) -> None:
+        """Every module the entry reaches, and what it needs outside babychain."""
+        entry = reach.entry
         queue: list[tuple[str, list[Import]]] = [(entry, entry_imports)]
         while queue:  # breadth first, so each module's recorded importer is on a shortest path
             importer, imports = queue.pop(0)
@@ -334,17 +352,25 @@ class Graph:
                 if top != "babychain":
                     reach.external[top].append(use)
                     continue
-                for target in self.targets(imp):
-                    if excluded(target):
-                        reach.crossings.append((use, target))
-                        break  # `import babychain.local.cli` crosses once, at babychain.local
-                    if target not in self.modules:
-                        reach.missing_internal.setdefault(target, use)
-                    elif target not in reach.modules:
-                        reach.modules.add(target)
-                        queue.append((target, self.imports(target)))
-        # Cold start: what importing the entry imports, through module-level, unguarded imports only.
-        queue = [(entry, entry_imports)]
+                queue.extend(self._internal(reach, imp, use))
+
+    def _internal(self, reach: Reach, imp: Import, use: Use) -> list[tuple[str, list[Import]]]:
+        """Records one babychain import; returns the newly reached modules with their imports."""
+        new: list[tuple[str, list[Import]]] = []
+        for target in self.targets(imp):
+            if excluded(target):
+                reach.crossings.append((use, target))
+                break  # `import babychain.local.cli` crosses once, at babychain.local
+            if target not in self.modules:
+                reach.missing_internal.setdefault(target, use)
+            elif target not in reach.modules:
+                reach.modules.add(target)
+                new.append((target, self.imports(target)))
+        return new
+
+    def _cold_start(self, reach: Reach, entry_imports: list[Import]) -> None:
+        """What importing the entry imports, through module-level, unguarded imports only."""
+        queue = [(reach.entry, entry_imports)]
         while queue:
             importer, imports = queue.pop(0)
             for imp in imports:
@@ -355,7 +381,6 @@ class Graph:
                     if target in self.modules and not excluded(target) and target not in reach.cold_start:
                         reach.cold_start[target] = use
                         queue.append((target, self.imports(target)))
-        return reach
 
     def third_party_of_excluded(self, module: str, stdlib: set[str]) -> list[str]:
         """Third-party names an excluded module needs, following the excluded babychain modules it imports."""
@@ -605,174 +630,215 @@ def python_dir(layer_dir: Path) -> Path:
 
 
 def check(shared_dir: Path, deps_dir: Path, functions_dir: Path, say: list[str]) -> int:
-    shared = Layer("shared", python_dir(shared_dir))
-    deps = Layer("dependencies", python_dir(deps_dir))
-    stdlib, stdlib_note = stdlib_names()
-    graph = Graph(shared.python_dir)
-    found = Findings()
-    say += [
-        "BabyChain layer check for CPython 3.13 on Linux aarch64 (template: Runtime python3.13, Architectures arm64)",
-        f"  shared layer:       {shared.python_dir}",
-        f"  dependencies layer: {deps.python_dir}",
-        f"  stdlib:             {stdlib_note}",
-        f"  Lambda runtime:     {', '.join(LAMBDA_RUNTIME_PROVIDES)}",
-        f"  excluded by rule:   {', '.join(ONE_MACHINE_ONLY)} (one-machine shape)",
-    ]
-    if not graph.modules:
-        found.problem(f"MISSING babychain: no babychain package in the shared layer {shared.python_dir}")
+    """Checks the layers against every handler's imports, appending the report to `say`; 1 on any problem."""
+    return LayerCheck(shared_dir, deps_dir, functions_dir, say).run()
 
-    def resolve(top: str, uses: list[Use], local_names: set[str]) -> tuple[str, bool]:
+
+class LayerCheck:
+    def __init__(self, shared_dir: Path, deps_dir: Path, functions_dir: Path, say: list[str]) -> None:
+        self.shared = Layer("shared", python_dir(shared_dir))
+        self.deps = Layer("dependencies", python_dir(deps_dir))
+        self.stdlib, self.stdlib_note = stdlib_names()
+        self.graph = Graph(self.shared.python_dir)
+        self.found = Findings()
+        self.functions_dir = functions_dir
+        self.say = say
+
+    def run(self) -> int:
+        self.say += [
+            "BabyChain layer check for CPython 3.13 on Linux aarch64 (template: Runtime python3.13, Architectures "
+            "arm64)",
+            f"  shared layer:       {self.shared.python_dir}",
+            f"  dependencies layer: {self.deps.python_dir}",
+            f"  stdlib:             {self.stdlib_note}",
+            f"  Lambda runtime:     {', '.join(LAMBDA_RUNTIME_PROVIDES)}",
+            f"  excluded by rule:   {', '.join(ONE_MACHINE_ONLY)} (one-machine shape)",
+        ]
+        if not self.graph.modules:
+            self.found.problem(f"MISSING babychain: no babychain package in the shared layer {self.shared.python_dir}")
+        handlers = sorted(self.functions_dir.glob("*/app.py"))
+        used = self.handlers(handlers) | self.other_modules()
+        self.exclusions()
+        self.dependency_layer(used)
+        self.sizes(handlers)
+        self.say.append("")
+        self.say.extend(self.found.lines())
+        problems, warnings = len(self.found.problems), len(self.found.warnings)
+        self.say.append(f"Result: {'FAIL' if problems else 'OK'} ({problems} problems, {warnings} warnings)")
+        return 1 if problems else 0
+
+    # 1. Each handler, with everything it reaches.
+    def handlers(self, handlers: list[Path]) -> set[str]:
+        if not handlers:
+            self.found.problem(f"no handlers in {self.functions_dir}/*/app.py")
+        self.reached: set[str] = set()
+        used: set[str] = set()
+        for app in handlers:
+            folder = app.parent
+            local_names = {p.stem for p in folder.glob("*.py") if p.name != "app.py"}
+            local_names |= {p.name for p in folder.iterdir() if (p / "__init__.py").is_file()}
+            reach = self.graph.walk("app", imports_of(app, "app", False), local_names)
+            self.reached |= reach.modules
+            title = f"Handler {folder.name} ({app.relative_to(self.functions_dir.parent)}): {len(reach.modules)} "
+            title += f"babychain modules reached, {len(reach.cold_start) - 1} at cold start"
+            used |= self.report(title, folder.name, reach, local_names)
+        return used
+
+    # 2. Every other babychain module in the shared layer: it ships, so its imports must resolve too.
+    def other_modules(self) -> set[str]:
+        used: set[str] = set()
+        for module in sorted(m for m in self.graph.modules if m not in self.reached and not excluded(m)):
+            title = f"babychain module {module} (in the shared layer, reached by no handler)"
+            used |= self.report(title, module, self.graph.walk(module, self.graph.imports(module), set()), set())
+        return used
+
+    # 3. The exclusion rule.
+    def exclusions(self) -> None:
+        self.say.extend(["", f"Excluded by rule, not needed in the Lambda layer: {', '.join(ONE_MACHINE_ONLY)}"])
+        for module in sorted(m for m in self.graph.modules if excluded(m) and self.graph.modules[m][0] is not None):
+            third = ", ".join(self.graph.third_party_of_excluded(module, self.stdlib)) or "-"
+            self.say.append(f"  {module:<40} third-party: {third}")
+
+    # 4. The dependency layer as installed.
+    def dependency_layer(self, used: set[str]) -> None:
+        shared, deps = self.shared, self.deps
+        problems: list[str] = []
+        check_requirements(deps, problems)
+        elf = {layer.label: check_binaries(layer, problems) for layer in (shared, deps)}
+        for text in problems:
+            self.found.problem(text)
+        imported = {canonicalize_name(deps.owner[t].name) for t in used if t in deps.owner}
+        needed = closure(imported, deps)
+        unused = sorted(d.name for d in deps.distributions if canonicalize_name(d.name) not in needed)
+        self.say.extend(
+            [
+                "",
+                "Dependency layer as installed",
+                f"  {len(deps.distributions)} distributions, Requires-Dist checked for CPython 3.13 / Linux aarch64; "
+                f"{len(needed)} needed by the code's imports",
+                f"  ELF files: {elf['dependencies']} in the dependency layer, {elf['shared']} in the shared layer; "
+                "all checked for aarch64 (e_machine 183)",
+            ]
+        )
+        if unused:
+            self.say.append(f"  imported by nothing (candidates to drop): {', '.join(unused)}")
+        both = sorted(shared.top_level & deps.top_level)
+        if both:
+            self.found.warning(f"in both layers (their python/ folders merge under /opt/python): {', '.join(both)}")
+
+    # 5. Sizes.
+    def sizes(self, handlers: list[Path]) -> None:
+        say = self.say
+        say.extend(
+            ["", f"Sizes (Lambda: at most {mb(LAMBDA_UNZIPPED_LIMIT)} unzipped for a function and all its layers)"]
+        )
+        total = 0
+        for layer in (self.shared, self.deps):
+            unzipped, zipped, files = sizes(layer.python_dir.parent)
+            total += unzipped
+            say.append(f"  {layer.label:<13} {mb(unzipped):>9} unzipped {mb(zipped):>9} zipped {files:>6} files")
+            if zipped > LAMBDA_ZIPPED_DIRECT_UPLOAD_LIMIT:
+                self.found.warning(
+                    f"the {layer.label} layer zips to {mb(zipped)}: over 50 MB, so it must go through S3"
+                )
+        code = max((sizes(app.parent)[0] for app in handlers), default=0)
+        total += code
+        say.append(f"  {'largest function code':<22} {mb(code):>9} unzipped")
+        say.append(f"  {'total':<13} {mb(total):>9} unzipped, {100 * total / LAMBDA_UNZIPPED_LIMIT:.1f}% of the limit")
+        if total > LAMBDA_UNZIPPED_LIMIT:
+            self.found.problem(
+                f"the layers and code are {mb(total)} unzipped, over Lambda's {mb(LAMBDA_UNZIPPED_LIMIT)}"
+            )
+
+    def resolve(self, top: str, uses: list[Use], local_names: set[str]) -> tuple[str, bool]:
         """(where `top` was found, found)."""
         if top in local_names:
             return "function code", True
-        layers = [layer for layer in (shared, deps) if top in layer.top_level]
-        if top in stdlib:
+        layers = [layer for layer in (self.shared, self.deps) if top in layer.top_level]
+        if top in self.stdlib:
             if layers:
-                found.warning(f"{top} in the {layers[0].label} layer shadows the standard library's")
+                self.found.warning(f"{top} in the {layers[0].label} layer shadows the standard library's")
             return "stdlib", True
         if not layers:
             return ("Lambda runtime", True) if top in LAMBDA_RUNTIME_PROVIDES else ("MISSING", False)
         layer = layers[0]
         for dotted in sorted({u.dotted for u in uses if "." in u.dotted}):
             if not layer.has_module(dotted):
-                found.problem(f"MISSING module {dotted}: the {layer.label} layer has {top} but not {dotted}")
+                self.found.problem(f"MISSING module {dotted}: the {layer.label} layer has {top} but not {dotted}")
         where = layer.describe(top)
         return (where + ", shadowing the runtime's") if top in LAMBDA_RUNTIME_PROVIDES else where, True
 
-    def report(title: str, who: str, reach: Reach, local_names: set[str]) -> set[str]:
+    def report(self, title: str, who: str, reach: Reach, local_names: set[str]) -> set[str]:
         """Prints one entry point's imports; returns the top-level names it found in a layer."""
-        say.extend(["", title])
+        self.say.extend(["", title])
         used: set[str] = set()
         std: list[str] = []
         for top in sorted(reach.external, key=str.lower):
-            uses = reach.external[top]
-            where, ok = resolve(top, uses, local_names)
-            cold = [u for u in uses if reach.at_cold_start(u)]
-            flags = "cold start" if cold else "guarded" if all(u.guarded for u in uses) else "lazy"
-            first = (cold or uses)[0]
-            at = first.at() + (f" +{len(uses) - 1}" if len(uses) > 1 else "")
+            where, ok = self.resolve(top, reach.external[top], local_names)
             if where == "stdlib":
                 std.append(top)
-                continue
-            if ok:
+            elif ok:
                 used.add(top)
-            elif flags == "guarded":
-                found.warning(f"{top} is missing; every import of it is guarded by except ImportError", who)
-            else:
-                when = "at cold start" if cold else "when that code runs"
-                found.problem(f"MISSING {top}: imported at {first.at()}, fails {when}", who)
-            say.append(f"  {top:<24} {where:<50} {at} [{flags}]")
+            if where != "stdlib":
+                self.report_external(top, where, ok, reach, who)
+        used |= self.report_implied(reach, who)
+        for module, use in reach.missing_internal.items():
+            self.found.problem(f"MISSING module {module}: imported at {use.at()}, not in the shared layer", who)
+            self.say.append(f"  {module:<24} {'MISSING from the shared layer':<50} {use.at()}")
+        self.report_crossings(reach, who)
+        self.say.append(f"  stdlib ({len(std)}): {', '.join(std)}")
+        return used
+
+    def report_external(self, top: str, where: str, ok: bool, reach: Reach, who: str) -> None:
+        uses = reach.external[top]
+        cold = [u for u in uses if reach.at_cold_start(u)]
+        flags = "cold start" if cold else "guarded" if all(u.guarded for u in uses) else "lazy"
+        first = (cold or uses)[0]
+        at = first.at() + (f" +{len(uses) - 1}" if len(uses) > 1 else "")
+        if not ok and flags == "guarded":
+            self.found.warning(f"{top} is missing; every import of it is guarded by except ImportError", who)
+        elif not ok:
+            when = "at cold start" if cold else "when that code runs"
+            self.found.problem(f"MISSING {top}: imported at {first.at()}, fails {when}", who)
+        self.say.append(f"  {top:<24} {where:<50} {at} [{flags}]")
+
+    def report_implied(self, reach: Reach, who: str) -> set[str]:
+        """Imports that need another distribution at run time (IMPLIED_IMPORTS); returns those present."""
+        used: set[str] = set()
         for rule in IMPLIED_IMPORTS:
             uses = [u for u in reach.external.get(rule.module, []) if rule.name is None or rule.name in u.names]
-            present = [n for n in rule.needs if any(n in layer.top_level for layer in (shared, deps))]
+            present = [n for n in rule.needs if any(n in layer.top_level for layer in (self.shared, self.deps))]
             if uses and present:
                 used.update(present)
             elif uses:
                 cold = [u for u in uses if reach.at_cold_start(u)]
                 what = f"{rule.module}.{rule.name}" if rule.name else rule.module
                 when = "at cold start" if cold else "when that code runs"
-                found.problem(
+                self.found.problem(
                     f"MISSING {' or '.join(rule.needs)}: {what} is used at {(cold or uses)[0].at()} and {rule.why}; "
                     f"fails {when}",
                     who,
                 )
-                say.append(f"  {' or '.join(rule.needs):<24} {'MISSING (needed by ' + what + ')':<50}")
-        for module, use in reach.missing_internal.items():
-            found.problem(f"MISSING module {module}: imported at {use.at()}, not in the shared layer", who)
-            say.append(f"  {module:<24} {'MISSING from the shared layer':<50} {use.at()}")
+                self.say.append(f"  {' or '.join(rule.needs):<24} {'MISSING (needed by ' + what + ')':<50}")
+        return used
+
+    def report_crossings(self, reach: Reach, who: str) -> None:
+        """Imports of modules the exclusion rule keeps out of the layer: fatal at cold start, a warning when lazy."""
         for use, target in reach.crossings:
-            needs = ", ".join(graph.third_party_of_excluded(target, stdlib)) or "nothing outside the stdlib"
+            needs = ", ".join(self.graph.third_party_of_excluded(target, self.stdlib)) or "nothing outside the stdlib"
             if reach.at_cold_start(use):
-                found.problem(
+                self.found.problem(
                     f"{use.at()} imports {target} at module level; the exclusion rule keeps it and what it needs "
                     f"({needs}) out of the Lambda layer, so the handler fails at cold start",
                     who,
                 )
-                say.append(f"  cold-start import of an excluded module: {reach.chain(use.importer)} -> {target}")
+                self.say.append(f"  cold-start import of an excluded module: {reach.chain(use.importer)} -> {target}")
             else:
-                found.warning(
+                self.found.warning(
                     f"{use.at()} imports the excluded {target} (needs {needs}); "
                     f"on Lambda that fails with ModuleNotFoundError if that code path runs",
                     who,
                 )
-        say.append(f"  stdlib ({len(std)}): {', '.join(std)}")
-        return used
-
-    # 1. Each handler, with everything it reaches.
-    handlers = sorted(functions_dir.glob("*/app.py"))
-    if not handlers:
-        found.problem(f"no handlers in {functions_dir}/*/app.py")
-    reached: set[str] = set()
-    used: set[str] = set()
-    for app in handlers:
-        folder = app.parent
-        local_names = {p.stem for p in folder.glob("*.py") if p.name != "app.py"}
-        local_names |= {p.name for p in folder.iterdir() if (p / "__init__.py").is_file()}
-        reach = graph.walk("app", imports_of(app, "app", False), local_names)
-        reached |= reach.modules
-        title = f"Handler {folder.name} ({app.relative_to(functions_dir.parent)}): {len(reach.modules)} babychain "
-        title += f"modules reached, {len(reach.cold_start) - 1} at cold start"
-        used |= report(title, folder.name, reach, local_names)
-
-    # 2. Every other babychain module in the shared layer: it ships, so its imports must resolve too.
-    others = sorted(m for m in graph.modules if m not in reached and not excluded(m))
-    for module in others:
-        title = f"babychain module {module} (in the shared layer, reached by no handler)"
-        used |= report(title, module, graph.walk(module, graph.imports(module), set()), set())
-
-    # 3. The exclusion rule.
-    say.extend(["", f"Excluded by rule, not needed in the Lambda layer: {', '.join(ONE_MACHINE_ONLY)}"])
-    for module in sorted(m for m in graph.modules if excluded(m) and graph.modules[m][0] is not None):
-        third = ", ".join(graph.third_party_of_excluded(module, stdlib)) or "-"
-        say.append(f"  {module:<40} third-party: {third}")
-
-    # 4. The dependency layer as installed.
-    problems: list[str] = []
-    check_requirements(deps, problems)
-    elf = {layer.label: check_binaries(layer, problems) for layer in (shared, deps)}
-    for text in problems:
-        found.problem(text)
-    imported = {canonicalize_name(deps.owner[t].name) for t in used if t in deps.owner}
-    needed = closure(imported, deps)
-    unused = sorted(d.name for d in deps.distributions if canonicalize_name(d.name) not in needed)
-    say.extend(
-        [
-            "",
-            "Dependency layer as installed",
-            f"  {len(deps.distributions)} distributions, Requires-Dist checked for CPython 3.13 / Linux aarch64; "
-            f"{len(needed)} needed by the code's imports",
-            f"  ELF files: {elf['dependencies']} in the dependency layer, {elf['shared']} in the shared layer; "
-            "all checked for aarch64 (e_machine 183)",
-        ]
-    )
-    if unused:
-        say.append(f"  imported by nothing (candidates to drop): {', '.join(unused)}")
-    both = sorted(shared.top_level & deps.top_level)
-    if both:
-        found.warning(f"in both layers (their python/ folders merge under /opt/python): {', '.join(both)}")
-
-    # 5. Sizes.
-    say.extend(["", f"Sizes (Lambda: at most {mb(LAMBDA_UNZIPPED_LIMIT)} unzipped for a function and all its layers)"])
-    total = 0
-    for layer in (shared, deps):
-        unzipped, zipped, files = sizes(layer.python_dir.parent)
-        total += unzipped
-        say.append(f"  {layer.label:<13} {mb(unzipped):>9} unzipped {mb(zipped):>9} zipped {files:>6} files")
-        if zipped > LAMBDA_ZIPPED_DIRECT_UPLOAD_LIMIT:
-            found.warning(f"the {layer.label} layer zips to {mb(zipped)}: over 50 MB, so it must go through S3")
-    code = max((sizes(app.parent)[0] for app in handlers), default=0)
-    total += code
-    say.append(f"  {'largest function code':<22} {mb(code):>9} unzipped")
-    say.append(f"  {'total':<13} {mb(total):>9} unzipped, {100 * total / LAMBDA_UNZIPPED_LIMIT:.1f}% of the limit")
-    if total > LAMBDA_UNZIPPED_LIMIT:
-        found.problem(f"the layers and code are {mb(total)} unzipped, over Lambda's {mb(LAMBDA_UNZIPPED_LIMIT)}")
-
-    say.append("")
-    say.extend(found.lines())
-    say.append(
-        f"Result: {'FAIL' if found.problems else 'OK'} ({len(found.problems)} problems, {len(found.warnings)} warnings)"
-    )
-    return 1 if found.problems else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import io
 import math
 import random
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from functools import lru_cache
 
@@ -142,6 +142,18 @@ def _drawable(text: str, font: Font) -> str:
     return text.encode("latin-1", "replace").decode("latin-1")
 
 
+def _fitting_prefix(word: str, width: Callable[[str], float], max_width: float) -> int:
+    """Length of the longest prefix of `word` that fits (at least one character), by binary search."""
+    lo, hi = 1, len(word) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if width(word[:mid]) <= max_width:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Font, max_width: float, max_lines: int) -> list[str]:
     """Greedy pixel-width word wrap; over-long words are split; overflow ends with '...'.
 
@@ -154,16 +166,9 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Font, max_width: float, ma
     def pieces() -> Iterator[str]:
         for word in text.split():
             while len(word) > 1 and width(word) > max_width:
-                # Longest prefix that fits (at least one character), by binary search.
-                lo, hi = 1, len(word) - 1
-                while lo < hi:
-                    mid = (lo + hi + 1) // 2
-                    if width(word[:mid]) <= max_width:
-                        lo = mid
-                    else:
-                        hi = mid - 1
-                yield word[:lo]
-                word = word[lo:]
+                cut = _fitting_prefix(word, width, max_width)
+                yield word[:cut]
+                word = word[cut:]
             yield word
 
     lines: list[str] = []

@@ -15,11 +15,12 @@ from babychain.queues import callback_message
 from babychain.security.safe_http import FetchError, post_json
 from babychain.security.webhooks import signature_headers
 from babychain.services import Services
+from babychain.store.rows import RunRow
 
 USER_AGENT = "BabyChain/0.1 (+standard-webhooks)"
 
 
-def callback_payload(run: dict[str, Any], share: Share) -> dict[str, Any]:
+def callback_payload(run: RunRow, share: Share) -> dict[str, Any]:
     return {
         "type": f"chain_run.{run['status']}",
         "timestamp": datetime.now(UTC).isoformat(),
@@ -41,6 +42,8 @@ def deliver_callback(svc: Services, run_id: str) -> str:
     if claim is None:
         return "not_due"
     run, attempt = claim["run"], claim["attempt"]
+    webhook_url = run["webhook_url"]
+    assert webhook_url is not None  # only a run with a webhook_url has a callback to claim
     body = json.dumps(callback_payload(run, svc.artifacts.shareable), separators=(",", ":")).encode()
     headers = {
         "Content-Type": "application/json",
@@ -54,7 +57,7 @@ def deliver_callback(svc: Services, run_id: str) -> str:
     retry_after: float | None = None
     try:
         result = post_json(
-            run["webhook_url"],
+            webhook_url,
             body,
             headers,
             resolver=svc.resolver,

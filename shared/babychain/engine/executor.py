@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from babychain.chains.catalog import MODELS_BY_ID
 from babychain.chains.families import babysea_params
@@ -21,7 +21,11 @@ from babychain.providers.base import JobStatus, Provider, StepJob, Submission
 from babychain.queues import callback_message, step_message
 from babychain.security.safe_http import FetchError, fetch_bytes
 from babychain.services import Services
-from babychain.store.base import Row
+from babychain.store.rows import RunRow, StepRow
+
+# What one step message did: submitted a job, found it still running (pending), retried a transient submit error,
+# completed or failed the step, or nothing (stale: a duplicate, late or superseded message).
+StepOutcome = Literal["submitted", "pending", "retrying", "succeeded", "failed", "stale"]
 
 
 def backoff_seconds(svc: Services, attempt: int, retry_after: float | None = None) -> float:
@@ -31,10 +35,10 @@ def backoff_seconds(svc: Services, attempt: int, retry_after: float | None = Non
     return max(retry_after or 0.0, random.uniform(ceiling / 2, ceiling))
 
 
-def handle_step_message(svc: Services, message: dict[str, Any]) -> str:
-    """Returns what happened, for logs and tests: e.g. 'submitted', 'pending', 'succeeded', 'stale'."""
+def handle_step_message(svc: Services, message: dict[str, Any]) -> StepOutcome:
+    """Returns what happened, for logs and tests."""
     run = svc.store.get_run(message["run_id"])
-    step = next((s for s in (run or {}).get("steps", []) if s["id"] == message["step_id"]), None)
+    step = next((s for s in run["steps"] if s["id"] == message["step_id"]), None) if run else None
     if run is None or step is None or step["seq"] != message["seq"]:
         return "stale"
     if run["status"] not in ("queued", "running"):
@@ -63,7 +67,7 @@ def retry_number(attempt: int, budget: int, route_count: int) -> int | None:
     return (attempt - 1) % budget + 1
 
 
-def _start(svc: Services, run: Row, step: Row) -> str:
+def _start(svc: Services, run: RunRow, step: StepRow) -> StepOutcome:
     model = MODELS_BY_ID[step["model_identifier"]]
     family = model.family(run["mode"])
     inputs = _step_inputs(svc, step, family)
@@ -108,7 +112,7 @@ def _start(svc: Services, run: Row, step: Row) -> str:
     return _submitted(svc, run, step, provider, attempt, attempts, submission)
 
 
-def _step_inputs(svc: Services, step: Row, family: Any) -> tuple[dict[str, Any], list[str] | None] | None:
+def _step_inputs(svc: Services, step: StepRow, family: Any) -> tuple[dict[str, Any], list[str] | None] | None:
     """The params to submit (a dependent step gets its producer's output injected) and the step's input files;
     None when a dependent step has no input to work on."""
     params = step["params"]
@@ -122,14 +126,14 @@ def _step_inputs(svc: Services, step: Row, family: Any) -> tuple[dict[str, Any],
 
 def _submit_failed(
     svc: Services,
-    run: Row,
-    step: Row,
+    run: RunRow,
+    step: StepRow,
     provider: Provider,
     attempt: int,
     attempts: list[dict[str, Any]],
     exc: ProviderError,
     route_count: int,
-) -> str:
+) -> StepOutcome:
     """A transient error is retried with backoff while any route's budget is left; anything else fails the step."""
     count("ProviderErrors", provider=provider.name, code=exc.code)
     logger.warning(
@@ -154,13 +158,13 @@ def _submit_failed(
 
 def _submitted(
     svc: Services,
-    run: Row,
-    step: Row,
+    run: RunRow,
+    step: StepRow,
     provider: Provider,
     attempt: int,
     attempts: list[dict[str, Any]],
     submission: Submission,
-) -> str:
+) -> StepOutcome:
     recorded = svc.store.record_submission(
         step["id"],
         attempt,
@@ -182,10 +186,13 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _check(svc: Services, run: Row, step: Row) -> str:
-    provider = svc.providers.named(step["provider"])
+def _check(svc: Services, run: RunRow, step: StepRow) -> StepOutcome:
+    # Only a submitted step is checked (handle_step_message saw its job id), and a submitted step has a provider.
+    job_id, provider_name = step["provider_job_id"], step["provider"]
+    assert job_id is not None and provider_name is not None
+    provider = svc.providers.named(provider_name)
     try:
-        status = provider.poll(step["provider_job_id"], step["provider_metadata"])
+        status = provider.poll(job_id, step["provider_metadata"])
     except ProviderError as exc:
         count("ProviderErrors", provider=provider.name, code=exc.code)
         if exc.transient:
@@ -209,7 +216,7 @@ def _check(svc: Services, run: Row, step: Row) -> str:
             )
 
 
-def _defer(svc: Services, run: Row, step: Row, delay: float, status: JobStatus | None = None) -> str:
+def _defer(svc: Services, run: RunRow, step: StepRow, delay: float, status: JobStatus | None = None) -> StepOutcome:
     metadata = dict(status.metadata) if status else {}
     if status and status.progress is not None:
         metadata["progress"] = status.progress
@@ -220,7 +227,7 @@ def _defer(svc: Services, run: Row, step: Row, delay: float, status: JobStatus |
     return "pending"
 
 
-def _succeed(svc: Services, run: Row, step: Row, status: JobStatus) -> str:
+def _succeed(svc: Services, run: RunRow, step: StepRow, status: JobStatus) -> StepOutcome:
     try:
         durable = [_copy_output(svc, run, step, i, url) for i, url in enumerate(status.output_urls)]
     except FetchError as exc:
@@ -240,8 +247,8 @@ def _succeed(svc: Services, run: Row, step: Row, status: JobStatus) -> str:
     result = svc.store.complete_step(step["id"], step["attempt"], durable, dict(status.metadata))
     if result is None:
         return "stale"  # canceled or timed out meanwhile: the late result is ignored
-    started = datetime.fromisoformat(step["started_at"]) if step.get("started_at") else None
-    if started is not None:
+    if started_at := step["started_at"]:
+        started = datetime.fromisoformat(started_at)
         duration("StepDuration", (datetime.now(UTC) - started).total_seconds(), model=step["model_identifier"])
     logger.info("step succeeded", extra={"run_id": run["id"], "step": step["step_key"]})
     if result["run_status"] == "succeeded":
@@ -254,7 +261,7 @@ def _succeed(svc: Services, run: Row, step: Row, status: JobStatus) -> str:
     return "succeeded"
 
 
-def _copy_output(svc: Services, run: Row, step: Row, index: int, url: str) -> str:
+def _copy_output(svc: Services, run: RunRow, step: StepRow, index: int, url: str) -> str:
     fetched = fetch_bytes(
         url,
         resolver=svc.resolver,
@@ -279,15 +286,15 @@ def _extension_from_url(url: str) -> str:
 
 def _fail(
     svc: Services,
-    run: Row,
-    step: Row,
+    run: RunRow,
+    step: StepRow,
     code: str,
     message: str,
     *,
     attempt: int | None = None,
     seq: int | None = None,
     metadata: dict[str, Any] | None = None,
-) -> str:
+) -> StepOutcome:
     failed = svc.store.fail_step(step["id"], code, message[:2000], attempt=attempt, seq=seq, provider_metadata=metadata)
     if failed is None:
         return "stale"

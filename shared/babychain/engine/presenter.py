@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from babychain.store.base import Row
+from babychain.store.rows import RunRow, StepRow
 
 ACTIVE = ("queued", "running")
 Share = Callable[[str], str]
@@ -15,7 +15,7 @@ def _same(url: str) -> str:
     return url
 
 
-def present_step(step: Row, share: Share = _same) -> dict[str, Any]:
+def present_step(step: StepRow, share: Share = _same) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": step["id"],
         "object": "chain_step",
@@ -31,10 +31,10 @@ def present_step(step: Row, share: Share = _same) -> dict[str, Any]:
         "started_at": step["started_at"],
         "completed_at": step["completed_at"],
     }
-    if step.get("input_files"):
-        out["generation_input_file"] = [share(u) for u in step["input_files"]]
-    if step.get("output_files"):
-        out["generation_output_file"] = [share(u) for u in step["output_files"]]
+    if inputs := step.get("input_files"):
+        out["generation_input_file"] = [share(u) for u in inputs]
+    if outputs := step.get("output_files"):
+        out["generation_output_file"] = [share(u) for u in outputs]
     if step.get("provider"):
         out["provider"] = step["provider"]
     metadata = step.get("provider_metadata") or {}
@@ -51,7 +51,7 @@ def present_step(step: Row, share: Share = _same) -> dict[str, Any]:
     return out
 
 
-def present_run(run: Row, share: Share = _same) -> dict[str, Any]:
+def present_run(run: RunRow, share: Share = _same) -> dict[str, Any]:
     """`share` turns stored artifact references into URLs the caller can fetch (e.g. presigned S3 URLs)."""
     out: dict[str, Any] = {
         "id": run["id"],
@@ -71,8 +71,8 @@ def present_run(run: Row, share: Share = _same) -> dict[str, Any]:
         out["metadata"] = run["metadata"]
     if run.get("error_code"):
         out["error"] = {"code": run["error_code"], "message": run["error_message"]}
-    if run.get("output"):
-        out["output"] = {**run["output"], "output_files": [share(u) for u in run["output"].get("output_files", [])]}
+    if output := run.get("output"):
+        out["output"] = {**output, "output_files": [share(u) for u in output.get("output_files", [])]}
     if run.get("estimate"):
         out["estimate"] = run["estimate"]
     if run.get("webhook_url"):

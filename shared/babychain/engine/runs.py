@@ -19,6 +19,7 @@ from babychain.errors import ApiError, ProviderError, invalid_input, not_found
 from babychain.observability import count, logger
 from babychain.queues import callback_message, step_message
 from babychain.services import Services
+from babychain.store.rows import RunRow, StepRow
 
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
@@ -88,7 +89,7 @@ def get_run(svc: Services, principal: Principal, run_id: str) -> dict[str, Any]:
     return present_run(_owned_run(svc, principal, run_id), svc.artifacts.shareable)
 
 
-def _owned_run(svc: Services, principal: Principal, run_id: str) -> dict[str, Any]:
+def _owned_run(svc: Services, principal: Principal, run_id: str) -> RunRow:
     try:
         uuid.UUID(run_id)
     except ValueError as exc:
@@ -116,11 +117,12 @@ def cancel_run(svc: Services, principal: Principal, run_id: str) -> dict[str, An
     return present_run(run, svc.artifacts.shareable)
 
 
-def _cancel_at_provider(svc: Services, step: dict[str, Any]) -> None:
+def _cancel_at_provider(svc: Services, step: StepRow) -> None:
+    job_id, provider = step["provider_job_id"], step["provider"]
+    if job_id is None or provider is None:
+        return  # never submitted: nothing runs at a provider
     try:
-        accepted = svc.providers.named(step["provider"]).cancel(
-            step["provider_job_id"], step.get("provider_metadata") or {}
-        )
+        accepted = svc.providers.named(provider).cancel(job_id, step.get("provider_metadata") or {})
     except ProviderError:
         accepted = False  # best effort: the run is canceled here either way, and late results are ignored
     # Say so on the step when the provider could not stop the job (e.g. a running Seedance task): it may still
@@ -157,7 +159,7 @@ def list_runs(svc: Services, principal: Principal, params: dict[str, str]) -> di
     }
 
 
-def _encode_cursor(run: dict[str, Any]) -> str:
+def _encode_cursor(run: RunRow) -> str:
     return base64.urlsafe_b64encode(f"{run['created_at']}|{run['id']}".encode()).decode()
 
 

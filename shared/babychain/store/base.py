@@ -10,7 +10,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-Row = dict[str, Any]
+from babychain.store.rows import (
+    ApiKeyRow,
+    CallbackClaim,
+    CanceledRun,
+    CreatedRun,
+    RunRow,
+    StepCompletion,
+    StepFailure,
+    StepRow,
+    SweepResult,
+)
+
+Row = dict[str, Any]  # a row without a declared shape (callback deliveries, health)
 
 
 class Store(ABC):
@@ -22,19 +34,19 @@ class Store(ABC):
         pass
 
     # API keys
-    def create_api_key(self, key_prefix: str, key_hash: str, name: str, scopes: list[str] | None = None) -> Row:
+    def create_api_key(self, key_prefix: str, key_hash: str, name: str, scopes: list[str] | None = None) -> ApiKeyRow:
         return self.call(
             "bc_create_api_key", {"key_prefix": key_prefix, "key_hash": key_hash, "name": name, "scopes": scopes}
         )
 
-    def authenticate_key(self, key_hash: str) -> Row | None:
+    def authenticate_key(self, key_hash: str) -> ApiKeyRow | None:
         return self.call("bc_authenticate_key", {"key_hash": key_hash})
 
     # Runs
-    def create_run(self, run: dict[str, Any]) -> Row:
+    def create_run(self, run: dict[str, Any]) -> CreatedRun:
         return self.call("bc_create_run", run)
 
-    def get_run(self, run_id: str, owner_id: str | None = None) -> Row | None:
+    def get_run(self, run_id: str, owner_id: str | None = None) -> RunRow | None:
         return self.call("bc_get_run", {"run_id": run_id, "owner_id": owner_id})
 
     def list_runs(
@@ -45,7 +57,7 @@ class Store(ABC):
         status: str | None = None,
         chain_slug: str | None = None,
         cursor: tuple[str, str] | None = None,
-    ) -> list[Row]:
+    ) -> list[RunRow]:
         return self.call(
             "bc_list_runs",
             {
@@ -58,7 +70,7 @@ class Store(ABC):
             },
         )
 
-    def cancel_run(self, run_id: str) -> Row:
+    def cancel_run(self, run_id: str) -> CanceledRun:
         return self.call("bc_cancel_run", {"run_id": run_id})
 
     # Steps
@@ -71,7 +83,7 @@ class Store(ABC):
         request_params: dict[str, Any],
         input_files: list[str] | None,
         submit_timeout_seconds: float,
-    ) -> Row | None:
+    ) -> StepRow | None:
         return self.call(
             "bc_claim_step",
             {
@@ -86,7 +98,7 @@ class Store(ABC):
 
     def record_submission(
         self, step_id: str, attempt: int, provider_job_id: str, provider_metadata: dict[str, Any], delay_seconds: float
-    ) -> Row | None:
+    ) -> StepRow | None:
         return self.call(
             "bc_record_submission",
             {
@@ -100,7 +112,7 @@ class Store(ABC):
 
     def defer_step(
         self, step_id: str, seq: int, delay_seconds: float, provider_metadata: dict[str, Any] | None = None
-    ) -> Row | None:
+    ) -> StepRow | None:
         return self.call(
             "bc_defer_step",
             {"step_id": step_id, "seq": seq, "delay_seconds": delay_seconds, "provider_metadata": provider_metadata},
@@ -114,7 +126,7 @@ class Store(ABC):
         error_code: str,
         error_message: str,
         provider_metadata: dict[str, Any] | None = None,
-    ) -> Row | None:
+    ) -> StepRow | None:
         return self.call(
             "bc_retry_step",
             {
@@ -127,15 +139,15 @@ class Store(ABC):
             },
         )
 
-    def note_step(self, step_id: str, provider_metadata: dict[str, Any]) -> Row | None:
+    def note_step(self, step_id: str, provider_metadata: dict[str, Any]) -> StepRow | None:
         return self.call("bc_note_step", {"step_id": step_id, "provider_metadata": provider_metadata})
 
-    def get_step(self, step_id: str) -> Row | None:
+    def get_step(self, step_id: str) -> StepRow | None:
         return self.call("bc_get_step", {"step_id": step_id})
 
     def complete_step(
         self, step_id: str, attempt: int, output_files: list[str], provider_metadata: dict[str, Any] | None = None
-    ) -> Row | None:
+    ) -> StepCompletion | None:
         return self.call(
             "bc_complete_step",
             {
@@ -155,7 +167,7 @@ class Store(ABC):
         attempt: int | None = None,
         seq: int | None = None,
         provider_metadata: dict[str, Any] | None = None,
-    ) -> Row | None:
+    ) -> StepFailure | None:
         return self.call(
             "bc_fail_step",
             {
@@ -168,11 +180,11 @@ class Store(ABC):
             },
         )
 
-    def find_step_by_job(self, provider: str, provider_job_id: str) -> Row | None:
+    def find_step_by_job(self, provider: str, provider_job_id: str) -> StepRow | None:
         return self.call("bc_find_step_by_job", {"provider": provider, "provider_job_id": provider_job_id})
 
     # Callbacks
-    def claim_callback(self, run_id: str, stale_seconds: float) -> Row | None:
+    def claim_callback(self, run_id: str, stale_seconds: float) -> CallbackClaim | None:
         return self.call("bc_claim_callback", {"run_id": run_id, "stale_seconds": stale_seconds})
 
     def record_callback_attempt(self, attempt: dict[str, Any]) -> Row:
@@ -182,7 +194,7 @@ class Store(ABC):
         return self.call("bc_list_callback_deliveries", {"run_id": run_id})
 
     # Sweeper, webhooks, health
-    def sweep(self, params: dict[str, Any]) -> Row:
+    def sweep(self, params: dict[str, Any]) -> SweepResult:
         return self.call("bc_sweep", params)
 
     def record_webhook_receipt(self, provider: str, receipt_id: str) -> bool:

@@ -1,0 +1,123 @@
+"""The shapes of what the store's SQL functions return (`to_jsonb` of the table rows, and small envelopes).
+
+They mirror `supabase/migrations`: a column added there is added here, so mypy checks every `step["seq"]`-style read
+in the engine. Timestamps arrive as ISO 8601 strings, ids as UUID strings.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+RunStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+StepStatus = Literal["queued", "running", "succeeded", "failed", "canceled", "skipped"]
+
+
+class StepRow(TypedDict):
+    id: str
+    run_id: str
+    step_index: int
+    step_key: str
+    step_kind: Literal["image", "video"]
+    model_identifier: str
+    depends_on: list[str]
+    status: StepStatus
+    params: dict[str, Any]
+    request_params: dict[str, Any] | None  # what was submitted (params + injected input)
+    input_files: list[str] | None
+    output_files: list[str] | None
+    provider: str | None
+    provider_job_id: str | None
+    provider_metadata: dict[str, Any]
+    attempt: int  # submissions started
+    seq: int  # a queue message acts only while it carries the current seq
+    next_check_at: str | None
+    error_code: str | None
+    error_message: str | None
+    started_at: str | None
+    completed_at: str | None
+    created_at: str
+    updated_at: str
+
+
+class RunRow(TypedDict):
+    id: str
+    owner_id: str
+    chain_slug: str
+    chain_version: str
+    mode: Literal["local", "byok", "babysea"]
+    status: RunStatus
+    input: dict[str, Any]
+    metadata: dict[str, Any]
+    webhook_url: str | None
+    idempotency_key: str | None
+    request_hash: str
+    current_step_key: str | None
+    output: dict[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+    deadline_at: str
+    callback_event_id: str
+    callback_status: Literal["waiting", "pending", "delivering", "delivered", "failed"] | None
+    callback_attempts: int
+    callback_next_at: str | None
+    callback_claimed_at: str | None
+    created_at: str
+    updated_at: str
+    completed_at: str | None
+    estimate: dict[str, Any] | None
+    steps: list[StepRow]
+
+
+class ApiKeyRow(TypedDict):
+    id: str
+    key_prefix: str
+    name: str
+    scopes: list[str]
+
+
+class CreatedRun(TypedDict):
+    run: RunRow
+    created: bool  # false: an earlier run with the same idempotency key
+
+
+class CanceledRun(TypedDict):
+    run: RunRow
+    canceled: bool
+    steps: list[StepRow]  # the steps that were running, to cancel at their providers
+
+
+class StepCompletion(TypedDict):
+    run_status: RunStatus
+    next_step: StepRow | None
+
+
+class StepFailure(TypedDict):
+    run_status: RunStatus
+    step: StepRow
+
+
+class CallbackClaim(TypedDict):
+    run: RunRow
+    attempt: int
+
+
+class TimedOutStep(TypedDict):
+    id: str
+    provider: str | None
+    model_identifier: str
+    provider_job_id: str | None
+    provider_metadata: dict[str, Any]
+
+
+class DueStep(TypedDict):
+    run_id: str
+    step_id: str
+    seq: int
+
+
+class SweepResult(TypedDict):
+    timed_out_runs: list[str]
+    timed_out_steps: list[TimedOutStep]
+    requeued_steps: list[DueStep]  # whose message was lost (claimed by a submitter that died, or never sent)
+    due_steps: list[DueStep]  # whose poll or retry is overdue
+    due_callbacks: list[str]

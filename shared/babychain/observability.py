@@ -1,7 +1,7 @@
 """One Logger, Metrics and Tracer for every handler (Powertools), and Sentry when SENTRY_DSN is set.
 
-Secrets never leave the process: the logger only gets ids, and Sentry events are scrubbed of every configured secret
-value before they are sent.
+Secrets never leave the process: the logger only gets ids, and Sentry events are scrubbed of every declared secret
+value (`babychain.config.SECRET_VARIABLES`) before they are sent.
 """
 
 from __future__ import annotations
@@ -13,32 +13,27 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
-SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "babychain")
-NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "BabyChain")
+from babychain import config
+from babychain.config import SECRET_VARIABLES
 
-logger = Logger(service=SERVICE)
-metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
-tracer = Tracer(service=SERVICE)
+# Powertools reads its own variables; unset, they get this package's defaults (the loggers of `babychain.*` sit
+# under the service's logger, so the service name must stay "babychain").
+for _variable in config.POWERTOOLS_VARIABLES:
+    if _variable.default:
+        os.environ.setdefault(_variable.env, _variable.default)
 
-SECRET_VARIABLES = (
-    "BABYCHAIN_API_KEY",
-    "BABYCHAIN_CALLBACK_SECRET",
-    "DATABASE_URL",
-    "SUPABASE_SERVICE_ROLE_KEY",
-    "BFL_API_KEY",
-    "BFL_WEBHOOK_SECRET",
-    "ARK_API_KEY",
-    "BABYSEA_API_KEY",
-    "BABYSEA_WEBHOOK_SECRET",
-    "UPSTASH_REDIS_REST_TOKEN",
-)
+logger = Logger()
+metrics = Metrics()
+tracer = Tracer()
+
 REDACTED = "[redacted]"
 
 
 def _metrics_on() -> bool:
-    # single_metric flushes at once and ignores POWERTOOLS_METRICS_DISABLED, so honour it here.
-    return os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() not in ("1", "true", "yes")
+    # single_metric prints at once and does not ask whether metrics are disabled, so ask Powertools here.
+    return not is_metrics_disabled()
 
 
 def count(name: str, value: float = 1, **dimensions: str) -> None:
@@ -46,7 +41,7 @@ def count(name: str, value: float = 1, **dimensions: str) -> None:
     if not _metrics_on():
         return
     if dimensions:
-        with single_metric(name=name, unit=MetricUnit.Count, value=value, namespace=NAMESPACE) as metric:
+        with single_metric(name=name, unit=MetricUnit.Count, value=value) as metric:
             for key, dim in dimensions.items():
                 metric.add_dimension(name=key, value=dim)
     else:
@@ -56,7 +51,7 @@ def count(name: str, value: float = 1, **dimensions: str) -> None:
 def duration(name: str, seconds: float, **dimensions: str) -> None:
     if not _metrics_on():
         return
-    with single_metric(name=name, unit=MetricUnit.Seconds, value=seconds, namespace=NAMESPACE) as metric:
+    with single_metric(name=name, unit=MetricUnit.Seconds, value=seconds) as metric:
         for key, dim in dimensions.items():
             metric.add_dimension(name=key, value=dim)
 
@@ -64,7 +59,7 @@ def duration(name: str, seconds: float, **dimensions: str) -> None:
 def secret_values(names: Iterable[str] = SECRET_VARIABLES) -> list[str]:
     values = []
     for name in names:
-        for part in os.environ.get(name, "").replace("\n", ",").split(","):
+        for part in config.raw(name).replace("\n", ",").split(","):
             if len(part.strip()) >= 8:  # short strings would scrub innocent text
                 values.append(part.strip())
     return values
@@ -84,7 +79,7 @@ _sentry_started = False
 def init_sentry() -> bool:
     """Starts Sentry once per process when SENTRY_DSN is set; returns whether it is on."""
     global _sentry_started
-    dsn = os.environ.get("SENTRY_DSN")
+    dsn = config.read("sentry_dsn")
     if not dsn or _sentry_started:
         return _sentry_started
     import sentry_sdk
@@ -96,7 +91,7 @@ def init_sentry() -> bool:
         dsn=dsn,
         before_send=before_send,
         traces_sample_rate=0.0,
-        environment=os.environ.get("BABYCHAIN_ENVIRONMENT", "production"),
+        environment=config.read("environment"),
     )
     _sentry_started = True
     return True

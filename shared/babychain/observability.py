@@ -2,14 +2,18 @@
 
 Secrets never leave the process: the logger only gets ids, and Sentry events are scrubbed of every declared secret
 value (`babychain.config.SECRET_VARIABLES`) before they are sent.
+
+Every handler is wrapped in `sentry_flush`, so what Sentry holds is sent before the handler returns (Lambda may freeze
+the container as soon as it has the response).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
@@ -29,6 +33,7 @@ metrics = Metrics()
 tracer = Tracer()
 
 REDACTED = "[redacted]"
+SENTRY_FLUSH_SECONDS = 2.0
 
 
 def _metrics_on() -> bool:
@@ -77,21 +82,58 @@ _sentry_started = False
 
 
 def init_sentry() -> bool:
-    """Starts Sentry once per process when SENTRY_DSN is set; returns whether it is on."""
+    """Starts Sentry once per process when SENTRY_DSN is set; returns whether it is on.
+
+    It runs when the services are built (the first invocation), after the secret that may hold the DSN is loaded.
+    AwsLambdaIntegration then wraps every later invocation and flushes before Lambda gets the result; outside
+    Lambda it stays idle, and `sentry_flush` covers both.
+    """
     global _sentry_started
     dsn = config.read("sentry_dsn")
     if not dsn or _sentry_started:
         return _sentry_started
     import sentry_sdk
+    from sentry_sdk.integrations.aws_lambda import AwsLambdaIntegration
 
     def before_send(event: Any, hint: Any) -> Any:
         return scrub(event, secret_values())
 
     sentry_sdk.init(
         dsn=dsn,
+        integrations=[AwsLambdaIntegration()],
         before_send=before_send,
         traces_sample_rate=0.0,
         environment=config.read("environment"),
     )
     _sentry_started = True
     return True
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def sentry_flush(handler: Handler) -> Handler:
+    """Reports what escapes the handler and sends what Sentry holds before the handler returns.
+
+    The flush is explicit because the first invocation of a container starts Sentry itself (see `init_sentry`), and
+    the one-machine shape has no Lambda runtime for the integration to hook. An exception the integration also
+    reports is sent once (Sentry drops the same exception reported twice in a row).
+    """
+
+    @functools.wraps(handler)
+    def wrapper(event: Any, context: Any) -> Any:
+        try:
+            return handler(event, context)
+        except Exception as exc:
+            if _sentry_started:
+                import sentry_sdk
+
+                sentry_sdk.capture_exception(exc)
+            raise
+        finally:
+            if _sentry_started:
+                import sentry_sdk
+
+                sentry_sdk.flush(timeout=SENTRY_FLUSH_SECONDS)
+
+    return wrapper  # type: ignore[return-value]

@@ -2,24 +2,27 @@
 
 import json
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from babychain.batch import QueueBatchProcessor
 from babychain.engine.callbacks import deliver_callback
-from babychain.observability import logger, metrics, tracer
+from babychain.observability import logger, metrics, sentry_flush, tracer
 from babychain.services import services
 
-processor = BatchProcessor(event_type=EventType.SQS)
+processor = QueueBatchProcessor()
 
 
 def record_handler(record: SQSRecord) -> str:
+    logger.set_correlation_id(None)  # a record that cannot be read must not log under the previous record's run
     body = json.loads(record.body)
     logger.set_correlation_id(body.get("run_id"))
     return deliver_callback(services(), body["run_id"])
 
 
+@sentry_flush
 @logger.inject_lambda_context
 @metrics.log_metrics
 @tracer.capture_lambda_handler

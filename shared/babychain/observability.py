@@ -1,44 +1,44 @@
 """One Logger, Metrics and Tracer for every handler (Powertools), and Sentry when SENTRY_DSN is set.
 
-Secrets never leave the process: the logger only gets ids, and Sentry events are scrubbed of every configured secret
-value before they are sent.
+Secrets never leave the process: the logger only gets ids, and Sentry events are scrubbed of every declared secret
+value (`babychain.config.SECRET_VARIABLES`) before they are sent.
+
+Every handler is wrapped in `sentry_flush`, so what Sentry holds is sent before the handler returns (Lambda may freeze
+the container as soon as it has the response).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
-SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "babychain")
-NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "BabyChain")
+from babychain import config
+from babychain.config import SECRET_VARIABLES
 
-logger = Logger(service=SERVICE)
-metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
-tracer = Tracer(service=SERVICE)
+# Powertools reads its own variables; unset, they get this package's defaults (the loggers of `babychain.*` sit
+# under the service's logger, so the service name must stay "babychain").
+for _variable in config.POWERTOOLS_VARIABLES:
+    if _variable.default:
+        os.environ.setdefault(_variable.env, _variable.default)
 
-SECRET_VARIABLES = (
-    "BABYCHAIN_API_KEY",
-    "BABYCHAIN_CALLBACK_SECRET",
-    "DATABASE_URL",
-    "SUPABASE_SERVICE_ROLE_KEY",
-    "BFL_API_KEY",
-    "BFL_WEBHOOK_SECRET",
-    "ARK_API_KEY",
-    "BABYSEA_API_KEY",
-    "BABYSEA_WEBHOOK_SECRET",
-    "UPSTASH_REDIS_REST_TOKEN",
-)
+logger = Logger()
+metrics = Metrics()
+tracer = Tracer()
+
 REDACTED = "[redacted]"
+SENTRY_FLUSH_SECONDS = 2.0
 
 
 def _metrics_on() -> bool:
-    # single_metric flushes at once and ignores POWERTOOLS_METRICS_DISABLED, so honour it here.
-    return os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() not in ("1", "true", "yes")
+    # single_metric prints at once and does not ask whether metrics are disabled, so ask Powertools here.
+    return not is_metrics_disabled()
 
 
 def count(name: str, value: float = 1, **dimensions: str) -> None:
@@ -46,7 +46,7 @@ def count(name: str, value: float = 1, **dimensions: str) -> None:
     if not _metrics_on():
         return
     if dimensions:
-        with single_metric(name=name, unit=MetricUnit.Count, value=value, namespace=NAMESPACE) as metric:
+        with single_metric(name=name, unit=MetricUnit.Count, value=value) as metric:
             for key, dim in dimensions.items():
                 metric.add_dimension(name=key, value=dim)
     else:
@@ -56,7 +56,7 @@ def count(name: str, value: float = 1, **dimensions: str) -> None:
 def duration(name: str, seconds: float, **dimensions: str) -> None:
     if not _metrics_on():
         return
-    with single_metric(name=name, unit=MetricUnit.Seconds, value=seconds, namespace=NAMESPACE) as metric:
+    with single_metric(name=name, unit=MetricUnit.Seconds, value=seconds) as metric:
         for key, dim in dimensions.items():
             metric.add_dimension(name=key, value=dim)
 
@@ -64,7 +64,7 @@ def duration(name: str, seconds: float, **dimensions: str) -> None:
 def secret_values(names: Iterable[str] = SECRET_VARIABLES) -> list[str]:
     values = []
     for name in names:
-        for part in os.environ.get(name, "").replace("\n", ",").split(","):
+        for part in config.raw(name).replace("\n", ",").split(","):
             if len(part.strip()) >= 8:  # short strings would scrub innocent text
                 values.append(part.strip())
     return values
@@ -82,21 +82,58 @@ _sentry_started = False
 
 
 def init_sentry() -> bool:
-    """Starts Sentry once per process when SENTRY_DSN is set; returns whether it is on."""
+    """Starts Sentry once per process when SENTRY_DSN is set; returns whether it is on.
+
+    It runs when the services are built (the first invocation), after the secret that may hold the DSN is loaded.
+    AwsLambdaIntegration then wraps every later invocation and flushes before Lambda gets the result; outside
+    Lambda it stays idle, and `sentry_flush` covers both.
+    """
     global _sentry_started
-    dsn = os.environ.get("SENTRY_DSN")
+    dsn = config.read("sentry_dsn")
     if not dsn or _sentry_started:
         return _sentry_started
     import sentry_sdk
+    from sentry_sdk.integrations.aws_lambda import AwsLambdaIntegration
 
     def before_send(event: Any, hint: Any) -> Any:
         return scrub(event, secret_values())
 
     sentry_sdk.init(
         dsn=dsn,
+        integrations=[AwsLambdaIntegration()],
         before_send=before_send,
         traces_sample_rate=0.0,
-        environment=os.environ.get("BABYCHAIN_ENVIRONMENT", "production"),
+        environment=config.read("environment"),
     )
     _sentry_started = True
     return True
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def sentry_flush(handler: Handler) -> Handler:
+    """Reports what escapes the handler and sends what Sentry holds before the handler returns.
+
+    The flush is explicit because the first invocation of a container starts Sentry itself (see `init_sentry`), and
+    the one-machine shape has no Lambda runtime for the integration to hook. An exception the integration also
+    reports is sent once (Sentry drops the same exception reported twice in a row).
+    """
+
+    @functools.wraps(handler)
+    def wrapper(event: Any, context: Any) -> Any:
+        try:
+            return handler(event, context)
+        except Exception as exc:
+            if _sentry_started:
+                import sentry_sdk
+
+                sentry_sdk.capture_exception(exc)
+            raise
+        finally:
+            if _sentry_started:
+                import sentry_sdk
+
+                sentry_sdk.flush(timeout=SENTRY_FLUSH_SECONDS)
+
+    return wrapper  # type: ignore[return-value]

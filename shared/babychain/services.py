@@ -6,7 +6,6 @@ and the tests build their own and install them with `install()`.
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 
@@ -54,33 +53,29 @@ def from_environment() -> Services:
     from babychain.observability import init_sentry
 
     load_secrets_into_environment()
+    # Before the settings are checked, so that an invalid one reaches Sentry too.
     init_sentry()
     settings = load_settings()
-    step_url = os.environ.get("BABYCHAIN_STEP_QUEUE_URL", "")
-    callback_url = os.environ.get("BABYCHAIN_CALLBACK_QUEUE_URL", "")
-    if not step_url or not callback_url:
+    if not settings.step_queue_url or not settings.callback_queue_url:
         raise ConfigurationError("BABYCHAIN_STEP_QUEUE_URL and BABYCHAIN_CALLBACK_QUEUE_URL must be set.")
     return Services(
         settings=settings,
         store=store_from_environment(settings),
-        step_queue=SqsQueue(step_url),
-        callback_queue=SqsQueue(callback_url),
+        step_queue=SqsQueue(settings.step_queue_url),
+        callback_queue=SqsQueue(settings.callback_queue_url),
         artifacts=artifacts_from_environment(settings),
         providers=registry_from_settings(settings),
     )
 
 
 def store_from_environment(settings: Settings) -> Store:
-    kind = os.environ.get("BABYCHAIN_STORE", "postgres").strip().lower()
-    if kind == "supabase":
+    if settings.store_kind == "supabase":
         from babychain.store.supabase import SupabaseStore
 
-        url, key = os.environ.get("SUPABASE_URL", ""), os.environ.get("SUPABASE_SERVICE_ROLE_KEY", "")
-        if not url or not key:
+        if not settings.supabase_url or not settings.supabase_service_role_key:
             raise ConfigurationError("BABYCHAIN_STORE=supabase needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY.")
-        return SupabaseStore(url, key)
-    if kind != "postgres":
-        raise ConfigurationError(f"BABYCHAIN_STORE must be postgres or supabase; got {kind!r}.")
+        return SupabaseStore(settings.supabase_url, settings.supabase_service_role_key)
+    # load_settings() accepts only postgres or supabase.
     if not settings.database_url:
         raise ConfigurationError("DATABASE_URL is not set.")
     from babychain.store.postgres import PostgresStore
@@ -90,12 +85,10 @@ def store_from_environment(settings: Settings) -> Store:
 
 
 def artifacts_from_environment(settings: Settings) -> ArtifactStore:
-    bucket = os.environ.get("BABYCHAIN_ARTIFACT_BUCKET", "")
-    if bucket:
+    if settings.artifact_bucket:
         from babychain.aws.artifacts import S3ArtifactStore
 
-        ttl = int(os.environ.get("BABYCHAIN_ARTIFACT_URL_TTL_SECONDS", "3600"))
-        return S3ArtifactStore(bucket, url_ttl_seconds=ttl)
+        return S3ArtifactStore(settings.artifact_bucket, url_ttl_seconds=settings.artifact_url_ttl_seconds)
     from babychain.artifacts import LocalArtifactStore
 
     if not settings.artifact_base_url:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sentry_sdk
 
+from babychain import observability
 from babychain.local.lambda_shim import LambdaContext, load_handler
 from babychain.local.runner import DEFAULT_API_KEY, LocalEngine
+from tests.standins.sentry import SentryIngest
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
@@ -55,6 +60,35 @@ def test_a_poisoned_message_fails_only_itself(make_engine: Callable[..., LocalEn
     event["Records"].append(poisoned)
     response = load_handler("step_executor")(event, LambdaContext("step_executor"))
     assert response == {"batchItemFailures": [{"itemIdentifier": "poison"}]}
+
+
+def test_a_poisoned_message_leaves_an_error_line_and_a_sentry_event_before_the_handler_returns(
+    make_engine: Callable[..., LocalEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_engine(workers=False)
+    event = json.loads((EVENTS / "step_executor.json").read_text())
+    event["Records"].append(dict(event["Records"][0], messageId="poison", body="{not json"))
+    stream = io.StringIO()
+    log_handler = logging.StreamHandler(stream)
+    log_handler.setFormatter(observability.logger.registered_formatter)
+    logging.getLogger(observability.logger.name).addHandler(log_handler)
+    with SentryIngest(delay_seconds=0.2) as ingest:
+        monkeypatch.setenv("SENTRY_DSN", ingest.dsn)
+        monkeypatch.setattr(observability, "_sentry_started", False)
+        try:
+            assert observability.init_sentry()
+            response = load_handler("step_executor")(event, LambdaContext("step_executor"))
+            sent = ingest.body()  # what arrived before the handler returned
+        finally:
+            sentry_sdk.get_client().close()
+            logging.getLogger(observability.logger.name).removeHandler(log_handler)
+    assert response == {"batchItemFailures": [{"itemIdentifier": "poison"}]}
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    (error,) = [line for line in lines if line["level"] == "ERROR"]
+    assert error["message_id"] == "poison"
+    # The good record before it set a run's correlation id; the poisoned one has none of its own.
+    assert error.get("correlation_id") is None
+    assert b"queue record failed" in sent and b"poison" in sent
 
 
 def test_sample_schedule_event_runs_the_sweeper(make_engine: Callable[..., LocalEngine]) -> None:

@@ -514,6 +514,14 @@ def test_every_function_gets_the_settings_the_code_reads() -> None:
     assert outputs["ApiUrl"]["Value"] == {"Fn::Sub": "https://${HttpApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}"}
 
 
+def test_every_variable_the_template_sets_is_declared_in_the_settings() -> None:
+    from babychain.config import BY_ENV, POWERTOOLS_VARIABLES
+
+    known = set(BY_ENV) | {p.env for p in POWERTOOLS_VARIABLES}
+    for folder, props in _functions().items():
+        assert set(props["Environment"]["Variables"]) <= known, (folder, set(props["Environment"]["Variables"]) - known)
+
+
 # --------------------------------------------------------------------------------------------- alarms, outputs
 
 

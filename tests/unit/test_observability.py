@@ -2,42 +2,53 @@
 
 from __future__ import annotations
 
-import gzip
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import io
+import json
+import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import sentry_sdk
+from aws_lambda_powertools.utilities.batch import process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from sentry_sdk.integrations.aws_lambda import AwsLambdaIntegration
 
 from babychain import observability
+from babychain.batch import QueueBatchProcessor
+from tests.standins.sentry import SentryIngest
 
 BFL_KEY = "bfl_live_5f0c1d2e3a4b5c6d7e8f"
 
 
 @pytest.fixture
 def sentry_receiver() -> Iterator[list[bytes]]:
-    received: list[bytes] = []
+    """The first item is the DSN, then each envelope's body once it has been received."""
+    with SentryIngest() as ingest:
+        ingest.received.append(ingest.dsn.encode())
+        yield ingest.received
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
 
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if self.headers.get("Content-Encoding") == "gzip":
-                body = gzip.decompress(body)
-            received.append(body)
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+@pytest.fixture
+def slow_sentry_receiver() -> Iterator[list[bytes]]:
+    # An event reaches this list only 0.3 s after Sentry's worker thread sent it: seeing it right after a handler
+    # returned means the handler waited for the send.
+    with SentryIngest(delay_seconds=0.3) as ingest:
+        ingest.received.append(ingest.dsn.encode())
+        yield ingest.received
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    received.append(f"http://public@127.0.0.1:{server.server_address[1]}/1".encode())
-    yield received
-    server.shutdown()
+
+@pytest.fixture
+def sentry_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[list[bytes]], None]]:
+    """Starts Sentry through init_sentry() against a receiver, and closes it after the test."""
+
+    def start(receiver: list[bytes]) -> None:
+        monkeypatch.setenv("SENTRY_DSN", receiver.pop(0).decode())
+        monkeypatch.setattr(observability, "_sentry_started", False)
+        assert observability.init_sentry() is True
+
+    yield start
+    sentry_sdk.get_client().close()
 
 
 def test_scrub_replaces_every_secret_value_anywhere() -> None:
@@ -78,3 +89,68 @@ def test_sentry_stays_off_without_a_dsn(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv("SENTRY_DSN", raising=False)
     monkeypatch.setattr(observability, "_sentry_started", False)
     assert observability.init_sentry() is False
+
+
+def test_sentry_runs_with_the_aws_lambda_integration(
+    sentry_on: Callable[[list[bytes]], None], sentry_receiver: list[bytes]
+) -> None:
+    sentry_on(sentry_receiver)
+    assert sentry_sdk.get_client().get_integration(AwsLambdaIntegration) is not None
+
+
+def test_a_wrapped_handler_has_sent_its_sentry_event_when_it_returns(
+    monkeypatch: pytest.MonkeyPatch, sentry_on: Callable[[list[bytes]], None], slow_sentry_receiver: list[bytes]
+) -> None:
+    monkeypatch.setenv("BFL_API_KEY", BFL_KEY)
+    sentry_on(slow_sentry_receiver)
+
+    @observability.sentry_flush
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        raise RuntimeError(f"BFL refused the key {BFL_KEY}")
+
+    with pytest.raises(RuntimeError):
+        handler({}, None)
+    # No flush here: the wrapper's flush is what got the event to the receiver before the handler returned.
+    assert slow_sentry_receiver, "the handler returned before Sentry sent its event"
+    sent = b"".join(slow_sentry_receiver)
+    assert b"BFL refused the key" in sent
+    assert BFL_KEY.encode() not in sent
+
+
+def test_a_wrapped_handler_returns_its_result_with_sentry_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(observability, "_sentry_started", False)
+    assert observability.sentry_flush(lambda event, context: {"ok": event["n"]})({"n": 3}, None) == {"ok": 3}
+
+
+def _sqs_event(*records: tuple[str, str]) -> dict[str, Any]:
+    return {
+        "Records": [
+            {"messageId": message_id, "receiptHandle": f"rh-{message_id}", "body": body, "eventSource": "aws:sqs"}
+            for message_id, body in records
+        ]
+    }
+
+
+@pytest.fixture
+def json_log_lines() -> Iterator[io.StringIO]:
+    """What the Powertools logger writes, as its JSON lines."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(observability.logger.registered_formatter)
+    logging.getLogger(observability.logger.name).addHandler(handler)
+    yield stream
+    logging.getLogger(observability.logger.name).removeHandler(handler)
+
+
+def test_a_record_that_fails_is_logged_at_error_with_its_message_id(json_log_lines: io.StringIO) -> None:
+    def record_handler(record: SQSRecord) -> str:
+        return json.loads(record.body)["run_id"]
+
+    event = _sqs_event(("good-1", '{"run_id": "r1"}'), ("poison-2", "{not json"))
+    response = process_partial_response(event=event, record_handler=record_handler, processor=QueueBatchProcessor())
+    assert response == {"batchItemFailures": [{"itemIdentifier": "poison-2"}]}
+    lines = [json.loads(line) for line in json_log_lines.getvalue().splitlines()]
+    (error,) = [line for line in lines if line["level"] == "ERROR"]
+    assert error["message_id"] == "poison-2"
+    assert "JSONDecodeError" in error["exception_name"]
+    assert "Expecting property name" in error["exception"]

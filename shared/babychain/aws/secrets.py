@@ -9,20 +9,24 @@ from __future__ import annotations
 import os
 from typing import Any
 
-SECRETS_ID = "BABYCHAIN_SECRETS_ID"
+from babychain import config
+from babychain.errors import ConfigurationError
+
+SECRETS_ID = config.BY_FIELD["secrets_id"].env
 CACHE_SECONDS = 300
 
 
 def load_secrets_into_environment() -> list[str]:
     """Returns the names it set (never the values)."""
-    secret_id = os.environ.get(SECRETS_ID)
+    # Read alone: the other settings may still be waiting for this secret.
+    secret_id = config.read("secrets_id")
     if not secret_id:
         return []
     from aws_lambda_powertools.utilities import parameters
 
     values: Any = parameters.get_secret(secret_id, transform="json", max_age=CACHE_SECONDS)
     if not isinstance(values, dict):
-        raise ValueError(f"The secret {SECRETS_ID} names must hold a JSON object of variable names to values.")
+        raise ConfigurationError(f"The secret {SECRETS_ID} names must be a JSON object of variable names to values.")
     loaded = []
     for name, value in values.items():
         if isinstance(value, str) and name not in os.environ:

@@ -28,6 +28,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from babychain import config
 from babychain.artifacts import LocalArtifactStore
 from babychain.config import Settings, load_settings
 from babychain.local.containers import ContainerSpec, run_container
@@ -286,8 +287,8 @@ class LocalEngine:
     def describe(self) -> list[str]:
         s = self.settings
         # Values that came from the environment are named, not printed; generated development defaults are shown.
-        api_key = "from BABYCHAIN_API_KEY" if os.environ.get("BABYCHAIN_API_KEY") else s.api_keys[0]
-        secret = "from BABYCHAIN_CALLBACK_SECRET" if os.environ.get("BABYCHAIN_CALLBACK_SECRET") else s.callback_secret
+        api_key = "from BABYCHAIN_API_KEY" if config.is_set("BABYCHAIN_API_KEY") else s.api_keys[0]
+        secret = "from BABYCHAIN_CALLBACK_SECRET" if config.is_set("BABYCHAIN_CALLBACK_SECRET") else s.callback_secret
         provider = f" (local provider at {s.local_provider_url})" if s.provider_mode == "local" else ""
         lines = [
             f"BabyChain is serving on {self.base_url}"

@@ -19,8 +19,9 @@ import psycopg
 import pytest
 
 from babychain.store.base import Store
+from babychain.store.errors import StoreAuthError, StoreError, StoreUnavailable
 from babychain.store.postgres import PostgresStore
-from babychain.store.supabase import StoreAuthError, StoreError, StoreUnavailable, SupabaseStore
+from babychain.store.supabase import SupabaseStore
 from tests.standins.postgrest import PostgrestStandIn
 
 ADAPTERS = ("postgres", "supabase")

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from babychain.local.receiver import WebhookReceiver
@@ -79,6 +80,38 @@ def _copy_of(server: str, template: str) -> str:
 def database_url(postgres_server: str, template_database: str) -> str:
     """A fresh database per test, so no test sees (or its sweeper re-drives) another test's runs."""
     return _copy_of(postgres_server, template_database)
+
+
+@pytest.fixture
+def password_role(postgres_server: str, database_url: str) -> Iterator[dict[str, str]]:
+    """A login role that the embedded server checks by password (it trusts every other connection).
+
+    Yields {"user", "password", "dsn_right", "dsn_wrong"} (DSNs of this test's database). The role has no grant on
+    any bc_* function. Skipped on a DATABASE_URL server, whose authentication the tests leave alone.
+    """
+    if os.environ.get("DATABASE_URL"):
+        pytest.skip("changes pg_hba.conf: only on the embedded server")
+    user, password = f"bc_pw_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        row = conn.execute("show hba_file").fetchone()
+        assert row is not None
+        hba = Path(row[0])
+        original = hba.read_text()
+        # First match wins: this role alone, on the socket and loopback, must give a password.
+        hba.write_text(f"local all {user} scram-sha-256\nhost all {user} 127.0.0.1/32 scram-sha-256\n" + original)
+        conn.execute(sql.SQL("create role {} login password {}").format(sql.Identifier(user), sql.Literal(password)))
+        conn.execute("select pg_reload_conf()")
+        try:
+            yield {
+                "user": user,
+                "password": password,
+                "dsn_right": make_conninfo(database_url, user=user, password=password),
+                "dsn_wrong": make_conninfo(database_url, user=user, password=password + "-wrong"),
+            }
+        finally:
+            hba.write_text(original)
+            conn.execute("select pg_reload_conf()")
+            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(user)))
 
 
 @pytest.fixture

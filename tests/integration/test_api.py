@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from typing import Any
 
@@ -294,3 +295,45 @@ def test_an_unreachable_database_is_a_503_without_details(engine: LocalEngine) -
     error = json.loads(response["body"])["error"]
     assert error["code"] == "database_unreachable"
     assert "service-role-key" not in response["body"] and "9" not in error["message"]
+
+
+def test_store_errors_from_postgres_are_a_503_and_a_500(engine: LocalEngine, password_role: dict[str, str]) -> None:
+    import dataclasses
+
+    from babychain.local.lambda_shim import LambdaContext, http_event, load_handler
+    from babychain.services import install, services
+    from babychain.store.postgres import PostgresStore
+
+    def list_runs_with(store: PostgresStore) -> dict[str, Any]:
+        working = services()
+        install(dataclasses.replace(working, store=store))
+        try:
+            event = http_event(
+                "GET",
+                "/api/v1/chains/runs",
+                "",
+                {"authorization": f"Bearer {KEY_A}"},
+                b"",
+                "GET /api/v1/chains/runs",
+                {},
+            )
+            response: dict[str, Any] = load_handler("list")(event, LambdaContext(function_name="list"))
+            return response
+        finally:
+            install(working)
+            store.close()
+
+    # Nothing listens on the port: unreachable, retry later.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    down = list_runs_with(PostgresStore(f"postgresql://babychain:pw-4567@127.0.0.1:{port}/babychain", timeout=1.0))
+    assert down["statusCode"] == 503, down
+    assert json.loads(down["body"])["error"]["code"] == "database_unreachable"
+
+    # The server refuses the password: a configuration error, and no detail of it in the answer.
+    refused = list_runs_with(PostgresStore(password_role["dsn_wrong"], timeout=1.0))
+    assert refused["statusCode"] == 500, refused
+    error = json.loads(refused["body"])["error"]
+    assert error["code"] == "configuration_error"
+    assert password_role["user"] not in refused["body"] and "password" not in error["message"]

@@ -19,8 +19,9 @@ import psycopg
 import pytest
 
 from babychain.store.base import Store
+from babychain.store.errors import StoreAuthError, StoreError, StoreUnavailable
 from babychain.store.postgres import PostgresStore
-from babychain.store.supabase import StoreAuthError, StoreError, StoreUnavailable, SupabaseStore
+from babychain.store.supabase import SupabaseStore
 from tests.standins.postgrest import PostgrestStandIn
 
 ADAPTERS = ("postgres", "supabase")
@@ -707,7 +708,7 @@ def test_rls_keeps_client_roles_out(owner_conn: psycopg.Connection[Any], stores:
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="function"), owner_conn.transaction():
             owner_conn.execute(f"select {function}(%s::jsonb)", (json.dumps({"run_id": run["id"]}),))
     with pytest.raises(psycopg.errors.InsufficientPrivilege), owner_conn.transaction():
-        owner_conn.execute("select bc_run_json(%s::uuid)", (run["id"],))
+        owner_conn.execute("select babychain_private.bc_run_json(%s::uuid)", (run["id"],))
 
 
 def test_rls_hides_rows_even_with_a_table_grant(owner_conn: psycopg.Connection[Any], stores: dict[str, Store]) -> None:
@@ -729,7 +730,7 @@ def test_service_role_reaches_the_data(owner_conn: psycopg.Connection[Any], stor
     owner_conn.execute("set local role service_role")
     row = owner_conn.execute("select bc_get_run(%s::jsonb)", (json.dumps({"run_id": run["id"]}),)).fetchone()
     assert row is not None and row[0] == stores["postgres"].get_run(run["id"])
-    # Writes too: a whole run through the functions, under the service role's own grants.
+    # Writes too, with nothing but the execute grants (the functions run as their owner, security definer).
     created = owner_conn.execute("select bc_create_run(%s::jsonb)", (json.dumps(run_request(new_owner())),)).fetchone()
     assert created is not None and created[0]["created"] is True
     receipt = owner_conn.execute(

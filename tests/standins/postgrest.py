@@ -4,11 +4,15 @@ It answers `POST /rest/v1/rpc/<function>` the way PostgREST does for a function 
 value serialised as the whole JSON body (`null` for SQL NULL), built by Postgres itself with PostgREST's own
 expression, `coalesce(string_agg(to_json(pgrst_scalar)::text, ','), 'null')`, as `application/json;
 charset=utf-8`.
-Arguments are matched by name, like PostgREST: the body must be `{"p": ...}`, run as `bc_x(p => $1::jsonb)`.
+Arguments are matched by name, like PostgREST: the body must be `{"p": ...}`, run as
+`"<schema>"."bc_x"(p => $1::jsonb)`, where the schema is the first exposed one (`public`, as on Supabase) or the one
+a `Content-Profile` header selects among the exposed ones (406 PGRST106 for any other, like PostgREST).
 
 It checks the `apikey` header and `Authorization: Bearer <key>` against the service role key (401 with PostgREST's
 error JSON otherwise) and maps database errors to PostgREST's statuses and `{code, message, details, hint}` bodies.
-It connects as the database owner, which like Supabase's service role is not subject to Row Level Security.
+Like PostgREST it runs each call in a transaction as the key's role (`set local role service_role`), so the
+database's grants decide what the service role may call; when the connecting user may not assume that role (a
+`DATABASE_URL` user without membership), it runs as that user.
 
     with PostgrestStandIn(database_url) as gateway:
         store = SupabaseStore(gateway.url, gateway.service_role_key)
@@ -31,6 +35,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import psycopg_pool
+from psycopg import sql
 
 RPC_PREFIX = "/rest/v1/rpc/"
 _FUNCTION_NAME = re.compile(r"bc_[a-z_]+")
@@ -93,8 +98,13 @@ class PostgrestStandIn:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        exposed_schemas: tuple[str, ...] = ("public",),
+        role: str = "service_role",
     ) -> None:
+        """`exposed_schemas` is PostgREST's `db-schemas` (Supabase exposes `public`); `role` the key's role."""
         self.service_role_key = service_role_key
+        self.exposed_schemas = exposed_schemas
+        self.role: str | None = role
         self.requests: list[dict[str, Any]] = []  # method, path, headers (lower-case names), json
         self._faults: list[_Fault] = []
         self._stalls: list[float] = []
@@ -116,6 +126,13 @@ class PostgrestStandIn:
 
     def start(self) -> PostgrestStandIn:
         self._pool.open(wait=True)
+        if self.role is not None:
+            with self._pool.connection() as conn:
+                try:
+                    with conn.transaction():
+                        conn.execute(sql.SQL("set local role {}").format(sql.Identifier(self.role)))
+                except psycopg.errors.InsufficientPrivilege:
+                    self.role = None  # run as the connecting user
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="postgrest-standin", daemon=True
         )
@@ -169,31 +186,33 @@ class PostgrestStandIn:
 
     # ------------------------------------------------------------------------------------------ PostgREST
 
-    def _rpc(self, function: str, body: Any) -> tuple[int, bytes]:
+    def _rpc(self, schema: str, function: str, body: Any) -> tuple[int, bytes]:
         """Runs the function; returns PostgREST's status and JSON body."""
         if not _FUNCTION_NAME.fullmatch(function) or not isinstance(body, dict) or set(body) != {"p"}:
             names = ", ".join(sorted(body)) if isinstance(body, dict) else ""
             return 404, _error(
                 "PGRST202",
-                f"Could not find the function public.{function}({names}) in the schema cache",
-                f"Searched for the function public.{function} with parameters {names or '(none)'} or with a single "
+                f"Could not find the function {schema}.{function}({names}) in the schema cache",
+                f"Searched for the function {schema}.{function} with parameters {names or '(none)'} or with a single "
                 "unnamed json/jsonb parameter, but no matches were found in the schema cache.",
                 None,
             )
-        sql = (
+        query = sql.SQL(
             "select coalesce(string_agg(to_json(r.pgrst_scalar)::text, ','), 'null') "
-            f"from (select {function}(p => %s::jsonb) as pgrst_scalar) r"
-        )
+            "from (select {}.{}(p => %s::jsonb) as pgrst_scalar) r"
+        ).format(sql.Identifier(schema), sql.Identifier(function))
         try:
-            with self._pool.connection() as conn:
-                row = conn.execute(sql, (json.dumps(body["p"]),)).fetchone()
+            with self._pool.connection() as conn, conn.transaction():
+                if self.role is not None:
+                    conn.execute(sql.SQL("set local role {}").format(sql.Identifier(self.role)))
+                row = conn.execute(query, (json.dumps(body["p"]),)).fetchone()
         except psycopg_pool.PoolTimeout:
             return 504, _error("PGRST003", "Timed out acquiring connection from connection pool.", None, None)
         except psycopg.Error as exc:
             if exc.sqlstate is None:  # no answer from the server at all
                 return 503, _error("PGRST001", "Database client error. Retrying the connection.", str(exc), None)
             if exc.sqlstate == "42883":
-                return 404, _error("PGRST202", f"Could not find the function public.{function}(p)", None, None)
+                return 404, _error("PGRST202", f"Could not find the function {schema}.{function}(p)", None, None)
             diag = exc.diag
             return _pgrst_status(exc.sqlstate), _error(
                 exc.sqlstate, diag.message_primary or str(exc), diag.message_detail, diag.message_hint
@@ -257,7 +276,11 @@ class PostgrestStandIn:
                     return self._send(fault.status, fault.body, fault.content_type)
                 if not parsed_ok:
                     return self._send(400, _error("PGRST102", "Empty or invalid json", None, None))
-                status, data = server._rpc(path.removeprefix(RPC_PREFIX), body)
+                schema = self.headers.get("content-profile") or server.exposed_schemas[0]
+                if schema not in server.exposed_schemas:
+                    message = "The schema must be one of the following: " + ", ".join(server.exposed_schemas)
+                    return self._send(406, _error("PGRST106", message, None, None))
+                status, data = server._rpc(schema, path.removeprefix(RPC_PREFIX), body)
                 return self._send(status, data)
 
             def do_GET(self) -> None:

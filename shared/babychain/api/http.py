@@ -12,6 +12,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from babychain.api.auth import Principal, authenticate
 from babychain.errors import ApiError, ConfigurationError
 from babychain.services import Services, services
+from babychain.store.errors import StoreAuthError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +33,6 @@ def error_response(error: ApiError) -> Response:
     return json_response(error.status, error.body(), error.headers)
 
 
-def _is_database_down(exc: Exception) -> bool:
-    import psycopg
-    import psycopg_pool
-
-    from babychain.store.supabase import StoreUnavailable  # does not import supabase-py itself
-
-    return isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout | StoreUnavailable)
-
-
-def _is_misconfigured(exc: Exception) -> bool:
-    from babychain.store.supabase import StoreAuthError
-
-    return isinstance(exc, ConfigurationError | StoreAuthError)
-
-
 def make_resolver() -> APIGatewayHttpResolver:
     app = APIGatewayHttpResolver()
 
@@ -56,10 +42,11 @@ def make_resolver() -> APIGatewayHttpResolver:
 
     @app.exception_handler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        if _is_database_down(exc):
+        # Every store adapter raises the store's own errors, whatever its driver (babychain.store.errors).
+        if isinstance(exc, StoreUnavailable):
             log.error("database unreachable: %s", type(exc).__name__)
             return error_response(ApiError(503, "database_unreachable", "The database is unreachable; retry soon."))
-        if _is_misconfigured(exc):
+        if isinstance(exc, ConfigurationError | StoreAuthError):
             log.error("configuration error: %s", exc)
             return error_response(ApiError(500, "configuration_error", "The server is misconfigured."))
         log.exception("unhandled error")

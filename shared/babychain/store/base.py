@@ -1,8 +1,8 @@
 """The store interface: typed calls onto the SQL functions in `supabase/migrations`.
 
 Adapters only implement `call(function, params)`; the psycopg adapter runs `select bc_x(%s::jsonb)` and the Supabase
-adapter (a later issue) runs the same function through PostgREST RPC. Everything above this file speaks in plain
-dicts shaped like the table rows.
+adapter runs the same function through PostgREST RPC. Everything above this file speaks in plain dicts shaped like
+the table rows, and sees failures only as the store's errors (`babychain.store.errors`), never a driver's.
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ Row = dict[str, Any]  # a row without a declared shape (callback deliveries, hea
 class Store(ABC):
     @abstractmethod
     def call(self, function: str, params: dict[str, Any]) -> Any:
-        """Run one `bc_*` SQL function with a jsonb argument and return its decoded jsonb result."""
+        """Run one `bc_*` SQL function with a jsonb argument and return its decoded jsonb result.
+
+        Raises `StoreUnavailable`, `StoreAuthError` or `StoreError` (babychain.store.errors) when the call fails.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional for adapters without resources
         pass

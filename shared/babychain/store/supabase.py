@@ -11,12 +11,13 @@ What comes back matches the psycopg adapter value for value. PostgREST answers a
 loader gives them. Only bodiless answers need normalising (a 204, or an empty 2xx body, which postgrest-py turns
 into `[]`): they become `None`. A 2xx answer that is not JSON at all (a proxy's page) is an error, not a result.
 
-Failures are `StoreError`s carrying PostgREST's or Postgres's code (`sqlstate` for the latter, like psycopg's):
+Failures are the store's own errors (`babychain.store.errors`), carrying PostgREST's or Postgres's code (`sqlstate`
+for the latter, like the psycopg adapter's):
 
 - `StoreUnavailable`: the database cannot be reached now (network failure or timeout, a 5xx from the gateway,
-  PostgREST's connection errors PGRST000-003, or a SQLSTATE of class 08/40/53/57, which psycopg raises as
-  `OperationalError`). The API layer answers 503 `database_unreachable`.
-- `StoreAuthError`: the key was refused (401/403, PostgREST's JWT errors) or the role lacks a grant (42501).
+  PostgREST's connection errors PGRST000-003, or a SQLSTATE of class 08/40/53/57). The API layer answers 503
+  `database_unreachable`.
+- `StoreAuthError`: the key was refused (401/403, PostgREST's JWT errors) or the role lacks a grant (42501, class 28).
 - `StoreError`: anything else (bad input to a function, a missing function, an unexpected answer).
 
 The service role key never appears in an exception or a log line: messages are built from the answer's code and
@@ -32,55 +33,15 @@ from typing import Any
 import httpx
 
 from babychain.store.base import Store
+from babychain.store.errors import StoreAuthError, StoreError, StoreUnavailable, error_class_for_sqlstate, is_sqlstate
 
 _FUNCTION_NAME = re.compile(r"bc_[a-z_]+")
-_SQLSTATE = re.compile(r"^[0-9A-Z]{5}$")
 
 # PostgREST could not reach or use the database: connection failed, pool error, schema cache not loaded, timeout
 # waiting for a pooled connection.
 _UNAVAILABLE_PGRST = frozenset({"PGRST000", "PGRST001", "PGRST002", "PGRST003"})
 # PostgREST refused the credentials: JWT secret missing, invalid JWT, anonymous access disabled, invalid claims.
 _AUTH_PGRST = frozenset({"PGRST300", "PGRST301", "PGRST302", "PGRST303"})
-# SQLSTATE classes after which a later retry can succeed: connection exception, transaction rollback (deadlock,
-# serialization failure), insufficient resources, operator intervention (shutdown, statement timeout).
-_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57"})
-
-
-class StoreError(Exception):
-    """A store call failed. `code` is PostgREST's (`PGRSTxxx`), Postgres's SQLSTATE, or the HTTP status."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        function: str,
-        code: str | None = None,
-        status: int | None = None,
-        details: str | None = None,
-        hint: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.function = function
-        self.code = code
-        self.status = status
-        self.details = details
-        self.hint = hint
-
-    @property
-    def sqlstate(self) -> str | None:
-        """The Postgres error code when the database raised the error (like `psycopg.Error.sqlstate`)."""
-        if self.code and _SQLSTATE.match(self.code):
-            return self.code
-        return None
-
-
-class StoreUnavailable(StoreError):
-    """The database (or the PostgREST in front of it) cannot be reached right now; retrying later can succeed."""
-
-
-class StoreAuthError(StoreError):
-    """The service role key was refused, or the role it maps to lacks a grant: a configuration problem."""
 
 
 class SupabaseStore(Store):
@@ -194,10 +155,10 @@ def _text(value: Any) -> str | None:
 def _classify(code: str | None, status: int | None) -> type[StoreError]:
     if code in _UNAVAILABLE_PGRST:
         return StoreUnavailable
-    if code in _AUTH_PGRST or code == "42501" or status in (401, 403):
+    if code in _AUTH_PGRST or status in (401, 403):
         return StoreAuthError
-    if code and _SQLSTATE.match(code):  # the database raised it: as psycopg would, keyed on the SQLSTATE class
-        return StoreUnavailable if code[:2] in _TRANSIENT_SQLSTATE_CLASSES else StoreError
+    if code and is_sqlstate(code):  # the database raised it: as in the psycopg adapter, keyed on the SQLSTATE
+        return error_class_for_sqlstate(code)
     if status is not None and status >= 500:
         # A 5xx without a database code: PostgREST or the gateway in front of it (Kong, Cloudflare) is down.
         return StoreUnavailable

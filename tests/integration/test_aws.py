@@ -19,8 +19,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from babychain.local.lambda_shim import LambdaContext, load_handler
+from babychain.local.provider_server import LocalProviderServer
 from babychain.local.receiver import WebhookReceiver
-from babychain.providers.local_server import LocalProviderServer
 from babychain.services import from_environment, install
 from tests.conftest import CALLBACK_SECRET
 from tests.integration.requests import SEED_CHAIN1

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from standardwebhooks.webhooks import Webhook
 
+from babychain.local.media import text_to_image
 from babychain.local.receiver import WebhookReceiver
 from babychain.local.runner import LocalEngine
-from babychain.providers.local_media import text_to_image
 from tests.conftest import CALLBACK_SECRET, wait_for_run
 from tests.integration.requests import SEED_CHAIN1, chain_request
 

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from babychain.local import media
 from babychain.local.runner import LocalEngine
-from babychain.providers import local_media
 from tests.conftest import FAST, KEY_A, client_for
 from tests.integration.requests import SEED_CHAIN1
 
@@ -96,7 +96,7 @@ def _request(method: str, target: str, *headers: str) -> bytes:
 @pytest.fixture
 def artifact(engine: LocalEngine) -> tuple[str, bytes]:
     """A real PNG from the local provider's renderer, stored in the engine's artifact folder: (URL, bytes)."""
-    data = local_media.text_to_image("a lighthouse at dusk", seed=7, width=96, height=64, output_format="png")
+    data = media.text_to_image("a lighthouse at dusk", seed=7, width=96, height=64, output_format="png")
     assert len(data) > 100
     url = engine.artifacts.put("runs/abc/step-1/image.png", data, "image/png")
     return url, data

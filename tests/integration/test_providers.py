@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from babychain.local.media import text_to_image
 from babychain.local.runner import LocalEngine
-from babychain.providers.local_media import text_to_image
 from tests.conftest import client_for, wait_for_run
 from tests.integration.requests import chain_request
 from tests.standins.babysea import BabySeaStandIn

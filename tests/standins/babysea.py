@@ -1,7 +1,7 @@
 """A loopback stand-in for BabySea's hosted `/v1` API, faithful to the wire protocol in reference/providers.md §3.
 
 It speaks the documented paths, envelopes, BSE error codes, status strings and idempotency rules, serves real media
-made by `babychain.providers.local_media`, plays BabySea's failover across a model's provider stack, and sends
+made by `babychain.local.media`, plays BabySea's failover across a model's provider stack, and sends
 account-level webhooks signed the BabySea way. Tests script faults and inspect what was received:
 
     with BabySeaStandIn(webhook_url=receiver.url, webhook_secret="whsec_x") as server:
@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 
 from babychain.chains.catalog import MODELS
-from babychain.providers import local_media
+from babychain.local import media
 
 PROVIDER_IDS = ("alibabacloud", "bfl", "byteplus", "cloudflare", "fal", "openai", "replicate", "runway")
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_\-:.]{1,255}$")
@@ -551,8 +551,8 @@ class BabySeaStandIn:
         produced: list[tuple[bytes, str]] = []
         if gen.kind == "video":
             if source is None:  # text-to-video: start from a rendered still
-                source = local_media.text_to_image(prompt, seed=seed, width=512, height=512, output_format="jpeg")
-            video = local_media.image_to_video(
+                source = media.text_to_image(prompt, seed=seed, width=512, height=512, output_format="jpeg")
+            video = media.image_to_video(
                 source,
                 prompt,
                 seed=seed,
@@ -567,17 +567,15 @@ class BabySeaStandIn:
             for i in range(int(params.get("generation_output_number", 1))):
                 item_seed = None if seed is None else seed + i
                 if source is not None:
-                    image = local_media.image_to_image(source, prompt, seed=item_seed, output_format=fmt)
+                    image = media.image_to_image(source, prompt, seed=item_seed, output_format=fmt)
                 else:
-                    image = local_media.text_to_image(
-                        prompt, seed=item_seed, width=width, height=height, output_format=fmt
-                    )
+                    image = media.text_to_image(prompt, seed=item_seed, width=width, height=height, output_format=fmt)
                 produced.append((image, fmt))
         urls = []
         with self._lock:
             for i, (content, fmt) in enumerate(produced):
-                name = f"{gen_id}-{i}{local_media.extension_for(fmt)}"
-                self._files[name] = (content, local_media.content_type_for(fmt))
+                name = f"{gen_id}-{i}{media.extension_for(fmt)}"
+                self._files[name] = (content, media.content_type_for(fmt))
                 urls.append(f"{self.base_url}/files/{name}")
         return urls
 

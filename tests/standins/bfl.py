@@ -3,7 +3,7 @@
 It speaks the documented protocol: `POST /v1/<model>` with `x-key`, FastAPI-style 422 bodies, `{id, polling_url,
 cost, input_mp, output_mp}` answers, `GET /v1/get_result?id=` with the exact status strings, delivery URLs that
 expire like signed URLs, and webhooks signed `X-BFL-Signature: sha256=<hex>` when a request asks for one. Outputs
-are real images made by `babychain.providers.local_media`.
+are real images made by `babychain.local.media`.
 
     with BflStandIn() as server:
         provider = BflProvider(server.api_key, base_url=server.base_url + "/v1", allow_loopback=True)
@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from babychain.providers import local_media
+from babychain.local import media
 from babychain.security.urls import is_loopback_address
 
 
@@ -305,7 +305,7 @@ class BflStandIn:
     def _ready(self, job: _Job, content: bytes, fmt: str) -> None:
         with self._lock:
             job.content = content
-            job.content_type = local_media.content_type_for(fmt)
+            job.content_type = media.content_type_for(fmt)
             job.sample_name = f"{job.id}.{fmt}"
             job.sample_expires_at = time.time() + self.sample_ttl_seconds
             job.result = {
@@ -332,11 +332,11 @@ class BflStandIn:
         width, height = _size(spec, body)
         source = body.get("input_image")
         if not source:
-            return local_media.text_to_image(
+            return media.text_to_image(
                 body["prompt"], seed=body.get("seed"), width=width, height=height, output_format=fmt
             ), fmt
         image = _load_input(source)
-        return local_media.image_to_image(
+        return media.image_to_image(
             image,
             body["prompt"],
             seed=body.get("seed"),

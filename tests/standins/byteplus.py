@@ -39,7 +39,7 @@ import av
 import httpx
 from PIL import Image
 
-from babychain.providers import local_media
+from babychain.local import media
 
 API = "/api/v3"
 TASKS = f"{API}/contents/generations/tasks"
@@ -239,9 +239,9 @@ class BytePlusStandIn:
     # ------------------------------------------------------------------------------------------- files
 
     def _store(self, data: bytes, fmt: str) -> str:
-        name = f"{secrets.token_hex(12)}{local_media.extension_for(fmt)}"
+        name = f"{secrets.token_hex(12)}{media.extension_for(fmt)}"
         with self._lock:
-            self.files[name] = (data, local_media.content_type_for(fmt))
+            self.files[name] = (data, media.content_type_for(fmt))
         # Real outputs are signed TOS URLs; the query is decoration here, but adapters must pass it through.
         return f"{self.origin}/files/{name}?X-Tos-Expires=86400&X-Tos-Signature={secrets.token_hex(8)}"
 
@@ -308,7 +308,7 @@ class BytePlusStandIn:
             if images:
                 source = self._fetch(images[0])
                 sized = size is not None
-                data = local_media.image_to_image(
+                data = media.image_to_image(
                     source,
                     prompt,
                     seed=use_seed,
@@ -317,9 +317,7 @@ class BytePlusStandIn:
                     height=height if sized else None,
                 )
             else:
-                data = local_media.text_to_image(
-                    prompt, seed=use_seed, width=width, height=height, output_format="jpeg"
-                )
+                data = media.text_to_image(prompt, seed=use_seed, width=width, height=height, output_format="jpeg")
         except ValueError as exc:
             raise _invalid(f"image: {exc}.") from exc
         with Image.open(io.BytesIO(data)) as img:
@@ -576,10 +574,10 @@ class BytePlusStandIn:
             source = self._fetch(first["image_url"]["url"])
         else:
             w, h = (int(v) for v in (ratio or "16:9").split(":"))
-            source = local_media.text_to_image(
+            source = media.text_to_image(
                 prompt, seed=echo["seed"], width=768, height=max(64, round(768 * h / w)), output_format="png"
             )
-        video = local_media.image_to_video(
+        video = media.image_to_video(
             source,
             prompt,
             seed=echo["seed"],

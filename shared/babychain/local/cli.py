@@ -128,7 +128,7 @@ def _run_demo(engine: LocalEngine, receiver: WebhookReceiver, chain: str, timeou
     source = None
     if chain == "chain2":
         # chain2 starts from a caller image: make one with a chain1-style text_to_image call on the local media kit.
-        from babychain.providers.local_media import text_to_image
+        from babychain.local.media import text_to_image
 
         source = engine.artifacts.put(
             "demo/source.png", text_to_image("a red kite over green hills", seed=1, width=768, height=512), "image/png"

@@ -34,9 +34,9 @@ from babychain.config import Settings, load_settings
 from babychain.local.containers import ContainerSpec, run_container
 from babychain.local.http_server import bind_socket
 from babychain.local.lambda_shim import LambdaContext, load_handler, scheduled_event
+from babychain.local.provider_server import LocalProviderServer
 from babychain.local.queue import CALLBACK_QUEUE, STEP_QUEUE, PostgresQueue, release_orphans
 from babychain.providers.local import LocalProvider
-from babychain.providers.local_server import LocalProviderServer
 from babychain.providers.registry import registry_from_settings
 from babychain.security.urls import Resolver, system_resolver
 from babychain.services import Services, install

@@ -1,4 +1,4 @@
-"""The adapter for the built-in local provider (`babychain.providers.local_server`), spoken to over HTTP."""
+"""The adapter for the built-in local provider (`babychain.local.provider_server`), spoken to over HTTP."""
 
 from __future__ import annotations
 

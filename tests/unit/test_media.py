@@ -9,7 +9,7 @@ import av
 import pytest
 from PIL import Image, ImageChops, ImageDraw, ImageStat
 
-from babychain.providers.local_media import (
+from babychain.local.media import (
     content_type_for,
     extension_for,
     image_to_image,

@@ -19,7 +19,7 @@ from typing import Any
 
 from babychain.chains.families import GenerationRequest
 from babychain.errors import ProviderError
-from babychain.providers import local_media
+from babychain.local import media
 from babychain.security.safe_http import fetch_bytes
 from babychain.security.urls import Resolver, system_resolver
 
@@ -165,13 +165,13 @@ class LocalProviderServer:
         except (ValueError, ProviderError) as exc:
             job.update(status="failed", error_code="invalid_input", error_message=str(exc))
             return
-        name = f"{job['id']}{local_media.extension_for(fmt)}"
+        name = f"{job['id']}{media.extension_for(fmt)}"
         (self.folder / "files" / name).write_bytes(content)
-        job.update(status="succeeded", output=f"/files/{name}", content_type=local_media.content_type_for(fmt))
+        job.update(status="succeeded", output=f"/files/{name}", content_type=media.content_type_for(fmt))
 
     def _render(self, step_key: str, request: GenerationRequest) -> tuple[bytes, str]:
         if step_key == "text_to_image":
-            return local_media.text_to_image(
+            return media.text_to_image(
                 request.prompt,
                 seed=request.seed,
                 width=request.width or 1024,
@@ -184,7 +184,7 @@ class LocalProviderServer:
             request.input_urls[0], resolver=self.resolver, max_bytes=MAX_INPUT_BYTES, allow_loopback_http=True
         ).content
         if step_key == "image_to_image":
-            return local_media.image_to_image(
+            return media.image_to_image(
                 source,
                 request.prompt,
                 seed=request.seed,
@@ -192,7 +192,7 @@ class LocalProviderServer:
                 width=request.width,
                 height=request.height,
             ), request.output_format
-        return local_media.image_to_video(
+        return media.image_to_video(
             source,
             request.prompt,
             seed=request.seed,
@@ -250,7 +250,7 @@ class LocalProviderServer:
                         return self._json(404, None)
                     data = path.read_bytes()
                     self.send_response(200)
-                    self.send_header("Content-Type", local_media.content_type_for(name.rsplit(".", 1)[1]))
+                    self.send_header("Content-Type", media.content_type_for(name.rsplit(".", 1)[1]))
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)

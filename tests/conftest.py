@@ -24,6 +24,8 @@ KEY_A = "bc_test_key_alpha_0001"
 KEY_B = "bc_test_key_bravo_0002"
 CALLBACK_SECRET = "whsec_" + "dGVzdC1jYWxsYmFjay1zZWNyZXQtMzItYnl0ZXMhISE="
 TERMINAL = ("succeeded", "failed", "canceled")
+# Read once at start: some tests load settings into the environment (the AWS secrets loader writes variables).
+EXTERNAL_DATABASE_URL = os.environ.get("DATABASE_URL")
 
 # Fast clocks for tests: the same code paths as production, with short delays.
 FAST = {
@@ -41,8 +43,8 @@ FAST = {
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A real Postgres: DATABASE_URL when given, else an embedded server for this test process."""
-    if os.environ.get("DATABASE_URL"):
-        yield os.environ["DATABASE_URL"]
+    if EXTERNAL_DATABASE_URL:
+        yield EXTERNAL_DATABASE_URL
         return
     from babychain.store.embedded import start_embedded_postgres
 
@@ -89,7 +91,7 @@ def password_role(postgres_server: str, database_url: str) -> Iterator[dict[str,
     Yields {"user", "password", "dsn_right", "dsn_wrong"} (DSNs of this test's database). The role has no grant on
     any bc_* function. Skipped on a DATABASE_URL server, whose authentication the tests leave alone.
     """
-    if os.environ.get("DATABASE_URL"):
+    if EXTERNAL_DATABASE_URL:
         pytest.skip("changes pg_hba.conf: only on the embedded server")
     user, password = f"bc_pw_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
     with psycopg.connect(postgres_server, autocommit=True) as conn:

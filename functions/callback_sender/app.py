@@ -9,7 +9,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from babychain.batch import QueueBatchProcessor
 from babychain.engine.callbacks import deliver_callback
-from babychain.observability import logger, metrics, sentry_flush, tracer
+from babychain.observability import instrumented, logger
 from babychain.services import services
 
 processor = QueueBatchProcessor()
@@ -22,9 +22,6 @@ def record_handler(record: SQSRecord) -> str:
     return deliver_callback(services(), body["run_id"])
 
 
-@sentry_flush
-@logger.inject_lambda_context
-@metrics.log_metrics
-@tracer.capture_lambda_handler
+@instrumented()
 def lambda_handler(event: dict, context: LambdaContext) -> PartialItemFailureResponse:
     return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -6,7 +6,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from babychain.api.http import caller, json_response, make_resolver
 from babychain.engine.runs import cancel_run
-from babychain.observability import logger, metrics, sentry_flush, tracer
+from babychain.observability import instrumented
 
 app = make_resolver()
 
@@ -17,9 +17,6 @@ def cancel(run_id: str) -> Response:
     return json_response(200, cancel_run(svc, principal, run_id))
 
 
-@sentry_flush
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
-@metrics.log_metrics
-@tracer.capture_lambda_handler
+@instrumented(correlation_paths.API_GATEWAY_HTTP)
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     return app.resolve(event, context)

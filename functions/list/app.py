@@ -6,7 +6,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from babychain.api.http import caller, json_response, make_resolver
 from babychain.engine.runs import list_chains, list_models, list_runs
-from babychain.observability import logger, metrics, sentry_flush, tracer
+from babychain.observability import instrumented
 from babychain.services import services
 
 app = make_resolver()
@@ -35,9 +35,6 @@ def health() -> Response:
     return json_response(200, {"status": "ok", "service": "babychain", **services().store.health()})
 
 
-@sentry_flush
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
-@metrics.log_metrics
-@tracer.capture_lambda_handler
+@instrumented(correlation_paths.API_GATEWAY_HTTP)
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     return app.resolve(event, context)

@@ -6,7 +6,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from babychain.api.http import json_response, make_resolver, raw_body
 from babychain.engine.webhooks import handle_provider_webhook
-from babychain.observability import logger, metrics, sentry_flush, tracer
+from babychain.observability import instrumented
 from babychain.services import services
 
 app = make_resolver()
@@ -26,9 +26,6 @@ def step_webhook(provider: str, step_id: str, token: str) -> Response:
     return json_response(200, outcome.body())
 
 
-@sentry_flush
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
-@metrics.log_metrics
-@tracer.capture_lambda_handler
+@instrumented(correlation_paths.API_GATEWAY_HTTP)
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     return app.resolve(event, context)

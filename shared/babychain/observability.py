@@ -13,7 +13,7 @@ import functools
 import json
 import os
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
@@ -137,3 +137,16 @@ def sentry_flush(handler: Handler) -> Handler:
                 sentry_sdk.flush(timeout=SENTRY_FLUSH_SECONDS)
 
     return wrapper  # type: ignore[return-value]
+
+
+def instrumented(correlation_id_path: str | None = None) -> Callable[[Handler], Handler]:
+    """Every handler's wrapping, in one place: Sentry reporting and flush, the Powertools logger (with the
+    invocation's context and, for API events, the request id as correlation id), metrics and the tracer."""
+
+    def wrap(handler: Handler) -> Handler:
+        traced = tracer.capture_lambda_handler(handler)
+        measured = metrics.log_metrics(traced)
+        logged = logger.inject_lambda_context(measured, correlation_id_path=correlation_id_path)
+        return sentry_flush(cast(Handler, logged))
+
+    return wrap

@@ -8,6 +8,7 @@ visibility timeout and, after maxReceiveCount receives, land in the dead-letter 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,6 +88,8 @@ def aws(monkeypatch: pytest.MonkeyPatch, database_url: str, tmp_path: Path) -> I
     services = from_environment()
     install(services)
     yield {"sqs": sqs, "s3": s3, "queues": queues, "services": services}
+    for name in ("BABYCHAIN_API_KEY", "BABYCHAIN_CALLBACK_SECRET", "DATABASE_URL"):
+        os.environ.pop(name, None)  # written by the secrets loader; monkeypatch then restores what was there before
     install(None)
     services.store.close()
     provider.stop()

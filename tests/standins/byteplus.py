@@ -401,9 +401,12 @@ class BytePlusStandIn:
             "_run_until": None,
             "_rendering": False,
             "_notified": set(),
+            "_outbox": [],
+            "_delivering": False,
         }
         with self._lock:
             self.tasks[task_id] = task
+            self._note(task)
         return 200, {"id": task_id}
 
     def _video_params(
@@ -480,10 +483,17 @@ class BytePlusStandIn:
         start = (page_num - 1) * page_size
         return {"total": len(items), "items": items[start : start + page_size]}
 
-    @staticmethod
-    def _set(task: dict[str, Any], status: str) -> None:
+    def _set(self, task: dict[str, Any], status: str) -> None:
         task["status"] = status
         task["updated_at"] = int(time.time())
+        self._note(task)
+
+    def _note(self, task: dict[str, Any]) -> None:
+        """Queues the callback of a documented transition as it happens, so none is skipped between two ticks."""
+        status = task["status"]
+        if task["_callback_url"] and status in self.callback_statuses and status not in task["_notified"]:
+            task["_notified"].add(status)
+            task["_outbox"].append(self._public(task))
 
     @staticmethod
     def _public(task: dict[str, Any]) -> dict[str, Any]:
@@ -498,7 +508,7 @@ class BytePlusStandIn:
     def _advance(self) -> None:
         now = time.monotonic()
         renders: list[str] = []
-        notices: list[tuple[str, dict[str, Any]]] = []
+        batches: list[tuple[str, str, list[dict[str, Any]]]] = []
         with self._lock:
             for task in self.tasks.values():
                 fault = task["_fault"] or {}
@@ -527,14 +537,24 @@ class BytePlusStandIn:
                     else:
                         task["_rendering"] = True
                         renders.append(task["id"])
-                status = task["status"]
-                if task["_callback_url"] and status in self.callback_statuses and status not in task["_notified"]:
-                    task["_notified"].add(status)
-                    notices.append((task["_callback_url"], self._public(task)))
+                if task["_outbox"] and not task["_delivering"]:
+                    task["_delivering"] = True
+                    batches.append((task["id"], task["_callback_url"], task["_outbox"]))
+                    task["_outbox"] = []
         for task_id in renders:
             threading.Thread(target=self._render, args=(task_id,), daemon=True).start()
-        for url, body in notices:
-            threading.Thread(target=self._deliver, args=(url, body), daemon=True).start()
+        for task_id, url, bodies in batches:
+            threading.Thread(target=self._deliver_in_order, args=(task_id, url, bodies), daemon=True).start()
+
+    def _deliver_in_order(self, task_id: str, url: str, bodies: list[dict[str, Any]]) -> None:
+        # One task's callbacks go out one after another, in the order of its transitions.
+        try:
+            for body in bodies:
+                self._deliver(url, body)
+        finally:
+            with self._lock:
+                if task_id in self.tasks:
+                    self.tasks[task_id]["_delivering"] = False
 
     def _render(self, task_id: str) -> None:
         with self._lock:

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from babychain.chains.catalog import MODELS_BY_ID, ModelSpec
-from babychain.errors import ProviderError
+from babychain.errors import ConfigurationError, ProviderError
 from babychain.providers.base import JobStatus, StepJob, Submission, WebhookNotice, WebhookRejected
 from babychain.providers.bfl import BflProvider
 from tests.standins.bfl import BflStandIn
@@ -393,14 +393,14 @@ def test_bfl_hosts_are_allowed(url: str) -> None:
     ],
 )
 def test_other_hosts_are_refused(url: str, allow_loopback: bool) -> None:
-    with pytest.raises(ValueError, match="base URL"):
+    with pytest.raises(ConfigurationError, match="base URL"):
         BflProvider(KEY, base_url=url, allow_loopback=allow_loopback)
 
 
 def test_loopback_is_allowed_only_on_request() -> None:
     assert BflProvider(KEY, base_url="http://127.0.0.1:9/v1", allow_loopback=True).base_url == "http://127.0.0.1:9/v1"
     assert BflProvider(KEY, base_url="http://localhost:9/v1", allow_loopback=True)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigurationError):
         BflProvider("", base_url="https://api.bfl.ai/v1")
 
 

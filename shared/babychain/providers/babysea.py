@@ -19,21 +19,24 @@ from typing import Any
 
 import httpx
 
-from babychain.errors import ConfigurationError, ProviderError
+from babychain.errors import ProviderError
 from babychain.providers.base import JobStatus, Provider, StepJob, Submission, WebhookNotice, WebhookRejected
-from babychain.providers.http_errors import (
-    is_loopback_stand_in,
-    provider_error_for_status,
-    scrub_secret,
-    transport_error,
+from babychain.providers.http import (
+    NOT_FOUND,
+    ErrorBody,
+    HostRule,
+    ProviderHttp,
+    answered,
+    check_api_key,
+    check_base_url,
+    json_or_none,
 )
-from babychain.security.safe_http import parse_retry_after
 
 DEFAULT_BASE_URL = "https://api.us.babysea.ai"
-ALLOWED_HOSTS = frozenset({"api.us.babysea.ai", "api.eu.babysea.ai", "api.jp.babysea.ai"})
-CONNECT_TIMEOUT_SECONDS = 10.0
+HOSTS = HostRule(
+    "BABYSEA_API_BASE_URL", hosts=frozenset({"api.us.babysea.ai", "api.eu.babysea.ai", "api.jp.babysea.ai"})
+)
 WEBHOOK_TOLERANCE_SECONDS = 300
-MAX_ERROR_CHARS = 500
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}/[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _GENERATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
@@ -78,48 +81,26 @@ class BabySeaProvider(Provider):
         timeout: float = 60.0,
         webhook_tolerance_seconds: int = WEBHOOK_TOLERANCE_SECONDS,
     ) -> None:
-        if not api_key or any(c.isspace() for c in api_key):
-            raise ConfigurationError("BabySea API key is missing or malformed.")
-        self._api_key = api_key
-        self.base_url = self._checked_base_url(base_url, allow_loopback)
+        check_api_key(api_key, "BABYSEA_API_KEY")
+        self.base_url = _checked_base_url(base_url, allow_loopback)
         self._webhook_secret = webhook_secret or None
         self._webhook_tolerance = webhook_tolerance_seconds
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_SECONDS),
-            follow_redirects=False,
-            headers={"Accept": "application/json", "User-Agent": "babychain-python"},
-        )
-
-    @staticmethod
-    def _checked_base_url(base_url: str, allow_loopback: bool) -> str:
-        """Regional hosts over HTTPS only; a loopback host over http(s) only when tests or the runner ask for it."""
-        try:
-            url = httpx.URL(base_url.strip())
-            host = url.host.lower().rstrip(".")
-        except (httpx.InvalidURL, ValueError, UnicodeError) as exc:
-            raise ConfigurationError("BabySea base URL is not a valid URL.") from exc
-        # The docs write the base with or without `/v1`; every path below adds it.
-        path = url.path.rstrip("/").removesuffix("/v1")
-        if url.userinfo or url.query or url.fragment or path:
-            raise ConfigurationError("BabySea base URL must be a bare origin such as https://api.us.babysea.ai.")
-        if host in ALLOWED_HOSTS and url.scheme == "https" and url.port in (None, 443):
-            return f"https://{host}"
-        if is_loopback_stand_in(url.scheme, host, allow_loopback):
-            netloc = f"[{host}]" if ":" in host else host
-            return f"{url.scheme}://{netloc}" + (f":{url.port}" if url.port is not None else "")
-        raise ConfigurationError(
-            "BabySea base URL host is not allowed; use https://api.us.babysea.ai, https://api.eu.babysea.ai or "
-            "https://api.jp.babysea.ai."
+        self._http = ProviderHttp(
+            "BabySea",
+            secret=api_key,
+            headers={
+                "Authorization": f"Bearer {api_key}",
+                "Accept": "application/json",
+                "User-Agent": "babychain-python",
+            },
+            timeout=timeout,
+            read_error=_read_error,
         )
 
     def close(self) -> None:
-        self._client.close()
+        self._http.close()
 
     # ------------------------------------------------------------------------------------------------ HTTP
-
-    def _clean(self, text: str) -> str:
-        """Provider text is quoted in step errors: never with our key in it, never unbounded."""
-        return scrub_secret(text, self._api_key, MAX_ERROR_CHARS)
 
     def _request(
         self,
@@ -129,22 +110,15 @@ class BabySeaProvider(Provider):
         body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
-        not_found_code: str = "provider_not_found",
+        not_found_code: str = NOT_FOUND,
     ) -> tuple[httpx.Response, dict[str, Any]]:
         """One call; returns the response and its `data`, or raises ProviderError with a stable code."""
-        request_headers = {"Authorization": f"Bearer {self._api_key}", **(headers or {})}
-        try:
-            response = self._client.request(
-                method, self.base_url + path, json=body, params=params, headers=request_headers
-            )
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, f"BabySea ({method} {path})") from None
-        try:
-            envelope = response.json()
-        except ValueError:
-            envelope = None
-        if response.status_code >= 300 or not isinstance(envelope, dict) or envelope.get("status") == "error":
-            raise self._error(response, envelope, not_found_code)
+        response = self._http.send(
+            method, self.base_url + path, body=body, params=params, headers=headers, not_found_code=not_found_code
+        )
+        envelope = json_or_none(response)
+        if not isinstance(envelope, dict) or envelope.get("status") == "error":
+            raise self._http.error(response, not_found_code=not_found_code)
         data = envelope.get("data")
         if envelope.get("status") != "success" or not isinstance(data, dict):
             raise ProviderError(
@@ -153,62 +127,6 @@ class BabySeaProvider(Provider):
                 transient=False,
             )
         return response, data
-
-    def _error(self, response: httpx.Response, envelope: Any, not_found_code: str) -> ProviderError:
-        status = response.status_code
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        error = envelope.get("error") if isinstance(envelope, dict) else None
-        if not isinstance(error, dict):
-            # Requests that miss the OpenAPI shape are refused at the edge with a plain 403, not a BSE error.
-            text = response.text.strip()
-            where = "BabySea's edge" if status == 403 else "BabySea"
-            message = self._clean(f"{where} answered HTTP {status}" + (f": {text}" if text else "."))
-            if 200 <= status < 300:
-                return ProviderError("provider_unexpected_response", message, transient=False)
-            exc = provider_error_for_status(status, message, retry_after)
-            return ProviderError(not_found_code, message, transient=False) if status == 404 else exc
-
-        code = str(error.get("code") or "")
-        kind = str(error.get("type") or "")
-        details = error.get("details")
-        seconds = details.get("retry_after_seconds") if isinstance(details, dict) else None
-        if retry_after is None and isinstance(seconds, int | float) and not isinstance(seconds, bool):
-            retry_after = max(0.0, float(seconds))
-        text = f"BabySea {status} {code or 'error'}"
-        text += f" {kind}" if kind else ""
-        text += f": {error.get('message') or 'no message'}"
-        if isinstance(error.get("provider_errors"), list):
-            tried = [
-                f"{p.get('provider')}: {p.get('code') or p.get('type')}"
-                for p in error["provider_errors"]
-                if isinstance(p, dict)
-            ]
-            text += f" (providers tried: {'; '.join(tried)})" if tried else ""
-        if envelope.get("request_id"):
-            text += f" [request_id {envelope['request_id']}]"
-        message = self._clean(text)
-
-        # What the body says beyond the status, in order of precedence.
-        if code == "BSE1004" or status == 402:
-            return ProviderError("provider_quota_exceeded", message, transient=False)
-        if _is_moderation(code, kind):
-            return ProviderError("provider_content_moderated", message, transient=False)
-        if code == "BSE2015":  # same Idempotency-Key, different body: a bug on our side, retrying cannot help
-            return ProviderError("provider_invalid_request", message, transient=False)
-        if code == "BSE2016":  # the original request with this key is still being processed: ask again shortly
-            return ProviderError("provider_idempotency_in_progress", message, transient=True, retry_after=retry_after)
-        if status in (401, 403):
-            return provider_error_for_status(status, message)
-        if status == 404:
-            return ProviderError(not_found_code, message, transient=False)
-        base = provider_error_for_status(status, message, retry_after)
-        retryable = error.get("retryable")
-        # BabySea says to follow `retryable`, not the status alone (some provider 5xx are final).
-        if retryable is True and not base.transient:
-            return ProviderError(base.code, message, transient=True, retry_after=retry_after)
-        if retryable is False and base.transient:
-            return ProviderError("provider_failed", message, transient=False)
-        return base
 
     # ------------------------------------------------------------------------------------------ contract
 
@@ -264,42 +182,18 @@ class BabySeaProvider(Provider):
         if record.get("generation_provider_used"):
             info["provider_used"] = record["generation_provider_used"]
         match status:
-            case "pending" | "processing":
-                return JobStatus("pending", metadata=info)
             case "succeeded":
-                if record.get("generation_removed"):
-                    return JobStatus(
-                        "failed",
-                        error_code="provider_expired",
-                        error_message="BabySea deleted this generation's files.",
-                        metadata=info,
-                    )
-                outputs = record.get("generation_output_file")
-                urls = [u for u in outputs if isinstance(u, str) and u] if isinstance(outputs, list) else []
-                if not urls:
-                    return JobStatus(
-                        "failed",
-                        error_code="provider_unexpected_response",
-                        error_message="BabySea reported success without output files.",
-                        metadata=info,
-                    )
-                info["metrics"] = {
-                    "total_time": record.get("generation_metrics_total_time"),
-                    "predict_time": record.get("generation_metrics_predict_time"),
-                }
-                if record.get("generation_completed_at"):
-                    info["completed_at"] = record["generation_completed_at"]
-                return JobStatus("succeeded", output_urls=urls, metadata=info)
+                return _succeeded(record, info)
             case "failed":
                 error_code = record.get("generation_error_code")
                 info["provider_error_code"] = error_code
                 code = "provider_content_moderated" if _is_moderation(error_code) else "provider_failed"
                 message = str(record.get("generation_error") or f"BabySea generation failed ({error_code}).")
-                return JobStatus("failed", error_code=code, error_message=self._clean(message), metadata=info)
+                return JobStatus("failed", error_code=code, error_message=self._http.scrub(message), metadata=info)
             case "canceled" | "cancelled":
                 return JobStatus("canceled", metadata=info)
             case _:
-                # An undocumented status is not an answer yet; the step's deadline bounds the wait.
+                # pending, processing, or an undocumented status: not an answer yet; the step's deadline bounds it.
                 return JobStatus("pending", metadata=info)
 
     def cancel(self, job_id: str, metadata: dict[str, Any]) -> bool:
@@ -332,30 +226,7 @@ class BabySeaProvider(Provider):
     def parse_webhook(self, headers: dict[str, str], body: bytes) -> WebhookNotice | None:
         if not self._webhook_secret:
             raise WebhookRejected("No BabySea webhook secret is configured.")
-        signature = _header(headers, "X-BabySea-Signature")
-        if not signature:
-            raise WebhookRejected("Missing X-BabySea-Signature.")
-        delivery_id = (_header(headers, "X-BabySea-Delivery-Id") or "").strip()
-        if not _DELIVERY_ID.match(delivery_id):
-            raise WebhookRejected("Missing or malformed X-BabySea-Delivery-Id.")
-
-        timestamp = ""
-        candidates: list[str] = []
-        for part in signature.split(","):
-            key, _, value = part.strip().partition("=")
-            if key == "t":
-                timestamp = value
-            elif key == "v1" and _HEX.match(value):
-                candidates.append(value.lower())
-        if not timestamp.isdigit() or not candidates:
-            raise WebhookRejected("Malformed X-BabySea-Signature.")
-        if abs(time.time() - int(timestamp)) > self._webhook_tolerance:
-            raise WebhookRejected("BabySea webhook timestamp is outside the tolerance.")
-        # The key is the whole secret string as UTF-8 (whsec_ included, no base64), unlike Standard Webhooks.
-        expected = hmac.new(self._webhook_secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-        if not any(hmac.compare_digest(expected, candidate) for candidate in candidates):
-            raise WebhookRejected("BabySea webhook signature does not match.")
-
+        delivery_id = self._verified_delivery(headers, body, self._webhook_secret)
         try:
             payload = json.loads(body)
         except ValueError as exc:
@@ -372,3 +243,132 @@ class BabySeaProvider(Provider):
         if not isinstance(generation_id, str) or not _GENERATION_ID.match(generation_id):
             raise WebhookRejected("BabySea generation event without a generation_id.")
         return WebhookNotice(job_id=generation_id, receipt_id=delivery_id)
+
+    def _verified_delivery(self, headers: dict[str, str], body: bytes, secret: str) -> str:
+        """Checks X-BabySea-Signature over `t.body`; returns the delivery id."""
+        signature = _header(headers, "X-BabySea-Signature")
+        if not signature:
+            raise WebhookRejected("Missing X-BabySea-Signature.")
+        delivery_id = (_header(headers, "X-BabySea-Delivery-Id") or "").strip()
+        if not _DELIVERY_ID.match(delivery_id):
+            raise WebhookRejected("Missing or malformed X-BabySea-Delivery-Id.")
+        timestamp, candidates = _signature_parts(signature)
+        if not timestamp.isdigit() or not candidates:
+            raise WebhookRejected("Malformed X-BabySea-Signature.")
+        if abs(time.time() - int(timestamp)) > self._webhook_tolerance:
+            raise WebhookRejected("BabySea webhook timestamp is outside the tolerance.")
+        # The key is the whole secret string as UTF-8 (whsec_ included, no base64), unlike Standard Webhooks.
+        expected = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+        if not any(hmac.compare_digest(expected, candidate) for candidate in candidates):
+            raise WebhookRejected("BabySea webhook signature does not match.")
+        return delivery_id
+
+
+def _signature_parts(signature: str) -> tuple[str, list[str]]:
+    """`t=<unix>,v1=<hex>[,v1=<hex>...]` as the timestamp and the well-formed v1 candidates."""
+    timestamp = ""
+    candidates: list[str] = []
+    for part in signature.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            timestamp = value
+        elif key == "v1" and _HEX.match(value):
+            candidates.append(value.lower())
+    return timestamp, candidates
+
+
+def _checked_base_url(base_url: str, allow_loopback: bool) -> str:
+    checked = check_base_url(base_url, HOSTS, allow_loopback)
+    # The docs write the base with or without `/v1`; every path below adds it.
+    if checked.path not in ("", "/v1"):
+        raise HOSTS.error("a path other than /v1: use a bare origin")
+    return checked.origin
+
+
+def _succeeded(record: dict[str, Any], info: dict[str, Any]) -> JobStatus:
+    if record.get("generation_removed"):
+        return JobStatus(
+            "failed",
+            error_code="provider_expired",
+            error_message="BabySea deleted this generation's files.",
+            metadata=info,
+        )
+    outputs = record.get("generation_output_file")
+    urls = [u for u in outputs if isinstance(u, str) and u] if isinstance(outputs, list) else []
+    if not urls:
+        return JobStatus(
+            "failed",
+            error_code="provider_unexpected_response",
+            error_message="BabySea reported success without output files.",
+            metadata=info,
+        )
+    info["metrics"] = {
+        "total_time": record.get("generation_metrics_total_time"),
+        "predict_time": record.get("generation_metrics_predict_time"),
+    }
+    if record.get("generation_completed_at"):
+        info["completed_at"] = record["generation_completed_at"]
+    return JobStatus("succeeded", output_urls=urls, metadata=info)
+
+
+# ------------------------------------------------------------------------------------------------ error bodies
+
+
+def _read_error(response: httpx.Response) -> ErrorBody:
+    """A BSE error envelope, or the plain answer of whatever stood in front of the API."""
+    envelope = json_or_none(response)
+    error = envelope.get("error") if isinstance(envelope, dict) else None
+    if not isinstance(error, dict):
+        return _plain_error(response)
+    code, kind = str(error.get("code") or ""), str(error.get("type") or "")
+    message = _error_text(response.status_code, code, kind, error, envelope)
+    retry_after = _retry_after_seconds(error.get("details"))
+    step_code = _step_code(code, kind, response.status_code)
+    if step_code:
+        in_progress = step_code == "provider_idempotency_in_progress"
+        return ErrorBody(message, code=step_code, transient=in_progress, retry_after=retry_after)
+    # BabySea says to follow `retryable`, not the status alone (some provider 5xx are final).
+    retryable = error.get("retryable")
+    return ErrorBody(message, transient=retryable if isinstance(retryable, bool) else None, retry_after=retry_after)
+
+
+def _plain_error(response: httpx.Response) -> ErrorBody:
+    # Requests that miss the OpenAPI shape are refused at the edge with a plain 403, not a BSE error.
+    status = response.status_code
+    message = answered("BabySea's edge" if status == 403 else "BabySea", status, response.text.strip())
+    if 200 <= status < 300:
+        return ErrorBody(message, code="provider_unexpected_response")
+    return ErrorBody(message)
+
+
+def _step_code(code: str, kind: str, status: int) -> str | None:
+    """What the body says beyond the status, in order of precedence."""
+    if code == "BSE1004" or status == 402:
+        return "provider_quota_exceeded"
+    if _is_moderation(code, kind):
+        return "provider_content_moderated"
+    if code == "BSE2015":  # same Idempotency-Key, different body: a bug on our side, retrying cannot help
+        return "provider_invalid_request"
+    if code == "BSE2016":  # the original request with this key is still being processed: ask again shortly
+        return "provider_idempotency_in_progress"
+    return None
+
+
+def _error_text(status: int, code: str, kind: str, error: dict[str, Any], envelope: dict[str, Any]) -> str:
+    text = f"BabySea {status} {code or 'error'}" + (f" {kind}" if kind else "")
+    text += f": {error.get('message') or 'no message'}"
+    providers = error.get("provider_errors")
+    if isinstance(providers, list):
+        tried = [f"{p.get('provider')}: {p.get('code') or p.get('type')}" for p in providers if isinstance(p, dict)]
+        text += f" (providers tried: {'; '.join(tried)})" if tried else ""
+    if envelope.get("request_id"):
+        text += f" [request_id {envelope['request_id']}]"
+    return text
+
+
+def _retry_after_seconds(details: Any) -> float | None:
+    """`details.retry_after_seconds`, which BabySea sends where a Retry-After header may be missing."""
+    seconds = details.get("retry_after_seconds") if isinstance(details, dict) else None
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+        return max(0.0, float(seconds))
+    return None

@@ -13,25 +13,28 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 
 from babychain.errors import ProviderError
 from babychain.providers.base import JobStatus, Provider, StepJob, Submission, WebhookNotice, WebhookRejected
-from babychain.providers.http_errors import (
-    is_loopback_stand_in,
-    provider_error_for_status,
-    scrub_secret,
-    transport_error,
+from babychain.providers.http import (
+    ERROR_EXCERPT_CHARS,
+    ErrorBody,
+    HostRule,
+    ProviderHttp,
+    allowed_url,
+    answered,
+    check_api_key,
+    check_base_url,
+    json_or_none,
 )
-from babychain.security.safe_http import parse_retry_after
 
 DEFAULT_BASE_URL = "https://api.bfl.ai/v1"
-ALLOWED_DOMAIN = "bfl.ai"  # api.bfl.ai, api.eu.bfl.ai, api.us.bfl.ai and the cluster hosts polling_url points at
+# api.bfl.ai, api.eu.bfl.ai, api.us.bfl.ai and the cluster hosts polling_url points at
+HOSTS = HostRule("BFL_API_BASE_URL", domain="bfl.ai")
 SAMPLE_LIFETIME = timedelta(minutes=10)  # BFL delivery URLs expire after 10 minutes
-CONNECT_TIMEOUT_SECONDS = 10.0
-ERROR_EXCERPT_CHARS = 500
 MAX_WEBHOOK_BYTES = 1024 * 1024
 SIGNATURE_HEADER = "x-bfl-signature"
 MODERATED = ("Request Moderated", "Content Moderated")
@@ -39,6 +42,7 @@ MODERATED = ("Request Moderated", "Content Moderated")
 _ENDPOINT = re.compile(r"^[a-z0-9][a-z0-9.\-]{0,63}$")
 # Provider-controlled fields: only the adapter sets them, from its own configuration.
 _RESERVED_FIELDS = ("webhook_url", "webhook_secret")
+_SUBMIT_NUMBERS = ("cost", "input_mp", "output_mp")
 
 
 class BflProvider(Provider):
@@ -54,94 +58,67 @@ class BflProvider(Provider):
         timeout: float = 30.0,
         webhook_tolerance_seconds: float = 300.0,
     ) -> None:
-        if not api_key:
-            raise ValueError("A BFL API key is required.")
-        self._api_key = api_key
+        check_api_key(api_key, "BFL_API_KEY")
         self._webhook_secret = webhook_secret or None
         self.allow_loopback = allow_loopback
         self.webhook_tolerance_seconds = webhook_tolerance_seconds
-        self.base_url = base_url.rstrip("/")
-        if not self.is_allowed_url(self.base_url) or urlsplit(self.base_url).query:
-            raise ValueError("The BFL base URL must be https on a *.bfl.ai host (or loopback when allowed).")
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_SECONDS), follow_redirects=False
+        self.base_url = check_base_url(base_url, HOSTS, allow_loopback).url
+        self._http = ProviderHttp(
+            "BFL",
+            secret=api_key,
+            headers={"x-key": api_key, "accept": "application/json"},
+            timeout=timeout,
+            read_error=_read_error,
         )
 
     def close(self) -> None:
-        self._client.close()
-
-    # ------------------------------------------------------------------------------------------ allowlist
+        self._http.close()
 
     def is_allowed_url(self, url: str) -> bool:
         """https on bfl.ai's subdomains; loopback (http or https) only when the adapter was built for tests."""
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 - raises on a malformed port
-        except ValueError:
-            return False
-        host = (parts.hostname or "").lower()
-        if not host or parts.username is not None or parts.password is not None or parts.fragment:
-            return False
-        if parts.scheme == "https" and host.endswith("." + ALLOWED_DOMAIN):
-            return True
-        return is_loopback_stand_in(parts.scheme, host, self.allow_loopback)
+        return allowed_url(url, HOSTS, self.allow_loopback)
 
-    # ------------------------------------------------------------------------------------------ HTTP
+    def _get_result_url(self, job_id: str) -> str:
+        return f"{self.base_url}/get_result?id={quote(job_id, safe='')}"
 
-    def _headers(self) -> dict[str, str]:
-        return {"x-key": self._api_key, "accept": "application/json"}
-
-    def _scrub(self, text: str) -> str:
-        return scrub_secret(text, self._api_key)
-
-    def _send(self, method: str, url: str, *, headers: dict[str, str], body: dict[str, Any] | None = None) -> Any:
-        try:
-            response = self._client.request(method, url, headers=headers, json=body)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, "BFL") from None
-        if response.status_code >= 400:
-            raise provider_error_for_status(
-                response.status_code,
-                self._scrub(f"BFL answered HTTP {response.status_code}: {_describe_error(response)}"),
-                parse_retry_after(response.headers.get("Retry-After")),
-            )
-        if not 200 <= response.status_code < 300:  # redirects are not followed: the key must not travel
-            raise ProviderError(
-                "provider_unexpected_response", f"BFL answered HTTP {response.status_code}.", transient=False
-            )
-        try:
-            return response.json()
-        except ValueError:
-            return None
-
-    # ------------------------------------------------------------------------------------------ Provider
+    # ------------------------------------------------------------------------------------------ submit
 
     def submit(self, job: StepJob) -> Submission:
         endpoint = job.model.provider_model
         if not _ENDPOINT.match(endpoint):
             raise ProviderError("provider_invalid_request", f"Not a BFL model endpoint: {endpoint!r}.", transient=False)
+        body = self._submit_body(job)
+        headers = {"content-type": "application/json", "x-idempotency-key": job.idempotency_key}
+        answer = json_or_none(self._http.send("POST", f"{self.base_url}/{endpoint}", body=body, headers=headers))
+        if not isinstance(answer, dict):
+            raise ProviderError(
+                "provider_unexpected_response", "BFL's submit answer is not a JSON object.", transient=False
+            )
+        job_id, polling_url, derived = self._polling_target(answer, asked_for_webhook="webhook_url" in body)
+        metadata: dict[str, Any] = {"polling_url": polling_url, "endpoint": endpoint}
+        if derived:
+            metadata["polling_url_derived"] = True
+        for key in _SUBMIT_NUMBERS:
+            if isinstance(answer.get(key), int | float) and not isinstance(answer.get(key), bool):
+                metadata[key] = answer[key]
+        return Submission(job_id=job_id, metadata=metadata)
+
+    def _submit_body(self, job: StepJob) -> dict[str, Any]:
         body = {k: v for k, v in job.params.items() if k not in _RESERVED_FIELDS}
         # A webhook BFL would send unsigned could never verify, so ask for one only when it will be signed.
         if job.webhook_url and self._webhook_secret:
             body["webhook_url"] = job.webhook_url
             body["webhook_secret"] = self._webhook_secret
-        headers = {
-            **self._headers(),
-            "content-type": "application/json",
-            "x-idempotency-key": job.idempotency_key,
-        }
-        answer = self._send("POST", f"{self.base_url}/{endpoint}", headers=headers, body=body)
-        if not isinstance(answer, dict):
-            raise ProviderError(
-                "provider_unexpected_response", "BFL's submit answer is not a JSON object.", transient=False
-            )
+        return body
+
+    def _polling_target(self, answer: dict[str, Any], *, asked_for_webhook: bool) -> tuple[str, str, bool]:
+        """The job id and where to poll it; True when the polling URL had to be derived."""
         job_id, polling_url = answer.get("id"), answer.get("polling_url")
         derived = False
-        if isinstance(job_id, str) and job_id and not polling_url and "webhook_url" in body and "webhook_url" in answer:
+        if isinstance(job_id, str) and job_id and not polling_url and asked_for_webhook and "webhook_url" in answer:
             # BFL's OpenAPI lets a webhook request be answered with AsyncWebhookResponse {id, status, webhook_url},
             # which has no polling_url; the documented get_result on the host we submitted to still finds the task.
-            polling_url = f"{self.base_url}/get_result?id={quote(job_id, safe='')}"
-            derived = True
+            polling_url, derived = self._get_result_url(job_id), True
         if not isinstance(job_id, str) or not job_id or not isinstance(polling_url, str) or not polling_url:
             raise ProviderError(
                 "provider_unexpected_response", "BFL's submit answer lacks id or polling_url.", transient=False
@@ -151,48 +128,30 @@ class BflProvider(Provider):
             raise ProviderError(
                 "provider_request_blocked", "BFL returned a polling_url outside its allowed hosts.", transient=False
             )
-        metadata: dict[str, Any] = {"polling_url": polling_url, "endpoint": endpoint}
-        if derived:
-            metadata["polling_url_derived"] = True
-        for key in ("cost", "input_mp", "output_mp"):
-            if isinstance(answer.get(key), int | float) and not isinstance(answer.get(key), bool):
-                metadata[key] = answer[key]
-        return Submission(job_id=job_id, metadata=metadata)
+        return job_id, polling_url, derived
+
+    # ------------------------------------------------------------------------------------------ poll
 
     def poll(self, job_id: str, metadata: dict[str, Any]) -> JobStatus:
         # The polling_url encodes the cluster that took the job: use it verbatim, never rebuild it.
-        polling_url = metadata.get("polling_url") or f"{self.base_url}/get_result?id={quote(job_id, safe='')}"
+        polling_url = metadata.get("polling_url") or self._get_result_url(job_id)
         if not isinstance(polling_url, str) or not self.is_allowed_url(polling_url):
             raise ProviderError(
                 "provider_request_blocked", "The stored polling_url is outside BFL's allowed hosts.", transient=False
             )
-        try:
-            answer = self._send("GET", polling_url, headers=self._headers())
-        except ProviderError as exc:
-            if exc.code == "provider_not_found":
-                raise ProviderError("provider_task_not_found", exc.message, transient=False) from None
-            raise
+        answer = json_or_none(self._http.send("GET", polling_url, not_found_code="provider_task_not_found"))
         if not isinstance(answer, dict) or not isinstance(answer.get("status"), str):
             # A garbled poll answer says nothing about the job; ask again later.
             raise ProviderError(
                 "provider_unexpected_response", "BFL's get_result answer has no status.", transient=True
             )
+        return self._job_status(answer)
+
+    def _job_status(self, answer: dict[str, Any]) -> JobStatus:
         status: str = answer["status"]
         seen = {"last_status": status}
-        if status == "Pending":
-            return JobStatus("pending", progress=_progress(answer.get("progress")), metadata=seen)
         if status == "Ready":
-            result = answer.get("result")
-            sample = result.get("sample") if isinstance(result, dict) else None
-            if not isinstance(sample, str) or not sample:
-                return JobStatus(
-                    "failed",
-                    error_code="provider_unexpected_response",
-                    error_message="BFL reported Ready without result.sample.",
-                    metadata=seen,
-                )
-            expires = (datetime.now(UTC) + SAMPLE_LIFETIME).isoformat().replace("+00:00", "Z")
-            return JobStatus("succeeded", output_urls=[sample], metadata={**seen, "output_expires_at": expires})
+            return _ready(answer, seen)
         if status in MODERATED:
             return JobStatus(
                 "failed", error_code="provider_content_moderated", error_message=f"BFL status: {status}", metadata=seen
@@ -206,10 +165,12 @@ class BflProvider(Provider):
             )
         if status in ("Error", "Failed"):
             detail = _detail(answer)
-            message = f"BFL status: {status}" + (f": {detail}" if detail else "")
-            return JobStatus("failed", error_code="provider_failed", error_message=self._scrub(message), metadata=seen)
-        # Undocumented statuses are treated as still running; the step deadline bounds the wait.
+            message = self._http.scrub(f"BFL status: {status}" + (f": {detail}" if detail else ""))
+            return JobStatus("failed", error_code="provider_failed", error_message=message, metadata=seen)
+        # Pending, and undocumented statuses as still running; the step deadline bounds the wait.
         return JobStatus("pending", progress=_progress(answer.get("progress")), metadata=seen)
+
+    # ------------------------------------------------------------------------------------------ cancel, webhooks
 
     def cancel(self, job_id: str, metadata: dict[str, Any]) -> bool:
         return False  # BFL has no cancel API; the engine cancels locally and ignores the late result
@@ -251,6 +212,20 @@ class BflProvider(Provider):
             raise WebhookRejected("BFL webhook timestamp is outside the tolerance window.")
 
 
+def _ready(answer: dict[str, Any], seen: dict[str, Any]) -> JobStatus:
+    result = answer.get("result")
+    sample = result.get("sample") if isinstance(result, dict) else None
+    if not isinstance(sample, str) or not sample:
+        return JobStatus(
+            "failed",
+            error_code="provider_unexpected_response",
+            error_message="BFL reported Ready without result.sample.",
+            metadata=seen,
+        )
+    expires = (datetime.now(UTC) + SAMPLE_LIFETIME).isoformat().replace("+00:00", "Z")
+    return JobStatus("succeeded", output_urls=[sample], metadata={**seen, "output_expires_at": expires})
+
+
 def _parse_timestamp(value: Any) -> datetime | None:
     if isinstance(value, bool):
         return None
@@ -282,6 +257,10 @@ def _detail(answer: dict[str, Any]) -> str:
     return ""
 
 
+def _read_error(response: httpx.Response) -> ErrorBody:
+    return ErrorBody(answered("BFL", response.status_code, _describe_error(response)))
+
+
 def _describe_error(response: httpx.Response) -> str:
     """FastAPI-style `{"detail": ...}` as a short readable line; otherwise the raw body."""
     try:
@@ -289,14 +268,18 @@ def _describe_error(response: httpx.Response) -> str:
     except ValueError:
         return response.text[:ERROR_EXCERPT_CHARS] or response.reason_phrase
     detail = body.get("detail") if isinstance(body, dict) else None
-    if isinstance(detail, list):
-        parts = []
-        for item in detail:
-            if isinstance(item, dict):
-                where = ".".join(str(p) for p in item.get("loc", []) if p != "body")
-                parts.append(f"{where}: {item.get('msg', '')}" if where else str(item.get("msg", "")))
-        if parts:
-            return "; ".join(parts)
     if isinstance(detail, str):
         return detail
-    return json.dumps(body)[:ERROR_EXCERPT_CHARS]
+    return _validation_errors(detail) or json.dumps(body)[:ERROR_EXCERPT_CHARS]
+
+
+def _validation_errors(detail: Any) -> str:
+    """FastAPI's 422 `detail` list as `field: message; ...`."""
+    if not isinstance(detail, list):
+        return ""
+    parts = []
+    for item in detail:
+        if isinstance(item, dict):
+            where = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+            parts.append(f"{where}: {item.get('msg', '')}" if where else str(item.get("msg", "")))
+    return "; ".join(parts)

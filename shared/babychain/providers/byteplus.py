@@ -17,24 +17,16 @@ import hashlib
 import json
 import re
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
-from babychain.errors import ConfigurationError, ProviderError
+from babychain.errors import ProviderError
 from babychain.providers.base import JobStatus, Provider, StepJob, Submission, WebhookNotice, WebhookRejected
-from babychain.providers.http_errors import (
-    is_loopback_stand_in,
-    provider_error_for_status,
-    scrub_secret,
-    transport_error,
-)
-from babychain.security.safe_http import parse_retry_after
+from babychain.providers.http import ErrorBody, HostRule, ProviderHttp, answered, check_api_key, check_base_url
 
 DEFAULT_BASE_URL = "https://ark.ap-southeast.bytepluses.com/api/v3"
-ALLOWED_HOSTS = frozenset({"ark.ap-southeast.bytepluses.com"})
-CONNECT_TIMEOUT = 10.0
-MAX_ERROR_CHARS = 500
+HOSTS = HostRule("ARK_API_BASE_URL", hosts=frozenset({"ark.ap-southeast.bytepluses.com"}))
+LABEL = "BytePlus ModelArk"
 OUTPUT_TTL_SECONDS = 24 * 3600  # Seedream image URLs and Seedance video / last-frame URLs live 24 h
 
 SYNC_PREFIX = "seedream-"
@@ -42,6 +34,7 @@ KIND_SYNC_IMAGE = "sync_image"
 KIND_VIDEO_TASK = "video_task"
 # Task ids go into URL paths; anything outside this shape is refused rather than escaped.
 _TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_VIDEO_FACTS = ("seed", "resolution", "ratio", "duration", "frames", "framespersecond")
 
 
 def is_moderation_code(code: str | None) -> bool:
@@ -61,21 +54,20 @@ class BytePlusProvider(Provider):
         image_timeout: float = 180.0,
         timeout: float = 30.0,
     ) -> None:
-        if not api_key:
-            raise ConfigurationError("ARK_API_KEY is empty.")
-        self.base_url = _checked_base_url(base_url, allow_loopback)
-        self._api_key = api_key
-        self._timeout = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)
+        check_api_key(api_key, "ARK_API_KEY")
+        self.base_url = check_base_url(base_url, HOSTS, allow_loopback).url
         # Seedream answers only when the image exists, so its read timeout is the generation time.
-        self._image_timeout = httpx.Timeout(image_timeout, connect=CONNECT_TIMEOUT)
-        self._client = httpx.Client(
-            timeout=self._timeout,
-            follow_redirects=False,
+        self._image_timeout = image_timeout
+        self._http = ProviderHttp(
+            LABEL,
+            secret=api_key,
             headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+            timeout=timeout,
+            read_error=_read_error,
         )
 
     def close(self) -> None:
-        self._client.close()
+        self._http.close()
 
     # ------------------------------------------------------------------------------------------------ submit
 
@@ -92,34 +84,11 @@ class BytePlusProvider(Provider):
             "response_format": "url",  # b64 would put megabytes of image into the step's metadata
         }
         body.setdefault("sequential_image_generation", "disabled")  # one step, one image
-        answer = self._json(
-            self._send("POST", "/images/generations", body, job.idempotency_key, timeout=self._image_timeout)
-        )
+        answer = self._call("POST", "/images/generations", body, job.idempotency_key, timeout=self._image_timeout)
         top_error = answer.get("error")
         if isinstance(top_error, dict) and top_error:
             raise self._body_error(top_error, "Seedream refused the image")
-        data = answer.get("data")
-        if not isinstance(data, list):
-            raise ProviderError(
-                "provider_unexpected_response", "BytePlus image response has no data list.", transient=False
-            )
-        urls: list[str] = []
-        sizes: list[str] = []
-        for item in data:
-            if not isinstance(item, dict):
-                continue
-            if isinstance(item.get("error"), dict):
-                # One image of the request failed (moderation, or an internal error): the step has no result.
-                raise self._body_error(item["error"], "Seedream could not generate the image")
-            url = item.get("url")
-            if isinstance(url, str) and url.strip():
-                urls.append(url.strip())
-                if isinstance(item.get("size"), str):
-                    sizes.append(item["size"])
-        if not urls:
-            raise ProviderError(
-                "provider_unexpected_response", "BytePlus image response contained no URLs.", transient=False
-            )
+        urls, sizes = self._image_urls(answer.get("data"))
         metadata: dict[str, Any] = {"kind": KIND_SYNC_IMAGE, "output_urls": urls}
         if sizes:
             metadata["sizes"] = sizes
@@ -130,11 +99,34 @@ class BytePlusProvider(Provider):
         job_id = SYNC_PREFIX + hashlib.sha256(job.idempotency_key.encode()).hexdigest()[:32]
         return Submission(job_id=job_id, metadata=metadata, output_urls=urls)
 
+    def _image_urls(self, data: Any) -> tuple[list[str], list[str]]:
+        """The image URLs of `data[]` and their sizes; a per-image error fails the request."""
+        if not isinstance(data, list):
+            raise ProviderError(
+                "provider_unexpected_response", "BytePlus image response has no data list.", transient=False
+            )
+        urls: list[str] = []
+        sizes: list[str] = []
+        for item in data:
+            if isinstance(item, dict) and isinstance(item.get("error"), dict):
+                # One image of the request failed (moderation, or an internal error): the step has no result.
+                raise self._body_error(item["error"], "Seedream could not generate the image")
+            url = item.get("url") if isinstance(item, dict) else None
+            if isinstance(url, str) and url.strip():
+                urls.append(url.strip())
+                if isinstance(item.get("size"), str):
+                    sizes.append(item["size"])
+        if not urls:
+            raise ProviderError(
+                "provider_unexpected_response", "BytePlus image response contained no URLs.", transient=False
+            )
+        return urls, sizes
+
     def _submit_video(self, job: StepJob) -> Submission:
         body: dict[str, Any] = {**job.params, "model": job.model.provider_model}
         if job.webhook_url:
             body["callback_url"] = job.webhook_url
-        answer = self._json(self._send("POST", "/contents/generations/tasks", body, job.idempotency_key))
+        answer = self._call("POST", "/contents/generations/tasks", body, job.idempotency_key)
         task_id = answer.get("id")
         if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
             raise ProviderError(
@@ -154,8 +146,7 @@ class BytePlusProvider(Provider):
                 error_code="provider_unexpected_response",
                 error_message="The Seedream result was not recorded with the step.",
             )
-        task = self._json(self._send("GET", self._task_path(job_id), not_found_code="provider_task_not_found"))
-        return self.task_status(task)
+        return self.task_status(self._call("GET", self._task_path(job_id), not_found_code="provider_task_not_found"))
 
     def task_status(self, task: dict[str, Any]) -> JobStatus:
         """Maps a task object (GET answer, or the same shape in a callback) to the engine's view."""
@@ -167,53 +158,31 @@ class BytePlusProvider(Provider):
             metadata["updated_at"] = task["updated_at"]
         match status:
             case "succeeded":
-                content = _obj(task.get("content"))
-                video_url = content.get("video_url")
-                if not isinstance(video_url, str) or not video_url.strip():
-                    return JobStatus(
-                        "failed",
-                        error_code="provider_unexpected_response",
-                        error_message="The Seedance task succeeded without a video_url.",
-                        metadata=metadata,
-                    )
-                if isinstance(content.get("last_frame_url"), str):
-                    metadata["last_frame_url"] = content["last_frame_url"]
-                if isinstance(task.get("usage"), dict):
-                    metadata["usage"] = task["usage"]
-                for key in ("seed", "resolution", "ratio", "duration", "frames", "framespersecond"):
-                    if task.get(key) is not None:
-                        metadata[key] = task[key]
-                if isinstance(task.get("updated_at"), int):
-                    metadata["output_expires_at"] = task["updated_at"] + OUTPUT_TTL_SECONDS
-                return JobStatus("succeeded", output_urls=[video_url.strip()], metadata=metadata)
+                return _succeeded(task, metadata)
             case "failed":
-                error = _obj(task.get("error"))
-                code = error.get("code") if isinstance(error.get("code"), str) else None
-                if code:
-                    metadata["provider_error_code"] = code
-                return JobStatus(
-                    "failed",
-                    error_code="provider_content_moderated" if is_moderation_code(code) else "provider_failed",
-                    error_message=self._message(code, error.get("message"), "The Seedance task failed."),
-                    metadata=metadata,
-                )
+                return self._failed(task, metadata)
             case "expired":
                 error = _obj(task.get("error"))
-                return JobStatus(
-                    "failed",
-                    error_code="provider_expired",
-                    error_message=self._message(
-                        error.get("code"),
-                        error.get("message"),
-                        "The Seedance task expired before it finished (execution_expires_after).",
-                    ),
-                    metadata=metadata,
-                )
+                fallback = "The Seedance task expired before it finished (execution_expires_after)."
+                message = self._message(error.get("code"), error.get("message"), fallback)
+                return JobStatus("failed", error_code="provider_expired", error_message=message, metadata=metadata)
             case "cancelled":
                 return JobStatus("canceled", metadata=metadata)
             case _:
                 # queued, running, or a status this adapter does not know yet: keep polling; deadlines bound it.
                 return JobStatus("pending", metadata=metadata)
+
+    def _failed(self, task: dict[str, Any], metadata: dict[str, Any]) -> JobStatus:
+        error = _obj(task.get("error"))
+        code = error.get("code") if isinstance(error.get("code"), str) else None
+        if code:
+            metadata["provider_error_code"] = code
+        return JobStatus(
+            "failed",
+            error_code="provider_content_moderated" if is_moderation_code(code) else "provider_failed",
+            error_message=self._message(code, error.get("message"), "The Seedance task failed."),
+            metadata=metadata,
+        )
 
     # ------------------------------------------------------------------------------------------------ cancel
 
@@ -227,13 +196,13 @@ class BytePlusProvider(Provider):
         if _is_sync(job_id, metadata) or not _TASK_ID.fullmatch(job_id):
             return False  # Seedream finished inside its request; there is nothing left to cancel
         try:
-            task = self._json(self._send("GET", self._task_path(job_id)))
+            task = self._call("GET", self._task_path(job_id))
             status = task.get("status")
             if status == "cancelled":
                 return True
             if status in ("running", "succeeded", "failed", "expired"):
                 return False
-            self._send("DELETE", self._task_path(job_id))
+            self._http.send("DELETE", self.base_url + self._task_path(job_id))
         except ProviderError:
             return False  # refused (running), gone (404), or unreachable: the engine cancels locally either way
         return True
@@ -270,64 +239,21 @@ class BytePlusProvider(Provider):
             raise ProviderError("provider_task_not_found", "Not a BytePlus task id.", transient=False)
         return f"/contents/generations/tasks/{job_id}"
 
-    def _send(
+    def _call(
         self,
         method: str,
         path: str,
         body: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         *,
-        timeout: httpx.Timeout | None = None,
-        not_found_code: str | None = None,
-    ) -> httpx.Response:
+        timeout: float | None = None,
+        not_found_code: str = "provider_not_found",
+    ) -> dict[str, Any]:
         headers = {"x-idempotency-key": idempotency_key} if idempotency_key else {}
-        try:
-            response = self._client.request(
-                method, self.base_url + path, json=body, headers=headers, timeout=timeout or self._timeout
-            )
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, "BytePlus ModelArk") from None
-        if response.status_code >= 400:
-            raise self._http_error(response, not_found_code)
-        return response
-
-    def _json(self, response: httpx.Response) -> dict[str, Any]:
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
-            raise ProviderError(
-                "provider_unexpected_response",
-                f"BytePlus ModelArk answered HTTP {response.status_code} without a JSON object.",
-                transient=False,
-            )
-        return answer
-
-    def _http_error(self, response: httpx.Response, not_found_code: str | None) -> ProviderError:
-        status = response.status_code
-        code: str | None = None
-        message: str | None = None
-        try:
-            error = response.json().get("error")
-            if isinstance(error, dict):
-                code = error.get("code") if isinstance(error.get("code"), str) else None
-                message = error.get("message") if isinstance(error.get("message"), str) else None
-            elif isinstance(error, str):  # some gateways in front of ModelArk flatten the error to a string
-                message = error
-        except (ValueError, AttributeError):
-            message = response.text
-        text = self._message(code, message, "")
-        text = f"BytePlus ModelArk answered HTTP {status}" + (f": {text}" if text else ".")
-        text = self._scrub(text)
-        if is_moderation_code(code):
-            return ProviderError("provider_content_moderated", text, transient=False)
-        if code == "AccountOverdueError":
-            # 403 here means an unpaid balance, not a bad key: retrying or rotating keys will not help.
-            return ProviderError("provider_quota_exceeded", text, transient=False)
-        if status == 404 and not_found_code:
-            return ProviderError(not_found_code, text, transient=False)
-        return provider_error_for_status(status, text, parse_retry_after(response.headers.get("Retry-After")))
+        response = self._http.send(
+            method, self.base_url + path, body=body, headers=headers, timeout=timeout, not_found_code=not_found_code
+        )
+        return self._http.json_object(response)
 
     def _body_error(self, error: dict[str, Any], fallback: str) -> ProviderError:
         code = error.get("code") if isinstance(error.get("code"), str) else None
@@ -337,11 +263,59 @@ class BytePlusProvider(Provider):
         return ProviderError("provider_failed", text, transient=False)
 
     def _message(self, code: Any, message: Any, fallback: str) -> str:
-        parts = [str(p) for p in (code, message) if isinstance(p, str) and p.strip()]
-        return self._scrub(": ".join(parts) or fallback)
+        return self._http.scrub(_joined(code, message) or fallback)
 
-    def _scrub(self, text: str) -> str:
-        return scrub_secret(text, self._api_key, MAX_ERROR_CHARS)
+
+def _succeeded(task: dict[str, Any], metadata: dict[str, Any]) -> JobStatus:
+    content = _obj(task.get("content"))
+    video_url = content.get("video_url")
+    if not isinstance(video_url, str) or not video_url.strip():
+        return JobStatus(
+            "failed",
+            error_code="provider_unexpected_response",
+            error_message="The Seedance task succeeded without a video_url.",
+            metadata=metadata,
+        )
+    if isinstance(content.get("last_frame_url"), str):
+        metadata["last_frame_url"] = content["last_frame_url"]
+    if isinstance(task.get("usage"), dict):
+        metadata["usage"] = task["usage"]
+    metadata.update({key: task[key] for key in _VIDEO_FACTS if task.get(key) is not None})
+    if isinstance(task.get("updated_at"), int):
+        metadata["output_expires_at"] = task["updated_at"] + OUTPUT_TTL_SECONDS
+    return JobStatus("succeeded", output_urls=[video_url.strip()], metadata=metadata)
+
+
+def _read_error(response: httpx.Response) -> ErrorBody:
+    """ModelArk's `{"error": {"code", "message"}}`; some codes say more than the status."""
+    code, message = _error_fields(response)
+    text = answered(LABEL, response.status_code, _joined(code, message))
+    if is_moderation_code(code):
+        return ErrorBody(text, code="provider_content_moderated")
+    if code == "AccountOverdueError":
+        # 403 here means an unpaid balance, not a bad key: retrying or rotating keys will not help.
+        return ErrorBody(text, code="provider_quota_exceeded")
+    return ErrorBody(text)
+
+
+def _error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return None, response.text
+    if isinstance(error, dict):
+        return _str(error.get("code")), _str(error.get("message"))
+    if isinstance(error, str):  # some gateways in front of ModelArk flatten the error to a string
+        return None, error
+    return None, None
+
+
+def _joined(code: Any, message: Any) -> str:
+    return ": ".join(str(p) for p in (code, message) if isinstance(p, str) and p.strip())
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _obj(value: Any) -> dict[str, Any]:
@@ -350,20 +324,3 @@ def _obj(value: Any) -> dict[str, Any]:
 
 def _is_sync(job_id: str, metadata: dict[str, Any]) -> bool:
     return metadata.get("kind") == KIND_SYNC_IMAGE or job_id.startswith(SYNC_PREFIX)
-
-
-def _checked_base_url(base_url: str, allow_loopback: bool) -> str:
-    """The allowlist: https://ark.ap-southeast.bytepluses.com only, or a loopback stand-in when allowed."""
-    try:
-        parts = urlsplit(base_url.strip())
-        host = (parts.hostname or "").lower()
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigurationError("The BytePlus base URL is not a valid URL.") from exc
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise ConfigurationError("The BytePlus base URL must not carry credentials, a query or a fragment.")
-    official = parts.scheme == "https" and host in ALLOWED_HOSTS and port in (None, 443)
-    loopback = is_loopback_stand_in(parts.scheme, host, allow_loopback)
-    if not (official or loopback):
-        raise ConfigurationError(f"BytePlus base URL host {host or '(none)'!r} is not allowed.")
-    return base_url.strip().rstrip("/")

@@ -5,12 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-import httpx
-
 from babychain.errors import ProviderError
 from babychain.providers.base import JobStatus, Provider, StepJob, Submission
-from babychain.providers.http_errors import provider_error_for_status, transport_error
-from babychain.security.safe_http import parse_retry_after
+from babychain.providers.http import ProviderHttp
 
 
 class LocalProvider(Provider):
@@ -19,22 +16,15 @@ class LocalProvider(Provider):
     name = "local"
 
     def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
+        # The runner's own loopback server: no key, no allowlist.
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.Client(timeout=timeout)
+        self._http = ProviderHttp("Local provider", timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        try:
-            response = self._client.request(method, self.base_url + path, json=body)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, "The local provider") from None
-        if response.status_code >= 400:
-            raise provider_error_for_status(
-                response.status_code,
-                f"Local provider answered {response.status_code}.",
-                parse_retry_after(response.headers.get("Retry-After")),
-            )
-        answer: dict[str, Any] = response.json()
-        return answer
+        return self._http.json_object(self._http.send(method, self.base_url + path, body=body))
 
     def submit(self, job: StepJob) -> Submission:
         request = job.model.family(job.mode).describe(job.params)

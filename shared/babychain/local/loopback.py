@@ -46,7 +46,9 @@ class QuietHandler(BaseHTTPRequestHandler):
         pass
 
     def handle(self) -> None:
-        with contextlib.suppress(RequestRefused):  # read_body already answered; the connection closes
+        # RequestRefused: read_body already answered. ConnectionError: the client hung up (a timeout test, a
+        # cancelled download); neither is the server's fault, and socketserver would print a traceback for each.
+        with contextlib.suppress(RequestRefused, ConnectionError):
             super().handle()
 
     def read_body(self, max_bytes: int = MAX_BODY_BYTES) -> bytes:

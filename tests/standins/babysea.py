@@ -710,7 +710,8 @@ class BabySeaStandIn(LoopbackServer):
                 self._send(fault.status, fault.body, headers)
                 return True
 
-            def _handle(self, method: str) -> None:
+            def _handle(self) -> None:
+                method = self.command
                 raw = self.read_body()
                 split = urlsplit(self.path)
                 path, query = split.path, dict(parse_qsl(split.query))
@@ -791,14 +792,7 @@ class BabySeaStandIn(LoopbackServer):
                     return self._send(404, error_envelope(404, "BSE4001", "File not found."))
                 self._send(200, stored[0], content_type=stored[1])
 
-            def do_GET(self) -> None:
-                self._handle("GET")
-
-            def do_POST(self) -> None:
-                self._handle("POST")
-
-            def do_DELETE(self) -> None:
-                self._handle("DELETE")
+            do_GET = do_POST = do_DELETE = _handle  # one router for every method (self.command)
 
         return Handler
 

@@ -616,7 +616,8 @@ class BytePlusStandIn(LoopbackServer):
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_bytes(status, data, "application/json", {"X-Request-Id": _request_id(), **(headers or {})})
 
-            def _handle(self, method: str) -> None:
+            def _handle(self) -> None:
+                method = self.command
                 url = urlsplit(self.path)
                 raw = self.read_body()
                 try:
@@ -688,14 +689,7 @@ class BytePlusStandIn(LoopbackServer):
                     return self._send(404, error_body("NoSuchKey", "The specified key does not exist."))
                 return self.send_bytes(200, *stored)
 
-            def do_GET(self) -> None:
-                self._handle("GET")
-
-            def do_POST(self) -> None:
-                self._handle("POST")
-
-            def do_DELETE(self) -> None:
-                self._handle("DELETE")
+            do_GET = do_POST = do_DELETE = _handle  # one router for every method (self.command)
 
         return Handler
 

@@ -43,7 +43,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -55,6 +54,7 @@ from PIL import Image, ImageDraw
 
 from babychain.local import media
 from babychain.local.cli import demo_request
+from babychain.local.loopback import LoopbackServer, QuietHandler
 from babychain.local.runner import LocalEngine
 from babychain.media_types import content_type_for, extension_for, normalize_format
 
@@ -81,7 +81,7 @@ def tiny_outputs() -> dict[str, bytes]:
     return outputs
 
 
-class InstantProvider:
+class InstantProvider(LoopbackServer):
     """A threaded loopback server speaking the local provider's job API; every job is done when submitted."""
 
     def __init__(self) -> None:
@@ -89,22 +89,7 @@ class InstantProvider:
         self.submits = 0
         self._jobs: dict[str, str] = {}  # job id -> output format
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="instant-provider", daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> InstantProvider:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__(self._handler_class(), name="instant-provider")
 
     def submit(self, body: dict[str, Any]) -> dict[str, Any] | None:
         step_key = str(body.get("step_key", ""))
@@ -127,33 +112,20 @@ class InstantProvider:
             return None
         return self.outputs[normalize_format(suffix)], content_type_for(suffix)
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+    def _handler_class(self) -> type[QuietHandler]:
         provider = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, like a real provider
-            disable_nagle_algorithm = True  # no delayed-ACK stalls between headers and body
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _send(self, status: int, content_type: str, data: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(QuietHandler, keep_alive=True):  # keep-alive, like a real provider
             def _json(self, body: dict[str, Any] | None) -> None:
                 if body is None:
-                    return self._send(404, "application/json", b'{"error": {"code": "not_found"}}')
-                return self._send(200, "application/json", json.dumps(body).encode())
+                    return self.send_json(404, {"error": {"code": "not_found"}})
+                return self.send_json(200, body)
 
             def _job_id(self) -> str:
                 return urlsplit(self.path).path.removeprefix("/v1/jobs/")
 
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self.read_body()
                 if urlsplit(self.path).path != "/v1/jobs":
                     return self._json(None)
                 return self._json(provider.submit(json.loads(body)))
@@ -164,7 +136,7 @@ class InstantProvider:
                     return self._json({"submits": provider.submits})
                 if path.startswith("/files/"):
                     found = provider.file(path.removeprefix("/files/"))
-                    return self._send(200, found[1], found[0]) if found else self._json(None)
+                    return self.send_bytes(200, *found) if found else self._json(None)
                 return self._json(provider.job(self._job_id()))
 
             def do_DELETE(self) -> None:

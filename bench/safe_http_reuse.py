@@ -18,12 +18,12 @@ import tempfile
 import time
 import timeit
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 import httpx
 
+from babychain.local.loopback import LoopbackServer, QuietHandler
 from babychain.security import safe_http
 from babychain.security.safe_http import close_pooled_connections, fetch_bytes, shared_ssl_context
 
@@ -31,23 +31,13 @@ BODY = bytes(range(256)) * 16  # 4 KiB; the same in the spawned server process
 HOST = "files.test"
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, like a real file server
-    disable_nagle_algorithm = True  # else a reused connection stalls ~40 ms on delayed ACK between headers and body
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
+class Handler(QuietHandler, keep_alive=True):  # keep-alive, like a real file server
     def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(BODY)))
-        self.end_headers()
-        self.wfile.write(BODY)
+        self.send_bytes(200, BODY, "application/octet-stream")
 
 
 def serve(port_queue: Any, cert_pem: bytes | None, key_pem: bytes | None) -> None:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context: ssl.SSLContext | None = None
     if cert_pem and key_pem:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         with tempfile.TemporaryDirectory() as folder:
@@ -57,9 +47,9 @@ def serve(port_queue: Any, cert_pem: bytes | None, key_pem: bytes | None) -> Non
             with open(key_path, "wb") as handle:
                 handle.write(key_pem)
             context.load_cert_chain(cert_path, key_path)
-        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-    port_queue.put(httpd.server_address[1])
-    httpd.serve_forever()
+    server = LoopbackServer(Handler, tls=context)
+    port_queue.put(server.port)
+    server.httpd.serve_forever()
 
 
 def make_certificate(name: str) -> tuple[bytes, bytes, bytes] | None:

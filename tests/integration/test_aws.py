@@ -71,7 +71,7 @@ def aws(monkeypatch: pytest.MonkeyPatch, database_url: str, tmp_path: Path) -> I
         ),
     )
     provider = LocalProviderServer(tmp_path / "provider", delay_seconds=0.2)
-    provider_url = provider.start()
+    provider_url = provider.start().base_url
     for name, value in {
         "BABYCHAIN_SECRETS_ID": "babychain/test",
         "BABYCHAIN_STEP_QUEUE_URL": queues["step"],

@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import psycopg
 import pytest
 
 from babychain.auth import create_key
+from babychain.local.loopback import LoopbackServer, QuietHandler
 from babychain.local.receiver import WebhookReceiver
 from babychain.local.runner import LocalEngine
 from babychain.queues import callback_message, step_message
@@ -311,40 +311,33 @@ def test_kill_9_mid_run_then_restart_finishes_the_run_promptly_and_once(
     assert receiver.deliveries[0].verified
 
 
-class _SlowReceiver:
+class _SlowReceiver(LoopbackServer):
     """A webhook receiver that holds each request for `hold` seconds before answering 200."""
 
     def __init__(self, hold: float) -> None:
         self.arrived = threading.Event()
+        self.verified = False
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self.read_body()
                 receiver.verified = verify(CALLBACK_SECRET, {k.lower(): v for k, v in self.headers.items()}, body)
                 receiver.arrived.set()
                 time.sleep(hold)
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.send_bytes(200)
 
-        self.verified = False
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/hook"
+        super().__init__(Handler, name="slow-receiver")
 
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+    @property
+    def url(self) -> str:
+        return self.base_url + "/hook"
 
 
 def test_sigterm_lets_the_invocation_in_flight_finish_then_exits(
     tmp_path: Path, serve_env: dict[str, str], servers: list[Serve], database_url: str
 ) -> None:
-    slow = _SlowReceiver(hold=3.0)
+    slow = _SlowReceiver(hold=3.0).start()
     server = Serve(tmp_path / "home", _free_port(), {**serve_env, "BABYCHAIN_LOCAL_PROVIDER_DELAY_SECONDS": "0.1"})
     servers.append(server.start())
     try:

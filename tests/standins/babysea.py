@@ -26,14 +26,14 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
 from babychain.chains.catalog import MODELS
 from babychain.local import media
+from babychain.local.loopback import LoopbackServer, QuietHandler
 
 PROVIDER_IDS = ("alibabacloud", "bfl", "byteplus", "cloudflare", "fal", "openai", "replicate", "runway")
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_\-:.]{1,255}$")
@@ -146,7 +146,7 @@ class _Generation:
     webhook_events: list[str] = field(default_factory=list)
 
 
-class BabySeaStandIn:
+class BabySeaStandIn(LoopbackServer):
     def __init__(
         self,
         api_key: str = "bye_standin_0123456789abcdef",
@@ -186,41 +186,27 @@ class BabySeaStandIn:
         self._webhooks_done = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._outbox: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
-        self._httpd = ThreadingHTTPServer((host, 0), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._threads: list[threading.Thread] = []
+        self._workers = [
+            threading.Thread(target=self._run_lifecycle, name="babysea-standin-jobs", daemon=True),
+            threading.Thread(target=self._run_webhooks, name="babysea-standin-webhooks", daemon=True),
+        ]
+        super().__init__(self._handler_class(), host=host, name="babysea-standin-http")
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
-    @property
-    def base_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> BabySeaStandIn:
-        for target, name in (
-            (lambda: self._httpd.serve_forever(poll_interval=0.05), "babysea-standin-http"),
-            (self._run_lifecycle, "babysea-standin-jobs"),
-            (self._run_webhooks, "babysea-standin-webhooks"),
-        ):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+    def start(self) -> Self:
+        super().start()
+        for thread in self._workers:
             thread.start()
-            self._threads.append(thread)
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._outbox.put(None)
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        for thread in self._threads[1:]:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> BabySeaStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().stop()
+        for thread in self._workers:
+            if thread.is_alive():
+                thread.join(timeout=5)
 
     # ---------------------------------------------------------------------------------------- control API
 
@@ -697,13 +683,10 @@ class BabySeaStandIn:
 
     # ---------------------------------------------------------------------------------------------- HTTP
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+    def _handler_class(self) -> type[QuietHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def _send(
                 self, status: int, body: Any, headers: dict[str, str] | None = None, content_type: str | None = None
             ) -> None:
@@ -712,16 +695,9 @@ class BabySeaStandIn:
                 else:
                     data = body.encode() if isinstance(body, str) else bytes(body)
                     ctype = "text/plain; charset=utf-8"
-                self.send_response(status)
-                self.send_header("Content-Type", content_type or ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("X-RateLimit-Limit", "60")
-                self.send_header("X-RateLimit-Remaining", "59")
-                self.send_header("X-RateLimit-Reset", str(int(time.time()) + 60))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
+                limits = {"X-RateLimit-Limit": "60", "X-RateLimit-Remaining": "59"}
+                limits["X-RateLimit-Reset"] = str(int(time.time()) + 60)
+                self.send_bytes(status, data, content_type or ctype, {**limits, **(headers or {})})
 
             def _fault(self, operation: str) -> bool:
                 fault = server._take_fault(operation)
@@ -734,8 +710,9 @@ class BabySeaStandIn:
                 self._send(fault.status, fault.body, headers)
                 return True
 
-            def _handle(self, method: str) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            def _handle(self) -> None:
+                method = self.command
+                raw = self.read_body()
                 split = urlsplit(self.path)
                 path, query = split.path, dict(parse_qsl(split.query))
                 try:
@@ -815,14 +792,7 @@ class BabySeaStandIn:
                     return self._send(404, error_envelope(404, "BSE4001", "File not found."))
                 self._send(200, stored[0], content_type=stored[1])
 
-            def do_GET(self) -> None:
-                self._handle("GET")
-
-            def do_POST(self) -> None:
-                self._handle("POST")
-
-            def do_DELETE(self) -> None:
-                self._handle("DELETE")
+            do_GET = do_POST = do_DELETE = _handle  # one router for every method (self.command)
 
         return Handler
 

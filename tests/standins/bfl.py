@@ -23,13 +23,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
 from babychain.local import media
+from babychain.local.loopback import LoopbackServer, QuietHandler
 from babychain.security.urls import is_loopback_address
 
 
@@ -83,7 +83,7 @@ class _Job:
     timer: threading.Timer | None = field(default=None, repr=False)
 
 
-class BflStandIn:
+class BflStandIn(LoopbackServer):
     """The stand-in server. Control API: fail_next_submit, fail_next_poll, moderate_next, error_next (alias
     fail_next_job), forget, stall_next, expire_samples; records in `requests` and `webhook_deliveries`."""
 
@@ -113,43 +113,21 @@ class BflStandIn:
         self._stalls: list[float] = []
         self._lock = threading.Lock()
         self._webhook_done = threading.Condition(self._lock)
-        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        super().__init__(self._handler_class(), host=host, port=port, name="bfl-standin")
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
     @property
-    def base_url(self) -> str:
-        """Scheme, host and port; the API lives under `/v1` (the adapter's base URL is `base_url + "/v1"`)."""
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    @property
     def api_base(self) -> str:
+        """The API lives under `/v1` of `base_url` (the adapter's base URL)."""
         return self.base_url + "/v1"
-
-    def start(self) -> BflStandIn:
-        # A short poll interval keeps shutdown (and so each test's teardown) fast.
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="bfl-standin", daemon=True
-        )
-        self._thread.start()
-        return self
 
     def stop(self) -> None:
         with self._lock:
             for job in self.jobs.values():
                 if job.timer is not None:
                     job.timer.cancel()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> BflStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().stop()
 
     # ------------------------------------------------------------------------------------------ control API
 
@@ -428,25 +406,10 @@ class BflStandIn:
 
     # ------------------------------------------------------------------------------------------ HTTP
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+    def _handler_class(self) -> type[QuietHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-                pass
-
-            def _send(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-                self._send(status, json.dumps(body).encode(), "application/json", headers)
-
+        class Handler(QuietHandler):
             def _record(self, body: Any) -> None:
                 with server._lock:
                     server.requests.append(
@@ -461,17 +424,16 @@ class BflStandIn:
             def _authorized(self) -> bool:
                 given = self.headers.get("x-key")
                 if not given:
-                    self._json(403, {"detail": "Not authenticated"})
+                    self.send_json(403, {"detail": "Not authenticated"})
                     return False
                 if not hmac.compare_digest(given.encode(), server.api_key.encode()):
-                    self._json(403, {"detail": "Invalid API key"})
+                    self.send_json(403, {"detail": "Invalid API key"})
                     return False
                 return True
 
             def do_POST(self) -> None:
                 stall = server._take_stall()
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
+                raw = self.read_body()
                 try:
                     body: Any = json.loads(raw) if raw else None
                 except ValueError:
@@ -484,12 +446,12 @@ class BflStandIn:
                 path = urlsplit(self.path).path
                 model = path.removeprefix("/v1/")
                 if not path.startswith("/v1/") or model not in MODELS:
-                    return self._json(404, {"detail": "Not Found"})
+                    return self.send_json(404, {"detail": "Not Found"})
                 if not self._authorized():
                     return None
                 if not parsed_ok:
                     error = {"type": "json_invalid", "loc": ["body", 0], "msg": "JSON decode error", "input": {}}
-                    return self._json(422, {"detail": [error]})
+                    return self.send_json(422, {"detail": [error]})
                 if not isinstance(body, dict):
                     error = {
                         "type": "model_attributes_type",
@@ -497,9 +459,9 @@ class BflStandIn:
                         "msg": "Input should be a valid dictionary or object to extract fields from",
                         "input": body,
                     }
-                    return self._json(422, {"detail": [error]})
+                    return self.send_json(422, {"detail": [error]})
                 status, answer, headers = server._submit(model, body)
-                return self._json(status, answer, headers)
+                return self.send_json(status, answer, headers)
 
             def do_GET(self) -> None:
                 stall = server._take_stall()
@@ -510,17 +472,17 @@ class BflStandIn:
                 if url.path.startswith("/delivery/"):
                     # Delivery URLs are signed and need no key, like BFL's delivery hosts.
                     status, data, content_type = server._delivery(url.path, query)
-                    return self._send(status, data, content_type)
+                    return self.send_bytes(status, data, content_type)
                 if url.path != "/v1/get_result":
-                    return self._json(404, {"detail": "Not Found"})
+                    return self.send_json(404, {"detail": "Not Found"})
                 if not self._authorized():
                     return None
                 job_id = query.get("id", [""])[0]
                 if not job_id:
                     error = {"type": "missing", "loc": ["query", "id"], "msg": "Field required", "input": None}
-                    return self._json(422, {"detail": [error]})
+                    return self.send_json(422, {"detail": [error]})
                 status, answer, headers = server._result(job_id)
-                return self._json(status, answer, headers)
+                return self.send_json(status, answer, headers)
 
         return Handler
 

@@ -31,8 +31,7 @@ import string
 import threading
 import time
 from collections.abc import Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import av
@@ -40,6 +39,7 @@ import httpx
 from PIL import Image
 
 from babychain.local import media
+from babychain.local.loopback import LoopbackServer, QuietHandler
 
 API = "/api/v3"
 TASKS = f"{API}/contents/generations/tasks"
@@ -93,7 +93,7 @@ def _invalid(message: str) -> _Refusal:
     )
 
 
-class BytePlusStandIn:
+class BytePlusStandIn(LoopbackServer):
     def __init__(
         self,
         api_key: str = "ark-test-key",
@@ -125,41 +125,29 @@ class BytePlusStandIn:
         self._hold_running = False
         self._race_next_delete = False
         self._stopping = threading.Event()
-        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._threads: list[threading.Thread] = []
+        self._ticker = threading.Thread(target=self._tick_loop, name="byteplus-ticker", daemon=True)
+        # A short poll interval keeps shutdown (and so each test's teardown) quick.
+        super().__init__(self._handler_class(), host=host, port=port, name="byteplus-standin", poll_interval=0.02)
 
     # ------------------------------------------------------------------------------------------- lifecycle
 
     @property
     def origin(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return super().base_url
 
     @property
     def base_url(self) -> str:
         """What the adapter takes as `base_url` (ModelArk's `/api/v3` root)."""
         return self.origin + API
 
-    def start(self) -> BytePlusStandIn:
-        # A short poll interval keeps shutdown (and so each test's teardown) quick.
-        serve = (self._httpd.serve_forever, {"poll_interval": 0.02})
-        for (target, kwargs), name in ((serve, "byteplus-standin"), ((self._tick_loop, {}), "byteplus-ticker")):
-            thread = threading.Thread(target=target, kwargs=kwargs, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+    def start(self) -> Self:
+        super().start()
+        self._ticker.start()
         return self
 
     def stop(self) -> None:
         self._stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> BytePlusStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().stop()
 
     # ------------------------------------------------------------------------------------------- controls
 
@@ -640,30 +628,18 @@ class BytePlusStandIn:
     def _authorized(self, header: str | None) -> bool:
         return hmac.compare_digest((header or "").encode(), f"Bearer {self.api_key}".encode())
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+    def _handler_class(self) -> type[QuietHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-                pass
-
+        class Handler(QuietHandler, keep_alive=True):
             def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("X-Request-Id", _request_id())
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_bytes(status, data, "application/json", {"X-Request-Id": _request_id(), **(headers or {})})
 
-            def _handle(self, method: str) -> None:
+            def _handle(self) -> None:
+                method = self.command
                 url = urlsplit(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
+                raw = self.read_body()
                 try:
                     parsed = json.loads(raw) if raw else None
                 except ValueError:
@@ -731,22 +707,9 @@ class BytePlusStandIn:
                     stored = server.files.get(name)
                 if stored is None:
                     return self._send(404, error_body("NoSuchKey", "The specified key does not exist."))
-                data, content_type = stored
-                self.send_response(200)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                return None
+                return self.send_bytes(200, *stored)
 
-            def do_GET(self) -> None:
-                self._handle("GET")
-
-            def do_POST(self) -> None:
-                self._handle("POST")
-
-            def do_DELETE(self) -> None:
-                self._handle("DELETE")
+            do_GET = do_POST = do_DELETE = _handle  # one router for every method (self.command)
 
         return Handler
 

@@ -29,13 +29,14 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import psycopg
 import psycopg_pool
 from psycopg import sql
+
+from babychain.local.loopback import LoopbackServer, QuietHandler
 
 RPC_PREFIX = "/rest/v1/rpc/"
 _FUNCTION_NAME = re.compile(r"bc_[a-z_]+")
@@ -90,7 +91,7 @@ def _pgrst_status(sqlstate: str) -> int:
     return by_class.get(sqlstate[:2], 400)
 
 
-class PostgrestStandIn:
+class PostgrestStandIn(LoopbackServer):
     def __init__(
         self,
         dsn: str,
@@ -112,19 +113,12 @@ class PostgrestStandIn:
         self._pool = psycopg_pool.ConnectionPool(
             dsn, min_size=1, max_size=4, kwargs={"autocommit": True}, open=False, timeout=10.0
         )
-        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        super().__init__(self._handler_class(), host=host, port=port, name="postgrest-standin")
 
     # ------------------------------------------------------------------------------------------ lifecycle
+    # `url` is the project URL to hand to supabase-py (which appends `/rest/v1`).
 
-    @property
-    def url(self) -> str:
-        """The project URL to hand to supabase-py (which appends `/rest/v1`)."""
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> PostgrestStandIn:
+    def start(self) -> Self:
         self._pool.open(wait=True)
         if self.role is not None:
             with self._pool.connection() as conn:
@@ -133,22 +127,11 @@ class PostgrestStandIn:
                         conn.execute(sql.SQL("set local role {}").format(sql.Identifier(self.role)))
                 except psycopg.errors.InsufficientPrivilege:
                     self.role = None  # run as the connecting user
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="postgrest-standin", daemon=True
-        )
-        self._thread.start()
-        return self
+        return super().start()
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().stop()
         self._pool.close()
-
-    def __enter__(self) -> PostgrestStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------------------------------ control API
 
@@ -220,21 +203,12 @@ class PostgrestStandIn:
         text: str = row[0] if row else "null"
         return 200, text.encode()
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+    def _handler_class(self) -> type[QuietHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, like PostgREST behind Supabase's gateway
-
-            def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-                pass
-
+        class Handler(QuietHandler, keep_alive=True):  # keep-alive, like PostgREST behind Supabase's gateway
             def _send(self, status: int, data: bytes, content_type: str = "application/json; charset=utf-8") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_bytes(status, data, content_type)
 
             def _authorized(self) -> bool:
                 key = server.service_role_key.encode()
@@ -249,8 +223,7 @@ class PostgrestStandIn:
                 return True
 
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
+                raw = self.read_body()
                 try:
                     body: Any = json.loads(raw) if raw else {}
                     parsed_ok = True

@@ -12,45 +12,31 @@ code waited for from one still on its way.
 from __future__ import annotations
 
 import gzip
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+
+from babychain.local.loopback import LoopbackServer, QuietHandler
 
 
-class SentryIngest:
+class SentryIngest(LoopbackServer):
     def __init__(self, delay_seconds: float = 0.0) -> None:
         self.delay_seconds = delay_seconds
         self.received: list[bytes] = []
         ingest = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self.read_body()
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
                 time.sleep(ingest.delay_seconds)
                 ingest.received.append(body)
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.send_bytes(200)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        super().__init__(Handler, name="sentry-ingest")
 
     @property
     def dsn(self) -> str:
-        return f"http://public@127.0.0.1:{self._server.server_address[1]}/1"
+        return f"http://public@{self.host}:{self.port}/1"
 
     def body(self) -> bytes:
         return b"".join(self.received)
-
-    def __enter__(self) -> SentryIngest:
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()

@@ -8,12 +8,11 @@ import os
 import socket
 import ssl
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from babychain.errors import UnsafeUrlError
+from babychain.local.loopback import LoopbackServer, QuietHandler
 from babychain.security import safe_http
 from babychain.security.safe_http import (
     FetchError,
@@ -33,21 +33,8 @@ from babychain.security.safe_http import (
 from babychain.security.urls import Resolver
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # reused connections would otherwise wait on delayed ACKs
+class Handler(QuietHandler, keep_alive=True):  # keep-alive: the pool tests count reused connections
     seen: list[dict[str, Any]] = []  # replaced per server by the fixture
-
-    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-        pass
-
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def _record(self, body: bytes = b"") -> None:
         self.seen.append(
@@ -66,19 +53,19 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         if url.path == "/file":
-            self._send(200, b"hello bytes", {"Content-Type": "image/png"})
+            self.send_bytes(200, b"hello bytes", "image/png")
         elif url.path == "/host":
-            self._send(200, self.headers["Host"].encode(), {"Content-Type": "text/plain"})
+            self.send_bytes(200, self.headers["Host"].encode(), "text/plain")
         elif url.path == "/set-cookie":
-            self._send(200, b"cookie", {"Set-Cookie": "session=secret; Path=/"})
+            self.send_bytes(200, b"cookie", headers={"Set-Cookie": "session=secret; Path=/"})
         elif url.path == "/redirect":
-            self._send(302, headers={"Location": "/file"})
+            self.send_bytes(302, headers={"Location": "/file"})
         elif url.path == "/redirect-to":
-            self._send(int(query.get("status", ["302"])[0]), headers={"Location": query["to"][0]})
+            self.send_bytes(int(query.get("status", ["302"])[0]), headers={"Location": query["to"][0]})
         elif url.path == "/loop":
-            self._send(307, headers={"Location": "/loop"})
+            self.send_bytes(307, headers={"Location": "/loop"})
         elif url.path == "/big":
-            self._send(200, b"x" * 10_000)
+            self.send_bytes(200, b"x" * 10_000)
         elif url.path == "/big-unannounced":
             # No Content-Length: the client only finds out by reading.
             self.send_response(200)
@@ -91,12 +78,12 @@ class Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass  # the client hung up, as it should
         elif url.path == "/unavailable":
-            self._send(503, b"busy", {"Retry-After": "7"})
+            self.send_bytes(503, b"busy", headers={"Retry-After": "7"})
         elif url.path == "/missing":
-            self._send(404, b"nope")
+            self.send_bytes(404, b"nope")
         elif url.path == "/slow":
             time.sleep(1.5)
-            self._send(200, b"late")
+            self.send_bytes(200, b"late")
         elif url.path == "/drip":
             self.send_response(200)
             self.send_header("Content-Length", "10")
@@ -109,23 +96,23 @@ class Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
         else:
-            self._send(404)
+            self.send_bytes(404)
 
     def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = self.read_body()
         self._record(body)
         url = urlsplit(self.path)
         if url.path == "/echo":
             echoed = {"headers": dict(self.headers.items()), "body": body.decode()}
-            self._send(200, json.dumps(echoed).encode(), {"Content-Type": "application/json"})
+            self.send_json(200, echoed)
         elif url.path == "/post-redirect":
-            self._send(302, b"moved", {"Location": "/echo"})
+            self.send_bytes(302, b"moved", headers={"Location": "/echo"})
         elif url.path == "/post-busy":
-            self._send(503, b"try later", {"Retry-After": "7"})
+            self.send_bytes(503, b"try later", headers={"Retry-After": "7"})
         elif url.path == "/post-big":
-            self._send(200, "é".encode() * 50_000)
+            self.send_bytes(200, "é".encode() * 50_000)
         else:
-            self._send(404)
+            self.send_bytes(404)
 
 
 class CountingHTTPServer(ThreadingHTTPServer):
@@ -145,15 +132,12 @@ class Server:
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.seen: list[dict[str, Any]] = []
         handler = type("BoundHandler", (Handler,), {"seen": self.seen})
-        self.httpd = CountingHTTPServer(("127.0.0.1", 0), handler)
-        if tls is not None:
-            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
-        self.scheme = "https" if tls is not None else "http"
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+        self.loop = LoopbackServer(handler, server_class=CountingHTTPServer, tls=tls, poll_interval=0.02)
+        self.httpd: Any = self.loop.httpd  # a CountingHTTPServer
+        self.port = self.loop.port
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"{self.scheme}://{host}:{self.port}{path}"
+        return f"{self.loop.scheme}://{host}:{self.port}{path}"
 
     @property
     def connections(self) -> int:
@@ -171,10 +155,8 @@ def fresh_pool() -> Iterator[None]:
 @pytest.fixture
 def server() -> Iterator[Server]:
     srv = Server()
-    srv.thread.start()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
+    with srv.loop:
+        yield srv
 
 
 def no_dns(host: str, port: int) -> list[str]:
@@ -610,11 +592,9 @@ def tls_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     monkeypatch.setattr(safe_http, "_create_ssl_context", trusting_the_test_ca)
     close_pooled_connections()
     srv = Server(tls=server_context)
-    srv.thread.start()
-    yield srv
-    close_pooled_connections()
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
+    with srv.loop:
+        yield srv
+        close_pooled_connections()
 
 
 def test_https_host_names_sharing_an_address_each_get_their_own_tls_session(tls_server: Server) -> None:

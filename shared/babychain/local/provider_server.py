@@ -13,13 +13,13 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from babychain.chains.families import GenerationRequest
 from babychain.errors import ProviderError
 from babychain.local import media
+from babychain.local.loopback import LoopbackServer, QuietHandler
 from babychain.security.safe_http import fetch_bytes
 from babychain.security.urls import Resolver, system_resolver
 
@@ -48,7 +48,7 @@ class FailRule:
         return cls(m.group(1), m.group(2) or "failed", int(m.group(3)) if m.group(3) else None)
 
 
-class LocalProviderServer:
+class LocalProviderServer(LoopbackServer):
     def __init__(
         self,
         folder: str | Path,
@@ -68,23 +68,7 @@ class LocalProviderServer:
         self.resolver = resolver
         self.submissions: list[dict[str, Any]] = []  # every accepted submit, for tests and the demo
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> str:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="local-provider", daemon=True)
-        self._thread.start()
-        return self.base_url
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__(self._handler_class(), host=host, port=port, name="local-provider")
 
     # Jobs live on disk so a restarted runner can still answer for them.
     def _job_path(self, job_id: str) -> Path:
@@ -212,20 +196,14 @@ class LocalProviderServer:
                 out[key] = job[key]
         return out
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+    def _handler_class(self) -> type[QuietHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # quiet: the runner prints progress itself
-                pass
-
+        class Handler(QuietHandler):
             def _json(self, status: int, body: dict[str, Any] | None) -> None:
-                data = json.dumps(body if body is not None else {"error": {"code": "not_found"}}).encode()
-                self.send_response(status if body is not None else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                if body is None:
+                    return self.send_json(404, {"error": {"code": "not_found"}})
+                return self.send_json(status, body)
 
             def _job_id(self) -> str | None:
                 job_id = self.path.rsplit("/", 1)[-1]
@@ -234,9 +212,9 @@ class LocalProviderServer:
             def do_POST(self) -> None:
                 if self.path != "/v1/jobs":
                     return self._json(404, None)
-                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.read_body()
                 try:
-                    body = json.loads(self.rfile.read(length))
+                    body = json.loads(raw)
                     status, answer = server.submit(body)
                 except (ValueError, KeyError, TypeError) as exc:
                     return self._json(400, {"error": {"code": "invalid_request", "message": str(exc)}})
@@ -248,13 +226,7 @@ class LocalProviderServer:
                     path = server.folder / "files" / name
                     if not _FILE_NAME.match(name) or not path.exists():
                         return self._json(404, None)
-                    data = path.read_bytes()
-                    self.send_response(200)
-                    self.send_header("Content-Type", media.content_type_for(name.rsplit(".", 1)[1]))
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                    return None
+                    return self.send_bytes(200, path.read_bytes(), media.content_type_for(name.rsplit(".", 1)[1]))
                 job_id = self._job_id()
                 self._json(200, server.status(job_id) if job_id else None)
                 return None

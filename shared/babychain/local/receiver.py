@@ -6,9 +6,9 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from babychain.local.loopback import LoopbackServer, QuietHandler
 from babychain.security.webhooks import verify
 
 
@@ -24,7 +24,7 @@ class Delivery:
         return data
 
 
-class WebhookReceiver:
+class WebhookReceiver(LoopbackServer):
     """Records every delivery. `answers` scripts the HTTP status of the first deliveries (e.g. [500, 500])."""
 
     def __init__(
@@ -40,36 +40,23 @@ class WebhookReceiver:
         self.answers = list(answers or [])
         self.deliveries: list[Delivery] = []
         self._arrived = threading.Condition()
-        self._httpd = ThreadingHTTPServer((host, 0), self._handler_class())
-        self._httpd.daemon_threads = True
+        super().__init__(self._handler_class(), host=host, name="webhook-receiver")
 
     @property
     def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}/hooks/babychain"
-
-    def start(self) -> WebhookReceiver:
-        threading.Thread(target=self._httpd.serve_forever, name="webhook-receiver", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        return self.base_url + "/hooks/babychain"
 
     def wait_for(self, count: int, timeout: float) -> list[Delivery]:
         with self._arrived:
             self._arrived.wait_for(lambda: len(self.deliveries) >= count, timeout)
             return list(self.deliveries)
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+    def _handler_class(self) -> type[QuietHandler]:
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self.read_body()
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 with receiver._arrived:
                     status = receiver.answers.pop(0) if receiver.answers else 204
@@ -78,8 +65,6 @@ class WebhookReceiver:
                     receiver._arrived.notify_all()
                 if receiver.on_delivery is not None:
                     receiver.on_delivery(delivery)
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.send_bytes(status)
 
         return Handler

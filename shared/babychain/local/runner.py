@@ -199,7 +199,7 @@ class LocalEngine:
         apply_migrations(dsn)
         updates: dict[str, Any] = {"database_url": dsn}
         if self.provider_server is not None:
-            updates["local_provider_url"] = self.provider_server.start()
+            updates["local_provider_url"] = self.provider_server.start().base_url
         self.settings = dataclasses.replace(self.settings, **updates)
         self.services = local_services(self.settings, self.resolver)
         self.store = self.services.store  # type: ignore[assignment]

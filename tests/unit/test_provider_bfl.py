@@ -7,11 +7,9 @@ import hmac
 import io
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -20,6 +18,7 @@ from PIL import Image
 
 from babychain.chains.catalog import MODELS_BY_ID, ModelSpec
 from babychain.errors import ConfigurationError, ProviderError
+from babychain.local.loopback import LoopbackServer, QuietHandler
 from babychain.providers.base import JobStatus, StepJob, Submission, WebhookNotice, WebhookRejected
 from babychain.providers.bfl import BflProvider
 from tests.standins.bfl import BflStandIn
@@ -79,24 +78,16 @@ class Capture:
         self.received: list[tuple[dict[str, str], bytes]] = []
         capture = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                capture.received.append((dict(self.headers.items()), body))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                capture.received.append((dict(self.headers.items()), self.read_body()))
+                self.send_bytes(200)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/webhooks/bfl/step-token"
+        self._server = LoopbackServer(Handler).start()
+        self.url = f"{self._server.base_url}/webhooks/bfl/step-token"
 
     def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._server.stop()
 
 
 @pytest.fixture

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import av
@@ -17,6 +15,7 @@ from PIL import Image
 
 from babychain.chains.catalog import MODELS_BY_ID
 from babychain.errors import ConfigurationError, ProviderError
+from babychain.local.loopback import LoopbackServer, QuietHandler
 from babychain.providers.base import JobStatus, StepJob, Submission, WebhookNotice, WebhookRejected
 from babychain.providers.byteplus import BytePlusProvider
 from tests.standins.byteplus import BytePlusStandIn
@@ -96,28 +95,20 @@ class Receiver:
         self.headers: list[dict[str, str]] = []
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                receiver.bodies.append(body)
+                receiver.bodies.append(self.read_body())
                 receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.send_bytes(status)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/webhooks/byteplus/tok_abc"
+        self._server = LoopbackServer(Handler).start()
+        self.url = f"{self._server.base_url}/webhooks/byteplus/tok_abc"
 
     def statuses(self) -> list[str]:
         return [json.loads(b)["status"] for b in self.bodies]
 
     def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._server.stop()
 
 
 @pytest.fixture

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -17,6 +15,7 @@ import pytest
 from babychain.chains.catalog import MODELS_BY_ID
 from babychain.config import Settings
 from babychain.errors import ConfigurationError, ProviderError
+from babychain.local.loopback import LoopbackServer, QuietHandler
 from babychain.providers.babysea import BabySeaProvider
 from babychain.providers.base import Provider, StepJob
 from babychain.providers.bfl import BflProvider
@@ -48,37 +47,26 @@ class Scripted:
         self.requests: list[dict[str, Any]] = []
         scripted = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def _answer(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self.read_body()
                 scripted.requests.append(
                     {"method": self.command, "path": self.path, "headers": dict(self.headers.items()), "body": body}
                 )
                 status, headers, data = scripted.answers.pop(0) if scripted.answers else (200, {}, b"{}")
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_bytes(status, data, None, headers)
 
             do_GET = do_POST = do_DELETE = _answer
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._server = LoopbackServer(Handler).start()
+        self.url = self._server.base_url
 
     def answer(self, status: int, body: Any = b"", **headers: str) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.answers.append((status, {k.replace("_", "-"): v for k, v in headers.items()}, data))
 
     def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._server.stop()
 
 
 @pytest.fixture

@@ -5,12 +5,16 @@
 #                             ARTIFACTS_DIR set; each target fills $(ARTIFACTS_DIR)/python (Lambda's /opt/python).
 #   make layers               builds both into build/layers/{shared,dependencies}/python, without SAM.
 #   make layer-check          checks the built layers hold every runtime import of every handler; reports sizes.
+#   make lock                 (maintainers) regenerates layers/requirements.lock from the requirement files with uv.
 #
-# Variables: PYTHON (the interpreter whose pip downloads the wheels), LAYERS_DIR (where `make layers` builds).
+# Variables: PYTHON (the interpreter whose pip downloads the wheels), LAYERS_DIR (where `make layers` builds),
+# UV and LOCK_FLAGS (for `make lock`; LOCK_FLAGS=--upgrade moves every pin to the newest release).
 
 ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 PYTHON ?= python3
 LAYERS_DIR ?= $(ROOT)/build/layers
+UV ?= uv
+LOCK_FLAGS ?=
 
 # The template's Globals: Runtime python3.13, Architectures [arm64]. The python3.13 runtime runs on Amazon Linux
 # 2023 (glibc 2.34), so any manylinux wheel up to manylinux_2_34 runs there. pip does not widen a manylinux_2_x
@@ -20,8 +24,12 @@ LAYER_ARCH := aarch64
 LAYER_GLIBC_MINORS := 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34
 LAYER_PLATFORMS := --platform manylinux2014_$(LAYER_ARCH) \
 	$(foreach m,$(LAYER_GLIBC_MINORS),--platform manylinux_2_$(m)_$(LAYER_ARCH))
-# What every handler imports, and what configuration can switch on (imported lazily): both ship in the layer.
-LAYER_REQUIREMENTS := -r "$(ROOT)/layers/requirements.txt" -r "$(ROOT)/layers/requirements-optional.txt"
+# The build installs exactly layers/requirements.lock: every distribution pinned with its hashes, no resolution at
+# build time (--no-deps), so two builds are identical. `make lock` writes it from the human-edited inputs
+# (requirements.txt: what every handler imports; requirements-optional.txt: what configuration switches on), resolved
+# for CPython 3.13 on Linux aarch64 / glibc 2.34, leaving out what the Lambda runtime provides (runtime-provided.txt:
+# boto3, botocore, s3transfer) and whatever only they need.
+LAYER_LOCK := $(ROOT)/layers/requirements.lock
 # --only-binary: never build an sdist on this machine (it would be for the wrong platform).
 # --no-compile: pip would write .pyc files for the build interpreter's version, useless on 3.13.
 PIP_LAYER_FLAGS := $(LAYER_PLATFORMS) --implementation cp --python-version $(LAYER_PYTHON_VERSION) \
@@ -46,8 +54,8 @@ build-DependenciesLayer:
 	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it; or use: make layers)"; exit 2; }
 	rm -rf "$(ARTIFACTS_DIR)/python"
 	mkdir -p "$(ARTIFACTS_DIR)/python"
-	$(PYTHON) -m pip install --quiet $(LAYER_REQUIREMENTS) --target "$(ARTIFACTS_DIR)/python" $(PIP_LAYER_FLAGS)
-	$(PYTHON) "$(ROOT)/layers/prune_runtime.py" "$(ARTIFACTS_DIR)/python" $(LAYER_REQUIREMENTS)
+	$(PYTHON) -m pip install --quiet --require-hashes --no-deps -r "$(LAYER_LOCK)" --target "$(ARTIFACTS_DIR)/python" \
+		$(PIP_LAYER_FLAGS)
 	$(call strip_layer,$(ARTIFACTS_DIR)/python)
 
 layers:
@@ -61,4 +69,14 @@ layers:
 layer-check:
 	$(PYTHON) "$(ROOT)/layers/check_layer.py" "$(LAYERS_DIR)"
 
-.PHONY: build-SharedLayer build-DependenciesLayer layers layer-check
+# A maintainer step, not part of the build or CI (needs uv: pip install uv). uv reads no pip configuration: it
+# resolves against its default index only. --overrides with never-true markers removes the runtime's packages from the
+# resolution, and with them what only they need. An existing lock's pins are kept unless LOCK_FLAGS=--upgrade.
+lock:
+	cd "$(ROOT)" && $(UV) pip compile layers/requirements.txt layers/requirements-optional.txt \
+		--overrides layers/runtime-provided.txt \
+		--python-platform $(LAYER_ARCH)-manylinux_2_34 --python-version $(LAYER_PYTHON_VERSION) \
+		--only-binary :all: --generate-hashes --custom-compile-command "make lock" \
+		--output-file layers/requirements.lock $(LOCK_FLAGS)
+
+.PHONY: build-SharedLayer build-DependenciesLayer layers layer-check lock

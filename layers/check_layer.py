@@ -76,8 +76,9 @@ ONE_MACHINE_ONLY = (
     "babychain.store.embedded",
 )
 
-# The Lambda python3.13 runtime ships boto3, botocore and s3transfer: the layer does not carry them (the Makefile
-# prunes them when a dependency pulls them in, e.g. aws-xray-sdk -> botocore), so the runtime's copies stay in step.
+# The Lambda python3.13 runtime ships boto3, botocore and s3transfer: the layer does not carry them (layers/
+# requirements.lock leaves them out, and what only they need, though aws-xray-sdk requires botocore), so the runtime's
+# copies stay in step. A Requires-Dist on one of them is not reported missing. Keep in step with runtime-provided.txt.
 LAMBDA_RUNTIME_PROVIDES = ("boto3", "botocore", "s3transfer")
 
 

@@ -1,26 +1,34 @@
-"""The Lambda layers: `make layers` builds them from arm64 wheels (downloaded from PyPI, through pip's cache), and
-`layers/check_layer.py` finds every runtime import of every handler in them.
+"""The Lambda layers: `make layers` builds them from arm64 wheels (downloaded from PyPI, through pip's cache) pinned
+with their hashes in layers/requirements.lock, and `layers/check_layer.py` finds every runtime import of every handler
+in them. Two builds are identical, and the lock covers its inputs.
 
 Nothing here is skipped: without PyPI the build fails, and so does the test.
 """
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKER = REPO / "layers" / "check_layer.py"
+LOCK = REPO / "layers" / "requirements.lock"
+LOCK_INPUTS = (REPO / "layers" / "requirements.txt", REPO / "layers" / "requirements-optional.txt")
+RUNTIME_PROVIDED = REPO / "layers" / "runtime-provided.txt"
 EM_AARCH64 = 183
+LOCK_ENTRY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+) \\$")
 
 
-@pytest.fixture(scope="module")
-def layers(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("layers")
+def build_layers(out: Path) -> Path:
     make = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "layers"]
     build = subprocess.run(
         [*make, f"LAYERS_DIR={out}", f"PYTHON={sys.executable}"],
@@ -31,6 +39,39 @@ def layers(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert build.returncode == 0, f"make layers failed:\n{build.stdout}\n{build.stderr}"
     return out
+
+
+@pytest.fixture(scope="module")
+def layers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_layers(tmp_path_factory.mktemp("layers"))
+
+
+def requirement_lines(path: Path) -> list[Requirement]:
+    lines = (raw.split(" #", 1)[0].strip() for raw in path.read_text(encoding="utf-8").splitlines())
+    return [Requirement(line) for line in lines if line and not line.startswith(("#", "-"))]
+
+
+def lock_entries() -> dict[str, tuple[str, list[str]]]:
+    """Canonical name -> (pinned version, its hashes), from layers/requirements.lock."""
+    entries: dict[str, tuple[str, list[str]]] = {}
+    current: list[str] = []
+    for line in LOCK.read_text(encoding="utf-8").splitlines():
+        if match := LOCK_ENTRY.match(line):
+            current = []
+            entries[canonicalize_name(match[1])] = (match[2], current)
+        elif line.strip().startswith("--hash="):
+            current.append(line.strip().removesuffix("\\").strip())
+        else:
+            assert not line or line.startswith(" ") or line.startswith("#"), f"unexpected lock line: {line!r}"
+    return entries
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
 
 
 def run_checker(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -64,7 +105,8 @@ def test_layer_layout(layers: Path) -> None:
     shared, deps = layers / "shared" / "python", layers / "dependencies" / "python"
     assert (shared / "babychain" / "services.py").is_file()
     assert not (deps / "babychain").exists()
-    assert not (deps / "boto3").exists() and not (deps / "botocore").exists()
+    for runtime_provided in ("boto3", "botocore", "s3transfer", "dateutil", "six.py"):
+        assert not (deps / runtime_provided).exists(), runtime_provided
     for root in (shared, deps):
         assert not list(root.rglob("__pycache__")), "bytecode caches should be stripped"
         assert not (root / "bin").exists()
@@ -100,3 +142,43 @@ def test_checker_needs_built_layers(tmp_path: Path) -> None:
     result = run_checker(tmp_path)
     assert result.returncode == 2
     assert "make layers" in result.stderr
+
+
+def test_lock_pins_every_input_with_hashes() -> None:
+    entries = lock_entries()
+    assert len(entries) > 20
+    for path in LOCK_INPUTS:
+        for req in requirement_lines(path):
+            name = canonicalize_name(req.name)
+            assert name in entries, f"{req} ({path.name}) is not pinned in {LOCK.name}: run `make lock`"
+            assert req.specifier.contains(entries[name][0], prereleases=True), f"{req}: the lock has {entries[name][0]}"
+    extras = {"aws-xray-sdk": "aws-lambda-powertools[tracer]", "psycopg-binary": "psycopg[binary]"}
+    for name, why in extras.items():
+        assert name in entries, f"{name} ({why}) is not pinned"
+    for name, (_, hashes) in entries.items():
+        assert hashes and all(h.startswith("--hash=sha256:") for h in hashes), f"{name} has no hashes"
+
+
+def test_lock_leaves_out_what_the_runtime_provides() -> None:
+    checker = ast.parse(CHECKER.read_text(encoding="utf-8"))
+    provides = next(
+        ast.literal_eval(node.value)
+        for node in checker.body
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "LAMBDA_RUNTIME_PROVIDES"
+    )
+    overridden = {canonicalize_name(r.name) for r in requirement_lines(RUNTIME_PROVIDED)}
+    assert overridden == {canonicalize_name(n) for n in provides}
+    entries = lock_entries()
+    # ...and what only botocore needs (aws-xray-sdk -> botocore -> python-dateutil -> six).
+    for name in (*overridden, "python-dateutil", "six"):
+        assert name not in entries, f"{name} is locked; the runtime provides it, or only what it provides needs it"
+
+
+def test_two_builds_are_identical(layers: Path, tmp_path: Path) -> None:
+    again = build_layers(tmp_path / "again")
+    for layer in ("shared", "dependencies"):
+        first, second = file_hashes(layers / layer), file_hashes(again / layer)
+        assert first, layer
+        assert sorted(first) == sorted(second), f"the {layer} layers hold different files"
+        differ = sorted(p for p in first if first[p] != second[p])
+        assert not differ, f"the {layer} layers differ in {differ[:10]}"

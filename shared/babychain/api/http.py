@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import logging
 from typing import Any
@@ -11,6 +12,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 
 from babychain.api.auth import Principal, authenticate
 from babychain.errors import ApiError, ConfigurationError
+from babychain.security.params import strict_json
 from babychain.services import Services, services
 from babychain.store.errors import StoreAuthError, StoreUnavailable
 
@@ -60,20 +62,22 @@ def make_resolver() -> APIGatewayHttpResolver:
 
 
 def read_json_body(app: APIGatewayHttpResolver) -> Any:
+    """The request's JSON body, decoded strictly (`security.params.strict_json`) within the size limit."""
     event = app.current_event
-    raw = event.body or ""
     declared = event.headers.get("content-length")
-    if (declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES) or len(raw) > MAX_BODY_BYTES * 4 // 3 + 4:
+    if (declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES) or len(event.body or "") > (
+        MAX_BODY_BYTES * 4 // 3 + 4
+    ):
         raise ApiError(413, "payload_too_large", f"Request body is larger than {MAX_BODY_BYTES} bytes.")
-    text = event.decoded_body or ""
-    if len(text.encode()) > MAX_BODY_BYTES:
-        raise ApiError(413, "payload_too_large", f"Request body is larger than {MAX_BODY_BYTES} bytes.")
-    if not text.strip():
-        raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
     try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ApiError(400, "invalid_json", f"Request body is not valid JSON: {exc}.") from None
+        raw = raw_body(app)
+    except (ValueError, binascii.Error):
+        raise ApiError(400, "invalid_json", "Request body is not valid base64.") from None
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, "payload_too_large", f"Request body is larger than {MAX_BODY_BYTES} bytes.")
+    if not raw.strip():
+        raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
+    return strict_json(raw)
 
 
 def raw_body(app: APIGatewayHttpResolver) -> bytes:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import base64
-import binascii
+import hashlib
+import hmac
 import re
 import uuid
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from babychain.chains.templates import TEMPLATES, find_template
 from babychain.engine.estimates import estimate_run
 from babychain.engine.presenter import present_run
 from babychain.errors import ApiError, ProviderError, invalid_input, not_found
+from babychain.ids import is_canonical_uuid
 from babychain.observability import count, logger
 from babychain.queues import callback_message, step_message
 from babychain.services import Services
@@ -90,10 +92,8 @@ def get_run(svc: Services, principal: Principal, run_id: str) -> dict[str, Any]:
 
 
 def _owned_run(svc: Services, principal: Principal, run_id: str) -> RunRow:
-    try:
-        uuid.UUID(run_id)
-    except ValueError as exc:
-        raise invalid_input("run_id must be a UUID.", "run_id", code="invalid_run_id") from exc
+    if not is_canonical_uuid(run_id):
+        raise invalid_input("run_id must be a UUID.", "run_id", code="invalid_run_id")
     run = svc.store.get_run(run_id, principal.owner_id)
     if run is None:  # another caller's run looks exactly like a missing one
         raise not_found("run_not_found", f"No run {run_id}.")
@@ -146,7 +146,7 @@ def list_runs(svc: Services, principal: Principal, params: dict[str, str]) -> di
         if template is None:
             raise invalid_input(f"Unknown chain {slug!r}.", "chain_slug", code="invalid_request")
         slug = template.slug
-    cursor = _decode_cursor(params["cursor"]) if params.get("cursor") else None
+    cursor = _decode_cursor(svc, principal, params["cursor"]) if params.get("cursor") else None
     rows = svc.store.list_runs(principal.owner_id, limit=limit + 1, status=status, chain_slug=slug, cursor=cursor)
     page = rows[:limit]
     has_more = len(rows) > limit
@@ -155,21 +155,29 @@ def list_runs(svc: Services, principal: Principal, params: dict[str, str]) -> di
         "url": "/api/v1/chains/runs",
         "data": [present_run(r, svc.artifacts.shareable) for r in page],
         "has_more": has_more,
-        "next_cursor": _encode_cursor(page[-1]) if has_more else None,
+        "next_cursor": _encode_cursor(svc, principal, page[-1]) if has_more else None,
     }
 
 
-def _encode_cursor(run: RunRow) -> str:
-    return base64.urlsafe_b64encode(f"{run['created_at']}|{run['id']}".encode()).decode()
+def _encode_cursor(svc: Services, principal: Principal, run: RunRow) -> str:
+    """`<position>.<mac>`: the position (the last run's created_at and id) signed for this caller, so a cursor is one
+    this API returned, never a value for the store to interpret."""
+    position = base64.urlsafe_b64encode(f"{run['created_at']}|{run['id']}".encode()).decode().rstrip("=")
+    return f"{position}.{_cursor_mac(svc, principal, position)}"
 
 
-def _decode_cursor(cursor: str) -> tuple[str, str]:
-    try:
-        created_at, run_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        uuid.UUID(run_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise invalid_input("cursor is not one this API returned.", "cursor", code="invalid_request") from exc
+def _decode_cursor(svc: Services, principal: Principal, cursor: str) -> tuple[str, str]:
+    position, _, mac = cursor.partition(".")
+    if not cursor.isascii() or not mac or not hmac.compare_digest(mac, _cursor_mac(svc, principal, position)):
+        raise invalid_input("cursor is not one this API returned.", "cursor", code="invalid_request")
+    created_at, _, run_id = base64.urlsafe_b64decode(position + "=" * (-len(position) % 4)).decode().partition("|")
     return created_at, run_id
+
+
+def _cursor_mac(svc: Services, principal: Principal, position: str) -> str:
+    key = hashlib.sha256(b"babychain-cursor:" + svc.settings.require_callback_secret().encode()).digest()
+    message = f"{principal.owner_id}|{position}".encode()
+    return base64.urlsafe_b64encode(hmac.new(key, message, hashlib.sha256).digest()[:18]).decode()
 
 
 def list_chains(svc: Services) -> dict[str, Any]:

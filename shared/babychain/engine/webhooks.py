@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from babychain.errors import ApiError, ConfigurationError
+from babychain.ids import is_canonical_uuid
 from babychain.providers.base import WebhookRejected
 from babychain.queues import step_message
 from babychain.services import Services
@@ -78,8 +78,4 @@ def handle_provider_webhook(
 
 
 def _valid_step_id(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
+    return is_canonical_uuid(value)

@@ -177,3 +177,65 @@ class _JsonBounds:
                 _refuse("Numbers must be finite.", here)
         elif item is not None and not isinstance(item, bool | int):
             _refuse("Value is not valid JSON.", here)
+
+
+# The edge's strict JSON: integers beyond what every JSON reader holds exactly (and Postgres's bigint) are refused.
+MAX_JSON_INTEGER = 2**53 - 1
+_INTEGER_DIGITS = len(str(MAX_JSON_INTEGER))
+
+
+def strict_json(raw: bytes) -> Any:
+    """Decodes a request body: UTF-8 only; no NaN or Infinity, no number beyond the bounds; no NUL or lone surrogate
+    in any string or key. Anything else raises a 400 (`invalid_json`, naming the field where there is one)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid_input("Request body must be UTF-8 encoded JSON.", code="invalid_json") from None
+    try:
+        value = json.loads(text, parse_constant=_no_constant, parse_int=_bounded_int, parse_float=_finite_float)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError, and so are the hooks' refusals
+        raise invalid_input(f"Request body is not valid JSON: {exc}.", code="invalid_json") from None
+    check_json_text(value, "")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > _INTEGER_DIGITS or abs(number := int(digits)) > MAX_JSON_INTEGER:
+        raise ValueError(f"integers must be within ±{MAX_JSON_INTEGER}")
+    return number
+
+
+def _finite_float(digits: str) -> float:
+    number = float(digits)
+    if not math.isfinite(number):
+        raise ValueError("numbers must be finite")
+    return number
+
+
+def check_json_text(value: Any, path: str) -> None:
+    """Refuses NUL (Postgres text cannot hold it) and lone surrogates (not text at all) in every string and key."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, here = stack.pop()
+        if isinstance(item, str):
+            _check_text(item, here)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                _check_text(key, here)
+                stack.append((child, child_path(here, key)))
+        elif isinstance(item, list):
+            stack.extend((child, child_path(here, index)) for index, child in enumerate(item))
+
+
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def _check_text(text: str, field: str) -> None:
+    if _BAD_TEXT.search(text):
+        raise invalid_input(
+            "Text must not contain NUL characters or unpaired surrogates.", field or None, code="invalid_request"
+        )

@@ -92,6 +92,15 @@ def test_nul_and_lone_surrogates_in_strings_are_a_400_naming_the_field(
     assert_client_error(status, data, field)
 
 
+@pytest.mark.parametrize("key", ["api_key", "password", "session_token", "\u0430pi_key"])
+def test_credential_like_keys_in_metadata_are_a_400(engine: LocalEngine, key: str) -> None:
+    # metadata is echoed in every callback, so a secret put there would travel on.
+    body = {**chain_request("chain1", None), "metadata": {"note": "ok", "nested": {key: "value"}}}
+    status, data = create(json.dumps(body).encode())
+    assert_client_error(status, data, f"metadata.nested.{key}" if key.isascii() else None)
+    assert "Credential-like keys" in data["error"]["message"]
+
+
 def test_nul_in_metadata_and_in_keys_is_a_400(engine: LocalEngine) -> None:
     body = {**chain_request("chain1", None), "metadata": {"note": "a\u0000b"}}
     assert_client_error(*create(json.dumps(body).encode()), "metadata.note")

@@ -10,7 +10,7 @@ from typing import Any
 from babychain.chains.catalog import IMAGE_TO_IMAGE, MODELS_BY_ID, TEXT_TO_IMAGE, ModelSpec
 from babychain.chains.templates import STEP_KINDS, ChainTemplate
 from babychain.errors import ApiError, UnsafeUrlError, invalid_input
-from babychain.security.params import check_json_bounds, check_step_params
+from babychain.security.params import check_json_bounds, check_no_credentials, check_step_params
 from babychain.security.urls import Resolver, check_url, find_urls
 
 MAX_INPUT_BYTES = 64 * 1024
@@ -99,6 +99,7 @@ def _input_and_metadata(body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     if _size(metadata) > MAX_METADATA_BYTES:
         raise invalid_input(f"metadata is larger than {MAX_METADATA_BYTES} bytes.", "metadata", code="invalid_request")
     check_json_bounds(metadata, "metadata")
+    check_no_credentials(metadata, "metadata")
     return raw_input, metadata
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from babychain.errors import invalid_input
 
 CREDENTIAL_MESSAGE = (
-    "Credential-like keys are not allowed in step params. Configure provider keys on the BabyChain server."
+    "Credential-like keys are not allowed in step params or metadata. Configure provider keys on the BabyChain server."
 )
 PROVIDER_CONTROLLED_MESSAGE = (
     "Provider-controlled keys are not allowed in step params. "
@@ -29,10 +30,13 @@ _CREDENTIAL_PREFIXES = ("xbabychainprovider",)
 _CREDENTIAL_EXACT = frozenset(
     {
         "apikey",
+        "auth",
         "authorization",
         "authtoken",
         "accesstoken",
         "bearertoken",
+        "cookie",
+        "cookies",
         "dashscopeapikey",
         "secret",
         "secretkey",
@@ -43,8 +47,24 @@ _CREDENTIAL_EXACT = frozenset(
         "xkey",
     }
 )
-# The last three go beyond the original list: they catch `admin_password`, `client_secret`, `rsa_private_key`.
-_CREDENTIAL_SUFFIXES = ("apikey", "secretkey", "accesskeysecret", "password", "clientsecret", "privatekey")
+# Names ending like these are credentials whatever comes before: `admin_password`, `client_secret`, `session_token`,
+# `aws_secret_access_key`, `proxy-authorization`, `set_cookie`. (`max_tokens` and `secret_sauce` are not.)
+_CREDENTIAL_SUFFIXES = (
+    "apikey",
+    "secretkey",
+    "accesskeysecret",
+    "secretaccesskey",
+    "password",
+    "passwd",
+    "passphrase",
+    "clientsecret",
+    "privatekey",
+    "token",
+    "authorization",
+    "cookie",
+    "credential",
+    "credentials",
+)
 
 _PROVIDER_CONTROLLED = frozenset(
     {"callbackurl", "generationcallbackurl", "generationmodel", "model", "webhookurl", "webhooksecret"}
@@ -53,15 +73,65 @@ _PROVIDER_CONTROLLED = frozenset(
 # Guards the credential walk against self-referencing Python objects; JSON input stays far below it.
 _MAX_WALK_NODES = 100_000
 
+# Letters that look Latin but are not (Cyrillic, Greek, dotless i): api_key spelled with a Cyrillic a is still
+# api_key. NFKC already folds full-width and compatibility forms; this is the part of Unicode's confusables table
+# that matters for key names.
+_LOOKALIKES = str.maketrans(
+    {
+        "\u0430": "a",
+        "\u0432": "b",
+        "\u0435": "e",
+        "\u043a": "k",
+        "\u043c": "m",
+        "\u043d": "h",
+        "\u043e": "o",
+        "\u0440": "p",
+        "\u0441": "c",
+        "\u0442": "t",
+        "\u0443": "y",
+        "\u0445": "x",
+        "\u0456": "i",
+        "\u0458": "j",
+        "\u0455": "s",
+        "\u0501": "d",
+        "\u0131": "i",
+        "\u03b1": "a",
+        "\u03b5": "e",
+        "\u03b9": "i",
+        "\u03ba": "k",
+        "\u03bd": "v",
+        "\u03bf": "o",
+        "\u03c1": "p",
+        "\u03c4": "t",
+        "\u03c5": "u",
+        "\u03c7": "x",
+    }
+)
+
 
 def normalise_key(key: str) -> str:
-    """Lower-case and drop everything outside [a-z0-9], so `X-Api_Key` and `xapikey` compare equal."""
-    return _NON_ALNUM.sub("", key.lower())
+    """NFKC, case-folded, look-alike letters mapped to Latin, and everything outside [a-z0-9] dropped, so
+    `X-Api_Key` compares equal to `xapikey`, and full-width or Cyrillic spellings of `api_key` to `apikey`."""
+    return _NON_ALNUM.sub("", unicodedata.normalize("NFKC", key).casefold().translate(_LOOKALIKES))
+
+
+def credential_rule(key: str) -> str | None:
+    """Why `key` looks like a credential (the rule that matched), or None."""
+    norm = normalise_key(key)
+    if norm.startswith(_CREDENTIAL_PREFIXES):
+        return "names starting with x-babychain-provider are reserved"
+    if norm in _CREDENTIAL_EXACT:
+        return f"'{norm}' names a credential"
+    suffix = next((s for s in _CREDENTIAL_SUFFIXES if norm.endswith(s)), None)
+    return f"names ending in '{suffix}' look like credentials" if suffix else None
 
 
 def is_credential_like_key(key: str) -> bool:
-    norm = normalise_key(key)
-    return norm.startswith(_CREDENTIAL_PREFIXES) or norm in _CREDENTIAL_EXACT or norm.endswith(_CREDENTIAL_SUFFIXES)
+    return credential_rule(key) is not None
+
+
+def credential_message(key: str) -> str:
+    return f"{CREDENTIAL_MESSAGE} ({credential_rule(key)}.)"
 
 
 def is_provider_controlled_key(key: str) -> bool:
@@ -84,8 +154,12 @@ def check_step_params(params: Any, path: str) -> None:
     for key in params:
         if isinstance(key, str) and is_provider_controlled_key(key):
             raise invalid_input(PROVIDER_CONTROLLED_MESSAGE, child_path(path, key))
+    check_no_credentials(params, path)
 
-    stack: list[tuple[Any, str]] = [(params, path)]
+
+def check_no_credentials(value: Any, path: str) -> None:
+    """Reject credential-like keys at any depth (step params, and metadata: it is echoed in every callback)."""
+    stack: list[tuple[Any, str]] = [(value, path)]
     seen: set[int] = set()
     while stack:
         value, here = stack.pop()
@@ -94,12 +168,12 @@ def check_step_params(params: Any, path: str) -> None:
                 continue
             seen.add(id(value))
             if len(seen) > _MAX_WALK_NODES:
-                raise invalid_input("Step params are too large.", path, code="invalid_request")
+                raise invalid_input("Value is too large to check.", path, code="invalid_request")
         if isinstance(value, dict):
             for key, child in value.items():
                 key_text = str(key)
                 if is_credential_like_key(key_text):
-                    raise invalid_input(CREDENTIAL_MESSAGE, child_path(here, key_text))
+                    raise invalid_input(credential_message(key_text), child_path(here, key_text))
                 stack.append((child, child_path(here, key_text)))
         elif isinstance(value, list):
             stack.extend((child, child_path(here, index)) for index, child in enumerate(value))

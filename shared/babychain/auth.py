@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
-from babychain.services import Services
+from babychain.store.base import Store
 
 ALL_SCOPES = frozenset({"chains:run", "chains:read", "runs:cancel"})
 KEY_PREFIX_LENGTH = 12
@@ -32,8 +33,20 @@ def generate_key() -> str:
     return "bc_" + secrets.token_urlsafe(32)
 
 
-def create_key(svc: Services, name: str) -> str:
+def create_key(store: Store, name: str, *, scopes: list[str] | None = None, expires_at: datetime | None = None) -> str:
     """Creates a database key and returns it; this is the only time the key itself is seen."""
+    unknown = sorted(set(scopes or ()) - ALL_SCOPES)
+    if unknown:
+        raise ValueError(f"unknown scope(s) {', '.join(unknown)}; scopes are {', '.join(sorted(ALL_SCOPES))}")
     key = generate_key()
-    svc.store.create_api_key(key[:KEY_PREFIX_LENGTH], hash_key(key), name)
+    store.create_api_key(
+        key[:KEY_PREFIX_LENGTH], hash_key(key), name, scopes, expires_at.isoformat() if expires_at else None
+    )
     return key
+
+
+def rotate_key(store: Store, reference: str) -> str | None:
+    """Replaces the key named by `reference` (id or prefix) with a new one of the same name, scopes and expiry, and
+    revokes the old one at once; returns the new key, or None when the reference names no single active key."""
+    key = generate_key()
+    return key if store.rotate_api_key(reference, key[:KEY_PREFIX_LENGTH], hash_key(key)) else None

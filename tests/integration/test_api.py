@@ -54,7 +54,7 @@ def test_database_key_is_stored_hashed_and_works(engine: LocalEngine) -> None:
     from babychain.auth import create_key
     from babychain.services import services
 
-    key = create_key(services(), "ci")
+    key = create_key(services().store, "ci")
     assert engine.store is not None
     with engine.store._pool.connection() as conn:
         stored = conn.execute("select key_hash from api_keys where name = 'ci'").fetchall()
@@ -235,7 +235,7 @@ def test_list_runs_newest_first_with_cursor_and_filters(engine: LocalEngine) -> 
     from babychain.services import services
 
     # A fresh caller: the database is shared by the whole test session.
-    with client_for(engine, key=create_key(services(), "lister")) as client:
+    with client_for(engine, key=create_key(services().store, "lister")) as client:
         ids = [client.post("/api/v1/chains/chain1/runs", json=SEED_CHAIN1).json()["id"] for _ in range(3)]
         third = client.post("/api/v1/chains/chain3/runs", json=chain_request("chain3", None)).json()["id"]
         client.post(f"/api/v1/chains/cancel/{ids[0]}")

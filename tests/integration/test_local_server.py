@@ -45,7 +45,7 @@ def test_concurrent_callers_never_see_or_store_each_others_requests(
 ) -> None:
     # Slow provider jobs keep runs active, so cancels race real work.
     engine = make_engine(api_workers=2, local_provider_delay_seconds=30)
-    database_keys = [create_key(services(), f"caller-{n}") for n in range(2)]
+    database_keys = [create_key(services().store, f"caller-{n}") for n in range(2)]
     keys = [KEY_A, KEY_B, *database_keys]  # half bootstrap keys, half database keys
     tag = uuid.uuid4().hex[:8]
     total = 240

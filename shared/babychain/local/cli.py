@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,16 +215,83 @@ def _media_facts(path: Path) -> str:
         return f"[{image.format} {image.width}x{image.height}]"
 
 
-def keys_create(args: argparse.Namespace) -> int:
-    from babychain.auth import create_key
-    from babychain.services import services
+@contextlib.contextmanager
+def _key_store(home: str) -> Iterator[Any]:
+    """The store the keys live in: DATABASE_URL (Supabase included) when set, else the embedded Postgres in `home`."""
+    import os
 
-    engine = LocalEngine(args.home, workers=False, api_workers=0).start()
+    from babychain.store.migrations import apply_migrations
+    from babychain.store.postgres import PostgresStore
+
+    # A DATABASE_URL database is migrated by whoever owns it (`serve`, or `supabase db push`); only the embedded
+    # one is migrated here.
+    dsn = os.environ.get("DATABASE_URL", "")
+    if not dsn:
+        from babychain.store.embedded import start_embedded_postgres
+
+        # The embedded server stops when this process exits, unless a running `serve` uses it too.
+        dsn, _server = start_embedded_postgres(Path(home) / "pg")
+        apply_migrations(dsn)
+    store = PostgresStore(dsn, max_size=1)
     try:
-        key = create_key(services(), args.name)
+        yield store
     finally:
-        engine.stop()
+        store.close()
+
+
+def keys_create(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from babychain.auth import create_key
+
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()] if args.scopes else None
+    expires = datetime.now(UTC) + timedelta(days=args.expires_in_days) if args.expires_in_days is not None else None
+    with _key_store(args.home) as store:
+        try:
+            key = create_key(store, args.name, scopes=scopes, expires_at=expires)
+        except ValueError as exc:
+            _print(f"keys create: {exc}")
+            return 2
     _print(f"API key for {args.name!r} (shown once, stored only as a hash):\n{key}")
+    return 0
+
+
+def keys_list(args: argparse.Namespace) -> int:
+    with _key_store(args.home) as store:
+        rows = store.list_api_keys()
+    if args.json:
+        _print(json.dumps(rows, indent=2))
+        return 0
+    _print(f"{'prefix':<13} {'state':<8} {'name':<20} {'scopes':<34} {'expires':<26} last used")
+    for row in rows:
+        state = "active" if row["is_active"] else "revoked"
+        scopes = ",".join(row["scopes"])
+        _print(
+            f"{row['key_prefix']:<13} {state:<8} {row['name'][:20]:<20} {scopes:<34} "
+            f"{row['expires_at'] or 'never':<26} {row['last_used_at'] or 'never'}"
+        )
+    return 0
+
+
+def keys_revoke(args: argparse.Namespace) -> int:
+    with _key_store(args.home) as store:
+        row = store.revoke_api_key(args.key)
+    if row is None:
+        _print(f"keys revoke: {args.key!r} names no single active key (give its id or its prefix from `keys list`).")
+        return 1
+    _print(f"revoked {row['key_prefix']} ({row['name']}); requests with it now get 401")
+    return 0
+
+
+def keys_rotate(args: argparse.Namespace) -> int:
+    from babychain.auth import rotate_key
+
+    with _key_store(args.home) as store:
+        key = rotate_key(store, args.key)
+    if key is None:
+        _print(f"keys rotate: {args.key!r} names no single active key (give its id or its prefix from `keys list`).")
+        return 1
+    _print(f"The old key is revoked. New key (shown once, stored only as a hash):\n{key}")
     return 0
 
 
@@ -258,7 +326,18 @@ def main(argv: list[str] | None = None) -> int:
     keys_sub = p_keys.add_subparsers(dest="keys_command", required=True)
     p_create = keys_sub.add_parser("create", help="create a key (printed once)")
     p_create.add_argument("--name", required=True)
+    p_create.add_argument("--scopes", help="comma-separated: chains:run, chains:read, runs:cancel (default: all)")
+    p_create.add_argument("--expires-in-days", type=float, default=None, help="the key stops working after this")
     p_create.set_defaults(func=keys_create)
+    p_list = keys_sub.add_parser("list", help="list keys by prefix (never the keys themselves)")
+    p_list.add_argument("--json", action="store_true")
+    p_list.set_defaults(func=keys_list)
+    p_revoke = keys_sub.add_parser("revoke", help="revoke a key at once (by id or prefix)")
+    p_revoke.add_argument("key", help="the key's id or its prefix from `keys list`")
+    p_revoke.set_defaults(func=keys_revoke)
+    p_rotate = keys_sub.add_parser("rotate", help="replace a key: same name, scopes and expiry; the old one revoked")
+    p_rotate.add_argument("key", help="the key's id or its prefix from `keys list`")
+    p_rotate.set_defaults(func=keys_rotate)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

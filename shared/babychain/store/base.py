@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from babychain.store.rows import (
+    ApiKeyListing,
     ApiKeyRow,
     CallbackClaim,
     CanceledRun,
@@ -37,10 +38,27 @@ class Store(ABC):
         pass
 
     # API keys
-    def create_api_key(self, key_prefix: str, key_hash: str, name: str, scopes: list[str] | None = None) -> ApiKeyRow:
+    def create_api_key(
+        self,
+        key_prefix: str,
+        key_hash: str,
+        name: str,
+        scopes: list[str] | None = None,
+        expires_at: str | None = None,
+    ) -> ApiKeyRow:
         return self.call(
-            "bc_create_api_key", {"key_prefix": key_prefix, "key_hash": key_hash, "name": name, "scopes": scopes}
+            "bc_create_api_key",
+            {"key_prefix": key_prefix, "key_hash": key_hash, "name": name, "scopes": scopes, "expires_at": expires_at},
         )
+
+    def list_api_keys(self) -> list[ApiKeyListing]:
+        return self.call("bc_list_api_keys", {})
+
+    def revoke_api_key(self, reference: str) -> ApiKeyRow | None:
+        return self.call("bc_revoke_api_key", {"key": reference})
+
+    def rotate_api_key(self, reference: str, key_prefix: str, key_hash: str) -> ApiKeyRow | None:
+        return self.call("bc_rotate_api_key", {"key": reference, "key_prefix": key_prefix, "key_hash": key_hash})
 
     def authenticate_key(self, key_hash: str) -> ApiKeyRow | None:
         return self.call("bc_authenticate_key", {"key_hash": key_hash})

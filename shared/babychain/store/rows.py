@@ -75,6 +75,13 @@ class ApiKeyRow(TypedDict):
     scopes: list[str]
 
 
+class ApiKeyListing(ApiKeyRow):
+    is_active: bool
+    expires_at: str | None
+    last_used_at: str | None
+    created_at: str
+
+
 class CreatedRun(TypedDict):
     run: RunRow
     created: bool  # false: an earlier run with the same idempotency key

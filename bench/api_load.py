@@ -52,11 +52,11 @@ from urllib.parse import urlsplit
 
 import httpx
 import psutil
+from machine import CORES, load_text, machine_idle_seconds, process_cpu_seconds
 
 CHAIN = "chain1"
 DEFAULT_KEY = "bc_local_dev_key_0001"  # `babychain serve`'s development key, for --url without --key
 HEALTH_TIMEOUT_SECONDS = 180.0
-CORES = os.cpu_count() or 1
 FAIL_FIRST_SUBMIT = "text_to_image:submit_400"
 
 
@@ -171,15 +171,6 @@ def _json_bytes(value: Any) -> bytes:
 # ------------------------------------------------------------------------------------------------ CPU
 
 
-def _cpu_seconds(proc: psutil.Process) -> float:
-    """User + system time of a process and of the children it has already reaped."""
-    try:
-        t = proc.cpu_times()
-    except psutil.Error:
-        return 0.0
-    return t.user + t.system + t.children_user + t.children_system
-
-
 def _tree(root: psutil.Process) -> list[psutil.Process]:
     try:
         return [root, *root.children(recursive=True)]
@@ -207,19 +198,8 @@ def server_cpu(serve_pid: int, home: Path) -> dict[str, float]:
                 bucket = "postgres" if proc.name() == "postgres" else "server"
             except psutil.Error:
                 continue
-            totals[bucket] += _cpu_seconds(proc)
+            totals[bucket] += process_cpu_seconds(proc)
     return totals
-
-
-def machine_idle_seconds() -> float:
-    """Idle CPU seconds of the whole machine (all cores) since boot.
-
-    Busy time over an interval is the interval times the core count minus the idle time: the kernel's busy counters
-    are sampled at ticks and miss short, timer-aligned bursts (like a 40 ms delayed-ACK stall's wake-ups), idle time
-    is measured exactly.
-    """
-    t = psutil.cpu_times()
-    return t.idle + getattr(t, "iowait", 0.0)
 
 
 # ------------------------------------------------------------------------------------------------ the server
@@ -517,10 +497,6 @@ def _print_phase(r: PhaseResult) -> None:
     print(busy)
 
 
-def _load(values: tuple[float, float, float]) -> str:
-    return " ".join(f"{x:.2f}" for x in values)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=16)
@@ -569,7 +545,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  {name}: " + (f"open loop, {rate:g} req/s scheduled" if rate else "closed loop (as fast as answered)"))
     for phase in phases:
         _print_phase(phase)
-    print(f"  load average (1, 5, 15 min) before {_load(load_before)}, after {_load(load_after)}")
+    print(f"  load average (1, 5, 15 min) before {load_text(load_before)}, after {load_text(load_after)}")
     summary = {
         "bench": "api_load",
         "chain": CHAIN,

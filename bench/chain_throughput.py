@@ -50,6 +50,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import psutil
 import psycopg
+from machine import CORES, load_text, machine_idle_seconds, process_cpu_seconds
 from PIL import Image, ImageDraw
 
 from babychain.local import media
@@ -62,7 +63,6 @@ KEY = "bc_bench_key_000000001"
 CHAIN = "chain3"
 TERMINAL = ["succeeded", "failed", "canceled"]
 RUN_TIMEOUT_SECONDS = 120.0
-CORES = os.cpu_count() or 1
 
 
 # ------------------------------------------------------------------------------------------------ instant provider
@@ -187,26 +187,6 @@ class ProviderProcess:
 # ------------------------------------------------------------------------------------------------ CPU accounting
 
 
-def _cpu_seconds(proc: psutil.Process) -> float:
-    """User + system time of a process and of the children it has already reaped."""
-    try:
-        t = proc.cpu_times()
-    except psutil.Error:
-        return 0.0
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def machine_idle_seconds() -> float:
-    """Idle CPU seconds of the whole machine (all cores) since boot.
-
-    Busy time over an interval is the interval times the core count minus the idle time: the kernel's busy counters
-    are sampled at ticks and miss short, timer-aligned bursts (like a 40 ms delayed-ACK stall's wake-ups), idle time
-    is measured exactly.
-    """
-    t = psutil.cpu_times()
-    return t.idle + getattr(t, "iowait", 0.0)
-
-
 def postgres_markers(home: Path, dsn: str) -> list[str]:
     """What a postmaster's command line carries for this engine: the home folder, or the DSN's socket folder."""
     return [str(home), *(h for h in parse_qs(urlsplit(dsn).query).get("host", []) if h.startswith("/"))]
@@ -253,10 +233,10 @@ def sample_cpu(markers: list[str], provider_pid: int) -> CpuSample:
         except psutil.Error:
             continue
         if is_postgres:
-            postgres += _cpu_seconds(proc)
+            postgres += process_cpu_seconds(proc)
         else:
-            children += _cpu_seconds(proc)
-    provider = _cpu_seconds(psutil.Process(provider_pid))
+            children += process_cpu_seconds(proc)
+    provider = process_cpu_seconds(psutil.Process(provider_pid))
     return CpuSample(time.process_time(), children, postgres, provider, machine_idle_seconds(), time.monotonic())
 
 
@@ -419,10 +399,6 @@ def measure(
     )
 
 
-def _load(values: tuple[float, float, float]) -> str:
-    return " ".join(f"{x:.2f}" for x in values)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
@@ -489,7 +465,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{'':18}machine busy {r.machine_busy_cpu_seconds:.2f} CPU-s of {r.seconds * CORES:.2f} available, "
             f"{r.outside_cpu_seconds:.2f} of it outside this bench"
         )
-    print(f"  load average (1, 5, 15 min) before {_load(load_before)}, after {_load(load_after)}")
+    print(f"  load average (1, 5, 15 min) before {load_text(load_before)}, after {load_text(load_after)}")
     summary = {
         "bench": "chain_throughput",
         "chain": CHAIN,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import time
 import uuid
@@ -179,6 +180,14 @@ def wait_for_run(
         if run["status"] in statuses or time.monotonic() > deadline:
             return run
         time.sleep(0.05)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ from babychain.local.runner import LocalEngine
 from babychain.queues import callback_message, step_message
 from babychain.security.webhooks import verify
 from babychain.services import services
-from tests.conftest import CALLBACK_SECRET, KEY_A, KEY_B, client_for, wait_for_run, wait_until
+from tests.conftest import CALLBACK_SECRET, KEY_A, KEY_B, client_for, free_port, wait_for_run, wait_until
 from tests.integration.requests import chain_request
 
 
@@ -213,13 +212,6 @@ def test_serving_beyond_loopback_is_explicit_and_turns_the_development_setting_o
 # `babychain serve` as a process: kill -9 and SIGTERM -------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class Serve:
     """`babychain serve` in a subprocess, as an operator runs it."""
 
@@ -276,7 +268,7 @@ def servers() -> Iterator[list[Serve]]:
 def test_kill_9_mid_run_then_restart_finishes_the_run_promptly_and_once(
     tmp_path: Path, serve_env: dict[str, str], servers: list[Serve], receiver: WebhookReceiver
 ) -> None:
-    home, port = tmp_path / "home", _free_port()
+    home, port = tmp_path / "home", free_port()
     first = Serve(home, port, serve_env).start()
     servers.append(first)
     headers = {"Authorization": f"Bearer {KEY_A}"}
@@ -338,7 +330,7 @@ def test_sigterm_lets_the_invocation_in_flight_finish_then_exits(
     tmp_path: Path, serve_env: dict[str, str], servers: list[Serve], database_url: str
 ) -> None:
     slow = _SlowReceiver(hold=3.0).start()
-    server = Serve(tmp_path / "home", _free_port(), {**serve_env, "BABYCHAIN_LOCAL_PROVIDER_DELAY_SECONDS": "0.1"})
+    server = Serve(tmp_path / "home", free_port(), {**serve_env, "BABYCHAIN_LOCAL_PROVIDER_DELAY_SECONDS": "0.1"})
     servers.append(server.start())
     try:
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY_A}"}, timeout=10) as client:

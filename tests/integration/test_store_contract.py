@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -22,6 +21,7 @@ from babychain.store.base import Store
 from babychain.store.errors import StoreAuthError, StoreError, StoreUnavailable
 from babychain.store.postgres import PostgresStore
 from babychain.store.supabase import SupabaseStore
+from tests.conftest import free_port
 from tests.standins.postgrest import PostgrestStandIn
 
 ADAPTERS = ("postgres", "supabase")
@@ -553,13 +553,6 @@ def test_adapters_return_identical_json(stores: dict[str, Store]) -> None:
 # Supabase adapter errors ----------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _assert_secret_free(error: BaseException, secret: str) -> None:
     texts = [str(error), repr(error), *(str(v) for v in vars(error).values())]
     assert all(secret not in text for text in texts)
@@ -605,7 +598,7 @@ def test_supabase_transient_sqlstate_is_unavailable(stores: dict[str, Store], ga
 
 
 def test_supabase_unreachable_and_timeout(gateway: PostgrestStandIn) -> None:
-    closed = SupabaseStore(f"http://127.0.0.1:{_free_port()}", gateway.service_role_key, timeout=2.0)
+    closed = SupabaseStore(f"http://127.0.0.1:{free_port()}", gateway.service_role_key, timeout=2.0)
     try:
         with pytest.raises(StoreUnavailable, match="unreachable") as caught:
             closed.health()

@@ -6,7 +6,6 @@ dropped, bad input. (The Supabase adapter's mapping is in test_store_contract.py
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import psycopg
@@ -15,13 +14,7 @@ import pytest
 
 from babychain.store.errors import StoreAuthError, StoreError, StoreUnavailable
 from babychain.store.postgres import PostgresStore, _translate
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.conftest import free_port
 
 
 @pytest.fixture
@@ -39,7 +32,7 @@ def _store(closing: list[PostgresStore], dsn: str, timeout: float = 30.0) -> Pos
 
 
 def test_a_closed_port_is_unavailable(closing: list[PostgresStore]) -> None:
-    store = _store(closing, f"postgresql://babychain:secret-pw-123@127.0.0.1:{_free_port()}/babychain", timeout=1.0)
+    store = _store(closing, f"postgresql://babychain:secret-pw-123@127.0.0.1:{free_port()}/babychain", timeout=1.0)
     with pytest.raises(StoreUnavailable) as caught:
         store.health()
     error = caught.value

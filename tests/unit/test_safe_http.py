@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
 import ssl
 import tempfile
 import time
@@ -31,6 +30,7 @@ from babychain.security.safe_http import (
     shared_ssl_context,
 )
 from babychain.security.urls import Resolver
+from tests.conftest import free_port
 
 
 class Handler(QuietHandler, keep_alive=True):  # keep-alive: the pool tests count reused connections
@@ -180,12 +180,6 @@ class RecordingTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self.inner.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- fetch_bytes over real loopback HTTP ---

@@ -262,13 +262,13 @@ def _succeed(svc: Services, run: RunRow, step: StepRow, status: JobStatus) -> St
 
 
 def _copy_output(svc: Services, run: RunRow, step: StepRow, index: int, url: str) -> str:
+    provider = step["provider"]
     fetched = fetch_bytes(
         url,
         resolver=svc.resolver,
         max_bytes=svc.settings.max_output_bytes,
-        # The built-in local provider lives on this machine by design: its outputs are on loopback even when the
-        # development setting is off (a one-machine deployment serving beyond loopback).
-        allow_loopback_http=svc.settings.allow_loopback_http or step.get("provider") == "local",
+        allow_loopback_http=svc.settings.allow_loopback_http
+        or (provider is not None and svc.providers.named(provider).outputs_on_loopback),
     )
     content_type = fetched.content_type.split(";")[0].strip().lower()
     extension = EXTENSION_BY_CONTENT_TYPE.get(content_type) or _extension_from_url(url)

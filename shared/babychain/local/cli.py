@@ -273,12 +273,16 @@ def keys_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _no_single_key(command: str, reference: str) -> int:
+    _print(f"keys {command}: {reference!r} names no single active key (give its id or its prefix from `keys list`).")
+    return 1
+
+
 def keys_revoke(args: argparse.Namespace) -> int:
     with _key_store(args.home) as store:
         row = store.revoke_api_key(args.key)
     if row is None:
-        _print(f"keys revoke: {args.key!r} names no single active key (give its id or its prefix from `keys list`).")
-        return 1
+        return _no_single_key("revoke", args.key)
     _print(f"revoked {row['key_prefix']} ({row['name']}); requests with it now get 401")
     return 0
 
@@ -289,8 +293,7 @@ def keys_rotate(args: argparse.Namespace) -> int:
     with _key_store(args.home) as store:
         key = rotate_key(store, args.key)
     if key is None:
-        _print(f"keys rotate: {args.key!r} names no single active key (give its id or its prefix from `keys list`).")
-        return 1
+        return _no_single_key("rotate", args.key)
     _print(f"The old key is revoked. New key (shown once, stored only as a hash):\n{key}")
     return 0
 

@@ -63,6 +63,9 @@ class WebhookRejected(Exception):
 
 class Provider(ABC):
     name: str
+    # Whether the result files this provider hands back may be plain HTTP on loopback: only the built-in local
+    # provider, which lives on this machine by design (even when the API is served beyond loopback).
+    outputs_on_loopback: bool = False
 
     @abstractmethod
     def submit(self, job: StepJob) -> Submission:

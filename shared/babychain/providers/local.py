@@ -14,6 +14,7 @@ class LocalProvider(Provider):
     """The adapter: turns a step's provider-native params into a local job and reads it back."""
 
     name = "local"
+    outputs_on_loopback = True
 
     def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
         # The runner's own loopback server: no key, no allowlist.

@@ -19,7 +19,7 @@ def record_handler(record: SQSRecord) -> str:
     logger.set_correlation_id(None)  # a record that cannot be read must not log under the previous record's run
     body = json.loads(record.body)
     logger.set_correlation_id(body.get("run_id"))
-    return deliver_callback(services(), body["run_id"])
+    return deliver_callback(services(), body["run_id"], int(body.get("deferrals", 0)))
 
 
 @instrumented()

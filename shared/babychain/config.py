@@ -267,13 +267,34 @@ class Settings:
         section=TIMING,
     )
     callback_timeout_seconds: float = setting(
-        "BABYCHAIN_CALLBACK_TIMEOUT_SECONDS", 15.0, "Timeout of one callback attempt.", section=TIMING
+        "BABYCHAIN_CALLBACK_TIMEOUT_SECONDS",
+        15.0,
+        "Deadline of one callback attempt: connecting, sending and reading the answer, however slowly it comes.",
+        section=TIMING,
+        minimum=1,
     )
     callback_stale_seconds: float = setting(
         "BABYCHAIN_CALLBACK_STALE_SECONDS",
-        120.0,
-        "How long a callback attempt may stay claimed before it counts as abandoned and is claimed again.",
+        30.0,
+        "Lease of a callback attempt: until it ends, nobody else may send that callback; after it, the attempt "
+        "counts as abandoned (its sender died), is recorded, and the callback is sent again. Must exceed "
+        "`BABYCHAIN_CALLBACK_TIMEOUT_SECONDS` by 5 s or more (on AWS: the callback function's timeout).",
         section=TIMING,
+    )
+    callback_receiver_concurrency: int = setting(
+        "BABYCHAIN_CALLBACK_RECEIVER_CONCURRENCY",
+        4,
+        "Most callback attempts in flight at once to one receiver (scheme, host and port); the rest wait their "
+        "turn, so a slow receiver cannot occupy every sender.",
+        section=TIMING,
+        minimum=1,
+    )
+    download_timeout_seconds: float = setting(
+        "BABYCHAIN_DOWNLOAD_TIMEOUT_SECONDS",
+        100.0,
+        "Deadline of one output download, however slowly the bytes come.",
+        section=TIMING,
+        minimum=1,
     )
 
     # --------------------------------------------------------------------------------------------------- artifacts
@@ -468,7 +489,19 @@ def load_settings() -> Settings:
     values: dict[str, Any] = {}
     for variable in VARIABLES:
         values[variable.field] = _value(variable, values)
-    return Settings(**values)
+    settings = Settings(**values)
+    check_settings(settings)
+    return settings
+
+
+def check_settings(settings: Settings) -> None:
+    """Rules that tie settings together."""
+    if settings.callback_stale_seconds < settings.callback_timeout_seconds + 5:
+        raise ConfigurationError(
+            "BABYCHAIN_CALLBACK_STALE_SECONDS must exceed BABYCHAIN_CALLBACK_TIMEOUT_SECONDS by 5 s or more "
+            f"(got {settings.callback_stale_seconds:g} and {settings.callback_timeout_seconds:g}): an attempt still "
+            "in flight would be claimed again."
+        )
 
 
 def _value(variable: Variable, known: dict[str, Any]) -> Any:

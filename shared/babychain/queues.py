@@ -18,8 +18,12 @@ def step_message(run_id: str, step_id: str, seq: int) -> dict[str, Any]:
     return {"type": "step", "run_id": run_id, "step_id": step_id, "seq": seq}
 
 
-def callback_message(run_id: str) -> dict[str, Any]:
-    return {"type": "callback", "run_id": run_id}
+def callback_message(run_id: str, deferrals: int = 0) -> dict[str, Any]:
+    """`deferrals`: how often this message found its receiver busy (its next wait grows with it)."""
+    body: dict[str, Any] = {"type": "callback", "run_id": run_id}
+    if deferrals:
+        body["deferrals"] = deferrals
+    return body
 
 
 class Queue(ABC):

@@ -26,6 +26,7 @@ from tests.standins.postgrest import PostgrestStandIn
 
 ADAPTERS = ("postgres", "supabase")
 RUN_KEYS = {
+    "callback_claimed_by",
     "id",
     "owner_id",
     "chain_slug",
@@ -393,16 +394,22 @@ def test_find_note_and_get_step(store: Store) -> None:
 # callbacks ------------------------------------------------------------------------------------------------------------
 
 
+def claim(store: Store, run_id: str, lease: float = 60.0, **options: Any) -> Any:
+    return store.claim_callback(run_id, lease_seconds=lease, max_attempts=options.pop("max_attempts", 10), **options)
+
+
 def test_callback_claims_and_attempts(store: Store) -> None:
     run = make_run(store, webhook_url="https://example.com/hook")
-    assert store.claim_callback(run["id"], 60.0) is None  # nothing to deliver while the run is active
+    assert claim(store, run["id"]) is None  # nothing to deliver while the run is active
     store.cancel_run(run["id"])
 
-    claimed = store.claim_callback(run["id"], 60.0)
+    claimed = claim(store, run["id"], holder="host-a/41")
     assert claimed is not None
     assert claimed["attempt"] == 1
     assert (claimed["run"]["id"], claimed["run"]["callback_status"]) == (run["id"], "delivering")
-    assert store.claim_callback(run["id"], 60.0) is None  # claimed and not stale
+    assert claimed["run"]["callback_claimed_by"] == "host-a/41"
+    busy = claim(store, run["id"])  # an attempt in flight within its lease is never claimed twice
+    assert busy["busy"] == "attempt" and 0 < busy["retry_in"] <= 60
 
     attempt: dict[str, Any] = {
         "run_id": run["id"],
@@ -416,13 +423,13 @@ def test_callback_claims_and_attempts(store: Store) -> None:
     assert store.record_callback_attempt({**attempt, "attempt": 1, "retry_in_seconds": 0}) == {
         "callback_status": "pending"
     }
-    second = store.claim_callback(run["id"], 60.0)
+    second = claim(store, run["id"])
     assert second is not None and second["attempt"] == 2
-    # A late record for the first attempt is kept as history but decides nothing.
+    # A late failure for the first attempt is kept as history but decides nothing.
     assert store.record_callback_attempt({**attempt, "attempt": 1, "retry_in_seconds": 0}) == {"callback_status": None}
     delivered = {**attempt, "attempt": 2, "outcome": "delivered", "status_code": 204, "error": None}
     assert store.record_callback_attempt({**delivered, "retry_in_seconds": None}) == {"callback_status": "delivered"}
-    assert store.claim_callback(run["id"], 0.0) is None
+    assert claim(store, run["id"], lease=0.0) is None
 
     deliveries = store.list_callback_deliveries(run["id"])
     assert [(d["attempt"], d["outcome"], d["status_code"]) for d in deliveries] == [
@@ -435,23 +442,76 @@ def test_callback_claims_and_attempts(store: Store) -> None:
     assert store.list_callback_deliveries(str(uuid.uuid4())) == []
 
 
+def test_a_2xx_from_a_superseded_attempt_settles_the_callback(store: Store) -> None:
+    run = make_run(store, webhook_url="https://example.com/hook")
+    store.cancel_run(run["id"])
+    assert claim(store, run["id"])["attempt"] == 1
+    assert claim(store, run["id"], lease=0.0)["attempt"] == 2  # attempt 1 looked abandoned
+    late = {"run_id": run["id"], "event_id": "e", "attempt": 1, "outcome": "delivered", "status_code": 200}
+    assert store.record_callback_attempt({**late, "retry_in_seconds": None}) == {"callback_status": "delivered"}
+    failed = {**late, "attempt": 2, "outcome": "failed", "status_code": 503}
+    assert store.record_callback_attempt({**failed, "retry_in_seconds": 5}) == {"callback_status": None}
+    stored = store.get_run(run["id"])
+    assert stored is not None and stored["callback_status"] == "delivered"
+    assert claim(store, run["id"], lease=0.0) is None  # never sent again
+
+
 def test_callback_gives_up_without_retry(store: Store) -> None:
     run = make_run(store, webhook_url="https://example.com/hook")
     store.cancel_run(run["id"])
-    claimed = store.claim_callback(run["id"], 60.0)
-    assert claimed is not None
+    assert claim(store, run["id"]) is not None
     record = {"run_id": run["id"], "event_id": "e", "attempt": 1, "outcome": "failed", "retry_in_seconds": None}
     assert store.record_callback_attempt(record) == {"callback_status": "failed"}
     stored = store.get_run(run["id"])
     assert stored is not None and stored["callback_status"] == "failed"
 
 
-def test_stale_delivery_can_be_reclaimed(store: Store) -> None:
+def test_an_abandoned_attempt_is_recorded_and_counts_toward_the_schedule(store: Store) -> None:
     run = make_run(store, webhook_url="https://example.com/hook")
     store.cancel_run(run["id"])
-    assert store.claim_callback(run["id"], 60.0) is not None
-    reclaimed = store.claim_callback(run["id"], 0.0)  # the sender died: its claim is stale at once
+    assert claim(store, run["id"], max_attempts=2) is not None
+    reclaimed = claim(store, run["id"], lease=0.0, max_attempts=2)  # the sender died: its lease is over at once
     assert reclaimed is not None and reclaimed["attempt"] == 2
+    assert claim(store, run["id"], lease=0.0, max_attempts=2) is None  # the second abandonment spends the schedule
+    stored = store.get_run(run["id"])
+    assert stored is not None and (stored["callback_status"], stored["callback_attempts"]) == ("failed", 2)
+    rows = store.list_callback_deliveries(run["id"])
+    assert [(d["attempt"], d["outcome"], d["status_code"]) for d in rows] == [
+        (1, "abandoned", None),
+        (2, "abandoned", None),
+    ]
+    assert "stopped before it recorded" in rows[0]["error"]
+
+
+def test_one_receiver_origin_holds_at_most_its_limit(store: Store) -> None:
+    slow = f"Slow-{uuid.uuid4().hex[:8]}.example:8443"  # other tests share the database
+    runs = [make_run(store, webhook_url=f"https://{slow}/hook/{n}") for n in range(3)]
+    other = make_run(store, webhook_url="https://fast.example/hook")
+    for run in [*runs, other]:
+        store.cancel_run(run["id"])
+    assert claim(store, runs[0]["id"], origin_limit=2)["attempt"] == 1
+    assert claim(store, runs[1]["id"], origin_limit=2)["attempt"] == 1
+    assert claim(store, runs[2]["id"], origin_limit=2) == {"busy": "origin"}
+    assert claim(store, other["id"], origin_limit=2)["attempt"] == 1  # another receiver is not held up
+    store.record_callback_attempt(
+        {"run_id": runs[0]["id"], "event_id": "e", "attempt": 1, "outcome": "delivered", "retry_in_seconds": None}
+    )
+    assert claim(store, runs[2]["id"], origin_limit=2)["attempt"] == 1  # a turn came free
+
+
+def test_leases_of_dead_holders_end_at_once(store: Store) -> None:
+    host = f"host-{uuid.uuid4().hex[:8]}"
+    dead, alive = (make_run(store, webhook_url="https://example.com/hook") for _ in range(2))
+    for run, pid in ((dead, 424242), (alive, 7)):
+        store.cancel_run(run["id"])
+        assert claim(store, run["id"], holder=f"{host}/{pid}") is not None
+    assert store.end_callback_leases(host, [1, 7], max_attempts=10) == [dead["id"]]
+    assert store.end_callback_leases(host, [1, 7], max_attempts=10) == []
+    assert [d["outcome"] for d in store.list_callback_deliveries(dead["id"])] == ["abandoned"]
+    assert store.list_callback_deliveries(alive["id"]) == []
+    assert claim(store, dead["id"])["attempt"] == 2  # due again now, not when the lease would have ended
+    assert claim(store, alive["id"])["busy"] == "attempt"
+    assert store.end_callback_leases("another-host", [], max_attempts=10) == []
 
 
 # sweeper --------------------------------------------------------------------------------------------------------------

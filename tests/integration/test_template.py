@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from babychain.config import Settings
 from babychain.local.lambda_shim import FUNCTIONS_DIR, ROUTES, load_handler
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -332,6 +333,16 @@ def test_visibility_timeout_is_at_least_six_times_the_consumer_timeout() -> None
     for folder, queue in CONSUMES.items():
         visibility = queues[queue]["Properties"]["VisibilityTimeout"]
         assert visibility >= 6 * functions[folder]["Timeout"], (queue, visibility, functions[folder]["Timeout"])
+
+
+def test_a_callback_attempt_fits_its_function_and_its_lease_outlasts_the_function() -> None:
+    # A slow receiver must hold one instance for one attempt, never a batch; an attempt still running must never be
+    # claimed again (the lease), and the function's timeout must leave room for claiming and recording.
+    settings = Settings()  # the defaults the template relies on
+    sender = _functions()["callback_sender"]
+    (event,) = sender["Events"].values()
+    assert event["Properties"]["BatchSize"] == 1
+    assert settings.callback_timeout_seconds + 5 <= sender["Timeout"] < settings.callback_stale_seconds
 
 
 def test_consumers_that_requeue_onto_their_own_queue_allow_recursive_loops() -> None:

@@ -196,3 +196,11 @@ def test_what_serve_changes_is_documented(env: pytest.MonkeyPatch, tmp_path: Pat
     changed |= {"database_url", "local_provider_url"}
     undocumented = {name for name in changed if not config.BY_FIELD[name].serve}
     assert not undocumented, f"serve changes {sorted(undocumented)}: give their setting a serve note"
+
+
+def test_a_callback_lease_must_outlast_the_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BABYCHAIN_CALLBACK_TIMEOUT_SECONDS", "30")
+    with pytest.raises(ConfigurationError, match="BABYCHAIN_CALLBACK_STALE_SECONDS must exceed"):
+        config.load_settings()
+    monkeypatch.setenv("BABYCHAIN_CALLBACK_STALE_SECONDS", "35")
+    assert config.load_settings().callback_stale_seconds == 35

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import socket
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +17,7 @@ from babychain.queues import callback_message
 from babychain.security.safe_http import FetchError, post_json
 from babychain.security.webhooks import signature_headers
 from babychain.services import Services
-from babychain.store.rows import RunRow
+from babychain.store.rows import CallbackClaim, RunRow
 
 USER_AGENT = "BabyChain/0.1 (+standard-webhooks)"
 
@@ -37,14 +39,47 @@ def retry_delay(svc: Services, attempt: int, retry_after: float | None) -> float
     return max(retry_after or 0.0, base * random.uniform(0.9, 1.1))
 
 
-def deliver_callback(svc: Services, run_id: str) -> str:
-    claim = svc.store.claim_callback(run_id, svc.settings.callback_stale_seconds)
+def sender_identity() -> str:
+    """`<host>/<pid>`: the process that holds a callback attempt, so a supervisor that sees it die can end its lease."""
+    return f"{socket.gethostname()}/{os.getpid()}"
+
+
+def recover_dead_senders(svc: Services) -> int:
+    """Re-sends at once the callbacks whose attempts were held by processes on this host that are gone (Linux).
+
+    For a supervisor of local senders: it runs where they ran, and knows a sender died before its lease ran out.
+    """
+    live = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    due = svc.store.end_callback_leases(socket.gethostname(), live, max_attempts(svc))
+    svc.callback_queue.send_many([callback_message(run_id) for run_id in due])
+    if due:
+        count("CallbackAttemptsAbandoned", len(due))
+    return len(due)
+
+
+def max_attempts(svc: Services) -> int:
+    return len(svc.settings.callback_schedule_seconds) + 1
+
+
+def deliver_callback(svc: Services, run_id: str, deferrals: int = 0) -> str:
+    s = svc.settings
+    claim = svc.store.claim_callback(
+        run_id,
+        lease_seconds=s.callback_stale_seconds,
+        max_attempts=max_attempts(svc),
+        origin_limit=s.callback_receiver_concurrency,
+        holder=sender_identity(),
+    )
     if claim is None:
         return "not_due"
+    if "busy" in claim:
+        return _defer(svc, run_id, claim, deferrals)
     run, attempt = claim["run"], claim["attempt"]
     webhook_url = run["webhook_url"]
     assert webhook_url is not None  # only a run with a webhook_url has a callback to claim
     body = json.dumps(callback_payload(run, svc.artifacts.shareable), separators=(",", ":")).encode()
+    # `timeout` is the attempt's whole deadline (connect, send, read), however the receiver paces its answer: the
+    # claim's lease outlasts it, so no other sender can take this attempt over while it may still succeed.
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
@@ -99,3 +134,16 @@ def deliver_callback(svc: Services, run_id: str) -> str:
         svc.callback_queue.send(callback_message(run_id), retry_in)
         return "retrying"
     return "gave_up"
+
+
+def _defer(svc: Services, run_id: str, claim: CallbackClaim, deferrals: int) -> str:
+    """Come back later: when the attempt in flight has run out its lease, or when its receiver has room."""
+    if claim["busy"] == "attempt":
+        delay = claim["retry_in"] + 0.5
+    else:
+        # Waits grow per message (0.5 s, 1 s, 2 s ... up to one attempt's deadline), so a backlog for one slow
+        # receiver costs a few claims a second while a fast receiver's turn comes round quickly.
+        delay = min(svc.settings.callback_timeout_seconds, 0.5 * 2**deferrals) * random.uniform(1.0, 1.5)
+    count("CallbacksDeferred", reason=claim["busy"])
+    svc.callback_queue.send(callback_message(run_id, deferrals + 1), delay)
+    return "deferred"

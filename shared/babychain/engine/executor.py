@@ -267,6 +267,7 @@ def _copy_output(svc: Services, run: RunRow, step: StepRow, index: int, url: str
         url,
         resolver=svc.resolver,
         max_bytes=svc.settings.max_output_bytes,
+        total_timeout=svc.settings.download_timeout_seconds,
         allow_loopback_http=svc.settings.allow_loopback_http
         or (provider is not None and svc.providers.named(provider).outputs_on_loopback),
     )

@@ -87,6 +87,7 @@ def serve(args: argparse.Namespace) -> int:
         api_workers=args.workers,
         step_workers=args.step_workers,
         callback_workers=args.callback_workers,
+        max_callback_workers=args.max_callback_workers,
         access_log=args.access_log,
     ).start()
     receiver = (
@@ -316,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--workers", type=int, default=None, help="API worker processes (default: one per core)")
     p_serve.add_argument("--step-workers", type=int, default=4, help="step executor processes")
     p_serve.add_argument("--callback-workers", type=int, default=2, help="callback sender processes")
+    p_serve.add_argument(
+        "--max-callback-workers",
+        type=int,
+        default=16,
+        help="most callback senders while every sender is busy and callbacks wait (slow receivers)",
+    )
     p_serve.add_argument(
         "--no-access-log", dest="access_log", action="store_false", help="do not print one line per HTTP request"
     )

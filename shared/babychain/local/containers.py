@@ -51,6 +51,8 @@ class ContainerSpec:
     log_level: int = logging.WARNING
     access_log: bool = False
     supervisor_pid: int = 0
+    # A consumer started for a burst of work (see LocalEngine's scaling) ends after this long without a message.
+    idle_exit_seconds: float | None = None
 
 
 class _Shutdown(BaseException):
@@ -131,6 +133,7 @@ def _consume(spec: ContainerSpec, svc: Any) -> None:
     receiver = random.randint(1, 2**31 - 1)
     lease = ConsumerLease(spec.settings.database_url, receiver, queue)
     handled = None  # deleted with the next receive, which follows at once
+    last_message = time.monotonic()
     try:
         while not lifecycle.stopping:
             lifecycle.busy = True
@@ -138,11 +141,13 @@ def _consume(spec: ContainerSpec, svc: Any) -> None:
             handled = None
             if not messages:
                 lifecycle.busy = False
-                if lifecycle.stopping:
+                idle = time.monotonic() - last_message
+                if lifecycle.stopping or (spec.idle_exit_seconds is not None and idle > spec.idle_exit_seconds):
                     break
                 lease.wait(IDLE_WAIT_SECONDS if next_in is None else min(max(next_in, 0.0), IDLE_WAIT_SECONDS))
                 continue
             message = messages[0]
+            last_message = time.monotonic()
             event = sqs_event(f"local-{queue.name}", [(str(message.id), message.body, message.receive_count)])
             try:
                 response = handler(event, LambdaContext(function_name=spec.role))

@@ -25,6 +25,7 @@ from babychain.security.urls import Resolver, system_resolver
 
 _JOB_ID = re.compile(r"^[a-f0-9]{24}$")
 _FILE_NAME = re.compile(r"^[a-f0-9]{24}\.(png|jpg|webp|mp4)$")
+INPUT_DOWNLOAD_SECONDS = 60.0
 MAX_INPUT_BYTES = 30 * 1024 * 1024
 
 
@@ -165,7 +166,11 @@ class LocalProviderServer(LoopbackServer):
         if not request.input_urls:
             raise ValueError(f"{step_key} needs an input image")
         source = fetch_bytes(
-            request.input_urls[0], resolver=self.resolver, max_bytes=MAX_INPUT_BYTES, allow_loopback_http=True
+            request.input_urls[0],
+            resolver=self.resolver,
+            max_bytes=MAX_INPUT_BYTES,
+            total_timeout=INPUT_DOWNLOAD_SECONDS,
+            allow_loopback_http=True,
         ).content
         if step_key == "image_to_image":
             return media.image_to_image(

@@ -30,7 +30,8 @@ from typing import Any
 
 from babychain import config
 from babychain.artifacts import LocalArtifactStore
-from babychain.config import Settings, load_settings
+from babychain.config import Settings, check_settings, load_settings
+from babychain.engine.callbacks import recover_dead_senders
 from babychain.local.containers import ContainerSpec, run_container
 from babychain.local.http_server import bind_socket
 from babychain.local.lambda_shim import LambdaContext, load_handler, scheduled_event
@@ -50,6 +51,12 @@ DEFAULT_API_KEY = "bc_local_dev_key_0001"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 SUPERVISE_INTERVAL_SECONDS = 1.0
 STOP_TIMEOUT_SECONDS = 15.0
+EXTRA_SENDER = "callback_sender-extra-"
+EXTRA_SENDER_IDLE_SECONDS = 10.0
+
+
+def _role_of(container_name: str) -> str:
+    return "callback_sender" if container_name.startswith(EXTRA_SENDER) else container_name.rsplit("-", 1)[0]
 
 
 def dev_callback_secret(home: Path) -> str:
@@ -109,6 +116,7 @@ class LocalEngine:
         api_workers: int | None = None,
         step_workers: int = 4,
         callback_workers: int = 2,
+        max_callback_workers: int = 16,
         access_log: bool = False,
         log_level: int = logging.WARNING,
     ) -> None:
@@ -130,6 +138,10 @@ class LocalEngine:
             "callback_sender": callback_workers if workers else 0,
             "sweeper": 1 if workers else 0,
         }
+        # Callback attempts wait on receivers, not on this machine: while every sender is busy and callbacks are
+        # waiting, more senders start (as Lambda runs more instances), up to this many; they end when idle.
+        self.max_callback_workers = max(max_callback_workers, self.counts["callback_sender"]) if workers else 0
+        self._extra_senders = 0
         self.access_log = access_log
         self.log_level = log_level
         self._sock = bind_socket(host, port)
@@ -177,7 +189,9 @@ class LocalEngine:
             "public_base_url": env.public_base_url or self.base_url,
         }
         values.update(overrides)
-        return dataclasses.replace(env, **values)
+        settings = dataclasses.replace(env, **values)
+        check_settings(settings)
+        return settings
 
     @property
     def step_queue(self) -> PostgresQueue:
@@ -207,6 +221,7 @@ class LocalEngine:
         # Messages held by consumers of an earlier run that died (kill -9) are delivered again now, not after their
         # visibility timeout.
         release_orphans(self.services.store)
+        recover_dead_senders(self.services)  # callback attempts those consumers held: recorded and sent again now
         for role, count in self.counts.items():
             for index in range(count):
                 self._spawn(f"{role}-{index + 1}", role)
@@ -216,6 +231,7 @@ class LocalEngine:
 
     def _spec(self, name: str, role: str) -> ContainerSpec:
         return ContainerSpec(
+            idle_exit_seconds=EXTRA_SENDER_IDLE_SECONDS if name.startswith(EXTRA_SENDER) else None,
             role=role,
             name=name,
             settings=self.settings,
@@ -240,17 +256,34 @@ class LocalEngine:
             with self._containers_lock:
                 if self._stopping.is_set():
                     return
-                died = [name for name, process in self._containers.items() if not process.is_alive()]
+                ended = [name for name, process in self._containers.items() if not process.is_alive()]
+                # An extra sender that stopped on its own (idle) is done; any other container that ended died.
+                for name in ended:
+                    if name.startswith(EXTRA_SENDER) and self._containers[name].exitcode == 0:
+                        del self._containers[name]
+                died = [name for name in ended if name in self._containers]
                 try:
                     if died:
                         release_orphans(self._services().store)
+                        recover_dead_senders(self._services())
+                    self._scale_callback_senders()
                     for name in died:
                         code = self._containers[name].exitcode
                         log.warning("container %s exited (code %s); starting a new one", name, code)
                         self.restarts += 1
-                        self._spawn(name, name.rsplit("-", 1)[0])
+                        self._spawn(name, _role_of(name))
                 except Exception:
                     log.exception("supervisor check failed")
+
+    def _scale_callback_senders(self) -> None:
+        senders = sum(1 for name in self._containers if _role_of(name) == "callback_sender")
+        if senders >= self.max_callback_workers:
+            return
+        stats = self.callback_queue.stats()
+        if stats["visible"] and stats["in_flight"] >= senders:
+            for _ in range(min(stats["visible"], self.max_callback_workers - senders)):
+                self._extra_senders += 1
+                self._spawn(f"{EXTRA_SENDER}{self._extra_senders}", "callback_sender")
 
     def container_pids(self) -> dict[str, int | None]:
         with self._containers_lock:
@@ -297,7 +330,8 @@ class LocalEngine:
             f"  database          {'embedded Postgres in ' + str(self.home / 'pg') if self._pg else 'DATABASE_URL'}",
             f"  artifacts         {s.artifact_dir} served at {self.base_url}/files/ as {s.artifact_base_url}/",
             f"  workers           {self.counts['api']} API, {self.counts['step_executor']} step executor, "
-            f"{self.counts['callback_sender']} callback sender, {self.counts['sweeper']} sweeper (one process each)",
+            f"{self.counts['callback_sender']} callback sender (up to {self.max_callback_workers} while receivers are "
+            f"slow), {self.counts['sweeper']} sweeper (one process each)",
             f"  API key           {api_key}",
             f"  callback secret   {secret}",
         ]

@@ -24,7 +24,8 @@ from urllib.parse import SplitResult, urlsplit
 import httpx
 
 from babychain.errors import ConfigurationError, ProviderError
-from babychain.security.safe_http import parse_retry_after
+from babychain.security.deadline import DeadlineTransport, total_deadline
+from babychain.security.safe_http import parse_retry_after, shared_ssl_context
 from babychain.security.urls import is_loopback_address
 
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -113,7 +114,13 @@ class ProviderHttp:
         self.label = label
         self._secret = secret
         self._read_error = read_error or self._read_text
-        self._client = httpx.Client(timeout=_timeout(timeout), follow_redirects=False, headers=dict(headers or {}))
+        self._timeout = timeout
+        self._client = httpx.Client(
+            transport=DeadlineTransport(shared_ssl_context(), httpx.Limits()),
+            timeout=_timeout(timeout),
+            follow_redirects=False,
+            headers=dict(headers or {}),
+        )
 
     def close(self) -> None:
         self._client.close()
@@ -132,16 +139,16 @@ class ProviderHttp:
         timeout: float | None = None,
         not_found_code: str = NOT_FOUND,
     ) -> httpx.Response:
-        """One request: a 2xx answer is returned; no answer, or any other status, is raised as a ProviderError."""
+        """One request: a 2xx answer is returned; no answer, or any other status, is raised as a ProviderError.
+
+        `timeout` (the client's when None) is the whole request's deadline, however the provider paces its answer.
+        """
+        seconds = self._timeout if timeout is None else timeout
         try:
-            response = self._client.request(
-                method,
-                url,
-                json=body,
-                params=params,
-                headers=headers,
-                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else _timeout(timeout),
-            )
+            with total_deadline(seconds):
+                response = self._client.request(
+                    method, url, json=body, params=params, headers=headers, timeout=_timeout(seconds)
+                )
         except httpx.HTTPError as exc:
             raise transport_error(exc, f"{self.label} ({method} {urlsplit(url).path})") from None
         if not 200 <= response.status_code < 300:

@@ -17,7 +17,6 @@ import email.utils
 import os
 import ssl
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -28,6 +27,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 import httpx
 
 from babychain.errors import UnsafeUrlError
+from babychain.security.deadline import DeadlineTransport, total_deadline
 from babychain.security.urls import CheckedUrl, Resolver, check_url
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -126,11 +126,11 @@ class _ClientPool:
 
     def _new_client(self) -> httpx.Client:
         return httpx.Client(
-            verify=self.ssl_context,
-            trust_env=False,  # proxy variables must not route around the pin
+            # No proxies (proxy variables must not route around the pin); total_deadline() bounds each request.
+            transport=DeadlineTransport(self.ssl_context, _POOL_LIMITS),
+            trust_env=False,
             follow_redirects=False,
             timeout=httpx.Timeout(30.0),  # every request passes its own timeout
-            limits=_POOL_LIMITS,
             # A long-lived client would keep Set-Cookie values and send them on other runs' requests.
             cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         )
@@ -275,7 +275,7 @@ def _pinned_stream(
     raise last_error or FetchError("No address to connect to.", transient=True)
 
 
-def _read_capped(response: httpx.Response, limit: int, deadline: float | None, *, truncate: bool) -> bytes:
+def _read_capped(response: httpx.Response, limit: int, *, truncate: bool) -> bytes:
     """Read at most `limit` bytes; past it, stop quietly (`truncate`) or refuse the response."""
     body = bytearray()
     for chunk in response.iter_bytes():
@@ -284,14 +284,7 @@ def _read_capped(response: httpx.Response, limit: int, deadline: float | None, *
             return bytes(body[:limit])
         if len(body) > limit:
             raise UnsafeUrlError(f"Response is larger than {limit} bytes.")
-        if deadline is not None and time.monotonic() > deadline:
-            # Per-read timeouts alone let a server drip one byte at a time forever.
-            raise httpx.ReadTimeout("The response took too long to arrive.")
     return bytes(body)
-
-
-def _deadline(total_timeout: float | None) -> float | None:
-    return None if total_timeout is None else time.monotonic() + total_timeout
 
 
 def fetch_bytes(
@@ -307,45 +300,58 @@ def fetch_bytes(
 ) -> FetchedFile:
     """GET a file from a safe URL, re-checking every redirect hop and refusing bodies over `max_bytes`.
 
-    `timeout` bounds each connect/read/write; `total_timeout`, when set, bounds the whole download.
-    Raises UnsafeUrlError (unsafe URL or redirect target, oversized body) or FetchError (HTTP/network error).
+    `timeout` bounds each connect/read/write; `total_timeout`, when set, bounds the whole download, redirects
+    included, however the server paces its bytes. Raises UnsafeUrlError (unsafe URL or redirect target, oversized
+    body) or FetchError (HTTP/network error, timeout).
     """
-    deadline = _deadline(total_timeout)
-    current = url
     try:
-        for _hop in range(max_redirects + 1):
-            checked = check_url(current, resolver=resolver, allow_loopback_http=allow_loopback_http)
-            with _pinned_stream(checked, "GET", client=client, timeout=timeout) as response:
-                status = response.status_code
-                if status in REDIRECT_STATUSES:
-                    location = response.headers.get("location")
-                    if not location:
-                        raise FetchError(f"Redirect {status} has no Location header.", status_code=status)
-                    try:
-                        current = str(httpx.URL(current).join(location))
-                    except httpx.InvalidURL as exc:
-                        raise UnsafeUrlError("Redirect target is not a valid URL.") from exc
-                    continue
-                if not 200 <= status < 300:
-                    raise FetchError(
-                        f"Download failed with HTTP {status}.",
-                        status_code=status,
-                        transient=is_transient_status(status),
-                        retry_after=parse_retry_after(response.headers.get("retry-after")),
-                    )
-                declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > max_bytes:
-                    raise UnsafeUrlError(f"Response is larger than {max_bytes} bytes.")
-                content = _read_capped(response, max_bytes, deadline, truncate=False)
-                content_type = response.headers.get("content-type") or "application/octet-stream"
-                return FetchedFile(content=content, content_type=content_type, url=current)
-        raise FetchError(f"More than {max_redirects} redirects.")
+        with total_deadline(total_timeout):
+            return _fetch(url, resolver, max_bytes, timeout, allow_loopback_http, max_redirects, client)
     except httpx.TimeoutException as exc:
         raise FetchError("Download timed out.", transient=True) from exc
     except httpx.TransportError as exc:
         raise FetchError(f"Download failed: {exc.__class__.__name__}.", transient=True) from exc
     except httpx.HTTPError as exc:
         raise FetchError(f"Download failed: {exc.__class__.__name__}.") from exc
+
+
+def _fetch(
+    url: str,
+    resolver: Resolver,
+    max_bytes: int,
+    timeout: float,
+    allow_loopback_http: bool,
+    max_redirects: int,
+    client: httpx.Client | None,
+) -> FetchedFile:
+    current = url
+    for _hop in range(max_redirects + 1):
+        checked = check_url(current, resolver=resolver, allow_loopback_http=allow_loopback_http)
+        with _pinned_stream(checked, "GET", client=client, timeout=timeout) as response:
+            status = response.status_code
+            if status in REDIRECT_STATUSES:
+                location = response.headers.get("location")
+                if not location:
+                    raise FetchError(f"Redirect {status} has no Location header.", status_code=status)
+                try:
+                    current = str(httpx.URL(current).join(location))
+                except httpx.InvalidURL as exc:
+                    raise UnsafeUrlError("Redirect target is not a valid URL.") from exc
+                continue
+            if not 200 <= status < 300:
+                raise FetchError(
+                    f"Download failed with HTTP {status}.",
+                    status_code=status,
+                    transient=is_transient_status(status),
+                    retry_after=parse_retry_after(response.headers.get("retry-after")),
+                )
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise UnsafeUrlError(f"Response is larger than {max_bytes} bytes.")
+            content = _read_capped(response, max_bytes, truncate=False)
+            content_type = response.headers.get("content-type") or "application/octet-stream"
+            return FetchedFile(content=content, content_type=content_type, url=current)
+    raise FetchError(f"More than {max_redirects} redirects.")
 
 
 def post_json(
@@ -357,23 +363,25 @@ def post_json(
     timeout: float = 15.0,
     allow_loopback_http: bool = False,
     client: httpx.Client | None = None,
-    total_timeout: float | None = None,
 ) -> PostResult:
     """POST a JSON body to a safe URL and report the response; any status (3xx included) is a result.
 
-    Redirects are not followed: the caller decides that anything but 2xx is a failed delivery. Only the first
-    64 KiB of the response body are read. Network failures and timeouts raise FetchError(transient=True).
+    `timeout` is the whole request's deadline: connecting, sending, and reading the answer, however the receiver
+    paces it. Redirects are not followed: the caller decides that anything but 2xx is a failed delivery. Only the
+    first 64 KiB of the response body are read. Network failures and timeouts raise FetchError(transient=True).
     """
     checked = check_url(url, resolver=resolver, allow_loopback_http=allow_loopback_http)
     request_headers = dict(headers)
     if not any(name.lower() == "content-type" for name in request_headers):
         request_headers["Content-Type"] = "application/json"
-    deadline = _deadline(total_timeout)
     try:
-        with _pinned_stream(
-            checked, "POST", client=client, timeout=timeout, headers=request_headers, content=body
-        ) as response:
-            raw = _read_capped(response, POST_RESPONSE_LIMIT, deadline, truncate=True)
+        with (
+            total_deadline(timeout),
+            _pinned_stream(
+                checked, "POST", client=client, timeout=timeout, headers=request_headers, content=body
+            ) as response,
+        ):
+            raw = _read_capped(response, POST_RESPONSE_LIMIT, truncate=True)
             return PostResult(
                 status_code=response.status_code,
                 body_excerpt=raw.decode("utf-8", errors="replace")[:EXCERPT_CHARS],

@@ -205,8 +205,22 @@ class Store(ABC):
         return self.call("bc_find_step_by_job", {"provider": provider, "provider_job_id": provider_job_id})
 
     # Callbacks
-    def claim_callback(self, run_id: str, stale_seconds: float) -> CallbackClaim | None:
-        return self.call("bc_claim_callback", {"run_id": run_id, "stale_seconds": stale_seconds})
+    def claim_callback(
+        self, run_id: str, *, lease_seconds: float, max_attempts: int, origin_limit: int = 0, holder: str = ""
+    ) -> CallbackClaim | None:
+        params = {
+            "run_id": run_id,
+            "stale_seconds": lease_seconds,
+            "max_attempts": max_attempts,
+            "origin_limit": origin_limit,
+            "holder": holder,
+        }
+        return self.call("bc_claim_callback", params)
+
+    def end_callback_leases(self, host: str, live_pids: list[int], max_attempts: int) -> list[str]:
+        """Abandons the attempts held on `host` by processes not alive; returns the run ids due again."""
+        params = {"host": host, "live_pids": [str(pid) for pid in live_pids], "max_attempts": max_attempts}
+        return self.call("bc_end_callback_leases", params)
 
     def record_callback_attempt(self, attempt: dict[str, Any]) -> Row:
         return self.call("bc_record_callback_attempt", attempt)

@@ -61,6 +61,7 @@ class RunRow(TypedDict):
     callback_attempts: int
     callback_next_at: str | None
     callback_claimed_at: str | None
+    callback_claimed_by: str | None
     created_at: str
     updated_at: str
     completed_at: str | None
@@ -103,9 +104,13 @@ class StepFailure(TypedDict):
     step: StepRow
 
 
-class CallbackClaim(TypedDict):
+class CallbackClaim(TypedDict, total=False):
+    """Claimed (`run`, `attempt`), or `busy`: "attempt" (one is in flight; `retry_in` seconds) or "origin"."""
+
     run: RunRow
     attempt: int
+    busy: Literal["attempt", "origin"]
+    retry_in: float
 
 
 class TimedOutStep(TypedDict):

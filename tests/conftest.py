@@ -127,6 +127,7 @@ def make_engine(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Loc
         api_workers: int = 1,
         step_workers: int = 2,
         callback_workers: int = 1,
+        max_callback_workers: int = 16,
         **overrides: Any,
     ) -> LocalEngine:
         settings = {**FAST, "database_url": database_url, **overrides}
@@ -139,6 +140,7 @@ def make_engine(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Loc
             api_workers=api_workers,
             step_workers=step_workers,
             callback_workers=callback_workers,
+            max_callback_workers=max_callback_workers,
         )
         engines.append(engine.start())
         return engine

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from babychain.local.loopback import LoopbackServer, QuietHandler
@@ -18,6 +19,7 @@ class Delivery:
     body: bytes
     verified: bool
     answered: int
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def json(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.body)

@@ -44,7 +44,8 @@ $$;
 -- Claims the run's callback for one attempt. Answers:
 --   {run, attempt}                 claimed; deliver now
 --   {busy: 'attempt', retry_in}    an attempt is in flight and its lease has not ended: try again then
---   {busy: 'origin'}               the receiver's origin has `origin_limit` attempts in flight: try again shortly
+--   {busy: 'origin'}               the receiver's origin has `origin_limit` attempts in flight: the callback is
+--                                  due again in `defer_seconds` (so the sweeper leaves it alone until then)
 --   null                           nothing to deliver (not due, already settled, or the schedule is spent)
 -- A lease (`stale_seconds`) outlasts the longest an attempt can run, so an attempt still in flight can never be
 -- claimed again; one past its lease was abandoned (its sender died): it gets a row, and it counts toward the
@@ -82,6 +83,9 @@ begin
          where callback_status = 'delivering' and id <> v_run.id
            and babychain_private.bc_origin(webhook_url) = v_origin and callback_claimed_at >= now() - v_lease;
         if v_in_flight >= v_origin_limit then
+            update public.chain_runs
+               set callback_next_at = now() + babychain_private.bc_seconds(p->>'defer_seconds'), updated_at = now()
+             where id = v_run.id;
             return jsonb_build_object('busy', 'origin');
         end if;
     end if;

@@ -483,7 +483,7 @@ def test_an_abandoned_attempt_is_recorded_and_counts_toward_the_schedule(store: 
     assert "stopped before it recorded" in rows[0]["error"]
 
 
-def test_one_receiver_origin_holds_at_most_its_limit(store: Store) -> None:
+def test_one_receiver_origin_holds_at_most_its_limit(store: Store, session_database_url: str) -> None:
     slow = f"Slow-{uuid.uuid4().hex[:8]}.example:8443"  # other tests share the database
     runs = [make_run(store, webhook_url=f"https://{slow}/hook/{n}") for n in range(3)]
     other = make_run(store, webhook_url="https://fast.example/hook")
@@ -491,11 +491,19 @@ def test_one_receiver_origin_holds_at_most_its_limit(store: Store) -> None:
         store.cancel_run(run["id"])
     assert claim(store, runs[0]["id"], origin_limit=2)["attempt"] == 1
     assert claim(store, runs[1]["id"], origin_limit=2)["attempt"] == 1
-    assert claim(store, runs[2]["id"], origin_limit=2) == {"busy": "origin"}
+    assert claim(store, runs[2]["id"], origin_limit=2, defer_seconds=600) == {"busy": "origin"}
+    # Due again only after the wait, so the sweeper does not re-drive it meanwhile.
+    quiet = {"grace_seconds": 86_400, "limit": 100_000, "callback_stale_seconds": 86_400}
+    quiet |= {"image_step_timeout_seconds": 86_400, "video_step_timeout_seconds": 86_400}
+    assert runs[2]["id"] not in store.sweep(quiet)["due_callbacks"]
+    assert claim(store, runs[2]["id"], origin_limit=2) is None  # not due yet
+    assert store.end_callback_leases("nowhere", [], max_attempts=10) == []
     assert claim(store, other["id"], origin_limit=2)["attempt"] == 1  # another receiver is not held up
     store.record_callback_attempt(
         {"run_id": runs[0]["id"], "event_id": "e", "attempt": 1, "outcome": "delivered", "retry_in_seconds": None}
     )
+    with psycopg.connect(session_database_url, autocommit=True) as db:  # the wait is over
+        db.execute("update chain_runs set callback_next_at = now() where id = %s", (runs[2]["id"],))
     assert claim(store, runs[2]["id"], origin_limit=2)["attempt"] == 1  # a turn came free
 
 

@@ -17,7 +17,7 @@ from babychain.queues import callback_message
 from babychain.security.safe_http import FetchError, post_json
 from babychain.security.webhooks import signature_headers
 from babychain.services import Services
-from babychain.store.rows import CallbackClaim, RunRow
+from babychain.store.rows import RunRow
 
 USER_AGENT = "BabyChain/0.1 (+standard-webhooks)"
 
@@ -63,17 +63,25 @@ def max_attempts(svc: Services) -> int:
 
 def deliver_callback(svc: Services, run_id: str, deferrals: int = 0) -> str:
     s = svc.settings
+    # If the receiver is busy: waits grow per message (0.5 s, 1 s, 2 s ... up to one attempt's deadline), so a
+    # backlog for one slow receiver costs a few claims a second while a fast receiver's turn comes round quickly.
+    wait = min(s.callback_timeout_seconds, 0.5 * 2**deferrals) * random.uniform(1.0, 1.5)
     claim = svc.store.claim_callback(
         run_id,
         lease_seconds=s.callback_stale_seconds,
         max_attempts=max_attempts(svc),
         origin_limit=s.callback_receiver_concurrency,
+        defer_seconds=wait,
         holder=sender_identity(),
     )
     if claim is None:
         return "not_due"
     if "busy" in claim:
-        return _defer(svc, run_id, claim, deferrals)
+        # Come back when the attempt in flight has run out its lease, or (a little after) the callback is due again.
+        delay = claim["retry_in"] + 0.5 if claim["busy"] == "attempt" else wait + 0.2
+        count("CallbacksDeferred", reason=claim["busy"])
+        svc.callback_queue.send(callback_message(run_id, deferrals + 1), delay)
+        return "deferred"
     run, attempt = claim["run"], claim["attempt"]
     webhook_url = run["webhook_url"]
     assert webhook_url is not None  # only a run with a webhook_url has a callback to claim
@@ -134,16 +142,3 @@ def deliver_callback(svc: Services, run_id: str, deferrals: int = 0) -> str:
         svc.callback_queue.send(callback_message(run_id), retry_in)
         return "retrying"
     return "gave_up"
-
-
-def _defer(svc: Services, run_id: str, claim: CallbackClaim, deferrals: int) -> str:
-    """Come back later: when the attempt in flight has run out its lease, or when its receiver has room."""
-    if claim["busy"] == "attempt":
-        delay = claim["retry_in"] + 0.5
-    else:
-        # Waits grow per message (0.5 s, 1 s, 2 s ... up to one attempt's deadline), so a backlog for one slow
-        # receiver costs a few claims a second while a fast receiver's turn comes round quickly.
-        delay = min(svc.settings.callback_timeout_seconds, 0.5 * 2**deferrals) * random.uniform(1.0, 1.5)
-    count("CallbacksDeferred", reason=claim["busy"])
-    svc.callback_queue.send(callback_message(run_id, deferrals + 1), delay)
-    return "deferred"

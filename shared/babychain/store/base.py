@@ -206,13 +206,21 @@ class Store(ABC):
 
     # Callbacks
     def claim_callback(
-        self, run_id: str, *, lease_seconds: float, max_attempts: int, origin_limit: int = 0, holder: str = ""
+        self,
+        run_id: str,
+        *,
+        lease_seconds: float,
+        max_attempts: int,
+        origin_limit: int = 0,
+        defer_seconds: float = 1.0,
+        holder: str = "",
     ) -> CallbackClaim | None:
         params = {
             "run_id": run_id,
             "stale_seconds": lease_seconds,
             "max_attempts": max_attempts,
             "origin_limit": origin_limit,
+            "defer_seconds": defer_seconds,
             "holder": holder,
         }
         return self.call("bc_claim_callback", params)

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
 from urllib.parse import quote
+
+from babychain.ids import is_canonical_uuid
+
+
+def run_prefix(run_id: str) -> str:
+    """Where a run's outputs live: every key of the run starts with this (the bucket's lifecycle rule and the
+    retention purge rely on it)."""
+    if not is_canonical_uuid(run_id):
+        raise ValueError(f"not a run id: {run_id!r}")
+    return f"runs/{run_id}/"
 
 
 class ArtifactStore(ABC):
@@ -15,6 +27,10 @@ class ArtifactStore(ABC):
     def shareable(self, reference: str) -> str:
         """A URL callers and providers can fetch the artifact from (e.g. presigned); here, the reference itself."""
         return reference
+
+    def delete_run(self, run_id: str) -> None:  # noqa: B027 - S3 needs no call: its lifecycle rule expires objects
+        """Deletes the run's outputs, once the run itself is deleted (retention). Nothing here: in the bucket the
+        lifecycle rule expires `runs/` objects after the same number of days."""
 
 
 class LocalArtifactStore(ArtifactStore):
@@ -37,3 +53,9 @@ class LocalArtifactStore(ArtifactStore):
         tmp.write_bytes(content)
         tmp.replace(path)  # readers never see a half-written file
         return f"{self.base_url}/{quote(key)}"
+
+    def delete_run(self, run_id: str) -> None:
+        """Removes the run's folder (`runs/<run id>/`) and everything in it; a run without files is fine."""
+        folder = self.path_for(run_prefix(run_id))
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(folder)

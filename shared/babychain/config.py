@@ -139,6 +139,17 @@ class Settings:
         secret=True,
         serve="an embedded Postgres in `<home>/pg`",
     )
+    retention_days: int = setting(
+        "BABYCHAIN_RETENTION_DAYS",
+        30,
+        "Days a finished run is kept after it ends; then the sweeper deletes it with its steps, callback attempts "
+        "and local artifact files, and webhook receipts of that age (a run that still owes its callback stays until "
+        "the callback settles). `0` keeps everything. On AWS the bucket's lifecycle rule expires artifacts after as "
+        "many days (`template.yaml` parameter `RetentionDays` sets both).",
+        section=ENGINE,
+        minimum=0,
+        maximum=36500,
+    )
 
     # --------------------------------------------------------------------------------------------------- providers
     bfl_api_key: str = setting(

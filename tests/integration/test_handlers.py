@@ -94,7 +94,16 @@ def test_a_poisoned_message_leaves_an_error_line_and_a_sentry_event_before_the_h
 def test_sample_schedule_event_runs_the_sweeper(make_engine: Callable[..., LocalEngine]) -> None:
     make_engine(workers=False)
     result = load_handler("sweeper")(json.loads((EVENTS / "sweeper.json").read_text()), LambdaContext("sweeper"))
-    assert set(result) == {"timed_out_runs", "timed_out_steps", "requeued_steps", "due_steps", "due_callbacks"}
+    assert set(result) == {
+        "timed_out_runs",
+        "timed_out_steps",
+        "requeued_steps",
+        "due_steps",
+        "due_callbacks",
+        "purged_runs",
+        "purged_receipts",
+        "purge_batches",
+    }
 
 
 def test_sample_provider_webhook_event_is_verified_and_deduplicated(make_engine: Callable[..., LocalEngine]) -> None:

@@ -548,6 +548,24 @@ def test_sweep_shape_and_effects(store: Store) -> None:
     assert expired["id"] not in store.sweep(params)["timed_out_runs"]
 
 
+def test_purge_expired_runs_shape_and_effects(store: Store, session_database_url: str) -> None:
+    """One retention batch through each adapter: an old finished run goes with its steps, a recent one stays, and the
+    answer has the same shape either way (tests/integration/test_retention.py covers the rules in depth)."""
+    old = make_run(store, idempotency_key=f"old-{uuid.uuid4().hex}")
+    recent = make_run(store)
+    for run in (old, recent):
+        store.cancel_run(run["id"])
+    with psycopg.connect(session_database_url, autocommit=True) as conn:
+        conn.execute("update chain_runs set completed_at = now() - interval '31 days' where id = %s", (old["id"],))
+    result = store.purge_expired_runs(30, 100_000)
+    assert set(result) == {"run_ids", "receipts", "busy"}
+    assert old["id"] in result["run_ids"] and recent["id"] not in result["run_ids"]
+    assert isinstance(result["receipts"], int) and result["busy"] is False
+    assert store.get_run(old["id"]) is None and store.get_step(old["steps"][0]["id"]) is None
+    assert store.get_run(recent["id"]) is not None
+    assert store.purge_expired_runs(0, 100_000) == {"run_ids": [], "receipts": 0, "busy": False}
+
+
 # webhooks, keys, health -----------------------------------------------------------------------------------------------
 
 

@@ -49,6 +49,7 @@ COMMON_ENV = {
     "BABYCHAIN_SECRETS_ID": {"Ref": "SecretsId"},
     "BABYCHAIN_ARTIFACT_BUCKET": {"Ref": "ArtifactBucket"},
     "BABYCHAIN_ARTIFACT_URL_TTL_SECONDS": {"Ref": "ArtifactUrlTtlSeconds"},
+    "BABYCHAIN_RETENTION_DAYS": {"Ref": "RetentionDays"},
     "BABYCHAIN_STEP_QUEUE_URL": {"Ref": "StepQueue"},
     "BABYCHAIN_CALLBACK_QUEUE_URL": {"Ref": "CallbackQueue"},
 }
@@ -62,7 +63,7 @@ PARAMETERS = {
     "BflRegion",
     "BabySeaRegion",
     "LogRetentionDays",
-    "ArtifactRetentionDays",
+    "RetentionDays",
     "ArtifactUrlTtlSeconds",
     "StepMaxConcurrency",
     "CallbackMaxConcurrency",
@@ -379,11 +380,8 @@ def test_the_artifact_bucket_is_private_encrypted_expiring_and_tls_only() -> Non
     (sse,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
     assert sse["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms", "aws:kms:dsse")
     rules = props["LifecycleConfiguration"]["Rules"]
-    assert all(rule["Status"] == "Enabled" for rule in rules)
-    assert any(
-        rule.get("Prefix") == "runs/" and rule.get("ExpirationInDays") == {"Ref": "ArtifactRetentionDays"}
-        for rule in rules
-    )
+    plain = [rule for rule in rules if "Fn::If" not in rule]
+    assert all(rule["Status"] == "Enabled" for rule in plain)
     assert any(
         rule.get("AbortIncompleteMultipartUpload", {}).get("DaysAfterInitiation", 0) >= 1 and "Prefix" not in rule
         for rule in rules
@@ -403,6 +401,47 @@ def test_the_artifact_bucket_is_private_encrypted_expiring_and_tls_only() -> Non
         {"Fn::GetAtt": [bucket_id, "Arn"]},
         {"Fn::Sub": "${" + bucket_id + ".Arn}/*"},
     ]
+
+
+def test_run_retention_and_artifact_expiry_follow_one_parameter() -> None:
+    """RetentionDays feeds the sweeper's purge (BABYCHAIN_RETENTION_DAYS, in every function's environment) and the
+    bucket rule that expires step outputs under runs/; 0 keeps everything: the rule is left out altogether (S3 has no
+    "never" and refuses 0 days), and the purge is off."""
+    from babychain.config import BY_ENV
+
+    parameter = _template()["Parameters"]["RetentionDays"]
+    variable = BY_ENV["BABYCHAIN_RETENTION_DAYS"]
+    assert parameter["Type"] == "Number"
+    assert parameter["Default"] == variable.default == 30
+    assert parameter["MinValue"] == variable.minimum == 0
+    assert variable.maximum is not None and 1 <= parameter["MaxValue"] <= variable.maximum
+    assert _template()["Conditions"]["HasRetention"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "RetentionDays"}, 0]}]}
+    for folder, props in _functions().items():
+        assert props["Environment"]["Variables"]["BABYCHAIN_RETENTION_DAYS"] == {"Ref": "RetentionDays"}, folder
+
+    (bucket,) = _resources("AWS::S3::Bucket").values()
+    conditional = [
+        rule["Fn::If"] for rule in bucket["Properties"]["LifecycleConfiguration"]["Rules"] if "Fn::If" in rule
+    ]
+    assert conditional == [
+        [
+            "HasRetention",
+            {
+                "Id": "ExpireRunArtifacts",
+                "Status": "Enabled",
+                "Prefix": "runs/",
+                "ExpirationInDays": {"Ref": "RetentionDays"},
+            },
+            {"Ref": "AWS::NoValue"},
+        ]
+    ]
+    # Where the outputs are written is where the rule looks, and where the local purge deletes.
+    from babychain.artifacts import run_prefix
+
+    assert run_prefix("00000000-0000-4000-8000-000000000000").startswith("runs/")
+    # Nothing else expires run data: no other rule with an expiration.
+    others = [rule for rule in bucket["Properties"]["LifecycleConfiguration"]["Rules"] if "Fn::If" not in rule]
+    assert not any("ExpirationInDays" in rule or "ExpirationDate" in rule for rule in others)
 
 
 # ------------------------------------------------------------------------------------------------------------ IAM

@@ -60,6 +60,7 @@ def test_values_are_read_by_their_declared_type(env: pytest.MonkeyPatch) -> None
         "BFL_REGION": "eu",
         "BABYSEA_REGION": "jp",
         "BABYCHAIN_ENVIRONMENT": "staging",
+        "BABYCHAIN_RETENTION_DAYS": "0",
     }.items():
         env.setenv(name, value)
     s = load_settings()
@@ -78,6 +79,7 @@ def test_values_are_read_by_their_declared_type(env: pytest.MonkeyPatch) -> None
     assert s.bfl_api_base_url == "https://api.eu.bfl.ai/v1"
     assert s.babysea_api_base_url == "https://api.jp.babysea.ai"
     assert s.environment == "staging"
+    assert s.retention_days == 0 and Settings().retention_days == 30  # 0 keeps everything; 30 days by default
     env.setenv("BFL_API_BASE_URL", "http://127.0.0.1:9999/v1")
     assert load_settings().bfl_api_base_url == "http://127.0.0.1:9999/v1"
     for word in ("0", "false", "NO", "off"):
@@ -98,6 +100,9 @@ def test_values_are_read_by_their_declared_type(env: pytest.MonkeyPatch) -> None
         ("BABYCHAIN_ARTIFACT_URL_TTL_SECONDS", "864000", "must be at most 604800"),
         # And this one from config.py (float() on each item).
         ("BABYCHAIN_CALLBACK_SCHEDULE_SECONDS", "5,later", "must be comma-separated numbers"),
+        ("BABYCHAIN_RETENTION_DAYS", "-1", "must be at least 0"),
+        ("BABYCHAIN_RETENTION_DAYS", "7.5", "must be a whole number"),
+        ("BABYCHAIN_RETENTION_DAYS", "1000000", "must be at most 36500"),
         ("BABYCHAIN_DEV_ALLOW_LOOPBACK_HTTP", "maybe", "must be a boolean"),
         ("BABYCHAIN_PROVIDER_MODE", "cloud", "must be one of local, byok, babysea"),
         ("BABYCHAIN_STORE", "mysql", "must be one of postgres, supabase"),

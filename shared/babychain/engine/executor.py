@@ -11,6 +11,7 @@ import random
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from babychain.artifacts import run_prefix
 from babychain.chains.catalog import MODELS_BY_ID
 from babychain.chains.families import babysea_params
 from babychain.engine.webhooks import webhook_url_for
@@ -273,7 +274,7 @@ def _copy_output(svc: Services, run: RunRow, step: StepRow, index: int, url: str
     )
     content_type = fetched.content_type.split(";")[0].strip().lower()
     extension = EXTENSION_BY_CONTENT_TYPE.get(content_type) or _extension_from_url(url)
-    key = f"runs/{run['id']}/{step['step_key']}/output-{index}{extension}"
+    key = f"{run_prefix(run['id'])}{step['step_key']}/output-{index}{extension}"
     return svc.artifacts.put(key, fetched.content, content_type or "application/octet-stream")
 
 

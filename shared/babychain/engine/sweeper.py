@@ -1,4 +1,4 @@
-"""The scheduled safety net: deadlines, lost messages, due callbacks."""
+"""The scheduled safety net: deadlines, lost messages, due callbacks; and retention (old finished runs deleted)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ import contextlib
 from typing import Any, cast
 
 from babychain.errors import ProviderError
-from babychain.observability import count
+from babychain.observability import count, logger
 from babychain.queues import callback_message, step_message
 from babychain.services import Services
 from babychain.store.rows import TimedOutStep
 
 BATCH_LIMIT = 500
+# Retention: runs deleted per statement, and statements per sweep. Each batch is its own short transaction, so a
+# backlog (the first sweep after retention is turned on, or lowered) drains over several ticks without a long lock.
+PURGE_BATCH = 500
+PURGE_BATCHES_PER_SWEEP = 4
 
 
 def sweep(svc: Services) -> dict[str, int]:
@@ -34,7 +38,44 @@ def sweep(svc: Services) -> dict[str, int]:
     for key in ("timed_out_runs", "timed_out_steps"):
         if result[key]:
             count("RunsFailed", len(result[key]), reason=key)
-    return {key: len(cast(list[Any], value)) for key, value in result.items()}
+    counts = {key: len(cast(list[Any], value)) for key, value in result.items()}
+    return counts | purge_expired(svc)
+
+
+def purge_expired(svc: Services, *, batch: int = PURGE_BATCH, batches: int = PURGE_BATCHES_PER_SWEEP) -> dict[str, int]:
+    """Deletes finished runs older than `BABYCHAIN_RETENTION_DAYS` (with their steps, callback attempts and local
+    artifact files) and webhook receipts of that age: at most `batches` statements of at most `batch` runs each.
+
+    Runs go first, their files after (a file never outlives its run by more than this call). Returns the counts.
+    """
+    days = svc.settings.retention_days
+    purged = {"purged_runs": 0, "purged_receipts": 0, "purge_batches": 0}
+    if days <= 0:
+        return purged  # 0 keeps everything
+    for _ in range(batches):
+        result = svc.store.purge_expired_runs(days, batch)
+        purged["purge_batches"] += 1
+        _delete_artifacts(svc, result["run_ids"])
+        purged["purged_runs"] += len(result["run_ids"])
+        purged["purged_receipts"] += result["receipts"]
+        if result["busy"]:
+            logger.warning("retention purge skipped a batch: rows were locked", extra={"retention_days": days})
+            break
+        if len(result["run_ids"]) < batch and result["receipts"] < batch:
+            break  # nothing more is due now
+    if purged["purged_runs"] or purged["purged_receipts"]:
+        count("RunsPurged", purged["purged_runs"])
+        count("WebhookReceiptsPurged", purged["purged_receipts"])
+        logger.info("retention purge", extra={**purged, "retention_days": days})
+    return purged
+
+
+def _delete_artifacts(svc: Services, run_ids: list[str]) -> None:
+    for run_id in run_ids:
+        try:
+            svc.artifacts.delete_run(run_id)
+        except OSError as exc:  # one unremovable folder must not keep the others (or the next batch) from going
+            logger.warning("retention: artifact files not removed", extra={"run_id": run_id, "error": str(exc)})
 
 
 def _cancel_quietly(svc: Services, step: TimedOutStep) -> None:

@@ -334,6 +334,12 @@ class LocalEngine:
             f"slow), {self.counts['sweeper']} sweeper (one process each)",
             f"  API key           {api_key}",
             f"  callback secret   {secret}",
+            "  retention         "
+            + (
+                f"finished runs and their artifacts are deleted {s.retention_days} days after they end"
+                if s.retention_days > 0
+                else "off: every run is kept (BABYCHAIN_RETENTION_DAYS=0)"
+            ),
         ]
         if s.allow_loopback_http:
             lines.append("  DEVELOPMENT SETTING ON: plain HTTP on loopback is accepted for input URLs and webhook_url.")

@@ -16,6 +16,7 @@ from babychain.store.rows import (
     CallbackClaim,
     CanceledRun,
     CreatedRun,
+    PurgeResult,
     RunRow,
     StepCompletion,
     StepFailure,
@@ -239,6 +240,10 @@ class Store(ABC):
     # Sweeper, webhooks, health
     def sweep(self, params: dict[str, Any]) -> SweepResult:
         return self.call("bc_sweep", params)
+
+    def purge_expired_runs(self, retention_days: int, limit: int) -> PurgeResult:
+        """Deletes one batch (at most `limit`) of finished runs older than the window, with everything of theirs."""
+        return self.call("bc_purge_expired_runs", {"retention_days": retention_days, "limit": limit})
 
     def record_webhook_receipt(self, provider: str, receipt_id: str) -> bool:
         return bool(self.call("bc_record_webhook_receipt", {"provider": provider, "receipt_id": receipt_id})["first"])

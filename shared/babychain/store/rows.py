@@ -133,3 +133,9 @@ class SweepResult(TypedDict):
     requeued_steps: list[DueStep]  # whose message was lost (claimed by a submitter that died, or never sent)
     due_steps: list[DueStep]  # whose poll or retry is overdue
     due_callbacks: list[str]
+
+
+class PurgeResult(TypedDict):
+    run_ids: list[str]  # the runs deleted (with their steps and callback attempts): their local artifacts go next
+    receipts: int  # provider webhook receipts deleted
+    busy: bool  # a row the batch needed stayed locked past the lock timeout: nothing was deleted

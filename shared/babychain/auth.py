@@ -15,6 +15,7 @@ from babychain.store.base import Store
 
 ALL_SCOPES = frozenset({"chains:run", "chains:read", "runs:cancel"})
 KEY_PREFIX_LENGTH = 12
+MAX_RATE_LIMIT_PER_MINUTE = 1_000_000  # the same bound as BABYCHAIN_RATE_LIMIT_PER_MINUTE
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Principal:
     owner_id: str  # what runs are scoped by; never the key itself
     name: str
     scopes: frozenset[str]
+    rate_limit_per_minute: int | None = None  # the key's own limit; None: BABYCHAIN_RATE_LIMIT_PER_MINUTE
 
 
 def hash_key(key: str) -> str:
@@ -33,16 +35,35 @@ def generate_key() -> str:
     return "bc_" + secrets.token_urlsafe(32)
 
 
-def create_key(store: Store, name: str, *, scopes: list[str] | None = None, expires_at: datetime | None = None) -> str:
-    """Creates a database key and returns it; this is the only time the key itself is seen."""
+def create_key(
+    store: Store,
+    name: str,
+    *,
+    scopes: list[str] | None = None,
+    expires_at: datetime | None = None,
+    rate_limit_per_minute: int | None = None,
+) -> str:
+    """Creates a database key and returns it; this is the only time the key itself is seen. `rate_limit_per_minute`
+    None: the key follows BABYCHAIN_RATE_LIMIT_PER_MINUTE."""
     unknown = sorted(set(scopes or ()) - ALL_SCOPES)
     if unknown:
         raise ValueError(f"unknown scope(s) {', '.join(unknown)}; scopes are {', '.join(sorted(ALL_SCOPES))}")
+    check_rate_limit(rate_limit_per_minute)
     key = generate_key()
     store.create_api_key(
-        key[:KEY_PREFIX_LENGTH], hash_key(key), name, scopes, expires_at.isoformat() if expires_at else None
+        key[:KEY_PREFIX_LENGTH],
+        hash_key(key),
+        name,
+        scopes,
+        expires_at.isoformat() if expires_at else None,
+        rate_limit_per_minute,
     )
     return key
+
+
+def check_rate_limit(rate_limit_per_minute: int | None) -> None:
+    if rate_limit_per_minute is not None and not 1 <= rate_limit_per_minute <= MAX_RATE_LIMIT_PER_MINUTE:
+        raise ValueError(f"a rate limit is a whole number of requests per minute from 1 to {MAX_RATE_LIMIT_PER_MINUTE}")
 
 
 def rotate_key(store: Store, reference: str) -> str | None:

@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import typing
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,13 +40,14 @@ MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 
 # Sections of docs/configuration.md, in order.
 ENGINE = "Engine"
+RATE_LIMITS = "Rate limiting"
 PROVIDERS = "Providers"
 TIMING = "Polling, deadlines and retries"
 ARTIFACTS = "Artifacts"
 AWS = "AWS shape"
 OBSERVABILITY = "Observability"
 LOCAL = "Local provider and development"
-SECTIONS = (ENGINE, PROVIDERS, TIMING, ARTIFACTS, AWS, OBSERVABILITY, LOCAL)
+SECTIONS = (ENGINE, RATE_LIMITS, PROVIDERS, TIMING, ARTIFACTS, AWS, OBSERVABILITY, LOCAL)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,23 @@ def setting(
 
 def _public_url(raw: str) -> str:
     return raw.rstrip("/")
+
+
+def _upstash_url(raw: str) -> str:
+    # The token travels in every request: HTTPS, or plain HTTP to this machine only (a local gateway or stand-in).
+    url = raw.strip().rstrip("/")
+    parts = urllib.parse.urlsplit(url)
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if (
+        not parts.hostname
+        or parts.username
+        or parts.scheme not in ("https", "http")
+        or (parts.scheme == "http" and not loopback)
+    ):
+        raise ConfigurationError(
+            "UPSTASH_REDIS_REST_URL must be an https:// URL without credentials (plain http only on loopback)."
+        )
+    return url
 
 
 def _routes(raw: str) -> dict[str, list[str]]:
@@ -149,6 +168,34 @@ class Settings:
         section=ENGINE,
         minimum=0,
         maximum=36500,
+    )
+
+    # ----------------------------------------------------------------------------------------------- rate limiting
+    upstash_redis_rest_url: str = setting(
+        "UPSTASH_REDIS_REST_URL",
+        "",
+        "Upstash Redis REST URL (`https://…`; plain `http` only on loopback). With the token it turns on per-key rate "
+        "limiting (a one-minute sliding window per API key; requests pass when Upstash cannot answer); unset, there is "
+        "no rate limiting.",
+        section=RATE_LIMITS,
+        parse=_upstash_url,
+        expected="an https URL",
+    )
+    upstash_redis_rest_token: str = setting(
+        "UPSTASH_REDIS_REST_TOKEN",
+        "",
+        "Upstash Redis REST token (set it together with `UPSTASH_REDIS_REST_URL`).",
+        section=RATE_LIMITS,
+        secret=True,
+    )
+    rate_limit_per_minute: int = setting(
+        "BABYCHAIN_RATE_LIMIT_PER_MINUTE",
+        60,
+        "Requests per minute per API key (sliding window), for bootstrap keys and for database keys without a limit of "
+        "their own (`babychain keys create --rate-limit N`).",
+        section=RATE_LIMITS,
+        minimum=1,
+        maximum=1_000_000,
     )
 
     # --------------------------------------------------------------------------------------------------- providers

@@ -1,4 +1,5 @@
-"""The engine's dependencies in one place: settings, store, queues, providers, artifact store, DNS resolver.
+"""The engine's dependencies in one place: settings, store, queues, providers, artifact store, DNS resolver and the
+rate limiter (None when rate limiting is off).
 
 Lambda handlers call `services()`, which builds them once per container from the environment. The local runner
 and the tests build their own and install them with `install()`.
@@ -14,6 +15,7 @@ from babychain.config import Settings, load_settings
 from babychain.errors import ConfigurationError
 from babychain.providers.registry import ProviderRegistry, registry_from_settings
 from babychain.queues import Queue, SqsQueue
+from babychain.ratelimit import RateLimiter, rate_limiter_from_settings
 from babychain.security.urls import Resolver, system_resolver
 from babychain.store.base import Store
 
@@ -27,6 +29,7 @@ class Services:
     artifacts: ArtifactStore
     providers: ProviderRegistry
     resolver: Resolver = system_resolver
+    rate_limiter: RateLimiter | None = None
 
 
 _installed: Services | None = None
@@ -65,6 +68,7 @@ def from_environment() -> Services:
         callback_queue=SqsQueue(settings.callback_queue_url),
         artifacts=artifacts_from_environment(settings),
         providers=registry_from_settings(settings),
+        rate_limiter=rate_limiter_from_settings(settings),
     )
 
 

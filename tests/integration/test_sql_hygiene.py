@@ -155,6 +155,7 @@ def test_private_helpers_are_not_reachable_over_postgrest(session_database_url: 
 # Named CHECK constraints ----------------------------------------------------------------------------------------------
 
 CONSTRAINTS = {
+    "api_keys": ("api_keys_rate_limit_positive",),
     "chain_runs": (
         "chain_runs_completed_iff_terminal",
         "chain_runs_output_iff_succeeded",

@@ -579,9 +579,10 @@ def test_record_webhook_receipt_once(store: Store) -> None:
 def test_api_keys(store: Store) -> None:
     key_hash = secrets.token_hex(32)
     created = store.create_api_key("bc_live_ab", key_hash, "contract")
-    assert set(created) == {"id", "key_prefix", "name", "scopes"}
+    assert set(created) == {"id", "key_prefix", "name", "scopes", "rate_limit_per_minute"}
     assert (created["key_prefix"], created["name"]) == ("bc_live_ab", "contract")
     assert created["scopes"] == ["chains:run", "chains:read", "runs:cancel"]
+    assert created["rate_limit_per_minute"] is None  # the deployment's default
     assert store.authenticate_key(key_hash) == created
     assert store.authenticate_key(secrets.token_hex(32)) is None
 
@@ -589,6 +590,21 @@ def test_api_keys(store: Store) -> None:
     reader = store.create_api_key("bc_live_cd", reader_hash, "reader", ["chains:read"])
     assert reader["scopes"] == ["chains:read"]
     assert store.authenticate_key(reader_hash) == reader
+
+
+def test_api_key_rate_limits(store: Store) -> None:
+    limited_hash = secrets.token_hex(32)
+    limited = store.create_api_key("bc_live_ef", limited_hash, "limited", None, None, 7)
+    assert limited["rate_limit_per_minute"] == 7
+    assert store.authenticate_key(limited_hash) == limited  # the edge reads the limit with the key
+    assert store.set_api_key_rate_limit(limited["id"], None) == {**limited, "rate_limit_per_minute": None}
+    assert store.set_api_key_rate_limit(limited["id"], 30) == {**limited, "rate_limit_per_minute": 30}
+    listed = [k for k in store.list_api_keys() if k["id"] == limited["id"]]
+    assert [k["rate_limit_per_minute"] for k in listed] == [30]
+    assert store.set_api_key_rate_limit(str(uuid.uuid4()), 3) is None
+    with pytest.raises(Exception) as caught:
+        store.set_api_key_rate_limit(limited["id"], 0)
+    assert getattr(caught.value, "sqlstate", None) == "23514"  # api_keys_rate_limit_positive
 
 
 def test_health(store: Store) -> None:

@@ -37,6 +37,7 @@ SECRET_KEYS = {
     "BFL_WEBHOOK_SECRET",
     "BABYSEA_WEBHOOK_SECRET",
     "SENTRY_DSN",
+    "UPSTASH_REDIS_REST_TOKEN",
 }
 
 # The environment every function gets from the template (the code reads these names).
@@ -44,6 +45,8 @@ COMMON_ENV = {
     "BABYCHAIN_PROVIDER_MODE": {"Ref": "ProviderMode"},
     "BABYCHAIN_STORE": {"Ref": "StoreKind"},
     "SUPABASE_URL": {"Ref": "SupabaseUrl"},
+    "UPSTASH_REDIS_REST_URL": {"Ref": "UpstashRedisRestUrl"},
+    "BABYCHAIN_RATE_LIMIT_PER_MINUTE": {"Ref": "RateLimitPerMinute"},
     "BFL_REGION": {"Ref": "BflRegion"},
     "BABYSEA_REGION": {"Ref": "BabySeaRegion"},
     "BABYCHAIN_SECRETS_ID": {"Ref": "SecretsId"},
@@ -59,6 +62,8 @@ PARAMETERS = {
     "ProviderMode",
     "StoreKind",
     "SupabaseUrl",
+    "UpstashRedisRestUrl",
+    "RateLimitPerMinute",
     "SecretsId",
     "BflRegion",
     "BabySeaRegion",

@@ -176,7 +176,7 @@ def test_configuration_doc_is_generated_from_the_declaration() -> None:
 
 def test_the_docs_name_only_declared_variables() -> None:
     powertools = {p.env for p in config.POWERTOOLS_VARIABLES}
-    prefixes = "BABYCHAIN|BFL|ARK|BABYSEA|SUPABASE|SENTRY|POWERTOOLS"
+    prefixes = "BABYCHAIN|BFL|ARK|BABYSEA|SUPABASE|SENTRY|UPSTASH|POWERTOOLS"
     pattern = re.compile(rf"\b(?:{prefixes})_[A-Z0-9_]*[A-Z0-9]\b|\bDATABASE_URL\b")
     for path in (ROOT / "README.md", ROOT / "docs" / "deploy.md", DOC):
         named = set(pattern.findall(path.read_text()))

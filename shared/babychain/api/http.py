@@ -1,4 +1,5 @@
-"""The HTTP edge shared by every API function: one resolver setup, one error shape, one body reader."""
+"""The HTTP edge shared by every API function: one resolver setup, one error shape, one body reader, and the caller:
+key, per-key rate limit and scope, in that order."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 
-from babychain.api.auth import Principal, authenticate
+from babychain.api.auth import Principal, admit, identify, require_scope
 from babychain.errors import ApiError, ConfigurationError
 from babychain.security.params import strict_json
 from babychain.services import Services, services
@@ -35,8 +36,27 @@ def error_response(error: ApiError) -> Response:
     return json_response(error.status, error.body(), error.headers)
 
 
-def make_resolver() -> APIGatewayHttpResolver:
-    app = APIGatewayHttpResolver()
+class EdgeResolver(APIGatewayHttpResolver):
+    """The resolver of every API function. `edge_headers` go on whatever response the invocation ends with (the
+    route's, an error's, even an unexpected 500): `caller` puts the rate-limit budget there once the key is known."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.edge_headers: dict[str, str] = {}
+
+    def resolve(self, event: Any, context: Any) -> dict[str, Any]:
+        self.edge_headers = {}
+        try:
+            response = super().resolve(event, context)
+            if self.edge_headers:
+                response["headers"] = {**(response.get("headers") or {}), **self.edge_headers}
+            return response
+        finally:
+            self.edge_headers = {}
+
+
+def make_resolver() -> EdgeResolver:
+    app = EdgeResolver()
 
     @app.exception_handler(ApiError)
     def _api_error(exc: ApiError) -> Response:
@@ -87,6 +107,11 @@ def raw_body(app: APIGatewayHttpResolver) -> bytes:
     return base64.b64decode(body) if event.is_base64_encoded else body.encode()
 
 
-def caller(app: APIGatewayHttpResolver, scope: str) -> tuple[Services, Principal]:
+def caller(app: EdgeResolver, scope: str) -> tuple[Services, Principal]:
+    """Who the request acts for: a valid key (401), within its rate limit (429), with the route's scope (403). From
+    the moment the key is known, every response carries the key's budget (`RateLimit-*`) when rate limiting is on."""
     svc = services()
-    return svc, authenticate(svc, app.current_event.headers, scope)
+    principal = identify(svc, app.current_event.headers)
+    app.edge_headers.update(admit(svc, principal))
+    require_scope(principal, scope)
+    return svc, principal

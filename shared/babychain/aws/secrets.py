@@ -1,7 +1,9 @@
 """Secrets from AWS Secrets Manager: one JSON secret named by BABYCHAIN_SECRETS_ID, cached by Powertools.
 
 Its keys are the same names as the environment variables (BABYCHAIN_API_KEY, DATABASE_URL, BFL_API_KEY, ...), so
-the rest of the engine reads one kind of configuration. A variable already set in the environment wins.
+the rest of the engine reads one kind of configuration. A variable already set in the environment wins; one set to
+the empty string counts as unset, as everywhere in the settings (the template sets UPSTASH_REDIS_REST_URL from a
+parameter that may be empty, and the secret may hold the URL instead).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def load_secrets_into_environment() -> list[str]:
         raise ConfigurationError(f"The secret {SECRETS_ID} names must be a JSON object of variable names to values.")
     loaded = []
     for name, value in values.items():
-        if isinstance(value, str) and name not in os.environ:
+        if isinstance(value, str) and not os.environ.get(name, "").strip():
             os.environ[name] = value
             loaded.append(name)
     return loaded

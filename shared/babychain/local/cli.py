@@ -249,12 +249,17 @@ def keys_create(args: argparse.Namespace) -> int:
     expires = datetime.now(UTC) + timedelta(days=args.expires_in_days) if args.expires_in_days is not None else None
     with _key_store(args.home) as store:
         try:
-            key = create_key(store, args.name, scopes=scopes, expires_at=expires)
+            key = create_key(store, args.name, scopes=scopes, expires_at=expires, rate_limit_per_minute=args.rate_limit)
         except ValueError as exc:
             _print(f"keys create: {exc}")
             return 2
     _print(f"API key for {args.name!r} (shown once, stored only as a hash):\n{key}")
     return 0
+
+
+def _rate_limit(row: Any) -> str:
+    limit = row.get("rate_limit_per_minute")
+    return "default" if limit is None else f"{limit}/min"
 
 
 def keys_list(args: argparse.Namespace) -> int:
@@ -263,14 +268,31 @@ def keys_list(args: argparse.Namespace) -> int:
     if args.json:
         _print(json.dumps(rows, indent=2))
         return 0
-    _print(f"{'prefix':<13} {'state':<8} {'name':<20} {'scopes':<34} {'expires':<26} last used")
+    _print(f"{'prefix':<13} {'state':<8} {'name':<20} {'scopes':<34} {'rate limit':<12} {'expires':<26} last used")
     for row in rows:
         state = "active" if row["is_active"] else "revoked"
         scopes = ",".join(row["scopes"])
         _print(
-            f"{row['key_prefix']:<13} {state:<8} {row['name'][:20]:<20} {scopes:<34} "
+            f"{row['key_prefix']:<13} {state:<8} {row['name'][:20]:<20} {scopes:<34} {_rate_limit(row):<12} "
             f"{row['expires_at'] or 'never':<26} {row['last_used_at'] or 'never'}"
         )
+    return 0
+
+
+def keys_set_rate_limit(args: argparse.Namespace) -> int:
+    from babychain.auth import MAX_RATE_LIMIT_PER_MINUTE, check_rate_limit
+
+    try:
+        limit = None if args.limit == "default" else int(args.limit)
+        check_rate_limit(limit)
+    except ValueError:
+        _print(f"keys set-rate-limit: give requests per minute (1 to {MAX_RATE_LIMIT_PER_MINUTE}) or `default`")
+        return 2
+    with _key_store(args.home) as store:
+        row = store.set_api_key_rate_limit(args.key, limit)
+    if row is None:
+        return _no_single_key("set-rate-limit", args.key)
+    _print(f"{row['key_prefix']} ({row['name']}): rate limit {_rate_limit(row)}, from its next request")
     return 0
 
 
@@ -338,6 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     p_create.add_argument("--name", required=True)
     p_create.add_argument("--scopes", help="comma-separated: chains:run, chains:read, runs:cancel (default: all)")
     p_create.add_argument("--expires-in-days", type=float, default=None, help="the key stops working after this")
+    p_create.add_argument(
+        "--rate-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="requests per minute for this key (default: BABYCHAIN_RATE_LIMIT_PER_MINUTE; needs Upstash configured)",
+    )
     p_create.set_defaults(func=keys_create)
     p_list = keys_sub.add_parser("list", help="list keys by prefix (never the keys themselves)")
     p_list.add_argument("--json", action="store_true")
@@ -348,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     p_rotate = keys_sub.add_parser("rotate", help="replace a key: same name, scopes and expiry; the old one revoked")
     p_rotate.add_argument("key", help="the key's id or its prefix from `keys list`")
     p_rotate.set_defaults(func=keys_rotate)
+    p_limit = keys_sub.add_parser("set-rate-limit", help="change a key's requests per minute (or back to the default)")
+    p_limit.add_argument("key", help="the key's id or its prefix from `keys list`")
+    p_limit.add_argument("limit", help="requests per minute, or `default` (BABYCHAIN_RATE_LIMIT_PER_MINUTE)")
+    p_limit.set_defaults(func=keys_set_rate_limit)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

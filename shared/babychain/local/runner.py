@@ -28,6 +28,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from babychain import config
 from babychain.artifacts import LocalArtifactStore
 from babychain.config import Settings, check_settings, load_settings
@@ -39,6 +41,7 @@ from babychain.local.provider_server import LocalProviderServer
 from babychain.local.queue import CALLBACK_QUEUE, STEP_QUEUE, PostgresQueue, release_orphans
 from babychain.providers.local import LocalProvider
 from babychain.providers.registry import registry_from_settings
+from babychain.ratelimit import rate_limiter_from_settings
 from babychain.security.urls import Resolver, system_resolver
 from babychain.services import Services, install
 from babychain.store.embedded import start_embedded_postgres
@@ -85,6 +88,7 @@ def local_services(settings: Settings, resolver: Resolver = system_resolver) -> 
         artifacts=LocalArtifactStore(settings.artifact_dir, settings.artifact_base_url),
         providers=registry_from_settings(settings, {"local": LocalProvider(settings.local_provider_url)}),
         resolver=resolver,
+        rate_limiter=rate_limiter_from_settings(settings),
     )
 
 
@@ -313,9 +317,21 @@ class LocalEngine:
         install(None)
         if self.services is not None:
             self.services.store.close()
+            if self.services.rate_limiter is not None:
+                self.services.rate_limiter.close()
 
     def sweep_once(self) -> Any:
         return load_handler("sweeper")(scheduled_event(), LambdaContext(function_name="sweeper"))
+
+    def _describe_rate_limits(self) -> str:
+        limiter = self.services.rate_limiter if self.services is not None else None
+        if limiter is None:
+            return "  rate limiting     off (set UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN to turn it on)"
+        host = httpx.URL(limiter.url).host
+        return (
+            f"  rate limiting     {limiter.default_limit} requests per minute per key (unless the key has its own "
+            f"limit), on Upstash at {host}; fails open"
+        )
 
     def describe(self) -> list[str]:
         s = self.settings
@@ -340,6 +356,7 @@ class LocalEngine:
                 if s.retention_days > 0
                 else "off: every run is kept (BABYCHAIN_RETENTION_DAYS=0)"
             ),
+            self._describe_rate_limits(),
         ]
         if s.allow_loopback_http:
             lines.append("  DEVELOPMENT SETTING ON: plain HTTP on loopback is accepted for input URLs and webhook_url.")

@@ -46,10 +46,18 @@ class Store(ABC):
         name: str,
         scopes: list[str] | None = None,
         expires_at: str | None = None,
+        rate_limit_per_minute: int | None = None,
     ) -> ApiKeyRow:
         return self.call(
             "bc_create_api_key",
-            {"key_prefix": key_prefix, "key_hash": key_hash, "name": name, "scopes": scopes, "expires_at": expires_at},
+            {
+                "key_prefix": key_prefix,
+                "key_hash": key_hash,
+                "name": name,
+                "scopes": scopes,
+                "expires_at": expires_at,
+                "rate_limit_per_minute": rate_limit_per_minute,
+            },
         )
 
     def list_api_keys(self) -> list[ApiKeyListing]:
@@ -60,6 +68,12 @@ class Store(ABC):
 
     def rotate_api_key(self, reference: str, key_prefix: str, key_hash: str) -> ApiKeyRow | None:
         return self.call("bc_rotate_api_key", {"key": reference, "key_prefix": key_prefix, "key_hash": key_hash})
+
+    def set_api_key_rate_limit(self, reference: str, rate_limit_per_minute: int | None) -> ApiKeyRow | None:
+        """None as the limit: the key follows BABYCHAIN_RATE_LIMIT_PER_MINUTE again."""
+        return self.call(
+            "bc_set_api_key_rate_limit", {"key": reference, "rate_limit_per_minute": rate_limit_per_minute}
+        )
 
     def authenticate_key(self, key_hash: str) -> ApiKeyRow | None:
         return self.call("bc_authenticate_key", {"key_hash": key_hash})

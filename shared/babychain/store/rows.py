@@ -74,6 +74,7 @@ class ApiKeyRow(TypedDict):
     key_prefix: str
     name: str
     scopes: list[str]
+    rate_limit_per_minute: int | None  # None: the default (BABYCHAIN_RATE_LIMIT_PER_MINUTE)
 
 
 class ApiKeyListing(ApiKeyRow):

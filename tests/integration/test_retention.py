@@ -88,7 +88,7 @@ def first_step(store: PostgresStore, run_id: str) -> StepRow:
 
 def settle_callback(store: PostgresStore, run_id: str, outcome: str) -> None:
     """One recorded attempt that settles the callback: `delivered`, or `failed` with no retry left."""
-    claim = store.claim_callback(run_id, 60.0)
+    claim = store.claim_callback(run_id, lease_seconds=60.0, max_attempts=10)
     assert claim is not None
     recorded = store.record_callback_attempt(
         {
@@ -253,7 +253,7 @@ def test_only_old_finished_runs_with_a_settled_callback_go(quiet_engine: LocalEn
     settle_callback(store, gave_up, "failed")
     pending = canceled_run(store, webhook_url=hook)
     delivering = canceled_run(store, webhook_url=hook)
-    assert store.claim_callback(delivering, 60.0) is not None
+    assert store.claim_callback(delivering, lease_seconds=60.0, max_attempts=10) is not None
     active = new_run(store, webhook_url=hook)  # queued, its callback waiting
     recent = canceled_run(store)
     doomed, kept = [no_callback, delivered, gave_up], [pending, delivering, active]

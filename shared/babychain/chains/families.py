@@ -11,7 +11,7 @@ import copy
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator
 
 from babychain.errors import invalid_input
 from babychain.media_types import IMAGE_TYPES
@@ -25,6 +25,12 @@ MediaUrl = Annotated[str, MediaInput()]
 BflImage = Annotated[str, MediaInput(data_types=IMAGE_TYPES)]
 SeedreamImage = Annotated[str, MediaInput(data_types=("image/png", "image/jpeg"))]
 SeedanceImage = Annotated[str, MediaInput(data_types=IMAGE_TYPES)]
+# Seeds where the provider documents no range: a non-negative 32-bit signed integer, which every documented range
+# (Seedream's -1..2^31-1, Seedance's -1..2^32-1) holds, so a failover to another route keeps the same seed.
+Seed = Annotated[int | None, Field(ge=0, le=2**31 - 1)]
+FLUX2_MAX_PIXELS = 2048 * 2048
+SEEDREAM_MIN_PIXELS = 1280 * 720
+SEEDREAM_MAX_PIXELS = 4096 * 4096
 RATIOS = ("16:9", "4:3", "1:1", "3:4", "9:16", "21:9", "9:21", "3:2", "2:3", "adaptive", "keep_ratio")
 
 
@@ -40,12 +46,20 @@ class Flux2Params(_Params):
     input_image_2: BflImage | None = None
     input_image_3: BflImage | None = None
     input_image_4: BflImage | None = None
-    seed: int | None = None
+    seed: Seed = None
     width: Annotated[int | None, Field(ge=64, le=4096, multiple_of=16)] = None
     height: Annotated[int | None, Field(ge=64, le=4096, multiple_of=16)] = None
     safety_tolerance: Annotated[int | None, Field(ge=0, le=5)] = None
     output_format: Literal["jpeg", "png", "webp"] | None = None
     prompt_upsampling: bool | None = None
+
+    @field_validator("height")
+    @classmethod
+    def _at_most_4_megapixels(cls, height: int | None, info: ValidationInfo) -> int | None:
+        width = info.data.get("width")
+        if height is not None and width is not None and width * height > FLUX2_MAX_PIXELS:
+            raise ValueError(f"width x height may be at most {FLUX2_MAX_PIXELS} pixels (4 MP, e.g. 2048x2048)")
+        return height
 
 
 class Flux2FlexParams(Flux2Params):
@@ -58,18 +72,27 @@ class KontextParams(_Params):
 
     prompt: Prompt
     input_image: BflImage | None = None
-    seed: int | None = None
-    aspect_ratio: Annotated[str | None, Field(pattern=r"^\d{1,2}:\d{1,2}$")] = None
+    seed: Seed = None
+    aspect_ratio: Annotated[str | None, Field(pattern=r"^[1-9]\d?:[1-9]\d?$")] = None
     output_format: Literal["jpeg", "png"] | None = None
     prompt_upsampling: bool | None = None
     safety_tolerance: Annotated[int | None, Field(ge=0, le=6)] = None
+
+    @field_validator("aspect_ratio")
+    @classmethod
+    def _between_21_9_and_9_21(cls, ratio: str | None) -> str | None:
+        if ratio is not None:
+            w, h = (int(part) for part in ratio.split(":"))
+            if not 9 / 21 <= w / h <= 21 / 9:
+                raise ValueError("must be between 21:9 and 9:21")
+        return ratio
 
 
 class Flux1Params(_Params):
     """FLUX1.1 [pro]: text-to-image only, 256-1440 in steps of 32."""
 
     prompt: Prompt
-    seed: int | None = None
+    seed: Seed = None
     width: Annotated[int | None, Field(ge=256, le=1440, multiple_of=32)] = None
     height: Annotated[int | None, Field(ge=256, le=1440, multiple_of=32)] = None
     prompt_upsampling: bool | None = None
@@ -101,6 +124,17 @@ class SeedreamParams(_Params):
     sequential_image_generation: Literal["disabled"] | None = None
     optimize_prompt_options: OptimizePromptOptions | None = None
 
+    @field_validator("size")
+    @classmethod
+    def _documented_size(cls, size: str | None) -> str | None:
+        w, h = _size(size)
+        if w is not None and h is not None:
+            if not SEEDREAM_MIN_PIXELS <= w * h <= SEEDREAM_MAX_PIXELS:
+                raise ValueError("width x height must be between 1280x720 and 4096x4096 pixels in total")
+            if not 1 / 16 <= w / h <= 16:
+                raise ValueError("the aspect ratio must be between 1:16 and 16:1")
+        return size
+
 
 class ImageUrl(_Params):
     url: SeedanceImage
@@ -124,6 +158,8 @@ class SeedanceParams(_Params):
         list[Annotated[TextItem | ImageItem, Field(discriminator="type")]], Field(min_length=1, max_length=8)
     ]
     ratio: Literal[RATIOS] | None = None  # type: ignore[valid-type]
+    # 2-12 s; -1 lets Seedance 1.5 pro choose (which documents 4-12 for itself, but the contract's own example asks
+    # it for 3 s, so the family keeps the common range).
     duration: Annotated[int | None, Field(ge=-1, le=12)] = None
     resolution: Literal["480p", "720p", "1080p"] | None = None
     seed: Annotated[int | None, Field(ge=-1, le=4294967295)] = None
@@ -131,6 +167,13 @@ class SeedanceParams(_Params):
     camera_fixed: bool | None = None
     generate_audio: bool | None = None
     return_last_frame: bool | None = None
+
+    @field_validator("duration")
+    @classmethod
+    def _documented_duration(cls, duration: int | None) -> int | None:
+        if duration in (0, 1):
+            raise ValueError("must be -1 (the model decides) or 2 to 12 seconds")
+        return duration
 
     @field_validator("content")
     @classmethod
@@ -144,22 +187,22 @@ class BabySeaImageParams(_Params):
     """BabySea's unified fields for image models."""
 
     generation_prompt: Prompt
-    generation_ratio: Annotated[str | None, Field(pattern=r"^(\d{1,5}:\d{1,5}|match_input_image)$")] = None
+    generation_ratio: Annotated[str | None, Field(pattern=r"^([1-9]\d{0,4}:[1-9]\d{0,4}|match_input_image)$")] = None
     generation_output_format: Literal["png", "jpg", "jpeg", "webp"] | None = None
     generation_output_number: Annotated[int | None, Field(ge=1, le=4)] = None
     generation_input_file: Annotated[list[MediaUrl] | None, Field(min_length=1, max_length=14)] = None
-    generation_seed: int | None = None
+    generation_seed: Seed = None
     generation_provider_order: Annotated[str | None, Field(max_length=200)] = None
 
 
 class BabySeaVideoParams(_Params):
     generation_prompt: Prompt
     generation_duration: Annotated[int, Field(ge=1, le=15)]
-    generation_ratio: Annotated[str | None, Field(pattern=r"^(\d{1,5}:\d{1,5}|adaptive)$")] = None
+    generation_ratio: Annotated[str | None, Field(pattern=r"^([1-9]\d{0,4}:[1-9]\d{0,4}|adaptive)$")] = None
     generation_resolution: Literal["480p", "720p", "1080p"] | None = None
     generation_generate_audio: bool | None = None
     generation_input_file: Annotated[list[MediaUrl] | None, Field(min_length=1, max_length=14)] = None
-    generation_seed: int | None = None
+    generation_seed: Seed = None
     generation_provider_order: Annotated[str | None, Field(max_length=200)] = None
 
 

@@ -162,7 +162,8 @@ _DELETE = object()
         ),
         (
             _with(
-                "input.image_to_video_params.content", [{"type": "image_url", "image_url": {"url": "https://a.b/c"}}]
+                "input.image_to_video_params.content",
+                [{"type": "image_url", "image_url": {"url": "https://93.184.216.34/c.png"}}],
             ),
             400,
             "invalid_chain_input",
@@ -187,7 +188,7 @@ _DELETE = object()
             ),
             400,
             "invalid_chain_input",
-            "input.image_to_video_params.content",
+            "input.image_to_video_params.content[1].image_url.url",  # the media type names the very field
         ),
         ({"inputs": {}}, 400, "invalid_request", "inputs"),
         ([1, 2], 400, "invalid_request", None),

@@ -117,6 +117,30 @@ def test_numbers_out_of_bounds_are_a_400(engine: LocalEngine, seed: str) -> None
 
 
 @pytest.mark.parametrize(
+    ("step", "params", "field"),
+    [
+        ("text_to_image", {"seed": 2**64}, None),  # beyond the edge's JSON integers: refused while decoding
+        ("text_to_image", {"seed": 2**53 - 1}, "seed"),  # within them, beyond the documented seed range
+        ("text_to_image", {"seed": 2**31}, "seed"),
+        ("text_to_image", {"seed": -1}, "seed"),
+        ("text_to_image", {"width": 48}, "width"),
+        ("text_to_image", {"width": 4096, "height": 2048}, "height"),  # FLUX.2: at most 4 MP
+        ("text_to_image", {"steps": 51}, "steps"),
+        ("text_to_image", {"guidance": 10.5}, "guidance"),
+        ("image_to_video", {"duration": 1}, "duration"),  # Seedance: 2-12 s, or -1
+        ("image_to_video", {"seed": 2**32}, "seed"),
+    ],
+)
+def test_params_beyond_the_documented_bounds_are_a_400_naming_the_field(
+    engine: LocalEngine, step: str, params: dict[str, int], field: str | None
+) -> None:
+    body = chain_request("chain1", None)
+    body["input"][f"{step}_params"].update(params)
+    status, data = create(json.dumps(body).encode())
+    assert_client_error(status, data, f"input.{step}_params.{field}" if field else None)
+
+
+@pytest.mark.parametrize(
     "run_id",
     [
         "urn:uuid:12345678-1234-5678-1234-567812345678",

@@ -85,7 +85,8 @@ class _Job:
 
 class BflStandIn(LoopbackServer):
     """The stand-in server. Control API: fail_next_submit, fail_next_poll, moderate_next, error_next (alias
-    fail_next_job), forget, stall_next, expire_samples; records in `requests` and `webhook_deliveries`."""
+    fail_next_job), forget, stall_next, expire_samples, serve_next_sample; records in `requests` and
+    `webhook_deliveries`."""
 
     def __init__(
         self,
@@ -111,6 +112,7 @@ class BflStandIn(LoopbackServer):
         self._poll_faults: list[_Fault] = []
         self._outcomes: list[str] = []
         self._stalls: list[float] = []
+        self._samples: list[tuple[bytes, str]] = []
         self._lock = threading.Lock()
         self._webhook_done = threading.Condition(self._lock)
         super().__init__(self._handler_class(), host=host, port=port, name="bfl-standin")
@@ -176,6 +178,12 @@ class BflStandIn(LoopbackServer):
         with self._lock:
             for job in self.jobs.values():
                 job.sample_expires_at = min(job.sample_expires_at, time.time() - 1)
+
+    def serve_next_sample(self, content: bytes, content_type: str) -> None:
+        """The next job that turns Ready delivers these bytes with this Content-Type instead of its image (a delivery
+        host that serves something else, or labels it wrongly)."""
+        with self._lock:
+            self._samples.append((content, content_type))
 
     def submits(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -284,6 +292,8 @@ class BflStandIn(LoopbackServer):
         with self._lock:
             job.content = content
             job.content_type = media.content_type_for(fmt)
+            if self._samples:
+                job.content, job.content_type = self._samples.pop(0)
             job.sample_name = f"{job.id}.{fmt}"
             job.sample_expires_at = time.time() + self.sample_ttl_seconds
             job.result = {

@@ -124,6 +124,7 @@ class BytePlusStandIn(LoopbackServer):
         self._hold_queued = False
         self._hold_running = False
         self._race_next_delete = False
+        self._outputs: list[tuple[bytes, str]] = []
         self._stopping = threading.Event()
         self._ticker = threading.Thread(target=self._tick_loop, name="byteplus-ticker", daemon=True)
         # A short poll interval keeps shutdown (and so each test's teardown) quick.
@@ -196,6 +197,12 @@ class BytePlusStandIn(LoopbackServer):
         """The next DELETE finds its queued task just started running (the queued → running race)."""
         self._race_next_delete = True
 
+    def serve_next_output(self, content: bytes, content_type: str) -> None:
+        """The next output file stored (a Seedream image or a Seedance video) is these bytes with this Content-Type
+        instead (a storage host that serves something else, or labels it wrongly)."""
+        with self._lock:
+            self._outputs.append((content, content_type))
+
     def task(self, task_id: str) -> dict[str, Any] | None:
         """The task as GET would answer it, or None."""
         with self._lock:
@@ -229,7 +236,7 @@ class BytePlusStandIn(LoopbackServer):
     def _store(self, data: bytes, fmt: str) -> str:
         name = f"{secrets.token_hex(12)}{media.extension_for(fmt)}"
         with self._lock:
-            self.files[name] = (data, media.content_type_for(fmt))
+            self.files[name] = self._outputs.pop(0) if self._outputs else (data, media.content_type_for(fmt))
         # Real outputs are signed TOS URLs; the query is decoration here, but adapters must pass it through.
         return f"{self.origin}/files/{name}?X-Tos-Expires=86400&X-Tos-Signature={secrets.token_hex(8)}"
 

@@ -20,6 +20,7 @@ import pytest
 
 from babychain.errors import UnsafeUrlError
 from babychain.local.loopback import LoopbackServer, QuietHandler
+from babychain.media_types import MediaRefused
 from babychain.security import safe_http
 from babychain.security.safe_http import (
     FetchError,
@@ -31,6 +32,18 @@ from babychain.security.safe_http import (
 )
 from babychain.security.urls import Resolver
 from tests.conftest import free_port
+
+PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32  # the magic bytes are what the download check reads
+HTML_PAGE = b"<!doctype html><html><body>" + b"x" * 10_000 + b"</body></html>"
+SVG_IMAGE = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+MEDIA = {
+    "/media/png": (PNG_BYTES, "image/png"),
+    "/media/png-generic": (PNG_BYTES, "application/octet-stream"),
+    "/media/svg": (SVG_IMAGE, "image/svg+xml"),
+    "/media/html": (HTML_PAGE, "text/html; charset=utf-8"),
+    "/media/html-as-png": (HTML_PAGE, "image/png"),
+    "/media/svg-as-octets": (SVG_IMAGE, "application/octet-stream"),
+}
 
 
 class Handler(QuietHandler, keep_alive=True):  # keep-alive: the pool tests count reused connections
@@ -77,6 +90,8 @@ class Handler(QuietHandler, keep_alive=True):  # keep-alive: the pool tests coun
                     self.wfile.write(b"y" * 65536)
             except OSError:
                 pass  # the client hung up, as it should
+        elif url.path in MEDIA:
+            self.send_bytes(200, *MEDIA[url.path])
         elif url.path == "/unavailable":
             self.send_bytes(503, b"busy", headers={"Retry-After": "7"})
         elif url.path == "/missing":
@@ -192,6 +207,44 @@ def test_fetch_returns_body_and_type(server: Server) -> None:
         "image/png",
         server.url("/file"),
     )
+
+
+def _media(server: Server, path: str, kind: str, max_bytes: int = 100_000) -> safe_http.FetchedFile:
+    return fetch_bytes(
+        server.url(path), resolver=no_dns, max_bytes=max_bytes, allow_loopback_http=True, media_kind=kind
+    )
+
+
+def test_a_media_download_reports_the_type_its_bytes_are(server: Server) -> None:
+    assert _media(server, "/media/png", "image").content_type == "image/png"
+    assert _media(server, "/media/png-generic", "image").content_type == "image/png"  # the bytes decide
+
+
+@pytest.mark.parametrize(
+    ("path", "kind", "why"),
+    [
+        ("/media/svg", "image", "served as image/svg+xml"),
+        ("/media/html", "image", "served as text/html"),
+        ("/media/html-as-png", "image", "bytes are text/html"),  # mislabelled
+        ("/media/svg-as-octets", "image", "bytes are image/svg+xml"),
+        ("/media/png", "video", "served as image/png"),  # an image where a video is needed
+        ("/redirect-to?to=/media/svg", "image", "served as image/svg+xml"),  # after a redirect hop
+    ],
+)
+def test_a_media_download_refuses_markup_mislabels_and_the_wrong_kind(
+    server: Server, path: str, kind: str, why: str
+) -> None:
+    with pytest.raises(MediaRefused) as info:
+        _media(server, path, kind)
+    assert why in info.value.message
+
+
+def test_a_refused_label_is_refused_before_the_body_is_read(server: Server) -> None:
+    # The HTML page is larger than the cap: reading it would have failed on size, not on its type.
+    with pytest.raises(MediaRefused):
+        _media(server, "/media/html", "image", max_bytes=1000)
+    with pytest.raises(UnsafeUrlError, match="larger"):
+        _media(server, "/media/html-as-png", "image", max_bytes=1000)  # a plausible label: the cap still holds
 
 
 def test_http_is_refused_without_the_development_setting(server: Server) -> None:

@@ -7,7 +7,7 @@ from babychain.security.urls import (
     CheckedUrl,
     Resolver,
     check_url,
-    find_urls,
+    check_url_form,
     is_loopback_address,
     is_public_address,
     system_resolver,
@@ -329,48 +329,45 @@ def test_system_resolver_gives_up_on_a_hung_lookup(monkeypatch: pytest.MonkeyPat
         release.set()
 
 
-def test_find_urls_walks_nested_values_in_order() -> None:
-    value = {
-        "input": {
-            "text_to_image_params": {"prompt": "a cat", "image": "https://cdn.example/a.png"},
-            "image_to_video_params": {
-                "content": [
-                    {"type": "text", "text": "see http://not-a-url-at-start"},
-                    {"type": "image_url", "image_url": {"url": "HTTP://10.0.0.1/x"}},
-                ],
-                "files": ["https://one.example/1", 5, None, "ftp://no.example/"],
-            },
-            "weird key": " https://padded.example/",
-        }
-    }
-    assert find_urls(value) == [
-        ("input.text_to_image_params.image", "https://cdn.example/a.png"),
-        ("input.image_to_video_params.content[1].image_url.url", "HTTP://10.0.0.1/x"),
-        ("input.image_to_video_params.files[0]", "https://one.example/1"),
-        ('input["weird key"]', " https://padded.example/"),
-    ]
-    assert find_urls(["https://a.example/"], "input.files") == [("input.files[0]", "https://a.example/")]
-    assert find_urls("https://a.example/", "input.url") == [("input.url", "https://a.example/")]
+class TestFormWithoutDns:
+    """`check_url_form` is `check_url` minus DNS: the schema's media type uses it when no resolver is given."""
 
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "ftp://cdn.example/a",
+            "file:///etc/passwd",
+            "gopher://cdn.example/",
+            "//169.254.169.254/latest",
+            "http://cdn.example/a.png",
+            "https://user:pw@cdn.example/",
+            "https://169.254.169.254/latest/meta-data/",
+            "https://[::ffff:127.0.0.1]/",
+            "https://[::ffff:a9fe:a9fe]/",
+            "https://2130706433/",
+            "https://0x7f.1/",
+            "https://localhost/",
+            "https://metadata.google.internal/",
+            " https://cdn.example/",
+            "https://" + "a" * 2048 + ".example/",
+        ],
+    )
+    def test_refuses_what_needs_no_dns(self, url: str) -> None:
+        with pytest.raises(UnsafeUrlError):
+            check_url_form(url)
+        with pytest.raises(UnsafeUrlError):
+            check_url(url, resolver=PUBLIC)  # the resolving check refuses all of them too
 
-def test_find_urls_handles_deep_and_cyclic_values() -> None:
-    deep: dict[str, object] = {"url": "https://deep.example/"}
-    for _ in range(5000):  # far past the recursion limit: the walk must be iterative
-        deep = {"next": deep}
-    found = find_urls(deep)
-    assert len(found) == 1 and found[0][1] == "https://deep.example/"
+    def test_names_pass_the_form_and_literals_are_judged(self) -> None:
+        check_url_form("https://cdn.example/a.png")
+        check_url_form("https://93.184.216.34/a.png")
+        check_url_form("https://[2606:4700::1]/a.png")
+        check_url_form("http://127.0.0.1:8080/a.png", allow_loopback_http=True)
+        check_url_form("http://localhost:8080/a.png", allow_loopback_http=True)  # resolved later by check_url
+        with pytest.raises(UnsafeUrlError, match="HTTPS"):
+            check_url_form("http://93.184.216.34/a.png", allow_loopback_http=True)
 
-    cyclic: list[object] = ["https://c.example/"]
-    cyclic.append(cyclic)
-    assert find_urls(cyclic) == [("[0]", "https://c.example/")]
-
-
-def test_find_urls_refuses_runaway_input() -> None:
-    with pytest.raises(UnsafeUrlError):
-        find_urls(["x"] * 200_000, "input")
-
-
-def test_found_urls_that_were_padded_are_refused_by_check_url() -> None:
-    ((_, url),) = find_urls({"u": "\n https://cdn.example/"})
-    with pytest.raises(UnsafeUrlError):
-        check_url(url, resolver=PUBLIC)
+    def test_names_the_field(self) -> None:
+        with pytest.raises(UnsafeUrlError) as info:
+            check_url_form("ftp://x.example/", field="input.source_image_url")
+        assert info.value.field == "input.source_image_url"

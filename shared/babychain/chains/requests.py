@@ -7,15 +7,20 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from babychain.chains.catalog import IMAGE_TO_IMAGE, MODELS_BY_ID, TEXT_TO_IMAGE, ModelSpec
+from babychain.chains.families import MediaUrl
 from babychain.chains.templates import STEP_KINDS, ChainTemplate
-from babychain.errors import ApiError, UnsafeUrlError, invalid_input
+from babychain.errors import UnsafeUrlError, invalid_input
+from babychain.security.media import UrlPolicy
 from babychain.security.params import check_json_bounds, check_no_credentials, check_step_params
-from babychain.security.urls import Resolver, check_url, find_urls
+from babychain.security.urls import Resolver, check_url
 
 MAX_INPUT_BYTES = 64 * 1024
 MAX_METADATA_BYTES = 16 * 1024
 TOP_LEVEL_FIELDS = ("input", "webhook_url", "metadata")
+_SOURCE_IMAGE_URL: TypeAdapter[str] = TypeAdapter(MediaUrl, config={"strict": True})
 
 
 @dataclass(frozen=True)
@@ -61,9 +66,8 @@ def plan_run(
     template: ChainTemplate, body: Any, *, mode: str, resolver: Resolver, allow_loopback_http: bool
 ) -> RunPlan:
     raw_input, metadata = _input_and_metadata(body)
-    steps = _plan_steps(template, raw_input, mode)
-    for path, url in find_urls(raw_input, "input"):
-        _check_url(url, path, resolver, allow_loopback_http, "invalid_chain_input")
+    # Media fields are typed in the model schemas; validating them under this policy applies the URL rules (DNS too).
+    steps = _plan_steps(template, raw_input, mode, UrlPolicy(resolver, allow_loopback_http))
     webhook_url = body.get("webhook_url") or None
     if webhook_url is not None:
         if not isinstance(webhook_url, str):
@@ -110,12 +114,12 @@ def _check_url(url: str, field: str, resolver: Resolver, allow_loopback_http: bo
         raise invalid_input(exc.message, field, code=code) from exc
 
 
-def _plan_steps(template: ChainTemplate, raw_input: dict[str, Any], mode: str) -> list[PlannedStep]:
+def _plan_steps(template: ChainTemplate, raw_input: dict[str, Any], mode: str, urls: UrlPolicy) -> list[PlannedStep]:
     chain_models = _chain_models(template, raw_input)
     steps: list[PlannedStep] = []
     for index, step_key in enumerate(template.step_keys):
         model = _step_model(step_key, chain_models, mode)
-        params = _step_params(raw_input, index, step_key, model, mode)
+        params = _step_params(raw_input, index, step_key, model, mode, urls)
         steps.append(PlannedStep(index, step_key, STEP_KINDS[step_key], model.id, template.depends_on(index), params))
     return steps
 
@@ -165,7 +169,9 @@ def _step_model(step_key: str, chain_models: dict[str, Any], mode: str) -> Model
     return model
 
 
-def _step_params(raw_input: dict[str, Any], index: int, step_key: str, model: ModelSpec, mode: str) -> dict[str, Any]:
+def _step_params(
+    raw_input: dict[str, Any], index: int, step_key: str, model: ModelSpec, mode: str, urls: UrlPolicy
+) -> dict[str, Any]:
     """The step's params, validated by the model's schema; only a chain's first step may name its input image."""
     params_field = f"input.{step_key}_params"
     params = raw_input.get(f"{step_key}_params")
@@ -173,7 +179,7 @@ def _step_params(raw_input: dict[str, Any], index: int, step_key: str, model: Mo
         raise invalid_input(f"{params_field} is required.", params_field)
     check_step_params(params, params_field)
     family = model.family(mode)
-    params = family.validate(params, params_field)
+    params = family.validate(params, params_field, urls=urls)
     given_inputs = family.input_urls(params)
     if index > 0 and given_inputs:
         raise invalid_input(
@@ -186,12 +192,25 @@ def _step_params(raw_input: dict[str, Any], index: int, step_key: str, model: Mo
             f"{params_field}.{family.input_field}",
         )
     if index == 0 and step_key == IMAGE_TO_IMAGE:
-        params = _with_source_image(raw_input, params, given_inputs, params_field, family.input_field, model.id, mode)
+        source = _source_image(raw_input, urls)
+        params = _with_source_image(source, params, given_inputs, params_field, family.input_field, model.id, mode)
     return params
 
 
+def _source_image(raw_input: dict[str, Any], urls: UrlPolicy) -> str | None:
+    """`input.source_image_url`, a media URL (HTTPS, public; no data: URIs: it is the engine's own field)."""
+    source = raw_input.get("source_image_url")
+    if source is None:
+        return None
+    try:
+        return _SOURCE_IMAGE_URL.validate_python(source, context=urls.context())
+    except ValidationError as exc:
+        message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise invalid_input(f"source_image_url: {message}.", "input.source_image_url") from None
+
+
 def _with_source_image(
-    raw_input: dict[str, Any],
+    source: str | None,
     params: dict[str, Any],
     given: list[str],
     params_field: str,
@@ -199,7 +218,6 @@ def _with_source_image(
     model_id: str,
     mode: str,
 ) -> dict[str, Any]:
-    source = raw_input.get("source_image_url")
     if source is not None and given:
         raise invalid_input(
             f"Give the source image once: either input.source_image_url or {params_field}.{input_field}.",
@@ -213,8 +231,4 @@ def _with_source_image(
         )
     if source is None:
         return params
-    if not isinstance(source, str):
-        raise ApiError(
-            400, "invalid_chain_input", "input.source_image_url must be a string.", field="input.source_image_url"
-        )
     return MODELS_BY_ID[model_id].family(mode).inject_input(params, source)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from babychain.chains.catalog import IMAGE_TO_IMAGE, IMAGE_TO_VIDEO, TEXT_TO_IMAGE, models_for
+from babychain.security.urls import MAX_URL_LENGTH
 
 CHAIN_VERSION = "2026-05-23"
 
@@ -66,6 +67,8 @@ class ChainTemplate:
                         {
                             "name": "source_image_url",
                             "type": "string",
+                            "format": "uri",
+                            "maxLength": MAX_URL_LENGTH,
                             "required": False,
                             "description": "Caller-supplied HTTPS image for the first step (or set it in the step params).",  # noqa: E501
                         }

@@ -16,7 +16,7 @@ from babychain.chains.catalog import MODELS_BY_ID
 from babychain.chains.families import babysea_params
 from babychain.engine.webhooks import webhook_url_for
 from babychain.errors import ProviderError, UnsafeUrlError
-from babychain.media_types import EXTENSION_BY_CONTENT_TYPE, extension_for
+from babychain.media_types import EXTENSION_BY_CONTENT_TYPE, MediaRefused
 from babychain.observability import count, duration, logger
 from babychain.providers.base import JobStatus, Provider, StepJob, Submission
 from babychain.queues import callback_message, step_message
@@ -241,6 +241,9 @@ def _succeed(svc: Services, run: RunRow, step: StepRow, status: JobStatus) -> St
         return _fail(
             svc, run, step, "output_copy_failed", f"Provider output URL refused: {exc.message}", seq=step["seq"]
         )
+    except MediaRefused as exc:
+        message = f"The provider's output is not a usable {step['step_kind']}: {exc.message}"
+        return _fail(svc, run, step, "output_media_refused", message, seq=step["seq"])
     if not durable:
         return _fail(
             svc, run, step, "provider_unexpected_response", "The provider returned no output.", seq=step["seq"]
@@ -263,6 +266,7 @@ def _succeed(svc: Services, run: RunRow, step: StepRow, status: JobStatus) -> St
 
 
 def _copy_output(svc: Services, run: RunRow, step: StepRow, index: int, url: str) -> str:
+    """Copies one output into the artifact store, after checking it is the kind of media the step makes."""
     provider = step["provider"]
     fetched = fetch_bytes(
         url,
@@ -271,19 +275,10 @@ def _copy_output(svc: Services, run: RunRow, step: StepRow, index: int, url: str
         total_timeout=svc.settings.download_timeout_seconds,
         allow_loopback_http=svc.settings.allow_loopback_http
         or (provider is not None and svc.providers.named(provider).outputs_on_loopback),
+        media_kind=step["step_kind"],
     )
-    content_type = fetched.content_type.split(";")[0].strip().lower()
-    extension = EXTENSION_BY_CONTENT_TYPE.get(content_type) or _extension_from_url(url)
-    key = f"{run_prefix(run['id'])}{step['step_key']}/output-{index}{extension}"
-    return svc.artifacts.put(key, fetched.content, content_type or "application/octet-stream")
-
-
-def _extension_from_url(url: str) -> str:
-    suffix = url.rsplit("?", 1)[0].rsplit(".", 1)[-1].lower()
-    try:
-        return extension_for(suffix)
-    except ValueError:
-        return ".bin"
+    key = f"{run_prefix(run['id'])}{step['step_key']}/output-{index}{EXTENSION_BY_CONTENT_TYPE[fetched.content_type]}"
+    return svc.artifacts.put(key, fetched.content, fetched.content_type)
 
 
 def _fail(

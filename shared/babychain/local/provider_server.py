@@ -20,7 +20,8 @@ from babychain.chains.families import GenerationRequest
 from babychain.errors import ProviderError
 from babychain.local import media
 from babychain.local.loopback import LoopbackServer, QuietHandler
-from babychain.security.safe_http import fetch_bytes
+from babychain.media_types import MediaRefused, check_media, parse_data_uri
+from babychain.security.safe_http import FetchError, fetch_bytes
 from babychain.security.urls import Resolver, system_resolver
 
 _JOB_ID = re.compile(r"^[a-f0-9]{24}$")
@@ -147,7 +148,10 @@ class LocalProviderServer(LoopbackServer):
         request = GenerationRequest(**job["request"])
         try:
             content, fmt = self._render(job["step_key"], request)
-        except (ValueError, ProviderError) as exc:
+        except MediaRefused as exc:
+            job.update(status="failed", error_code="input_media_refused", error_message=exc.message)
+            return
+        except (ValueError, ProviderError, FetchError) as exc:
             job.update(status="failed", error_code="invalid_input", error_message=str(exc))
             return
         name = f"{job['id']}{media.extension_for(fmt)}"
@@ -165,13 +169,7 @@ class LocalProviderServer(LoopbackServer):
             ), request.output_format
         if not request.input_urls:
             raise ValueError(f"{step_key} needs an input image")
-        source = fetch_bytes(
-            request.input_urls[0],
-            resolver=self.resolver,
-            max_bytes=MAX_INPUT_BYTES,
-            total_timeout=INPUT_DOWNLOAD_SECONDS,
-            allow_loopback_http=True,
-        ).content
+        source = self._input_image(request.input_urls[0])
         if step_key == "image_to_image":
             return media.image_to_image(
                 source,
@@ -188,6 +186,21 @@ class LocalProviderServer(LoopbackServer):
             duration_seconds=request.duration_seconds or 3.0,
             ratio=request.ratio,
         ), "mp4"
+
+    def _input_image(self, url: str) -> bytes:
+        """The input image's bytes, from an inline data: URI or downloaded; MediaRefused unless it is an image."""
+        if url.startswith("data:"):
+            media_type, content = parse_data_uri(url)
+            check_media(content, media_type, "image")
+            return content
+        return fetch_bytes(
+            url,
+            resolver=self.resolver,
+            max_bytes=MAX_INPUT_BYTES,
+            total_timeout=INPUT_DOWNLOAD_SECONDS,
+            allow_loopback_http=True,
+            media_kind="image",
+        ).content
 
     def _public(self, job: dict[str, Any]) -> dict[str, Any]:
         out = {"id": job["id"], "status": job["status"]}

@@ -9,6 +9,9 @@ from babychain.errors import ProviderError
 from babychain.providers.base import JobStatus, Provider, StepJob, Submission
 from babychain.providers.http import ProviderHttp
 
+# The local job's error codes that keep a step error code of their own; any other failure is `provider_failed`.
+_STEP_CODES = {"content_moderated": "provider_content_moderated", "input_media_refused": "input_media_refused"}
+
 
 class LocalProvider(Provider):
     """The adapter: turns a step's provider-native params into a local job and reads it back."""
@@ -47,11 +50,7 @@ class LocalProvider(Provider):
             case "succeeded":
                 return JobStatus("succeeded", output_urls=[answer["output_url"]])
             case "failed":
-                code = (
-                    "provider_content_moderated"
-                    if answer.get("error_code") == "content_moderated"
-                    else "provider_failed"
-                )
+                code = _STEP_CODES.get(str(answer.get("error_code")), "provider_failed")
                 return JobStatus("failed", error_code=code, error_message=answer.get("error_message"))
             case "canceled":
                 return JobStatus("canceled")

@@ -27,6 +27,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 import httpx
 
 from babychain.errors import UnsafeUrlError
+from babychain.media_types import check_declared, check_media
 from babychain.security.deadline import DeadlineTransport, total_deadline
 from babychain.security.urls import CheckedUrl, Resolver, check_url
 
@@ -62,7 +63,7 @@ class FetchError(Exception):
 @dataclass
 class FetchedFile:
     content: bytes
-    content_type: str
+    content_type: str  # as served; with `media_kind`, the media type its bytes were checked to be
     url: str  # the final URL after redirects, as the server named it (not the pinned IP)
 
 
@@ -287,6 +288,19 @@ def _read_capped(response: httpx.Response, limit: int, *, truncate: bool) -> byt
     return bytes(body)
 
 
+def _read_file(response: httpx.Response, url: str, max_bytes: int, media_kind: str | None) -> FetchedFile:
+    """The body of a 2xx download: within `max_bytes`, and the media `media_kind` needs when it is set."""
+    label = response.headers.get("content-type")
+    if media_kind is not None:
+        check_declared(label, media_kind)  # before the body: an HTML page is not worth downloading
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise UnsafeUrlError(f"Response is larger than {max_bytes} bytes.")
+    content = _read_capped(response, max_bytes, truncate=False)
+    content_type = check_media(content, label, media_kind) if media_kind is not None else label
+    return FetchedFile(content=content, content_type=content_type or "application/octet-stream", url=url)
+
+
 def fetch_bytes(
     url: str,
     *,
@@ -297,16 +311,19 @@ def fetch_bytes(
     max_redirects: int = 3,
     client: httpx.Client | None = None,
     total_timeout: float | None = None,
+    media_kind: str | None = None,
 ) -> FetchedFile:
     """GET a file from a safe URL, re-checking every redirect hop and refusing bodies over `max_bytes`.
 
     `timeout` bounds each connect/read/write; `total_timeout`, when set, bounds the whole download, redirects
-    included, however the server paces its bytes. Raises UnsafeUrlError (unsafe URL or redirect target, oversized
-    body) or FetchError (HTTP/network error, timeout).
+    included, however the server paces its bytes. `media_kind` ("image" or "video") says what the file must be: a
+    Content-Type that names anything else is refused before the body is read, and the body's magic bytes must be one
+    of that kind's types and agree with the label. Raises UnsafeUrlError (unsafe URL or redirect target, oversized
+    body), MediaRefused (not the media the step needs) or FetchError (HTTP/network error, timeout).
     """
     try:
         with total_deadline(total_timeout):
-            return _fetch(url, resolver, max_bytes, timeout, allow_loopback_http, max_redirects, client)
+            return _fetch(url, resolver, max_bytes, timeout, allow_loopback_http, max_redirects, client, media_kind)
     except httpx.TimeoutException as exc:
         raise FetchError("Download timed out.", transient=True) from exc
     except httpx.TransportError as exc:
@@ -323,6 +340,7 @@ def _fetch(
     allow_loopback_http: bool,
     max_redirects: int,
     client: httpx.Client | None,
+    media_kind: str | None,
 ) -> FetchedFile:
     current = url
     for _hop in range(max_redirects + 1):
@@ -345,12 +363,7 @@ def _fetch(
                     transient=is_transient_status(status),
                     retry_after=parse_retry_after(response.headers.get("retry-after")),
                 )
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
-                raise UnsafeUrlError(f"Response is larger than {max_bytes} bytes.")
-            content = _read_capped(response, max_bytes, truncate=False)
-            content_type = response.headers.get("content-type") or "application/octet-stream"
-            return FetchedFile(content=content, content_type=content_type, url=current)
+            return _read_file(response, current, max_bytes, media_kind)
     raise FetchError(f"More than {max_redirects} redirects.")
 
 

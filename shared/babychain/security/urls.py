@@ -13,19 +13,15 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 
 from babychain.errors import UnsafeUrlError
-from babychain.security.params import child_path
 
 Resolver = Callable[[str, int], list[str]]
 
 MAX_URL_LENGTH = 2048
 DNS_TIMEOUT_SECONDS = 5.0
-# find_urls runs after check_json_bounds (1,000 nodes); this only stops a runaway walk of a huge object.
-_MAX_FIND_NODES = 100_000
 
 _IPV4_BLOCKED = tuple(
     ipaddress.IPv4Network(net)
@@ -77,8 +73,6 @@ _HOSTNAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-
 # A last label that is all digits or 0x-hex makes browsers and inet_aton read the host as an IPv4 number
 # (`2130706433`, `0x7f.1`, `127.1`, `0177.0.0.1`); only the canonical dotted quad is accepted.
 _NUMERIC_LABEL = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)")
-_URL_PREFIX = re.compile(r"https?://", re.IGNORECASE)
-_LEADING_JUNK = "".join(chr(code) for code in range(0x21))
 
 
 @dataclass(frozen=True)
@@ -180,12 +174,25 @@ def check_url(
     """
     try:
         scheme, host, port = _parse(url, allow_loopback_http)
-        addresses = _addresses(host, port, resolver, allow_loopback_http)
+        addresses = _literal_addresses(host, allow_loopback_http)
+        if addresses is None:
+            addresses = _resolve(host, port, resolver)
         for address in addresses:
             _check_address(address, scheme, allow_loopback_http)
     except _Refused as refused:
         raise UnsafeUrlError(str(refused), field) from None
     return CheckedUrl(url=url, scheme=scheme, host=host, port=port, addresses=tuple(addresses))
+
+
+def check_url_form(url: str, *, allow_loopback_http: bool = False, field: str | None = None) -> None:
+    """Everything `check_url` decides without asking DNS: scheme, credentials, length, characters, host syntax,
+    and the address of an IP literal. A host name passes here; `check_url` resolves it and judges every answer."""
+    try:
+        scheme, host, _port = _parse(url, allow_loopback_http)
+        for address in _literal_addresses(host, allow_loopback_http) or ():
+            _check_address(address, scheme, allow_loopback_http)
+    except _Refused as refused:
+        raise UnsafeUrlError(str(refused), field) from None
 
 
 def _parse(url: str, allow_loopback_http: bool) -> tuple[str, str, int]:
@@ -217,8 +224,8 @@ def _parse(url: str, allow_loopback_http: bool) -> tuple[str, str, int]:
     return scheme, host, port
 
 
-def _addresses(host: str, port: int, resolver: Resolver, allow_loopback_http: bool) -> list[str]:
-    """The addresses a host stands for: an IP literal itself, or every answer of the resolver for a name."""
+def _literal_addresses(host: str, allow_loopback_http: bool) -> list[str] | None:
+    """The address an IP-literal host stands for; None for a host name (checked here, resolved by `_resolve`)."""
     if ":" in host:
         # httpx strips the brackets of an IPv6 literal; zone ids (`%eth0`) only name link-local scopes.
         if _parse_ip(host) is None or "%" in host:
@@ -236,6 +243,11 @@ def _addresses(host: str, port: int, resolver: Resolver, allow_loopback_http: bo
         raise _Refused("URL host is not a valid domain name.")
     if host == "metadata.google.internal" or (_is_blocked_name(host) and not allow_loopback_http):
         raise _Refused("URL host is not allowed.")
+    return None
+
+
+def _resolve(host: str, port: int, resolver: Resolver) -> list[str]:
+    """Every answer of the resolver for a host name (all of them are checked)."""
     addresses = list(dict.fromkeys(resolver(host, port)))
     if not addresses:
         raise _Refused("URL host must resolve to a public address.")
@@ -249,34 +261,3 @@ def _check_address(address: str, scheme: str, allow_loopback_http: bool) -> None
             raise _Refused("URL must use HTTPS.")
     elif not (is_public_address(address) or (allow_loopback_http and is_loopback_address(address))):
         raise _Refused("URL host must resolve to a public address.")
-
-
-def find_urls(value: Any, path: str = "") -> list[tuple[str, str]]:
-    """Every string in nested dicts/lists that starts with http:// or https://, as (field path, url).
-
-    Leading whitespace is skipped when matching (URL parsers strip it) but the string is returned as given, so
-    `check_url` sees and refuses it. Walks iteratively and in document order; a cycle is visited once.
-    """
-    found: list[tuple[str, str]] = []
-    stack: list[tuple[Any, str]] = [(value, path)]
-    seen: set[int] = set()
-    nodes = 0
-    while stack:
-        item, here = stack.pop()
-        nodes += 1
-        if nodes > _MAX_FIND_NODES:
-            raise UnsafeUrlError("Input is too large to check for URLs.", path or None)
-        if isinstance(item, str):
-            if _URL_PREFIX.match(item.lstrip(_LEADING_JUNK)):
-                found.append((here, item))
-        elif isinstance(item, dict | list):
-            if id(item) in seen:
-                continue
-            seen.add(id(item))
-            children = (
-                [(child, child_path(here, str(key))) for key, child in item.items()]
-                if isinstance(item, dict)
-                else [(child, child_path(here, index)) for index, child in enumerate(item)]
-            )
-            stack.extend(reversed(children))  # reversed so pops come out in document order
-    return found

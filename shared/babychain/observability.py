@@ -141,12 +141,15 @@ def sentry_flush(handler: Handler) -> Handler:
 
 def instrumented(correlation_id_path: str | None = None) -> Callable[[Handler], Handler]:
     """Every handler's wrapping, in one place: Sentry reporting and flush, the Powertools logger (with the
-    invocation's context and, for API events, the request id as correlation id), metrics and the tracer."""
+    invocation's context and, for API events, the request id as correlation id), metrics and the tracer.
+
+    The event itself is never logged, whatever POWERTOOLS_LOGGER_LOG_EVENT says: an API event carries the caller's
+    key in its `Authorization` header."""
 
     def wrap(handler: Handler) -> Handler:
         traced = tracer.capture_lambda_handler(handler)
         measured = metrics.log_metrics(traced)
-        logged = logger.inject_lambda_context(measured, correlation_id_path=correlation_id_path)
+        logged = logger.inject_lambda_context(measured, correlation_id_path=correlation_id_path, log_event=False)
         return sentry_flush(cast(Handler, logged))
 
     return wrap

@@ -84,7 +84,8 @@ _sentry_started = False
 def init_sentry() -> bool:
     """Starts Sentry once per process when SENTRY_DSN is set; returns whether it is on.
 
-    It runs when the services are built (the first invocation), after the secret that may hold the DSN is loaded.
+    On AWS it runs when the services are built (the first invocation), after the secret that may hold the DSN is
+    loaded; in the one-machine shape, when a container starts (`babychain.local.containers`).
     AwsLambdaIntegration then wraps every later invocation and flushes before Lambda gets the result; outside
     Lambda it stays idle, and `sentry_flush` covers both.
     """

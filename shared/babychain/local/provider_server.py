@@ -20,7 +20,7 @@ from babychain.chains.families import GenerationRequest
 from babychain.errors import ProviderError
 from babychain.local import media
 from babychain.local.loopback import LoopbackServer, QuietHandler
-from babychain.security.safe_http import fetch_bytes
+from babychain.security.safe_http import FetchError, fetch_bytes
 from babychain.security.urls import Resolver, system_resolver
 
 _JOB_ID = re.compile(r"^[a-f0-9]{24}$")
@@ -146,7 +146,7 @@ class LocalProviderServer(LoopbackServer):
         request = GenerationRequest(**job["request"])
         try:
             content, fmt = self._render(job["step_key"], request)
-        except (ValueError, ProviderError) as exc:
+        except (ValueError, ProviderError, FetchError) as exc:  # an input it cannot download fails the job
             job.update(status="failed", error_code="invalid_input", error_message=str(exc))
             return
         name = f"{job['id']}{media.extension_for(fmt)}"

@@ -522,6 +522,10 @@ POWERTOOLS_VARIABLES = (
     PowertoolsVariable("POWERTOOLS_LOG_LEVEL", "Level of the JSON logs.", local="WARNING", aws="`INFO`"),
     PowertoolsVariable("POWERTOOLS_METRICS_DISABLED", "No EMF metrics on stdout.", local="true"),
     PowertoolsVariable("POWERTOOLS_TRACE_DISABLED", "No X-Ray tracing.", local="true"),
+    PowertoolsVariable(
+        "POWERTOOLS_LOGGER_LOG_EVENT",
+        "Not honoured: the handlers never log their event (an API event carries the caller's key).",
+    ),
 )
 
 

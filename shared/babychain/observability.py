@@ -84,7 +84,8 @@ _sentry_started = False
 def init_sentry() -> bool:
     """Starts Sentry once per process when SENTRY_DSN is set; returns whether it is on.
 
-    It runs when the services are built (the first invocation), after the secret that may hold the DSN is loaded.
+    On AWS it runs when the services are built (the first invocation), after the secret that may hold the DSN is
+    loaded; in the one-machine shape, when a container starts (`babychain.local.containers`).
     AwsLambdaIntegration then wraps every later invocation and flushes before Lambda gets the result; outside
     Lambda it stays idle, and `sentry_flush` covers both.
     """
@@ -104,6 +105,8 @@ def init_sentry() -> bool:
         before_send=before_send,
         traces_sample_rate=0.0,
         environment=config.read("environment"),
+        # Frame locals hold media bytes and settings objects: megabytes per event, and values no scrub can vouch for.
+        include_local_variables=False,
     )
     _sentry_started = True
     return True
@@ -141,12 +144,15 @@ def sentry_flush(handler: Handler) -> Handler:
 
 def instrumented(correlation_id_path: str | None = None) -> Callable[[Handler], Handler]:
     """Every handler's wrapping, in one place: Sentry reporting and flush, the Powertools logger (with the
-    invocation's context and, for API events, the request id as correlation id), metrics and the tracer."""
+    invocation's context and, for API events, the request id as correlation id), metrics and the tracer.
+
+    The event itself is never logged, whatever POWERTOOLS_LOGGER_LOG_EVENT says: an API event carries the caller's
+    key in its `Authorization` header."""
 
     def wrap(handler: Handler) -> Handler:
         traced = tracer.capture_lambda_handler(handler)
         measured = metrics.log_metrics(traced)
-        logged = logger.inject_lambda_context(measured, correlation_id_path=correlation_id_path)
+        logged = logger.inject_lambda_context(measured, correlation_id_path=correlation_id_path, log_event=False)
         return sentry_flush(cast(Handler, logged))
 
     return wrap

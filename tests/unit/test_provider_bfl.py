@@ -306,6 +306,16 @@ def test_error_bodies_are_scrubbed_of_the_key_and_truncated(server: BflStandIn) 
     assert len(error.message) <= 500
 
 
+def test_secrets_are_scrubbed_before_the_error_text_is_bounded(server: BflStandIn) -> None:
+    # An echo of both secrets, then the key again across the 500th character of the quoted body: cut first, that
+    # last copy would have been a piece of the key the scrub cannot recognise.
+    echo = f"{KEY} {SECRET} {KEY} "
+    server.fail_next_submit(401, body={"error": echo + "x" * (484 - len('{"error": "') - len(echo)) + KEY + " end"})
+    error = raises(provider_for(server, webhook_secret=SECRET).submit, make_job())
+    assert KEY[:12] not in error.message and SECRET not in error.message and "[redacted]" in error.message
+    assert len(error.message) <= 500
+
+
 def test_unknown_model_is_not_found(server: BflStandIn) -> None:
     spec = ModelSpec("bfl/flux-9", "FLUX 9", "bfl", "flux-9-nope", ("text_to_image",), "flux2")
     job = StepJob("run1", "step1", "text_to_image", spec, "byok", {"prompt": "x"}, "k")

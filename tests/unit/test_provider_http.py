@@ -77,7 +77,9 @@ def scripted() -> Iterator[Scripted]:
 
 
 def layer(read_error: Callable[[httpx.Response], ErrorBody] | None = None, **options: Any) -> ProviderHttp:
-    return ProviderHttp("Foo", secret=KEY, headers={"Authorization": f"Bearer {KEY}"}, read_error=read_error, **options)
+    return ProviderHttp(
+        "Foo", secrets=(KEY,), headers={"Authorization": f"Bearer {KEY}"}, read_error=read_error, **options
+    )
 
 
 def raised(call: Callable[[], Any]) -> ProviderError:

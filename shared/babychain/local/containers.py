@@ -11,7 +11,8 @@ is a process that imports the handlers and takes one event at a time.
 
 Processes are forked from a server that has already imported the handlers (multiprocessing's forkserver with
 preloading), so a container starts in milliseconds and nothing is inherited from the parent's threads. A container
-dies with the supervisor (it watches its pidfd), so kill -9 of `babychain serve` leaves no worker behind.
+dies with the supervisor (it watches its pidfd), so kill -9 of `babychain serve` leaves no worker behind. With
+`SENTRY_DSN` set, each container reports to Sentry like a Lambda container (`babychain.observability`).
 """
 
 from __future__ import annotations
@@ -67,7 +68,11 @@ def run_container(spec: ContainerSpec, sock: socket.socket | None = None) -> Non
     os.environ.update(spec.environ)
     _configure_logging(spec)
     from babychain.local.runner import local_services
+    from babychain.observability import init_sentry
     from babychain.services import install
+
+    # As a Lambda container does when its services are built: SENTRY_DSN (from the environment) turns Sentry on.
+    init_sentry()
 
     svc = local_services(spec.settings, spec.resolver)
     install(svc)

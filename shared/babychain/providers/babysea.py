@@ -87,7 +87,7 @@ class BabySeaProvider(Provider):
         self._webhook_tolerance = webhook_tolerance_seconds
         self._http = ProviderHttp(
             "BabySea",
-            secret=api_key,
+            secrets=(api_key, webhook_secret or ""),  # BabySea signs its webhooks with the secret it holds
             headers={
                 "Authorization": f"Bearer {api_key}",
                 "Accept": "application/json",

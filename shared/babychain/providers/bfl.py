@@ -20,7 +20,6 @@ import httpx
 from babychain.errors import ProviderError
 from babychain.providers.base import JobStatus, Provider, StepJob, Submission, WebhookNotice, WebhookRejected
 from babychain.providers.http import (
-    ERROR_EXCERPT_CHARS,
     ErrorBody,
     HostRule,
     ProviderHttp,
@@ -65,7 +64,7 @@ class BflProvider(Provider):
         self.base_url = check_base_url(base_url, HOSTS, allow_loopback).url
         self._http = ProviderHttp(
             "BFL",
-            secret=api_key,
+            secrets=(api_key, webhook_secret or ""),  # BFL gets both: the key, and the secret it signs webhooks with
             headers={"x-key": api_key, "accept": "application/json"},
             timeout=timeout,
             read_error=_read_error,
@@ -253,7 +252,7 @@ def _detail(answer: dict[str, Any]) -> str:
     for key in ("details", "error", "message"):
         value = answer.get(key)
         if value:
-            return value if isinstance(value, str) else json.dumps(value)[:ERROR_EXCERPT_CHARS]
+            return value if isinstance(value, str) else json.dumps(value)
     return ""
 
 
@@ -262,15 +261,15 @@ def _read_error(response: httpx.Response) -> ErrorBody:
 
 
 def _describe_error(response: httpx.Response) -> str:
-    """FastAPI-style `{"detail": ...}` as a short readable line; otherwise the raw body."""
+    """FastAPI-style `{"detail": ...}` as a short readable line; otherwise the raw body (bounded once scrubbed)."""
     try:
         body = response.json()
     except ValueError:
-        return response.text[:ERROR_EXCERPT_CHARS] or response.reason_phrase
+        return response.text or response.reason_phrase
     detail = body.get("detail") if isinstance(body, dict) else None
     if isinstance(detail, str):
         return detail
-    return _validation_errors(detail) or json.dumps(body)[:ERROR_EXCERPT_CHARS]
+    return _validation_errors(detail) or json.dumps(body)
 
 
 def _validation_errors(detail: Any) -> str:

@@ -60,7 +60,7 @@ class BytePlusProvider(Provider):
         self._image_timeout = image_timeout
         self._http = ProviderHttp(
             LABEL,
-            secret=api_key,
+            secrets=(api_key,),
             headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
             timeout=timeout,
             read_error=_read_error,

@@ -2,21 +2,23 @@
 
 It owns what every adapter needs done the same way: the httpx client (timeouts; redirects never followed, so the key
 never travels to a host the provider names), transport errors, the non-2xx policy (status → step error code,
-transient or not, `Retry-After`), key scrubbing, and the check of a configured key and base URL (a bad one is a
+transient or not, `Retry-After`), secret scrubbing, and the check of a configured key and base URL (a bad one is a
 `ConfigurationError` naming its variable). An adapter fills in only its wire mapping:
 
     RULE = HostRule("FOO_API_BASE_URL", hosts=frozenset({"api.foo.example"}))
     base_url = check_base_url(configured_url, RULE, allow_loopback).url
-    http = ProviderHttp("Foo", secret=key, headers={"Authorization": f"Bearer {key}"}, read_error=read_foo_error)
+    http = ProviderHttp("Foo", secrets=[key], headers={"Authorization": f"Bearer {key}"}, read_error=read_foo_error)
     answer = http.json_object(http.send("POST", base_url + "/jobs", body={...}))
 
 `read_foo_error` turns the provider's error body into an `ErrorBody` (its message, and a step error code where the
-body knows better than the status); without one, the body's text is quoted.
+body knows better than the status); without one, the body's text is quoted. `secrets` are every secret the provider
+holds (its key, and a webhook secret it signs with): a provider may echo any of them in an error, so each is scrubbed
+from the quoted text, and the text is bounded only after that (a cut could leave part of a secret unrecognised).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import SplitResult, urlsplit
@@ -64,9 +66,10 @@ def transport_error(exc: httpx.HTTPError, what: str) -> ProviderError:
     return ProviderError("provider_network_error", f"{what} unreachable: {name}.", transient=True)
 
 
-def scrub_secret(text: str, secret: str, limit: int = ERROR_EXCERPT_CHARS) -> str:
-    """Provider text is quoted in step errors: never with our key in it, never unbounded."""
-    if secret:
+def scrub_secret(text: str, *secrets: str, limit: int = ERROR_EXCERPT_CHARS) -> str:
+    """Provider text is quoted in step errors: never with a secret of ours in it, never unbounded (bounded after the
+    scrub, so no secret is cut into a piece the scrub would miss)."""
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
         text = text.replace(secret, "[redacted]")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -106,13 +109,13 @@ class ProviderHttp:
         self,
         label: str,
         *,
-        secret: str = "",
+        secrets: Iterable[str] = (),
         headers: Mapping[str, str] | None = None,
         timeout: float = 30.0,
         read_error: ErrorReader | None = None,
     ) -> None:
         self.label = label
-        self._secret = secret
+        self._secrets = tuple(secrets)
         self._read_error = read_error or self._read_text
         self._timeout = timeout
         self._client = httpx.Client(
@@ -126,7 +129,7 @@ class ProviderHttp:
         self._client.close()
 
     def scrub(self, text: str) -> str:
-        return scrub_secret(text, self._secret)
+        return scrub_secret(text, *self._secrets)
 
     def send(
         self,

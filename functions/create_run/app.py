@@ -5,7 +5,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from babychain.api.http import caller, json_response, make_resolver, read_json_body
-from babychain.engine.runs import create_run
+from babychain.engine.create import create_run
 from babychain.observability import instrumented
 
 app = make_resolver()

@@ -10,10 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from babychain.chains.families import FAMILIES, Family
-
-TEXT_TO_IMAGE = "text_to_image"
-IMAGE_TO_IMAGE = "image_to_image"
-IMAGE_TO_VIDEO = "image_to_video"
+from babychain.chains.kinds import IMAGE_TO_IMAGE, IMAGE_TO_VIDEO, TEXT_TO_IMAGE
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from babychain.chains.catalog import IMAGE_TO_IMAGE, IMAGE_TO_VIDEO, TEXT_TO_IMAGE, models_for
+from babychain.chains.kinds import IMAGE_TO_IMAGE, IMAGE_TO_VIDEO, TEXT_TO_IMAGE
 from babychain.security.urls import MAX_URL_LENGTH
 
 CHAIN_VERSION = "2026-05-23"
@@ -28,6 +28,10 @@ class ChainTemplate:
         return [self.step_keys[index - 1]] if index > 0 else []
 
     def summary(self, mode: str) -> dict[str, Any]:
+        # The catalog and its pydantic schemas are imported here, by the one route that lists templates: finding a
+        # template (listing runs by chain) must not load them at cold start.
+        from babychain.chains.catalog import models_for
+
         return {
             "object": "chain_template",
             "slug": self.slug,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from babychain.chains.catalog import ModelSpec
+if TYPE_CHECKING:  # for annotations only: handlers that never validate do not load the catalog (pydantic)
+    from babychain.chains.catalog import ModelSpec
 
 
 @dataclass(frozen=True)

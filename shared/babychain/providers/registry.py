@@ -9,12 +9,14 @@ itself. `BABYCHAIN_MODEL_ROUTES` adds failover beyond that: for example `{"byted
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from babychain.chains.catalog import ModelSpec
 from babychain.config import Settings
 from babychain.errors import ConfigurationError, invalid_input
 from babychain.providers.base import Provider
+
+if TYPE_CHECKING:  # for annotations only: handlers that never validate do not load the catalog (pydantic)
+    from babychain.chains.catalog import ModelSpec
 
 KEY_VARIABLES = {"bfl": "BFL_API_KEY", "byteplus": "ARK_API_KEY", "babysea": "BABYSEA_API_KEY"}
 

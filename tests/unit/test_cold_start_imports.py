@@ -1,0 +1,71 @@
+"""What each handler imports at cold start: a fresh interpreter with a Lambda-like environment (so Powertools' Tracer is
+on and patches what it patches on Lambda) imports the handler module as the runtime does, and reports sys.modules.
+
+Speed is measured by bench/cold_start.py, not here; these tests keep the imports that decide it from creeping back:
+handlers that never validate a request do not load pydantic or the model catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+FUNCTIONS = sorted(p.parent.name for p in (REPO / "functions").glob("*/app.py"))
+# Reading, listing and cancelling runs, the sweeper, callbacks and provider webhooks never validate a request against
+# a model schema; creating a run and executing a step do.
+NEVER_VALIDATE = ("callback_sender", "cancel_run", "get_run", "list", "provider_webhook", "sweeper")
+VALIDATE = ("create_run", "step_executor")
+VALIDATION = ("pydantic", "babychain.chains.catalog", "babychain.chains.families", "babychain.chains.requests")
+
+PROBE = """
+import importlib.util, json, sys
+task = sys.argv[1]
+sys.path.insert(0, task)
+spec = importlib.util.spec_from_file_location("app", task + "/app.py")
+module = importlib.util.module_from_spec(spec)
+sys.modules["app"] = module
+spec.loader.exec_module(module)
+print(json.dumps({"modules": sorted(sys.modules)}))
+"""
+
+
+def cold_start(function: str) -> dict[str, Any]:
+    task = REPO / "functions" / function
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POWERTOOLS_", "AWS_", "LAMBDA_", "_X_AMZN"))}
+    env.update(
+        AWS_LAMBDA_FUNCTION_NAME=f"babychain-{function}",
+        LAMBDA_TASK_ROOT=str(task),
+        AWS_REGION="us-east-1",
+        PYTHONPATH=os.pathsep.join([str(REPO / "shared"), env.get("PYTHONPATH", "")]),
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(task)], cwd=task, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
+    return result
+
+
+def test_every_handler_is_classified() -> None:
+    assert sorted(NEVER_VALIDATE + VALIDATE) == FUNCTIONS
+
+
+@pytest.mark.parametrize("function", NEVER_VALIDATE)
+def test_handlers_that_never_validate_load_neither_pydantic_nor_the_catalog(function: str) -> None:
+    modules = set(cold_start(function)["modules"])
+    assert "babychain.observability" in modules  # the probe did import the handler
+    assert not modules & set(VALIDATION), sorted(modules & set(VALIDATION))
+    assert not [m for m in modules if m.startswith("pydantic")]
+
+
+@pytest.mark.parametrize("function", VALIDATE)
+def test_handlers_that_validate_load_it_at_start(function: str) -> None:
+    # Eagerly: at init, not on the first request.
+    assert {"pydantic", "babychain.chains.catalog", "babychain.chains.families"} <= set(cold_start(function)["modules"])

@@ -30,7 +30,15 @@ for _variable in config.POWERTOOLS_VARIABLES:
 
 logger = Logger()
 metrics = Metrics()
-tracer = Tracer()
+
+# X-Ray patches the two clients whose calls it can trace here: botocore (SQS, S3, Secrets Manager) and httpx
+# (providers, callbacks, downloads, Supabase, Upstash). Powertools' default, every library the X-Ray SDK supports
+# that can be imported, also imported sqlite3 (unused) and psycopg at cold start, and put a proxy around every pooled
+# connection that traced nothing: the X-Ray patch traces cursors opened on its proxy, and psycopg 3's
+# `Connection.execute`, the store's one call, opens its cursor on the connection itself.
+TRACED_MODULES = ("botocore", "httpx")
+
+tracer = Tracer(patch_modules=TRACED_MODULES)
 
 REDACTED = "[redacted]"
 SENTRY_FLUSH_SECONDS = 2.0

@@ -2,7 +2,8 @@
 on and patches what it patches on Lambda) imports the handler module as the runtime does, and reports sys.modules.
 
 Speed is measured by bench/cold_start.py, not here; these tests keep the imports that decide it from creeping back:
-handlers that never validate a request do not load pydantic or the model catalog.
+handlers that never validate a request do not load pydantic or the model catalog, and X-Ray patches only the clients
+it can trace.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ spec = importlib.util.spec_from_file_location("app", task + "/app.py")
 module = importlib.util.module_from_spec(spec)
 sys.modules["app"] = module
 spec.loader.exec_module(module)
-print(json.dumps({"modules": sorted(sys.modules)}))
+from aws_xray_sdk.core import patcher
+print(json.dumps({"modules": sorted(sys.modules), "patched": sorted(patcher._PATCHED_MODULES)}))
 """
 
 
@@ -69,3 +71,11 @@ def test_handlers_that_never_validate_load_neither_pydantic_nor_the_catalog(func
 def test_handlers_that_validate_load_it_at_start(function: str) -> None:
     # Eagerly: at init, not on the first request.
     assert {"pydantic", "babychain.chains.catalog", "babychain.chains.families"} <= set(cold_start(function)["modules"])
+
+
+def test_x_ray_patches_botocore_and_httpx_only() -> None:
+    started = cold_start("get_run")
+    assert started["patched"] == ["botocore", "httpx"]
+    # Powertools' default (patch every supported library that imports) loaded these at cold start for nothing.
+    assert "sqlite3" not in started["modules"]
+    assert "psycopg" not in started["modules"]

@@ -8,7 +8,9 @@
 #   make lock                 (maintainers) regenerates layers/requirements.lock from the requirement files with uv.
 #
 # Variables: PYTHON (the interpreter whose pip downloads the wheels), LAYERS_DIR (where `make layers` builds),
-# UV and LOCK_FLAGS (for `make lock`; LOCK_FLAGS=--upgrade moves every pin to the newest release).
+# LAYER_COMPILE_PYTHON (a Python 3.13 that compiles the layers' bytecode; found on PATH, in pyenv or uv when unset),
+# LAYER_PYC (1; 0 ships no bytecode: slower cold starts), UV and LOCK_FLAGS (for `make lock`; LOCK_FLAGS=--upgrade
+# moves every pin to the newest release).
 
 ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 PYTHON ?= python3
@@ -31,16 +33,42 @@ LAYER_PLATFORMS := --platform manylinux2014_$(LAYER_ARCH) \
 # boto3, botocore, s3transfer) and whatever only they need.
 LAYER_LOCK := $(ROOT)/layers/requirements.lock
 # --only-binary: never build an sdist on this machine (it would be for the wrong platform).
-# --no-compile: pip would write .pyc files for the build interpreter's version, useless on 3.13.
+# --no-compile: pip would write .pyc files for the build interpreter's version, useless on 3.13 (compile_layer writes
+# the runtime's).
 PIP_LAYER_FLAGS := $(LAYER_PLATFORMS) --implementation cp --python-version $(LAYER_PYTHON_VERSION) \
 	--only-binary=:all: --no-compile --no-warn-script-location --no-warn-conflicts --disable-pip-version-check
 
-# Drops what the runtime never reads: bytecode caches and console scripts (their shebangs name the build machine's
-# interpreter). The *.dist-info folders stay: the layer check maps distributions to import names with them.
+# Drops what the runtime never reads: bytecode caches of other interpreters and console scripts (their shebangs name
+# the build machine's interpreter). The *.dist-info folders stay: the layer check maps distributions to import names
+# with them.
 define strip_layer
 	find "$(1)" -depth -type d -name __pycache__ -exec rm -rf {} +
 	find "$(1)" -type f -name '*.py[co]' -delete
 	rm -rf "$(1)/bin"
+endef
+
+# Bytecode for the runtime: Lambda mounts the layers read-only, so Python cannot cache what it compiles there, and a
+# layer without .pyc files compiles every module it imports on every cold start (about twice the import time). Each
+# module is compiled by a Python of the runtime's version (the cache tag, cpython-313, must match), as an
+# unchecked-hash .pyc: used without looking at the source's timestamp, which a zip does not keep anyway. -d names
+# the files as Lambda sees them (/opt/python/...) in the code objects, and PYTHONHASHSEED=0 fixes the order of
+# constant sets, so two builds write the same bytes. -S: no site hooks of the compiling interpreter.
+LAYER_PYC ?= 1
+LAYER_CACHE_TAG := cpython-$(subst .,,$(LAYER_PYTHON_VERSION))
+LAYER_COMPILE_PYTHON ?= $(shell $(PYTHON) "$(ROOT)/layers/find_python.py" $(LAYER_PYTHON_VERSION) 2>/dev/null)
+define compile_layer
+	@if [ "$(LAYER_PYC)" != 1 ]; then echo "LAYER_PYC=$(LAYER_PYC): $(1) ships no bytecode"; exit 0; fi; \
+	compile_python="$(LAYER_COMPILE_PYTHON)"; \
+	tag=$$("$${compile_python:-false}" -S -c 'import sys; print(sys.implementation.cache_tag)' 2>/dev/null); \
+	if [ "$$tag" != "$(LAYER_CACHE_TAG)" ]; then \
+		echo "The layers' bytecode needs a CPython $(LAYER_PYTHON_VERSION) (cache tag $(LAYER_CACHE_TAG));" \
+			"LAYER_COMPILE_PYTHON='$$compile_python' is not one. Install one (pyenv install $(LAYER_PYTHON_VERSION)," \
+			"uv python install $(LAYER_PYTHON_VERSION)) or set LAYER_COMPILE_PYTHON=/path/to/python$(LAYER_PYTHON_VERSION);" \
+			"LAYER_PYC=0 builds without bytecode (cold starts import about twice as slowly)." >&2; \
+		exit 2; \
+	fi; \
+	echo "compiling $(1) with $$compile_python"; \
+	PYTHONHASHSEED=0 "$$compile_python" -S -m compileall -q -j 0 --invalidation-mode unchecked-hash -d /opt/python "$(1)"
 endef
 
 build-SharedLayer:
@@ -49,6 +77,7 @@ build-SharedLayer:
 	mkdir -p "$(ARTIFACTS_DIR)/python"
 	cp -R "$(ROOT)/shared/babychain" "$(ARTIFACTS_DIR)/python/"
 	$(call strip_layer,$(ARTIFACTS_DIR)/python)
+	$(call compile_layer,$(ARTIFACTS_DIR)/python)
 
 build-DependenciesLayer:
 	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it; or use: make layers)"; exit 2; }
@@ -57,6 +86,7 @@ build-DependenciesLayer:
 	$(PYTHON) -m pip install --quiet --require-hashes --no-deps -r "$(LAYER_LOCK)" --target "$(ARTIFACTS_DIR)/python" \
 		$(PIP_LAYER_FLAGS)
 	$(call strip_layer,$(ARTIFACTS_DIR)/python)
+	$(call compile_layer,$(ARTIFACTS_DIR)/python)
 
 layers:
 	@start=$$(date +%s); \

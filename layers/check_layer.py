@@ -19,11 +19,17 @@ Nothing from the layers is imported or executed; everything is read from files.
 3. The dependency layer as installed: every Requires-Dist of every distribution is present (markers evaluated for
    CPython 3.13 on Linux aarch64, not for the machine that built the layer), every ELF file is aarch64, every extension
    module is built for CPython 3.13 (or abi3), and imports packages make on their own (IMPLIED_IMPORTS) are there.
-4. Sizes: unzipped and zipped, per layer, against Lambda's 250 MB unzipped limit for a function and all its layers.
+4. Bytecode: every module of both layers has its `__pycache__/<name>.cpython-313.pyc` (Lambda's /opt is read-only, so
+   a module without one is compiled again at every cold start: a WARNING), written by CPython 3.13 as an unchecked-hash
+   .pyc (PEP 552: the runtime uses it without reading the source) whose source hash is its .py's. A .pyc that does not
+   match its source is a PROBLEM: the runtime would run the old code. Bytecode of another interpreter is dead weight
+   (a WARNING).
+5. Sizes: unzipped and zipped, per layer, against Lambda's 250 MB unzipped limit for a function and all its layers.
 """
 
 from __future__ import annotations
 
+import _imp
 import argparse
 import ast
 import email.parser
@@ -162,6 +168,11 @@ STDLIB_ADDED_BY_313 = frozenset(
         "_wmi",
     ]
 )
+
+# The header of a CPython 3.13 .pyc (PEP 552): importlib.util.MAGIC_NUMBER of 3.13 (3571), then the flags word (0b01:
+# hash-based, source not checked), then the source's hash, keyed by the magic number.
+PYC_MAGIC = (3571).to_bytes(2, "little") + b"\r\n"
+PYC_UNCHECKED_HASH = 0b01
 
 LAMBDA_UNZIPPED_LIMIT = 262_144_000  # "250 MB": the function's code and all its layers, unzipped
 LAMBDA_ZIPPED_DIRECT_UPLOAD_LIMIT = 52_428_800  # "50 MB": direct uploads only; sam deploy uploads through S3
@@ -596,6 +607,50 @@ def mb(n: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Bytecode
+
+
+@dataclass
+class Bytecode:
+    modules: int = 0
+    compiled: int = 0  # with a .pyc the runtime uses as it is
+    missing: list[str] = field(default_factory=list)  # no cpython-313 .pyc
+    checked: list[str] = field(default_factory=list)  # a timestamp or checked-hash .pyc: read with the source
+    stale: list[str] = field(default_factory=list)  # not 3.13 bytecode, or not of this source
+    foreign: list[str] = field(default_factory=list)  # bytecode another interpreter would read
+
+
+def pyc_verdict(source: Path, pyc: Path) -> str:
+    """'ok', 'missing', 'checked' or 'stale' for one module's cpython-313 .pyc."""
+    if not pyc.is_file():
+        return "missing"
+    header = pyc.read_bytes()[:16]
+    if header[:4] != PYC_MAGIC:
+        return "stale"
+    flags = int.from_bytes(header[4:8], "little")
+    if not flags & 0b01:
+        return "checked"  # timestamp-based: a zip's timestamps decide whether the runtime uses it
+    if header[8:16] != _imp.source_hash(int.from_bytes(PYC_MAGIC, "little"), source.read_bytes()):
+        return "stale"
+    return "ok" if flags == PYC_UNCHECKED_HASH else "checked"
+
+
+def check_bytecode(python_dir: Path) -> Bytecode:
+    found = Bytecode()
+    for source in sorted(python_dir.rglob("*.py")):
+        found.modules += 1
+        verdict = pyc_verdict(source, source.parent / "__pycache__" / f"{source.stem}.{TARGET_ABI_TAG}.pyc")
+        if verdict == "ok":
+            found.compiled += 1
+        else:
+            getattr(found, verdict).append(str(source.relative_to(python_dir)))
+    for pyc in sorted(python_dir.rglob("*.py[co]")):
+        if pyc.parent.name != "__pycache__" or not pyc.name.endswith(f".{TARGET_ABI_TAG}.pyc"):
+            found.foreign.append(str(pyc.relative_to(python_dir)))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The check
 
 
@@ -659,6 +714,7 @@ class LayerCheck:
         used = self.handlers(handlers) | self.other_modules()
         self.exclusions()
         self.dependency_layer(used)
+        self.bytecode()
         self.sizes(handlers)
         self.say.append("")
         self.say.extend(self.found.lines())
@@ -725,7 +781,39 @@ class LayerCheck:
         if both:
             self.found.warning(f"in both layers (their python/ folders merge under /opt/python): {', '.join(both)}")
 
-    # 5. Sizes.
+    # 5. Bytecode.
+    def bytecode(self) -> None:
+        self.say.extend(
+            ["", "Bytecode (/opt is read-only on Lambda: a module without a .pyc is compiled at every cold start)"]
+        )
+        for layer in (self.shared, self.deps):
+            found = check_bytecode(layer.python_dir)
+            self.say.append(
+                f"  {layer.label:<13} {found.modules} modules, {found.compiled} with an unchecked-hash "
+                f"{TARGET_ABI_TAG} .pyc matching the source"
+            )
+            where = f"in the {layer.label} layer"
+            if found.stale:
+                self.found.problem(
+                    f"{len(found.stale)} .pyc files {where} are not CPython 3.13 bytecode of their source (first: "
+                    f"{found.stale[0]}): the runtime would run them as they are; rebuild the layer"
+                )
+            if found.missing:
+                self.found.warning(
+                    f"{len(found.missing)} modules {where} have no {TARGET_ABI_TAG} .pyc (first: {found.missing[0]}): "
+                    "compiled at every cold start (built with LAYER_PYC=0?)"
+                )
+            if found.checked:
+                self.found.warning(
+                    f"{len(found.checked)} .pyc files {where} are timestamp-based or checked-hash (first: "
+                    f"{found.checked[0]}): the runtime reads the source too, or recompiles"
+                )
+            if found.foreign:
+                self.found.warning(
+                    f"{len(found.foreign)} .pyc files {where} are for another interpreter (first: {found.foreign[0]})"
+                )
+
+    # 6. Sizes.
     def sizes(self, handlers: list[Path]) -> None:
         say = self.say
         say.extend(

@@ -1,12 +1,13 @@
 """The Lambda layers: `make layers` builds them from arm64 wheels (downloaded from PyPI, through pip's cache) pinned
-with their hashes in layers/requirements.lock, and `layers/check_layer.py` finds every runtime import of every handler
-in them. Two builds are identical, and the lock covers its inputs.
+with their hashes in layers/requirements.lock, compiles them for CPython 3.13, and `layers/check_layer.py` finds every
+runtime import of every handler in them. Two builds are identical, and the lock covers its inputs.
 
 Nothing here is skipped: without PyPI the build fails, and so does the test.
 """
 
 from __future__ import annotations
 
+import _imp
 import ast
 import hashlib
 import re
@@ -25,6 +26,7 @@ LOCK = REPO / "layers" / "requirements.lock"
 LOCK_INPUTS = (REPO / "layers" / "requirements.txt", REPO / "layers" / "requirements-optional.txt")
 RUNTIME_PROVIDED = REPO / "layers" / "runtime-provided.txt"
 EM_AARCH64 = 183
+PYC_MAGIC_313 = (3571).to_bytes(2, "little") + b"\r\n"  # importlib.util.MAGIC_NUMBER of CPython 3.13
 LOCK_ENTRY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+) \\$")
 
 
@@ -108,8 +110,24 @@ def test_layer_layout(layers: Path) -> None:
     for runtime_provided in ("boto3", "botocore", "s3transfer", "dateutil", "six.py"):
         assert not (deps / runtime_provided).exists(), runtime_provided
     for root in (shared, deps):
-        assert not list(root.rglob("__pycache__")), "bytecode caches should be stripped"
         assert not (root / "bin").exists()
+
+
+def test_layers_ship_bytecode_for_the_runtime(layers: Path) -> None:
+    """Every module has an unchecked-hash .pyc of CPython 3.13 (PEP 552) for its own source, and no other bytecode."""
+    for root in (layers / "shared" / "python", layers / "dependencies" / "python"):
+        sources = sorted(root.rglob("*.py"))
+        assert len(sources) > 50, root
+        for source in sources:
+            header = (source.parent / "__pycache__" / f"{source.stem}.cpython-313.pyc").read_bytes()[:16]
+            assert header[:4] == PYC_MAGIC_313, source
+            assert int.from_bytes(header[4:8], "little") == 0b01, f"{source}: not an unchecked-hash .pyc"
+            assert header[8:] == _imp.source_hash(int.from_bytes(PYC_MAGIC_313, "little"), source.read_bytes())
+        others = [p for p in root.rglob("*.py[co]") if not p.name.endswith(".cpython-313.pyc")]
+        assert not others, others[:5]
+    report = run_checker(layers).stdout
+    assert re.search(r"shared +(\d+) modules, \1 with an unchecked-hash cpython-313 \.pyc", report), report
+    assert re.search(r"dependencies +(\d+) modules, \1 with an unchecked-hash cpython-313 \.pyc", report), report
 
 
 def test_dependency_layer_binaries_are_aarch64(layers: Path) -> None:
@@ -136,6 +154,36 @@ def test_a_missing_import_is_reported(layers: Path, tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     assert "PROBLEM MISSING httpx: imported at " in result.stdout
     assert "Result: FAIL" in result.stdout
+
+
+def test_a_pyc_that_does_not_match_its_source_is_reported(layers: Path, tmp_path: Path) -> None:
+    # An unchecked-hash .pyc is used without looking at the source: an edit after the build would never run.
+    shared = tmp_path / "shared"
+    shutil.copytree(layers / "shared", shared)
+    ids = shared / "python" / "babychain" / "ids.py"
+    ids.write_text(ids.read_text(encoding="utf-8") + "\n# edited after the build\n", encoding="utf-8")
+
+    result = run_checker("--shared", shared, "--dependencies", layers / "dependencies")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "PROBLEM 1 .pyc files in the shared layer are not CPython 3.13 bytecode of their source" in result.stdout
+    assert "babychain/ids.py" in result.stdout
+
+
+def test_the_build_needs_a_python_of_the_runtime_version(tmp_path: Path) -> None:
+    make = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "build-SharedLayer"]
+    wrong = "3.13" not in sys.implementation.cache_tag
+    build = subprocess.run(
+        [*make, f"ARTIFACTS_DIR={tmp_path}", f"LAYER_COMPILE_PYTHON={sys.executable if wrong else 'false'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert build.returncode != 0
+    assert "The layers' bytecode needs a CPython 3.13 (cache tag cpython-313)" in build.stderr
+    assert "LAYER_PYC=0" in build.stderr
+    assert not list(tmp_path.rglob("*.pyc"))
 
 
 def test_checker_needs_built_layers(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ define strip_layer
 endef
 
 # Bytecode for the runtime: Lambda mounts the layers read-only, so Python cannot cache what it compiles there, and a
-# layer without .pyc files compiles every module it imports on every cold start (about twice the import time). Each
+# layer without .pyc files compiles every module it imports on every cold start (2 to 3 times the import time). Each
 # module is compiled by a Python of the runtime's version (the cache tag, cpython-313, must match), as an
 # unchecked-hash .pyc: used without looking at the source's timestamp, which a zip does not keep anyway. -d names
 # the files as Lambda sees them (/opt/python/...) in the code objects, and PYTHONHASHSEED=0 fixes the order of
@@ -64,7 +64,7 @@ define compile_layer
 		echo "The layers' bytecode needs a CPython $(LAYER_PYTHON_VERSION) (cache tag $(LAYER_CACHE_TAG));" \
 			"LAYER_COMPILE_PYTHON='$$compile_python' is not one. Install one (pyenv install $(LAYER_PYTHON_VERSION)," \
 			"uv python install $(LAYER_PYTHON_VERSION)) or set LAYER_COMPILE_PYTHON=/path/to/python$(LAYER_PYTHON_VERSION);" \
-			"LAYER_PYC=0 builds without bytecode (cold starts import about twice as slowly)." >&2; \
+			"LAYER_PYC=0 builds without bytecode (cold starts import 2 to 3 times slower)." >&2; \
 		exit 2; \
 	fi; \
 	echo "compiling $(1) with $$compile_python"; \

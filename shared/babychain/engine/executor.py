@@ -68,6 +68,10 @@ def retry_number(attempt: int, budget: int, route_count: int) -> int | None:
 
 
 def _start(svc: Services, run: RunRow, step: StepRow) -> StepOutcome:
+    if not _producers_done(run, step):
+        # A message that arrived ahead of its producer's completion (out of order): the completion enqueues the
+        # step itself, so this one changes nothing.
+        return "stale"
     model = MODELS_BY_ID[step["model_identifier"]]
     family = model.family(run["mode"])
     inputs = _step_inputs(svc, step, family)
@@ -110,6 +114,11 @@ def _start(svc: Services, run: RunRow, step: StepRow) -> StepOutcome:
         return _submit_failed(svc, run, step, provider, attempt, attempts, exc, len(routes))
     attempts.append({**record, "job_id": submission.job_id})
     return _submitted(svc, run, step, provider, attempt, attempts, submission)
+
+
+def _producers_done(run: RunRow, step: StepRow) -> bool:
+    succeeded = {s["step_key"] for s in run["steps"] if s["status"] == "succeeded"}
+    return set(step["depends_on"]) <= succeeded
 
 
 def _step_inputs(svc: Services, step: StepRow, family: Any) -> tuple[dict[str, Any], list[str] | None] | None:

@@ -19,6 +19,7 @@ from babychain.media_types import EXTENSION_BY_CONTENT_TYPE, extension_for
 from babychain.observability import count, duration, logger
 from babychain.providers.base import JobStatus, Provider, StepJob, Submission
 from babychain.queues import callback_message, step_message
+from babychain.security.deadline import total_deadline
 from babychain.security.safe_http import FetchError, fetch_bytes
 from babychain.services import Services
 from babychain.store.rows import RunRow, StepRow
@@ -108,7 +109,10 @@ def _start(svc: Services, run: RunRow, step: StepRow) -> StepOutcome:
     attempts = list(claimed["provider_metadata"].get("attempts", []))
     record = {"attempt": attempt, "provider": provider.name, "at": _now()}
     try:
-        submission = provider.submit(job)
+        # The claim holds the step for `submit_timeout_seconds` (then the sweeper gives the attempt back): the submit
+        # ends within it, however slowly the provider answers, so no second attempt is ever submitted beside it.
+        with total_deadline(svc.settings.submit_timeout_seconds):
+            submission = provider.submit(job)
     except ProviderError as exc:
         attempts.append({**record, "error_code": exc.code})
         return _submit_failed(svc, run, step, provider, attempt, attempts, exc, len(routes))

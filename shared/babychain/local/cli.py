@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from babychain import config
 from babychain.local.receiver import WebhookReceiver
 from babychain.local.runner import LOOPBACK_HOSTS, LocalEngine
 
@@ -75,6 +76,15 @@ def _announce(delivery: Any) -> None:
     )
 
 
+def inspector_line(base_url: str, api_key: str, key_from_environment: bool) -> str:
+    """Where the run inspector is. The development key rides in the URL's fragment, which the browser never sends:
+    the page moves it into the tab's sessionStorage. A key from the environment is never printed."""
+    url = f"{base_url}/runs"
+    if key_from_environment:
+        return f"  run inspector     {url} (open it in a browser and type an API key; it stays in that tab)"
+    return f"  run inspector     {url}#key={api_key} (open it in a browser)"
+
+
 def serve(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK_HOSTS and not args.allow_remote:
         _print(f"Refusing to listen on {args.host}: add --allow-remote to serve the API beyond this machine.")
@@ -97,6 +107,7 @@ def serve(args: argparse.Namespace) -> int:
         _print(line)
     if receiver is not None:
         _print(f"  webhook receiver  {receiver.url} (use it as webhook_url: it verifies and prints each callback)")
+    _print(inspector_line(engine.base_url, engine.settings.api_keys[0], config.is_set("BABYCHAIN_API_KEY")))
     _print(f"Try:  curl -s {engine.base_url}/api/v1/chains -H 'Authorization: Bearer {engine.settings.api_keys[0]}'")
     _print("Press Ctrl-C to stop.")
     stopped = threading.Event()

@@ -365,8 +365,8 @@
 
   // ------------------------------------------------------------------------------------------------ one run
 
-  function fact(list, label, value) {
-    list.append(el("dt", null, label), el("dd", null, value));
+  function fact(list, label, value, className) {
+    list.append(el("div", className, el("dt", null, label), el("dd", null, value)));
   }
 
   function summarize(run) {
@@ -380,10 +380,11 @@
     fact(facts, "current step", run.current_step_key);
     if (run.estimate) fact(facts, "estimate", money(run.estimate.total, run.estimate.currency));
     if (run.callback) {
-      fact(facts, "callback", `${run.callback.status}, ${run.callback.attempts} attempt(s)`);
+      const attempts = run.callback.attempts === 1 ? "1 attempt" : `${run.callback.attempts} attempts`;
+      fact(facts, "callback", `${run.callback.status}, ${attempts}`);
     }
-    if (run.webhook_url) fact(facts, "webhook", run.webhook_url);
-    if (run.metadata) fact(facts, "metadata", el("code", null, JSON.stringify(run.metadata)));
+    if (run.webhook_url) fact(facts, "webhook", run.webhook_url, "wide");
+    if (run.metadata) fact(facts, "metadata", el("code", null, JSON.stringify(run.metadata)), "wide");
     const outputs = (run.output && run.output.output_files) || [];
     if (outputs.length) {
       const list = el("span", "links");
@@ -482,7 +483,8 @@
     fact(facts, "model", step.model_identifier);
     if (step.provider) fact(facts, "provider", step.provider_used || step.provider);
     fact(facts, "started", clock(step.started_at));
-    fact(facts, "took", step.started_at ? duration(span(step.started_at, step.completed_at)) : "–");
+    const took = step.started_at ? duration(span(step.started_at, step.completed_at)) : "–";
+    fact(facts, step.started_at && !step.completed_at ? "running for" : "took", took);
     if (step.attempt > 1) fact(facts, "attempt", String(step.attempt));
     if (estimate) {
       const basis = estimate.basis ? ` · ${estimate.basis}` : "";

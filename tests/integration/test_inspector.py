@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,9 @@ import pytest
 from babychain.local import inspector
 from babychain.local.cli import inspector_line
 from babychain.local.runner import LocalEngine
-from tests.conftest import KEY_A, client_for, wait_for_run
+from tests.conftest import KEY_A, client_for, free_port, wait_for_run, wait_until
 from tests.integration.requests import chain_request
+from tests.standins.cors_gateway import CorsGateway
 
 CHROMIUM = Path("/usr/bin/chromium")
 INSPECTOR_DIR = Path(inspector.__file__).parent
@@ -340,3 +343,72 @@ def test_without_a_key_the_page_asks_for_one(engine: LocalEngine, open_page: Cal
     page = browser_page.open(f"/runs/{run_id}", key=None)
     page.locator(".chain > .step").first.wait_for()
     assert page.locator("#api-label").inner_text() == "this server · key set"
+
+
+# ------------------------------------------------------------------------------------------------- an API elsewhere
+
+
+@pytest.fixture
+def inspect_command() -> Iterator[Callable[[str, int], str]]:
+    """`babychain inspect --api <url> --port <port>` as a process; returns the URL it prints."""
+    processes: list[subprocess.Popen[str]] = []
+
+    def start(api: str, port: int) -> str:
+        command = [sys.executable, "-m", "babychain.local.cli", "inspect", "--api", api, "--port", str(port)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        processes.append(process)
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert first.startswith(f"Run inspector on http://127.0.0.1:{port}/runs#api={api}"), first
+        assert wait_until(lambda: _answers(f"http://127.0.0.1:{port}/runs"), timeout=20)
+        return first.split()[-1]
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_pointed_at_an_api_elsewhere_it_works_once_that_api_allows_its_origin(
+    engine: LocalEngine, open_page: Callable[[LocalEngine], Page], inspect_command: Callable[[str, int], str]
+) -> None:
+    # The API behind a gateway with CORS, as an AWS deployment with CorsConfiguration; the pages from `babychain
+    # inspect` on another origin; the media straight from the artifact store (a third origin, as S3 would be).
+    run_id = _create(engine, "chain1")
+    with client_for(engine) as client:
+        assert wait_for_run(client, run_id, timeout=60)["status"] == "succeeded"
+    port = free_port()
+    origin = f"http://127.0.0.1:{port}"
+    with CorsGateway(engine.base_url, allow_origins=[origin]) as gateway:
+        url = inspect_command(gateway.url, port)
+        browser_page = open_page(engine)
+        page = browser_page.page
+        page.goto(f"{url}&key={KEY_A}")
+        page.locator(f'tr[data-run-id="{run_id}"]').wait_for()
+        assert page.locator("#api-label").inner_text() == f"{gateway.url} · key set"
+        page.locator(f'tr[data-run-id="{run_id}"] a').click()
+        page.locator('body[data-run-status="succeeded"]').wait_for()
+        page.wait_for_function(
+            "() => { const i = document.querySelector('.preview img'), v = document.querySelector('.preview video');"
+            " return i && i.naturalWidth > 0 && v && v.readyState >= 1; }"
+        )
+        assert origin in gateway.preflights  # the browser asked, and the gateway allowed this origin
+        origins = {"{0.scheme}://{0.netloc}".format(urlsplit(u)) for u in browser_page.requests}
+        assert origins == {origin, gateway.url, engine.base_url}, origins
+        api_calls = [u for u in browser_page.requests if "/api/" in u]
+        assert api_calls and all(u.startswith(gateway.url + "/api/v1/") for u in api_calls)
+        assert browser_page.errors == []
+
+        # The same API without CORS for this origin: the page says why it cannot read it.
+        gateway.allow_origins.clear()
+        page = open_page(engine).page
+        page.goto(f"{url}&key={KEY_A}")
+        page.wait_for_function("() => document.querySelector('#notice').textContent.includes('CORS')")
+        assert page.locator("tr[data-run-id]").count() == 0

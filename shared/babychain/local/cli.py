@@ -122,6 +122,35 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def inspect(args: argparse.Namespace) -> int:
+    """Serves only the run inspector's pages, for an API that runs elsewhere (an AWS deployment, another serve)."""
+    from urllib.parse import quote, urlsplit
+
+    from babychain.local.http_server import InspectorApp, bind_socket
+    from babychain.local.http_server import serve as serve_http
+
+    api = (args.api or "").strip().rstrip("/")
+    if api and (urlsplit(api).scheme not in ("http", "https") or not urlsplit(api).netloc):
+        _print(f"inspect: --api must be the API's base URL, http(s)://host[:port], not {api!r}.")
+        return 2
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        _print(f"inspect: cannot listen on {args.host}:{args.port}: {exc.strerror}")
+        return 2
+    host, port = sock.getsockname()[:2]
+    origin = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    _print(f"Run inspector on {origin}/runs" + (f"#api={quote(api, safe=':/')}" if api else ""))
+    if api:
+        _print(f"  It calls {api} from your browser with the API key you type on the page (kept in that tab only).")
+        _print(f"  That API must allow the origin {origin} (CORS): see docs/inspector.md.")
+    else:
+        _print("  Set the API base URL and key on the page (the gear at the top right).")
+    _print("Press Ctrl-C to stop.")
+    serve_http(sock, InspectorApp())
+    return 0
+
+
 def demo(args: argparse.Namespace) -> int:
     engine = LocalEngine(args.home, port=args.port).start()
     receiver = WebhookReceiver(engine.settings.callback_secret).start()
@@ -360,6 +389,13 @@ def main(argv: list[str] | None = None) -> int:
         "--no-access-log", dest="access_log", action="store_false", help="do not print one line per HTTP request"
     )
     p_serve.set_defaults(func=serve)
+    p_inspect = sub.add_parser(
+        "inspect", help="serve only the run inspector, for an API elsewhere (e.g. an AWS deployment)"
+    )
+    p_inspect.add_argument("--api", help="the API's base URL, e.g. the stack's ApiUrl output")
+    p_inspect.add_argument("--port", type=int, default=8081)
+    p_inspect.add_argument("--host", default="127.0.0.1")
+    p_inspect.set_defaults(func=inspect)
     p_demo = sub.add_parser("demo", help="run one chain end to end on the local provider and show it")
     p_demo.add_argument("--chain", default="chain3", choices=["chain1", "chain2", "chain3"])
     p_demo.add_argument("--port", type=int, default=0)

@@ -180,6 +180,20 @@ class ApiGatewayApp:
         return reply
 
 
+class InspectorApp:
+    """ASGI app serving only the run inspector (`babychain inspect`), for looking at an API that runs elsewhere."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return await _lifespan(receive, send)
+        if scope["type"] != "http":
+            return None
+        path = scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or scope["path"]
+        reply = _inspector(scope["method"], path) or Reply.error(ApiError(404, "route_not_found", "No such route."))
+        await _send_reply(scope, send, reply)
+        return None
+
+
 def _inspector(method: str, path: str) -> Reply | None:
     """The run inspector's pages and files, and `/` sending browsers to them; None for every other path."""
     name = inspector.asset_for(path)
@@ -321,7 +335,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(sock: socket.socket, app: ApiGatewayApp, *, graceful_seconds: float = 10.0) -> None:
+def serve(sock: socket.socket, app: ApiGatewayApp | InspectorApp, *, graceful_seconds: float = 10.0) -> None:
     """Runs uvicorn on an already bound socket until SIGTERM/SIGINT, then finishes in-flight requests and returns."""
     config = uvicorn.Config(
         app,

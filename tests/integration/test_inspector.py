@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from babychain.local import inspector
-from babychain.local.cli import inspector_line
+from babychain.local.cli import inspector_line, main
 from babychain.local.runner import LocalEngine
 from tests.conftest import KEY_A, client_for, free_port, wait_for_run, wait_until
 from tests.integration.requests import chain_request
@@ -102,6 +102,12 @@ def test_serve_prints_where_the_inspector_is() -> None:
     assert "http://127.0.0.1:8080/runs#key=bc_local_dev_key_0001" in local
     configured = inspector_line("http://127.0.0.1:8080", "bc_secret_key", key_from_environment=True)
     assert "http://127.0.0.1:8080/runs " in configured and "bc_secret_key" not in configured
+
+
+def test_inspect_wants_the_api_base_url(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in ("ftp://api.example.com", "api.example.com", "javascript:alert(1)"):
+        assert main(["inspect", "--api", bad]) == 2
+        assert "--api must be the API's base URL" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------------- in a browser
@@ -241,7 +247,7 @@ def test_a_finished_chain3_shows_its_steps_with_two_images_and_a_video_that_play
 def test_a_running_run_changes_on_screen_without_a_reload(
     make_engine: Callable[..., LocalEngine], open_page: Callable[[LocalEngine], Page]
 ) -> None:
-    engine = make_engine(local_provider_delay_seconds=2.0)
+    engine = make_engine(local_provider_delay_seconds=4.0)  # the page reads the run every 2 s
     run_id = _create(engine, "chain1")
     browser_page = open_page(engine)
     page = browser_page.open(f"/runs/{run_id}")
@@ -377,7 +383,7 @@ def _answers(url: str) -> bool:
 
 
 def test_pointed_at_an_api_elsewhere_it_works_once_that_api_allows_its_origin(
-    engine: LocalEngine, open_page: Callable[[LocalEngine], Page], inspect_command: Callable[[str, int], str]
+    engine: LocalEngine, inspect_command: Callable[[str, int], str], open_page: Callable[[LocalEngine], Page]
 ) -> None:
     # The API behind a gateway with CORS, as an AWS deployment with CorsConfiguration; the pages from `babychain
     # inspect` on another origin; the media straight from the artifact store (a third origin, as S3 would be).

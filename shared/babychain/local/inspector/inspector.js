@@ -6,8 +6,10 @@
 (() => {
   const ACTIVE = new Set(["queued", "running"]);
   const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-  const RUN_POLL_MS = 1000;
-  const LIST_POLL_MS = 3000;
+  // Each open page spends the key's requests (and its rate limit, where there is one): a run page 30 a minute while
+  // the run is active, the list 12 a minute; none while the tab is hidden.
+  const RUN_POLL_MS = 2000;
+  const LIST_POLL_MS = 5000;
   const RETRY_MAX_MS = 15000;
   const KEY_ITEM = "babychain.inspector.key";
   const BASE_ITEM = "babychain.inspector.api";
@@ -198,10 +200,11 @@
   // ------------------------------------------------------------------------------------------------ the API
 
   class ApiProblem extends Error {
-    constructor(code, message, status) {
+    constructor(code, message, status, retryAfterMs) {
       super(message);
       this.code = code;
       this.status = status || 0;
+      this.retryAfterMs = retryAfterMs || 0; // from a 429's Retry-After, when the API lets the page read it
     }
 
     // Worth asking again later (the network, the server), rather than waiting for the user.
@@ -237,7 +240,9 @@
     if (!response.ok) {
       const error = (body && body.error) || {};
       const message = typeof error.message === "string" ? error.message : `HTTP ${response.status}`;
-      throw new ApiProblem(String(error.code || `http_${response.status}`), message, response.status);
+      const retryAfter = Number(response.headers.get("Retry-After"));
+      const retryAfterMs = Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : 0;
+      throw new ApiProblem(String(error.code || `http_${response.status}`), message, response.status, retryAfterMs);
     }
     return body;
   }
@@ -247,15 +252,26 @@
     return `${problem.message} (${problem.code})`;
   }
 
-  // Calls `tick` now and again after each answer, faster while it says the data is live, slower after failures.
+  // Calls `tick` now, and again `interval` after each answer while it says the data is live; after a failure that
+  // may pass, later and later (or when Retry-After says). It pauses while the tab is hidden.
   function poller(tick, interval) {
     let timer = null;
     let failures = 0;
     let generation = 0;
+    let paused = false;
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden && paused) run();
+    });
     async function run() {
       const mine = ++generation;
       clearTimeout(timer);
+      paused = false;
+      if (document.hidden) {
+        paused = true;
+        return;
+      }
       let again;
+      let wait = interval;
       try {
         again = await tick();
         failures = 0;
@@ -264,9 +280,9 @@
         notice(explain(error));
         again = error.transient;
         failures += 1;
+        wait = error.retryAfterMs || Math.min(RETRY_MAX_MS, interval * 2 ** failures);
       }
       if (mine !== generation || !again) return;
-      const wait = failures ? Math.min(RETRY_MAX_MS, interval * 2 ** failures) : interval;
       timer = setTimeout(run, wait);
     }
     return run;

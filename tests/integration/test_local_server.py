@@ -218,6 +218,10 @@ def test_sigterm_lets_the_invocation_in_flight_finish_then_exits(
         assert server.process.wait(30) == 0
         out = server.output()
         assert "Stopped." in out and "Traceback" not in out
+        # The key came from the environment: serve names the inspector's address without printing the key.
+        inspector = next(line for line in out.splitlines() if "run inspector" in line)
+        assert f"{server.url}/runs (open it in a browser and type an API key" in inspector
+        assert KEY_A not in inspector
         assert not server.healthy()
     finally:
         slow.stop()

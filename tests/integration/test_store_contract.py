@@ -594,6 +594,28 @@ def test_api_keys(store: Store) -> None:
     assert store.authenticate_key(reader_hash) == reader
 
 
+def test_authenticating_a_key_writes_at_most_once_a_minute(store: Store, session_database_url: str) -> None:
+    key_hash = secrets.token_hex(32)
+    created = store.create_api_key("bc_live_gh", key_hash, "busy")
+
+    def version() -> tuple[str, Any]:
+        with psycopg.connect(session_database_url) as db:
+            row = db.execute("select xmin::text, last_used_at from api_keys where id = %s", (created["id"],)).fetchone()
+        assert row is not None
+        return row[0], row[1]
+
+    assert store.authenticate_key(key_hash) == created
+    first = version()
+    assert first[1] is not None  # the first use is recorded
+    for _ in range(3):
+        assert store.authenticate_key(key_hash) == created
+    assert version() == first  # no new row version: reads only
+    with psycopg.connect(session_database_url, autocommit=True) as db:
+        db.execute("update api_keys set last_used_at = now() - interval '2 minutes' where id = %s", (created["id"],))
+    store.authenticate_key(key_hash)
+    assert version()[1] > first[1]  # a minute on, the use is recorded again
+
+
 def test_api_key_rate_limits(store: Store) -> None:
     limited_hash = secrets.token_hex(32)
     limited = store.create_api_key("bc_live_ef", limited_hash, "limited", None, None, 7)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from babychain.api.openapi import build, render
 from babychain.api.schemas import SECURITY_SCHEME
 from babychain.local.lambda_shim import ROUTES
 from babychain.local.runner import LocalEngine
-from tests.conftest import KEY_A, client_for
+from tests.conftest import KEY_A, client_for, wait_for_run
+from tests.integration.requests import chain_request
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "docs" / "openapi.json"
@@ -179,3 +181,35 @@ def test_a_response_is_sent_as_the_handler_built_it(engine: LocalEngine) -> None
         assert answer.status_code == 202, answer.text
         run = answer.json()
         assert "metadata" not in run and "webhook_url" not in run and "callback" not in run, run
+
+
+def test_every_secured_operation_refuses_a_request_without_a_key(document: dict[str, Any], engine: LocalEngine) -> None:
+    run_id = "12345678-1234-5678-1234-567812345678"
+    with client_for(engine, key=None) as client:
+        for path, item in document["paths"].items():
+            for method, operation in item.items():
+                if operation["security"] == [{}]:
+                    continue
+                url = path.replace("{slug}", "chain1").replace("{run_id}", run_id)
+                answer = client.request(method.upper(), url, json={} if method == "post" else None)
+                assert answer.status_code == 401, (method, path, answer.text)
+                assert answer.headers["www-authenticate"] == "Bearer"
+                _validator(document, "Error").validate(answer.json())
+
+
+def test_a_finished_run_and_the_listings_match_their_schemas(
+    document: dict[str, Any], make_engine: Callable[..., LocalEngine]
+) -> None:
+    # The fuzzer's engine runs no steps; here a chain3 runs to the end on the local provider.
+    engine = make_engine()
+    with client_for(engine) as client:
+        created = client.post("/api/v1/chains/chain3/runs", json=chain_request("chain3", None))
+        assert created.status_code == 202, created.text
+        run = wait_for_run(client, created.json()["id"], timeout=60)
+        assert run["status"] == "succeeded", run
+        assert run["output"]["output_files"] and run["steps"][2]["generation_output_file"]
+        _validator(document, "ChainRun").validate(run)
+        _validator(document, "RunList").validate(client.get("/api/v1/chains/runs").json())
+        _validator(document, "ChainTemplateList").validate(client.get("/api/v1/chains").json())
+        _validator(document, "ModelList").validate(client.get("/api/v1/models").json())
+        _validator(document, "Health").validate(client.get("/api/health").json())

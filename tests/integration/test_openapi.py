@@ -145,6 +145,9 @@ def test_validation_errors_are_400s_in_the_one_shape_after_the_key_is_checked(en
     with client_for(engine, key=None) as anonymous:
         answer = anonymous.get("/api/v1/chains/runs", params={"limit": "many"})
         assert answer.status_code == 401 and answer.json()["error"]["code"] == "missing_api_key"
+        for body in (b"{not json", b"x" * (300 * 1024), b'{"inputs": 1}'):  # the key first, then the body
+            answer = anonymous.post("/api/v1/chains/chain1/runs", content=body)
+            assert answer.status_code == 401, answer.text
     with client_for(engine, key=KEY_A) as client:
         for params, field in (({"limit": "many"}, "limit"), ({"status": "done"}, "status"), ({"limit": 101}, "limit")):
             answer = client.get("/api/v1/chains/runs", params=params)

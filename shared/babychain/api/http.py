@@ -5,7 +5,7 @@ Powertools validates each route's typed parameters and the create body's envelop
 changes: the body is read by the strict reader below whatever its Content-Type (UTF-8 JSON, bounded numbers, no NUL or
 lone surrogates, within the size limit), and responses go out as the handler built them (the contract tests check
 them against the document). A validation error is a 400 in the one error shape naming the field, and only after the
-caller's key, rate limit and scope have been checked, as for every other error.
+caller's key, rate limit and scope have been checked (once per request), as for every other error.
 """
 
 from __future__ import annotations
@@ -67,8 +67,15 @@ class StrictHttpEvent(APIGatewayProxyEventV2):
         return read_json_body(self)
 
 
-class StrictBodyValidation(OpenAPIRequestValidationMiddleware):
-    """Powertools' request validation, reading the body as JSON whatever its Content-Type (as the API always has)."""
+class CallerThenValidation(OpenAPIRequestValidationMiddleware):
+    """Powertools' request validation, after the caller's key, rate limit and scope (a request without a valid key is
+    a 401 whatever else is wrong with it), reading the body as JSON whatever its Content-Type (as the API always has).
+    """
+
+    def handler(self, app: Any, next_middleware: NextMiddleware) -> Response:
+        if route_scope(app) is not None:
+            caller(app)
+        return super().handler(app, next_middleware)
 
     def _get_body(self, app: Any) -> Any:
         return app.current_event.json_body
@@ -121,7 +128,7 @@ class EdgeResolver(APIGatewayHttpResolver):
 
     def __init__(self) -> None:
         super().__init__(enable_validation=True)
-        self._request_validation_middleware = StrictBodyValidation()
+        self._request_validation_middleware = CallerThenValidation()
         self._response_validation_middleware = ResponsesAsBuilt()
         self.configure_openapi(security_schemes={SECURITY_SCHEME: HTTPBearer(description="Your API key.")})
         self.edge_headers: dict[str, str] = {}
@@ -149,11 +156,6 @@ def make_resolver() -> EdgeResolver:
 
     @app.exception_handler(RequestValidationError)
     def _invalid(exc: RequestValidationError) -> Response:
-        try:
-            if route_scope(app) is not None:
-                caller(app)  # 401, 429 and 403 come before a 400, as on every route
-        except ApiError as error:
-            return error_response(error)
         return error_response(validation_error(exc.errors()))
 
     @app.exception_handler(Exception)
@@ -199,10 +201,16 @@ def raw_body(event: APIGatewayProxyEventV2) -> bytes:
     return base64.b64decode(body) if event.is_base64_encoded else body.encode()
 
 
+_CALLER = "babychain_caller"
+
+
 def caller(app: EdgeResolver) -> tuple[Services, Principal]:
     """Who the request acts for: a valid key (401), within its rate limit (429), with the scope the route's security
     requirement names (403). From the moment the key is known, every response carries the key's budget
     (`RateLimit-*`) when rate limiting is on."""
+    known: tuple[Services, Principal] | None = app.context.get(_CALLER)
+    if known is not None:  # checked once per request (the validation step asks first)
+        return known
     scope = route_scope(app)
     if scope is None:
         raise ConfigurationError("caller() on a route without a security requirement")
@@ -210,4 +218,5 @@ def caller(app: EdgeResolver) -> tuple[Services, Principal]:
     principal = identify(svc, app.current_event.headers)
     app.edge_headers.update(admit(svc, principal))
     require_scope(principal, scope)
+    app.append_context(**{_CALLER: (svc, principal)})
     return svc, principal

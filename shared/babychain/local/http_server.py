@@ -2,7 +2,8 @@
 
 API routes become API Gateway HTTP API (v2) events for the very same Lambda handlers; `/files/` serves the artifact
 folder with `HEAD` and `Range` (so browsers can seek in videos); `/runs` serves the run inspector's static pages
-(`babychain.local.inspector`), and `/` sends browsers there. The handler runs on the event loop's thread and
+(`babychain.local.inspector`), and `/` sends browsers there; `/docs` is the API reference (Swagger UI, served from
+files on this machine: `babychain.local.api_docs`). The handler runs on the event loop's thread and
 blocks it: a worker process handles one invocation at a time, which is Lambda's contract (Powertools keeps the
 current event at class level). Concurrency comes from several worker processes sharing the listening socket.
 Every answer of ours, malformed HTTP included, is in the API's JSON error shape.
@@ -29,6 +30,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from babychain.errors import ApiError
 from babychain.local import inspector
+from babychain.local.api_docs import docs_answer
 from babychain.local.lambda_shim import LambdaContext, http_event, load_handler, match_route, route_methods
 
 access_log = logging.getLogger("babychain.access")
@@ -120,6 +122,11 @@ class ApiGatewayApp:
         page = _inspector(method, path)
         if page is not None:
             return page
+        if (docs := docs_answer(path)) is not None:
+            if method not in ("GET", "HEAD"):
+                return _method_not_allowed(["GET", "HEAD"])
+            content_type, data = docs
+            return Reply(200, {"content-type": content_type, "cache-control": "no-cache"}, data, function="docs")
         route = match_route(method, path)
         if route is None:
             allowed = route_methods(path)

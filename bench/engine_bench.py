@@ -440,7 +440,9 @@ def summarize(
         ),
         "",
         f"**Nested function calls per run** (pg_stat_user_functions with `track_functions = 'all'`, over the whole "
-        f"session of {total_runs} runs, background included):",
+        f"session of {total_runs} runs at every concurrency, background included; `bc_get_run` includes the bench's "
+        "own read of each finished run through the API, one per run; queue receives per run fall as concurrency "
+        "rises, since one NOTIFY wake-up then finds more work):",
         "",
         *table(
             ["function", "calls per run"],

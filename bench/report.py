@@ -158,7 +158,8 @@ def machine_lines(result: dict[str, Any]) -> list[str]:
     return [
         f"- date: {result.get('timestamp', '?')} (UTC); commit `{result.get('git_commit', '?')}`"
         + (" with uncommitted changes" if result.get("git_dirty") else ""),
-        f"- mode: {result.get('mode', '?')}; harness wall time {number(result.get('wall_seconds'))} s",
+        f"- command: `{result.get('command', '?')}` (mode {result.get('mode', '?')}); harness wall time "
+        f"{number(result.get('wall_seconds'))} s",
         f"- machine: {m.get('cores', '?')} cores, {m.get('cpu_model', '?')}, {m.get('memory_gib', '?')} GiB memory, "
         f"{m.get('os', '?')}",
         f"- Python {m.get('python', '?')}; PostgreSQL {m.get('postgres', '?')} (embedded)",
@@ -179,7 +180,7 @@ def render_markdown(latest: dict[str, Any], history: list[dict[str, Any]], pream
     for name, section in latest.get("sections", {}).items():
         lines += [f"## {section.get('title', name)}", ""]
         if section.get("command"):
-            lines += ["```bash", section["command"], "```", ""]
+            lines += ["The same measurement on its own:", "", "```bash", section["command"], "```", ""]
         if section.get("load_average"):
             lines += [f"Load average (1, 5, 15 min) at the start of this section: {section['load_average']}.", ""]
         lines += [*section.get("details", []), ""]

@@ -1,8 +1,13 @@
 """The benchmark harness: every figure of the performance issue from one command, written to docs/benchmarks.md.
 
-    python bench/run_all.py --quick          # reduced sizes (history of 50,000 runs), about 3-4 minutes
+    python bench/run_all.py --quick          # reduced sizes (history of 50,000 runs): about 1.5-2 minutes
     python bench/run_all.py                  # full sizes (history of 1,000,000 runs), meant to stay under 10 minutes
     python bench/run_all.py --only engine history   # some sections (the results file then holds only those)
+    python bench/run_all.py --render         # rewrite docs/benchmarks.md from the results files, running nothing
+
+(Full size is not timed as a whole yet. On 2026-12-01, under a load average of 5-7, history.py at 1,000,000 runs took
+2.6 minutes, 2.1 of them generating the data; the other sections' full sizes are estimated at 3-4 minutes from the
+quick run, plus whatever cold_start.py takes.)
 
 Run it with the project's interpreter and `PYTHONPATH=shared:.` from the repository root. Sections:
   engine      chain3 on an instant provider at concurrency 1, 4, 16 (engine_bench.py, on chain_throughput.py):
@@ -373,7 +378,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the results files are kept")
     parser.add_argument("--doc", type=Path, default=DOC, help="the markdown file to write")
+    parser.add_argument("--render", action="store_true", help="only rewrite the doc from the results files")
     args = parser.parse_args(argv)
+    if args.render:
+        history = load_results(args.results_dir)
+        if not history:
+            parser.error(f"no results files in {args.results_dir}")
+        args.doc.write_text(render_markdown(history[-1], history, PREAMBLE))
+        print(f"wrote {args.doc} from {history[-1]['_file']}")
+        return 0
     started = time.monotonic()
     now = datetime.now(UTC)
     result: dict[str, Any] = {

@@ -13,10 +13,11 @@ import contextlib
 import io
 import json
 import logging
+import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,9 @@ from babychain.client.cli import register as register_client_commands
 if TYPE_CHECKING:
     from babychain.local.receiver import Delivery, WebhookReceiver
     from babychain.local.runner import LocalEngine
+
+# The commands that run the engine or open its database; `runs` and `webhook` need only the client.
+ENGINE_COMMANDS = ("serve", "demo", "keys")
 
 DEMO_PROMPTS = {
     "text_to_image": "a lighthouse on a cliff at dawn, soft pastel sky",
@@ -74,12 +78,26 @@ def _print(line: str = "") -> None:
     print(line, flush=True)
 
 
-def _announce(delivery: Any) -> None:
-    payload = delivery.json()
-    _print(
-        f"callback {delivery.headers.get('webhook-id')} {payload.get('type')} "
-        f"signature {'verified' if delivery.verified else 'DID NOT VERIFY'}"
-    )
+def _announcer(folder: Path) -> Callable[[Delivery], None]:
+    """Prints each delivery to `serve`'s receiver and saves it (headers as JSON, the body byte for byte) for
+    `babychain webhook verify`."""
+
+    def announce(delivery: Delivery) -> None:
+        event_id = delivery.headers.get("webhook-id", "")
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", event_id)[:80] or "delivery"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.headers.json").write_text(json.dumps(delivery.headers, indent=2))
+        (folder / f"{name}.body").write_bytes(delivery.body)
+        try:
+            kind = delivery.json().get("type")
+        except ValueError:
+            kind = "(not JSON)"
+        _print(
+            f"callback {event_id} {kind} signature {'verified' if delivery.verified else 'DID NOT VERIFY'}; "
+            f"saved as {folder / name}.headers.json and .body"
+        )
+
+    return announce
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -101,12 +119,16 @@ def serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
     ).start()
     receiver = (
-        None if engine.remote else WebhookReceiver(engine.settings.callback_secret, on_delivery=_announce).start()
+        None
+        if engine.remote
+        else WebhookReceiver(
+            engine.settings.callback_secret, on_delivery=_announcer(Path(args.home) / "deliveries")
+        ).start()
     )
     for line in engine.describe():
         _print(line)
     if receiver is not None:
-        _print(f"  webhook receiver  {receiver.url} (use it as webhook_url: it verifies and prints each callback)")
+        _print(f"  webhook receiver  {receiver.url} (use it as webhook_url: it verifies, prints, saves each callback)")
     _print(f"Try:  curl -s {engine.base_url}/api/v1/chains -H 'Authorization: Bearer {engine.settings.api_keys[0]}'")
     _print("Press Ctrl-C to stop.")
     stopped = threading.Event()
@@ -389,7 +411,18 @@ def main(argv: list[str] | None = None) -> int:
     p_limit.set_defaults(func=keys_set_rate_limit)
     register_client_commands(sub)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ModuleNotFoundError as exc:
+        # A client-only install (README, "The Python client") has the package without the engine's dependencies.
+        if args.command not in ENGINE_COMMANDS:
+            raise
+        print(
+            f"babychain {args.command}: the engine's dependencies are not installed (no module {exc.name!r}); "
+            "install them with pip install 'babychain[local]'",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

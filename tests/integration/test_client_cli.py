@@ -74,8 +74,8 @@ def save(delivery: Delivery, folder: Path, raw_headers: bool = False) -> tuple[P
 
 @pytest.fixture
 def running_engine(make_engine: Callable[..., LocalEngine]) -> LocalEngine:
-    # Local provider jobs of 1.5 s: `watch` sees each step running with its progress.
-    return make_engine(local_provider_delay_seconds=1.5)
+    # Local provider jobs of 2 s: `watch` sees each step running with its progress.
+    return make_engine(local_provider_delay_seconds=2.0)
 
 
 def test_runs_create_watch_get_list_cancel(
@@ -96,12 +96,13 @@ def test_runs_create_watch_get_list_cancel(
     watched = cli("runs", "watch", run_id, "--interval", "0.1", env=env)
     assert watched.returncode == 0, watched.stdout + watched.stderr
     out = watched.stdout
-    # Per-step progress bars while the steps run (the first may be done before `watch` starts), each step done in
-    # turn, then the outputs.
+    # Per-step progress bars while the steps run (the first may be done before `watch` starts), with the provider's
+    # progress filling them, each step done in turn, then the outputs.
     for step in ("text_to_image", "image_to_image", "image_to_video"):
         if step != "text_to_image":
-            assert re.search(rf"/3 {step} +\S+ +\[#+-+\] +\d+%  running$", out, re.MULTILINE), (step, out)
+            assert re.search(rf"/3 {step} +\S+ +\[[#-]{{24}}\] +\d+%  running$", out, re.MULTILINE), (step, out)
         assert re.search(rf"/3 {step} +\S+ +\[#{{24}}\] 100%  succeeded \d+\.\ds$", out, re.MULTILINE), out
+    assert re.search(r"/3 \w+ +\S+ +\[#+-+\] +[1-9]\d%  running$", out, re.MULTILINE), out
     assert f"run {run_id}  chain3  succeeded  (mode local, step completed)" in out
     assert re.search(r"^run succeeded in \d+\.\ds$", out, re.MULTILINE)
     outputs = re.findall(rf"^  (\w+) +(http://\S+/files/runs/{run_id}/\S+)(  \(final\))?$", out, re.MULTILINE)
@@ -116,26 +117,14 @@ def test_runs_create_watch_get_list_cancel(
     as_json = json.loads(cli("runs", "get", run_id, "--json", env=env).stdout)
     assert as_json["id"] == run_id and as_json["status"] == "succeeded" and as_json["object"] == "chain_run"
 
-    second = json.loads(cli("runs", "create", "chain1", "--body", str(body_of(tmp_path)), "--json", env=env).stdout)
-    canceled = cli("runs", "cancel", second["id"], env=env)
-    assert canceled.returncode == 0 and canceled.stdout == f"canceled {second['id']}\n", canceled.stdout
     again = cli("runs", "cancel", run_id, env=env)
-    assert again.stdout == f"{run_id} had already succeeded; nothing to cancel\n"
-    assert json.loads(cli("runs", "cancel", second["id"], "--json", env=env).stdout)["status"] == "canceled"
+    assert again.returncode == 0 and again.stdout == f"{run_id} had already succeeded; nothing to cancel\n"
 
     table = cli("runs", "list", env=env)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["RUN", "ID", "CHAIN", "STATUS", "CURRENT", "STEP", "STEPS", "DONE", "CREATED", "(UTC)"]
-    assert [line.split()[:5] for line in lines[1:]] == [
-        [second["id"], "chain1", "canceled", "canceled", "0/2"],
-        [run_id, "chain3", "succeeded", "completed", "3/3"],
-    ]
-    # Columns line up: every row's cells start where the header's do.
-    starts = [m.start() for m in re.finditer(r"(?<=  )\S", lines[0])]
-    assert all(row[start - 2 : start] == "  " and row[start] != " " for row in lines[1:] for start in starts[:3])
-    listed = json.loads(cli("runs", "list", "--json", "--limit", "1", env=env).stdout)
-    assert [r["id"] for r in listed] == [second["id"]]
+    assert [line.split()[:5] for line in lines[1:]] == [[run_id, "chain3", "succeeded", "completed", "3/3"]]
     filtered = json.loads(cli("runs", "list", "--json", "--status", "succeeded", env=env).stdout)
     assert [r["id"] for r in filtered] == [run_id]
 
@@ -163,22 +152,43 @@ def body_of(tmp_path: Path) -> Path:
     return path
 
 
-def test_watch_json_prints_each_change_and_exits_nonzero_for_a_failed_or_canceled_run(
-    make_engine: Callable[..., LocalEngine], tmp_path: Path
-) -> None:
-    engine = make_engine(workers=False)  # nothing runs it: the run waits in the queue until canceled
+def test_cancel_list_and_a_watch_that_times_out(make_engine: Callable[..., LocalEngine], tmp_path: Path) -> None:
+    engine = make_engine(workers=False)  # nothing runs the runs: they wait in the queue
     env = clean_env(BABYCHAIN_URL=engine.base_url, BABYCHAIN_API_KEY=KEY_A)
-    run_id = json.loads(cli("runs", "create", "chain1", "--body", str(body_of(tmp_path)), "--json", env=env).stdout)[
-        "id"
-    ]
-    timed_out = cli("runs", "watch", run_id, "--timeout", "0.5", "--interval", "0.1", env=env)
-    assert timed_out.returncode == 1 and f"{run_id}  chain1  queued" in timed_out.stdout  # the bars, then:
-    assert timed_out.stderr == f"babychain runs watch: run {run_id} is still queued after 0.5 s\n"
-    cli("runs", "cancel", run_id, env=env)
-    watched = cli("runs", "watch", run_id, "--json", env=env)
+    first, second = (
+        json.loads(cli("runs", "create", "chain1", "--body", str(body_of(tmp_path)), "--json", env=env).stdout)["id"]
+        for _ in range(2)
+    )
+    timed_out = cli("runs", "watch", first, "--timeout", "0.5", "--interval", "0.1", env=env)
+    assert timed_out.returncode == 1 and f"{first}  chain1  queued" in timed_out.stdout  # the bars, then:
+    assert timed_out.stderr == f"babychain runs watch: run {first} is still queued after 0.5 s\n"
+
+    canceled = cli("runs", "cancel", first, env=env)
+    assert canceled.returncode == 0 and canceled.stdout == f"canceled {first}\n", canceled.stdout
+    assert json.loads(cli("runs", "cancel", first, "--json", env=env).stdout)["status"] == "canceled"
+    # `watch --json` prints the run each time it changes: one line here, the run already over; a canceled run is not
+    # a success, so the exit code is 1.
+    watched = cli("runs", "watch", first, "--json", env=env)
     assert watched.returncode == 1
     changes = [json.loads(line) for line in watched.stdout.splitlines()]
-    assert len(changes) == 1 and changes[0]["id"] == run_id and changes[0]["status"] == "canceled"
+    assert len(changes) == 1 and changes[0]["id"] == first and changes[0]["status"] == "canceled"
+
+    table = cli("runs", "list", env=env)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert [line.split()[:5] for line in lines[1:]] == [
+        [second, "chain1", "queued", "processing", "0/2"],
+        [first, "chain1", "canceled", "canceled", "0/2"],
+    ]
+    # Columns line up: every row's cells start where the header's do.
+    starts = [m.start() for m in re.finditer(r"(?<=  )\S", lines[0])]
+    assert all(row[start - 2 : start] == "  " and row[start] != " " for row in lines[1:] for start in starts)
+    assert [r["id"] for r in json.loads(cli("runs", "list", "--json", "--limit", "1", env=env).stdout)] == [second]
+    everything = json.loads(cli("runs", "list", "--json", "--limit", "0", env=env).stdout)
+    assert [r["id"] for r in everything] == [second, first]
+    only_canceled = json.loads(cli("runs", "list", "--json", "--status", "canceled", env=env).stdout)
+    assert [r["id"] for r in only_canceled] == [first]
+    assert cli("runs", "list", "--chain", "chain3", env=env).stdout == "no runs\n"
 
 
 def test_missing_settings_and_api_errors_are_one_line(make_engine: Callable[..., LocalEngine], tmp_path: Path) -> None:

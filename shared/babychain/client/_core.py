@@ -7,15 +7,16 @@ import random
 import time
 import urllib.parse
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from babychain.client.errors import APIConnectionError, APIError, APITimeoutError, BabyChainError, MissingSettingError
 from babychain.client.models import Run, RunPage
 
+T = TypeVar("T")
 URL_VARIABLE = "BABYCHAIN_URL"
 KEY_VARIABLE = "BABYCHAIN_API_KEY"
 API_PREFIX = "/api/v1"
@@ -30,10 +31,12 @@ def resolve_url(base_url: str | None) -> str:
     url = (base_url or os.environ.get(URL_VARIABLE, "")).strip().rstrip("/")
     if not url:
         raise MissingSettingError(
-            URL_VARIABLE, f"pass --url or export {URL_VARIABLE}=<the deployment's base URL, e.g. http://127.0.0.1:8080>"
+            URL_VARIABLE,
+            f"pass base_url= (--url on the command line) or export {URL_VARIABLE}=<the deployment's base URL, e.g. "
+            "http://127.0.0.1:8080>",
         )
     if not url.startswith(("http://", "https://")):
-        raise BabyChainError(f"{URL_VARIABLE} must start with http:// or https://, got {url!r}")
+        raise BabyChainError(f"the deployment URL must start with http:// or https://, got {url!r}")
     return url.removesuffix(API_PREFIX)
 
 
@@ -101,18 +104,30 @@ def json_object(response: httpx.Response) -> Mapping[str, Any]:
     try:
         data = response.json()
     except ValueError as exc:
-        raise APIError(response.status_code, "invalid_response", "The answer is not JSON.") from exc
+        message = f"The answer from {response.request.url} is not JSON."
+        raise APIError(response.status_code, "invalid_response", message) from exc
     if not isinstance(data, dict):
-        raise APIError(response.status_code, "invalid_response", "The answer is not a JSON object.")
+        message = f"The answer from {response.request.url} is not a JSON object."
+        raise APIError(response.status_code, "invalid_response", message)
     return data
 
 
 def parse_run(response: httpx.Response) -> Run:
-    return Run.from_dict(json_object(response))
+    return _parsed(response, Run.from_dict, "a chain_run resource")
 
 
 def parse_page(response: httpx.Response) -> RunPage:
-    return RunPage.from_dict(json_object(response))
+    return _parsed(response, RunPage.from_dict, "a list of runs")
+
+
+def _parsed(response: httpx.Response, parse: Callable[[Mapping[str, Any]], T], what: str) -> T:
+    """A 2xx answer that is not what this API sends (the URL names something else?) is an `invalid_response`."""
+    data = json_object(response)
+    try:
+        return parse(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        message = f"The answer from {response.request.url} is not {what} ({type(exc).__name__}: {exc})."
+        raise APIError(response.status_code, "invalid_response", message) from exc
 
 
 @dataclass

@@ -84,8 +84,12 @@ class Step:
     progress: float | None  # 0..1 while the step runs, when the provider reports it
     error: ErrorInfo | None
     last_error: ErrorInfo | None
-    provider: str | None
-    provider_used: str | None
+    provider: str | None  # the adapter that ran it: local, bfl, byteplus, babysea
+    provider_used: str | None  # BabySea's inference provider after its failover
+    provider_cancel: str | None  # after a cancel: "accepted", or "not_possible" (the job may still finish)
+    cost: Any  # as the provider reported it
+    last_frame_url: str | None
+    attempts: list[dict[str, Any]]  # one record per submission to a provider
     raw: dict[str, Any] = field(repr=False, compare=False)
 
     @classmethod
@@ -111,6 +115,10 @@ class Step:
             last_error=ErrorInfo.from_dict(data.get("last_error")),
             provider=data.get("provider"),
             provider_used=data.get("provider_used"),
+            provider_cancel=data.get("provider_cancel"),
+            cost=data.get("cost"),
+            last_frame_url=data.get("last_frame_url"),
+            attempts=[dict(a) for a in data.get("attempts") or [] if isinstance(a, Mapping)],
             raw=dict(data),
         )
 

@@ -17,8 +17,11 @@ from babychain.client.errors import APIConnectionError, APIError, APITimeoutErro
 from babychain.client.models import Run, RunPage
 
 T = TypeVar("T")
+# The caller's side of the environment (not engine settings: `babychain.config` declares those). The key's variable
+# has the same name as the engine's bootstrap keys, so that one shell can run `serve` and the client.
 URL_VARIABLE = "BABYCHAIN_URL"
 KEY_VARIABLE = "BABYCHAIN_API_KEY"
+CLIENT_VARIABLES = (URL_VARIABLE, KEY_VARIABLE)
 API_PREFIX = "/api/v1"
 USER_AGENT = "babychain-python-client"
 # Answers worth another try: rate limited, and the gateway or service briefly unavailable. Every call is safe to repeat:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from babychain import config
 from babychain.client import BabyChain, BabyChainError, Run, verify_webhook
 from babychain.client.cli import register as register_client_commands
 
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
     from babychain.local.receiver import Delivery, WebhookReceiver
     from babychain.local.runner import LocalEngine
 
-# The commands that run the engine or open its database; `runs` and `webhook` need only the client.
-ENGINE_COMMANDS = ("serve", "demo", "keys")
+# The commands that run the engine, its pages or its database; `runs` and `webhook` need only the client.
+ENGINE_COMMANDS = ("serve", "inspect", "demo", "keys")
 
 DEMO_PROMPTS = {
     "text_to_image": "a lighthouse on a cliff at dawn, soft pastel sky",
@@ -100,6 +101,15 @@ def _announcer(folder: Path) -> Callable[[Delivery], None]:
     return announce
 
 
+def inspector_line(base_url: str, api_key: str, key_from_environment: bool) -> str:
+    """Where the run inspector is. The development key rides in the URL's fragment, which the browser never sends:
+    the page moves it into the tab's sessionStorage. A key from the environment is never printed."""
+    url = f"{base_url}/runs"
+    if key_from_environment:
+        return f"  run inspector     {url} (open it in a browser and type an API key; it stays in that tab)"
+    return f"  run inspector     {url}#key={api_key} (open it in a browser)"
+
+
 def serve(args: argparse.Namespace) -> int:
     from babychain.local.receiver import WebhookReceiver
     from babychain.local.runner import LOOPBACK_HOSTS, LocalEngine
@@ -129,6 +139,7 @@ def serve(args: argparse.Namespace) -> int:
         _print(line)
     if receiver is not None:
         _print(f"  webhook receiver  {receiver.url} (use it as webhook_url: it verifies, prints, saves each callback)")
+    _print(inspector_line(engine.base_url, engine.settings.api_keys[0], config.is_set("BABYCHAIN_API_KEY")))
     _print(f"Try:  curl -s {engine.base_url}/api/v1/chains -H 'Authorization: Bearer {engine.settings.api_keys[0]}'")
     _print("Press Ctrl-C to stop.")
     stopped = threading.Event()
@@ -140,6 +151,35 @@ def serve(args: argparse.Namespace) -> int:
         receiver.stop()
     engine.stop()
     _print("Stopped.")
+    return 0
+
+
+def inspect(args: argparse.Namespace) -> int:
+    """Serves only the run inspector's pages, for an API that runs elsewhere (an AWS deployment, another serve)."""
+    from urllib.parse import quote, urlsplit
+
+    from babychain.local.http_server import InspectorApp, bind_socket
+    from babychain.local.http_server import serve as serve_http
+
+    api = (args.api or "").strip().rstrip("/")
+    if api and (urlsplit(api).scheme not in ("http", "https") or not urlsplit(api).netloc):
+        _print(f"inspect: --api must be the API's base URL, http(s)://host[:port], not {api!r}.")
+        return 2
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        _print(f"inspect: cannot listen on {args.host}:{args.port}: {exc.strerror}")
+        return 2
+    host, port = sock.getsockname()[:2]
+    origin = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    _print(f"Run inspector on {origin}/runs" + (f"#api={quote(api, safe=':/')}" if api else ""))
+    if api:
+        _print(f"  It calls {api} from your browser with the API key you type on the page (kept in that tab only).")
+        _print(f"  That API must allow the origin {origin} (CORS): see docs/inspector.md.")
+    else:
+        _print("  Set the API base URL and key on the page (the gear at the top right).")
+    _print("Press Ctrl-C to stop.")
+    serve_http(sock, InspectorApp())
     return 0
 
 
@@ -377,6 +417,13 @@ def main(argv: list[str] | None = None) -> int:
         "--no-access-log", dest="access_log", action="store_false", help="do not print one line per HTTP request"
     )
     p_serve.set_defaults(func=serve)
+    p_inspect = sub.add_parser(
+        "inspect", help="serve only the run inspector, for an API elsewhere (e.g. an AWS deployment)"
+    )
+    p_inspect.add_argument("--api", help="the API's base URL, e.g. the stack's ApiUrl output")
+    p_inspect.add_argument("--port", type=int, default=8081)
+    p_inspect.add_argument("--host", default="127.0.0.1")
+    p_inspect.set_defaults(func=inspect)
     p_demo = sub.add_parser("demo", help="run one chain end to end on the local provider and show it")
     p_demo.add_argument("--chain", default="chain3", choices=["chain1", "chain2", "chain3"])
     p_demo.add_argument("--port", type=int, default=0)

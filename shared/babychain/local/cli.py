@@ -1,4 +1,10 @@
-"""`babychain serve` runs the whole engine on one machine; `babychain demo` runs a chain end to end and shows it."""
+"""`babychain serve` runs the whole engine on one machine; `babychain demo` runs a chain end to end and shows it;
+`babychain keys` manages API keys; `babychain runs` and `babychain webhook` are the client's commands, for any
+deployment.
+
+The engine is imported only by the commands that run it, so `runs` and `webhook` work from a client-only install
+(see `babychain.client.cli`).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +13,24 @@ import contextlib
 import io
 import json
 import logging
+import re
 import signal
 import sys
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from babychain import config
-from babychain.local.receiver import WebhookReceiver
-from babychain.local.runner import LOOPBACK_HOSTS, LocalEngine
+from babychain.client import BabyChain, BabyChainError, Run, verify_webhook
+from babychain.client.cli import register as register_client_commands
+
+if TYPE_CHECKING:
+    from babychain.local.receiver import Delivery, WebhookReceiver
+    from babychain.local.runner import LocalEngine
+
+# The commands that run the engine, its pages or its database; `runs` and `webhook` need only the client.
+ENGINE_COMMANDS = ("serve", "inspect", "demo", "keys")
 
 DEMO_PROMPTS = {
     "text_to_image": "a lighthouse on a cliff at dawn, soft pastel sky",
@@ -68,12 +79,26 @@ def _print(line: str = "") -> None:
     print(line, flush=True)
 
 
-def _announce(delivery: Any) -> None:
-    payload = delivery.json()
-    _print(
-        f"callback {delivery.headers.get('webhook-id')} {payload.get('type')} "
-        f"signature {'verified' if delivery.verified else 'DID NOT VERIFY'}"
-    )
+def _announcer(folder: Path) -> Callable[[Delivery], None]:
+    """Prints each delivery to `serve`'s receiver and saves it (headers as JSON, the body byte for byte) for
+    `babychain webhook verify`."""
+
+    def announce(delivery: Delivery) -> None:
+        event_id = delivery.headers.get("webhook-id", "")
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", event_id)[:80] or "delivery"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.headers.json").write_text(json.dumps(delivery.headers, indent=2))
+        (folder / f"{name}.body").write_bytes(delivery.body)
+        try:
+            kind = delivery.json().get("type")
+        except ValueError:
+            kind = "(not JSON)"
+        _print(
+            f"callback {event_id} {kind} signature {'verified' if delivery.verified else 'DID NOT VERIFY'}; "
+            f"saved as {folder / name}.headers.json and .body"
+        )
+
+    return announce
 
 
 def inspector_line(base_url: str, api_key: str, key_from_environment: bool) -> str:
@@ -86,6 +111,9 @@ def inspector_line(base_url: str, api_key: str, key_from_environment: bool) -> s
 
 
 def serve(args: argparse.Namespace) -> int:
+    from babychain.local.receiver import WebhookReceiver
+    from babychain.local.runner import LOOPBACK_HOSTS, LocalEngine
+
     if args.host not in LOOPBACK_HOSTS and not args.allow_remote:
         _print(f"Refusing to listen on {args.host}: add --allow-remote to serve the API beyond this machine.")
         return 2
@@ -101,12 +129,16 @@ def serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
     ).start()
     receiver = (
-        None if engine.remote else WebhookReceiver(engine.settings.callback_secret, on_delivery=_announce).start()
+        None
+        if engine.remote
+        else WebhookReceiver(
+            engine.settings.callback_secret, on_delivery=_announcer(Path(args.home) / "deliveries")
+        ).start()
     )
     for line in engine.describe():
         _print(line)
     if receiver is not None:
-        _print(f"  webhook receiver  {receiver.url} (use it as webhook_url: it verifies and prints each callback)")
+        _print(f"  webhook receiver  {receiver.url} (use it as webhook_url: it verifies, prints, saves each callback)")
     _print(inspector_line(engine.base_url, engine.settings.api_keys[0], config.is_set("BABYCHAIN_API_KEY")))
     _print(f"Try:  curl -s {engine.base_url}/api/v1/chains -H 'Authorization: Bearer {engine.settings.api_keys[0]}'")
     _print("Press Ctrl-C to stop.")
@@ -152,6 +184,9 @@ def inspect(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
+    from babychain.local.receiver import WebhookReceiver
+    from babychain.local.runner import LocalEngine
+
     engine = LocalEngine(args.home, port=args.port).start()
     receiver = WebhookReceiver(engine.settings.callback_secret).start()
     try:
@@ -164,9 +199,6 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def _run_demo(engine: LocalEngine, receiver: WebhookReceiver, chain: str, timeout: float) -> int:
-    client = httpx.Client(
-        base_url=engine.base_url, timeout=30, headers={"Authorization": f"Bearer {engine.settings.api_keys[0]}"}
-    )
     source = None
     if chain == "chain2":
         # chain2 starts from a caller image: make one with a chain1-style text_to_image call on the local media kit.
@@ -177,32 +209,32 @@ def _run_demo(engine: LocalEngine, receiver: WebhookReceiver, chain: str, timeou
         )
     body = demo_request(chain, receiver.url, source)
     _print(f"\nPOST /api/v1/chains/{chain}/runs")
-    response = client.post(
-        f"/api/v1/chains/{chain}/runs", json=body, headers={"Idempotency-Key": f"demo-{time.time()}"}
-    )
-    run = response.json()
-    if response.status_code != 202:
-        _print(f"create failed: {response.status_code} {json.dumps(run)}")
-        return 1
-    _print(
-        f"  202 {run['id']} status={run['status']} mode={run['mode']} steps="
-        + " -> ".join(s["step_key"] for s in run["steps"])
-    )
-    seen: dict[str, str] = {}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = client.get(f"/api/v1/chains/get/{run['id']}").json()
-        for step in run["steps"]:
-            state = step["status"] + (f" {int(step['progress'] * 100)}%" if "progress" in step else "")
-            if seen.get(step["step_key"]) != state:
-                seen[step["step_key"]] = state
-                _print(f"  step {step['step_index'] + 1} {step['step_key']:<15} {state}")
-        if run["status"] in ("succeeded", "failed", "canceled"):
-            break
-        time.sleep(0.25)
-    _print(f"\nrun {run['status']} (current_step_key={run['current_step_key']})")
-    if run["status"] != "succeeded":
-        _print(json.dumps(run.get("error"), indent=2))
+    with BabyChain(engine.base_url, engine.settings.api_keys[0]) as client:
+        try:
+            run = client.create(chain, body)
+        except BabyChainError as exc:
+            _print(f"create failed: {exc}")
+            return 1
+        _print(
+            f"  202 {run.id} status={run.status} mode={run.mode} steps=" + " -> ".join(s.step_key for s in run.steps)
+        )
+        seen: dict[str, str] = {}
+
+        def show(run: Run) -> None:
+            for step in run.steps:
+                state = step.status + (f" {int(step.progress * 100)}%" if step.progress is not None else "")
+                if seen.get(step.step_key) != state:
+                    seen[step.step_key] = state
+                    _print(f"  step {step.step_index + 1} {step.step_key:<15} {state}")
+
+        try:
+            run = client.wait(run.id, timeout=timeout, on_progress=show, interval=0.25, max_interval=0.25)
+        except BabyChainError as exc:
+            _print(f"\n{exc}")
+            return 1
+    _print(f"\nrun {run.status} (current_step_key={run.current_step_key})")
+    if run.status != "succeeded":
+        _print(json.dumps(run.raw.get("error"), indent=2))
         return 1
     deliveries = receiver.wait_for(1, timeout=30)
     files = _describe_outputs(engine, run)
@@ -220,25 +252,21 @@ def _run_demo(engine: LocalEngine, receiver: WebhookReceiver, chain: str, timeou
     return 0 if verified else 1
 
 
-def _verify_independently(engine: LocalEngine, delivery: Any) -> tuple[bool, str]:
-    """Checks the callback with the Standard Webhooks reference library when it is installed, else our verifier."""
+def _verify_independently(engine: LocalEngine, delivery: Delivery) -> tuple[bool, str]:
+    """Checks the callback with the client's `verify_webhook`, which is the Standard Webhooks reference library."""
     try:
-        from standardwebhooks.webhooks import Webhook
-    except ImportError:
-        return bool(delivery.verified), "the engine's own verifier (standardwebhooks is not installed)"
-    try:
-        Webhook(engine.settings.callback_secret).verify(delivery.body, delivery.headers)
-    except Exception:
+        verify_webhook(delivery.headers, delivery.body, engine.settings.callback_secret)
+    except BabyChainError:
         return False, "the standardwebhooks reference library"
     return True, "the standardwebhooks reference library"
 
 
-def _describe_outputs(engine: LocalEngine, run: dict[str, Any]) -> list[str]:
+def _describe_outputs(engine: LocalEngine, run: Run) -> list[str]:
     lines = ["\noutputs:"]
-    for step in run["steps"]:
-        for url in step.get("generation_output_file", []):
+    for step in run.steps:
+        for url in step.generation_output_file:
             path = engine.artifacts.path_for(url.split("/files/", 1)[1])
-            lines.append(f"  {step['step_key']:<15} {path}  ({path.stat().st_size} bytes) {_media_facts(path)}")
+            lines.append(f"  {step.step_key:<15} {path}  ({path.stat().st_size} bytes) {_media_facts(path)}")
     return lines
 
 
@@ -428,8 +456,20 @@ def main(argv: list[str] | None = None) -> int:
     p_limit.add_argument("key", help="the key's id or its prefix from `keys list`")
     p_limit.add_argument("limit", help="requests per minute, or `default` (BABYCHAIN_RATE_LIMIT_PER_MINUTE)")
     p_limit.set_defaults(func=keys_set_rate_limit)
+    register_client_commands(sub)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ModuleNotFoundError as exc:
+        # A client-only install (README, "The Python client") has the package without the engine's dependencies.
+        if args.command not in ENGINE_COMMANDS:
+            raise
+        print(
+            f"babychain {args.command}: the engine's dependencies are not installed (no module {exc.name!r}); "
+            "install them with pip install 'babychain[local]'",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -179,7 +179,11 @@ def test_the_docs_name_only_declared_variables() -> None:
     powertools = {p.env for p in config.POWERTOOLS_VARIABLES}
     prefixes = "BABYCHAIN|BFL|ARK|BABYSEA|SUPABASE|SENTRY|UPSTASH|POWERTOOLS"
     pattern = re.compile(rf"\b(?:{prefixes})_[A-Z0-9_]*[A-Z0-9]\b|\bDATABASE_URL\b")
-    for path in (ROOT / "README.md", ROOT / "docs" / "deploy.md", DOC):
+    for path in (
+        ROOT / "README.md",
+        *(ROOT / "docs" / name for name in ("deploy.md", "api.md", "webhooks.md", "architecture.md")),
+        DOC,
+    ):
         named = set(pattern.findall(path.read_text()))
         assert named, path
         known = set(BY_ENV) | powertools | set(CLIENT_VARIABLES)  # the client's own: the deployment's URL

@@ -6,6 +6,9 @@
 #   make layers               builds both into build/layers/{shared,dependencies}/python, without SAM.
 #   make layer-check          checks the built layers hold every runtime import of every handler; reports sizes.
 #   make lock                 (maintainers) regenerates layers/requirements.lock from the requirement files with uv.
+#   make openapi              regenerates docs/openapi.json from the code (a test fails when it is stale).
+#   make swagger-ui           (maintainers) refreshes the Swagger UI files the local runner serves at /docs from the npm
+#                             package swagger-ui-dist (SWAGGER_UI_VERSION); they are committed, so running needs no npm.
 #
 # Variables: PYTHON (the interpreter whose pip downloads the wheels), LAYERS_DIR (where `make layers` builds),
 # LAYER_COMPILE_PYTHON (a Python 3.13 that compiles the layers' bytecode; found on PATH, in pyenv or uv when unset),
@@ -17,6 +20,10 @@ PYTHON ?= python3
 LAYERS_DIR ?= $(ROOT)/build/layers
 UV ?= uv
 LOCK_FLAGS ?=
+SWAGGER_UI_VERSION ?= 5.35.0
+SWAGGER_UI_DIR := $(ROOT)/shared/babychain/local/swagger_ui
+SWAGGER_UI_FILES := swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt swagger-ui.css favicon-32x32.png \
+	LICENSE NOTICE package.json
 
 # The template's Globals: Runtime python3.13, Architectures [arm64]. The python3.13 runtime runs on Amazon Linux
 # 2023 (glibc 2.34), so any manylinux wheel up to manylinux_2_34 runs there. pip does not widen a manylinux_2_x
@@ -76,6 +83,9 @@ build-SharedLayer:
 	rm -rf "$(ARTIFACTS_DIR)/python"
 	mkdir -p "$(ARTIFACTS_DIR)/python"
 	cp -R "$(ROOT)/shared/babychain" "$(ARTIFACTS_DIR)/python/"
+	# GET /api/v1/openapi.json serves the committed document (babychain.api.openapi); Swagger UI is the local shape's.
+	cp "$(ROOT)/docs/openapi.json" "$(ARTIFACTS_DIR)/python/babychain/api/openapi.json"
+	rm -rf "$(ARTIFACTS_DIR)/python/babychain/local/swagger_ui"
 	$(call strip_layer,$(ARTIFACTS_DIR)/python)
 	$(call compile_layer,$(ARTIFACTS_DIR)/python)
 
@@ -109,4 +119,13 @@ lock:
 		--only-binary :all: --generate-hashes --custom-compile-command "make lock" \
 		--output-file layers/requirements.lock $(LOCK_FLAGS)
 
-.PHONY: build-SharedLayer build-DependenciesLayer layers layer-check lock
+openapi:
+	cd "$(ROOT)" && PYTHONPATH="$(ROOT)/shared" $(PYTHON) -m babychain.api.openapi > docs/openapi.json.new && \
+		mv docs/openapi.json.new docs/openapi.json
+
+swagger-ui:
+	tmp=$$(mktemp -d) && cd "$$tmp" && npm pack --silent "swagger-ui-dist@$(SWAGGER_UI_VERSION)" >/dev/null && \
+	tar xzf swagger-ui-dist-*.tgz && mkdir -p "$(SWAGGER_UI_DIR)" && \
+	(cd package && cp $(SWAGGER_UI_FILES) "$(SWAGGER_UI_DIR)/") && rm -rf "$$tmp"
+
+.PHONY: build-SharedLayer build-DependenciesLayer layers layer-check lock openapi swagger-ui

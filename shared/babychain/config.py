@@ -288,7 +288,13 @@ class Settings:
         section=TIMING,
     )
     submit_timeout_seconds: float = setting(
-        "BABYCHAIN_SUBMIT_TIMEOUT_SECONDS", 60.0, "Timeout of one provider submit.", section=TIMING
+        "BABYCHAIN_SUBMIT_TIMEOUT_SECONDS",
+        150.0,
+        "Deadline of one provider submit, however slowly the provider answers (Seedream answers only when its image "
+        "exists: 60-180 s). A claimed step that has no job id this long after its claim (plus "
+        "`BABYCHAIN_SWEEPER_GRACE_SECONDS`) is given back and submitted again. Keep it below the step executor "
+        "function's timeout (180 s).",
+        section=TIMING,
     )
     sweeper_grace_seconds: float = setting(
         "BABYCHAIN_SWEEPER_GRACE_SECONDS",

@@ -107,6 +107,10 @@ def test_layer_layout(layers: Path) -> None:
     shared, deps = layers / "shared" / "python", layers / "dependencies" / "python"
     assert (shared / "babychain" / "services.py").is_file()
     assert not (deps / "babychain").exists()
+    # GET /api/v1/openapi.json serves the committed document from the layer; Swagger UI stays in the local shape.
+    document = shared / "babychain" / "api" / "openapi.json"
+    assert document.read_bytes() == (REPO / "docs" / "openapi.json").read_bytes()
+    assert not (shared / "babychain" / "local" / "swagger_ui").exists()
     for runtime_provided in ("boto3", "botocore", "s3transfer", "dateutil", "six.py"):
         assert not (deps / runtime_provided).exists(), runtime_provided
     for root in (shared, deps):

@@ -135,7 +135,12 @@ def test_head_on_an_api_route_is_405_without_a_body(engine: LocalEngine) -> None
 
 def test_unknown_paths_are_404_route_not_found(engine: LocalEngine) -> None:
     with client_for(engine) as client:
-        for method, path in [("GET", "/api/v1/nothing/here"), ("POST", "/nope"), ("GET", "/"), ("GET", "/files")]:
+        for method, path in [
+            ("GET", "/api/v1/nothing/here"),
+            ("POST", "/nope"),
+            ("GET", "/index.html"),
+            ("GET", "/files"),
+        ]:
             _error(client.request(method, path), 404, "route_not_found")
 
 

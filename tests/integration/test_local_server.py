@@ -1,5 +1,6 @@
-"""The one-machine server as a real server: concurrent callers never mix, nothing is lost to kill -9, SIGTERM is
-graceful, a dead worker is replaced, and serving beyond loopback is explicit."""
+"""The one-machine server as a real server: concurrent callers never mix, SIGTERM is graceful, a dead worker is
+replaced, and serving beyond loopback is explicit. (Duplicate messages racing across processes and kill -9 of the
+whole engine are scenarios of the fault suite, test_fault_suite.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,12 @@ import pytest
 
 from babychain.auth import create_key
 from babychain.local.loopback import LoopbackServer, QuietHandler
-from babychain.local.receiver import WebhookReceiver
 from babychain.local.runner import LocalEngine
-from babychain.queues import callback_message, step_message
 from babychain.security.webhooks import verify
 from babychain.services import services
 from tests.conftest import CALLBACK_SECRET, KEY_A, KEY_B, client_for, free_port, wait_for_run, wait_until
 from tests.integration.requests import chain_request
+from tests.integration.serve import Serve
 
 
 def _distinct_request(i: int, tag: str) -> dict[str, Any]:
@@ -118,40 +118,6 @@ def test_concurrent_callers_never_see_or_store_each_others_requests(
         assert listed == {run_id for k, run_id in created.values() if k == key}
 
 
-def test_concurrent_step_and_callback_messages_advance_each_run_once(
-    make_engine: Callable[..., LocalEngine], receiver: WebhookReceiver
-) -> None:
-    engine = make_engine(step_workers=4, callback_workers=2, local_provider_delay_seconds=0.1)
-    tag = uuid.uuid4().hex[:8]
-    count = 16
-    with client_for(engine) as client:
-        runs = {}
-        for i in range(count):
-            body = {**_distinct_request(i, tag), "webhook_url": receiver.url}
-            run = client.post("/api/v1/chains/chain1/runs", json=body).json()
-            runs[run["id"]] = i
-            # Duplicates of the first step's message, racing the original on four executor processes.
-            first = services().store.get_run(run["id"])["steps"][0]  # type: ignore[index]
-            engine.step_queue.send_many([step_message(run["id"], first["id"], first["seq"])] * 3)
-        finished = {run_id: wait_for_run(client, run_id, timeout=90) for run_id in runs}
-    assert {run["status"] for run in finished.values()} == {"succeeded"}
-    # Duplicate callback messages for every finished run, delivered concurrently by two sender processes.
-    engine.callback_queue.send_many([callback_message(run_id) for run_id in runs for _ in range(3)])
-    deliveries = receiver.wait_for(count, timeout=30)
-    time.sleep(1.0)  # room for any extra delivery to show up
-    deliveries = list(receiver.deliveries)
-    assert len(deliveries) == count
-    for delivery in deliveries:
-        assert delivery.verified
-        data = delivery.json()["data"]
-        assert delivery.headers["webhook-id"] == f"evt_{data['id']}"
-        assert data["metadata"] == {"request": runs[data["id"]], "tag": tag}
-    assert {d.json()["data"]["id"] for d in deliveries} == set(runs)
-    # One provider job per step: the local provider saw exactly one submit for each step of each run.
-    submitted = [s["idempotency_key"] for s in engine.provider_server.submissions] if engine.provider_server else []
-    assert len(submitted) == len(set(submitted)) == 2 * count
-
-
 def test_a_dead_worker_process_is_replaced_and_work_goes_on(make_engine: Callable[..., LocalEngine]) -> None:
     engine = make_engine(local_provider_delay_seconds=0.1)
     before = engine.container_pids()
@@ -209,98 +175,7 @@ def test_serving_beyond_loopback_is_explicit_and_turns_the_development_setting_o
     assert result.returncode == 2 and "--allow-remote" in result.stdout
 
 
-# `babychain serve` as a process: kill -9 and SIGTERM -------------------------------------------------------------
-
-
-class Serve:
-    """`babychain serve` in a subprocess, as an operator runs it."""
-
-    def __init__(self, home: Path, port: int, env: dict[str, str]) -> None:
-        self.home, self.port, self.env = home, port, env
-        self.process: subprocess.Popen[str] | None = None
-        self.url = f"http://127.0.0.1:{port}"
-
-    def start(self) -> Serve:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "babychain.local.cli", "--home", str(self.home), "serve", "--port", str(self.port)],
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert wait_until(self.healthy, timeout=60), "serve did not come up"
-        return self
-
-    def healthy(self) -> bool:
-        try:
-            return httpx.get(self.url + "/api/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def output(self) -> str:
-        assert self.process is not None and self.process.stdout is not None
-        return self.process.stdout.read()
-
-
-@pytest.fixture
-def serve_env(database_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BABYCHAIN_", "DATABASE_URL"))}
-    env.update(
-        DATABASE_URL=database_url,
-        BABYCHAIN_API_KEY=KEY_A,
-        BABYCHAIN_CALLBACK_SECRET=CALLBACK_SECRET,
-        BABYCHAIN_LOCAL_PROVIDER_DELAY_SECONDS="1.5",
-        BABYCHAIN_POLL_INTERVAL_SECONDS="0.1",
-    )
-    return env
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Serve]]:
-    started: list[Serve] = []
-    yield started
-    for server in started:
-        if server.process is not None and server.process.poll() is None:
-            server.process.kill()
-            server.process.wait(10)
-
-
-def test_kill_9_mid_run_then_restart_finishes_the_run_promptly_and_once(
-    tmp_path: Path, serve_env: dict[str, str], servers: list[Serve], receiver: WebhookReceiver
-) -> None:
-    home, port = tmp_path / "home", free_port()
-    first = Serve(home, port, serve_env).start()
-    servers.append(first)
-    headers = {"Authorization": f"Bearer {KEY_A}"}
-    with httpx.Client(base_url=first.url, headers=headers, timeout=10) as client:
-        body = {**chain_request("chain3", None), "webhook_url": receiver.url}
-        run_id = client.post("/api/v1/chains/chain3/runs", json=body).json()["id"]
-        # Kill while the second step's provider job runs (its progress shows it was submitted and polled).
-        assert wait_until(
-            lambda: "progress" in client.get(f"/api/v1/chains/get/{run_id}").json()["steps"][1], timeout=30
-        )
-    assert first.process is not None
-    first.process.kill()
-    first.process.wait(10)
-    # Every worker process died with it: nothing answers on the port any more.
-    assert wait_until(lambda: not first.healthy(), timeout=5)
-    assert not (home / "pg").exists()  # DATABASE_URL was used; no embedded server was started
-
-    restarted_at = time.monotonic()
-    servers.append(Serve(home, port, serve_env).start())
-    with httpx.Client(base_url=first.url, headers=headers, timeout=10) as client:
-        run = wait_for_run(client, run_id, timeout=60)
-    recovered_in = time.monotonic() - restarted_at
-    assert run["status"] == "succeeded", run
-    # Well inside the sweeper's stale windows (60 s for a claimed submit, 120 s for a claimed callback): the durable
-    # queue delivered the interrupted work again at once.
-    assert recovered_in < 30, recovered_in
-    jobs = list((home / "local-provider" / "jobs").glob("*.json"))
-    assert len(jobs) == 3  # one provider job per step
-    assert receiver.wait_for(1, timeout=30)
-    time.sleep(1.0)
-    assert [d.headers["webhook-id"] for d in receiver.deliveries] == [f"evt_{run_id}"]
-    assert receiver.deliveries[0].verified
+# `babychain serve` as a process: SIGTERM (kill -9 is in the fault suite) ------------------------------------------
 
 
 class _SlowReceiver(LoopbackServer):
@@ -343,6 +218,10 @@ def test_sigterm_lets_the_invocation_in_flight_finish_then_exits(
         assert server.process.wait(30) == 0
         out = server.output()
         assert "Stopped." in out and "Traceback" not in out
+        # The key came from the environment: serve names the inspector's address without printing the key.
+        inspector = next(line for line in out.splitlines() if "run inspector" in line)
+        assert f"{server.url}/runs (open it in a browser and type an API key" in inspector
+        assert KEY_A not in inspector
         assert not server.healthy()
     finally:
         slow.stop()

@@ -285,22 +285,6 @@ def test_insufficient_credits_fail_at_once_without_retry(
     assert len(stand_ins.bfl.submits()) == 1
 
 
-def test_rate_limit_then_success_retries_with_backoff_and_one_job(
-    engine_for: Callable[..., LocalEngine], stand_ins: StandIns
-) -> None:
-    stand_ins.bfl.fail_next_submit(429, retry_after=0.2)
-    engine = engine_for("byok")
-    run = _run_chain1(engine)
-    _assert_chain_succeeded(run, engine)
-    step = run["steps"][0]
-    assert [a.get("error_code") for a in step["attempts"]] == ["provider_rate_limited", None]
-    assert "job_id" in step["attempts"][1]
-    assert len(stand_ins.bfl.submits()) == 2
-    assert len(stand_ins.bfl.jobs) == 1
-    first, second = (a["at"] for a in step["attempts"])
-    assert second > first
-
-
 def test_an_expired_bfl_result_url_never_reaches_the_next_step(make_engine: Callable[..., LocalEngine]) -> None:
     bfl = BflStandIn(delay_seconds=0.1, sample_ttl_seconds=1.0).start()
     byteplus = BytePlusStandIn(delay_seconds=0.2).start()

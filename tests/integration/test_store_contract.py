@@ -509,12 +509,14 @@ def test_one_receiver_origin_holds_at_most_its_limit(store: Store, session_datab
 
 def test_leases_of_dead_holders_end_at_once(store: Store) -> None:
     host = f"host-{uuid.uuid4().hex[:8]}"
-    dead, alive = (make_run(store, webhook_url="https://example.com/hook") for _ in range(2))
-    for run, pid in ((dead, 424242), (alive, 7)):
+    dead, reused, alive = (make_run(store, webhook_url="https://example.com/hook") for _ in range(3))
+    # Holders are `<host>/<pid>@<start time>`: pid 9 alive again, but started later, is another process.
+    for run, process in ((dead, "424242@100"), (reused, "9@100"), (alive, "7@100")):
         store.cancel_run(run["id"])
-        assert claim(store, run["id"], holder=f"{host}/{pid}") is not None
-    assert store.end_callback_leases(host, [1, 7], max_attempts=10) == [dead["id"]]
-    assert store.end_callback_leases(host, [1, 7], max_attempts=10) == []
+        assert claim(store, run["id"], holder=f"{host}/{process}") is not None
+    live = ["1@5", "7@100", "9@250"]
+    assert sorted(store.end_callback_leases(host, live, max_attempts=10)) == sorted([dead["id"], reused["id"]])
+    assert store.end_callback_leases(host, live, max_attempts=10) == []
     assert [d["outcome"] for d in store.list_callback_deliveries(dead["id"])] == ["abandoned"]
     assert store.list_callback_deliveries(alive["id"]) == []
     assert claim(store, dead["id"])["attempt"] == 2  # due again now, not when the lease would have ended
@@ -590,6 +592,28 @@ def test_api_keys(store: Store) -> None:
     reader = store.create_api_key("bc_live_cd", reader_hash, "reader", ["chains:read"])
     assert reader["scopes"] == ["chains:read"]
     assert store.authenticate_key(reader_hash) == reader
+
+
+def test_authenticating_a_key_writes_at_most_once_a_minute(store: Store, session_database_url: str) -> None:
+    key_hash = secrets.token_hex(32)
+    created = store.create_api_key("bc_live_gh", key_hash, "busy")
+
+    def version() -> tuple[str, Any]:
+        with psycopg.connect(session_database_url) as db:
+            row = db.execute("select xmin::text, last_used_at from api_keys where id = %s", (created["id"],)).fetchone()
+        assert row is not None
+        return row[0], row[1]
+
+    assert store.authenticate_key(key_hash) == created
+    first = version()
+    assert first[1] is not None  # the first use is recorded
+    for _ in range(3):
+        assert store.authenticate_key(key_hash) == created
+    assert version() == first  # no new row version: reads only
+    with psycopg.connect(session_database_url, autocommit=True) as db:
+        db.execute("update api_keys set last_used_at = now() - interval '2 minutes' where id = %s", (created["id"],))
+    store.authenticate_key(key_hash)
+    assert version()[1] > first[1]  # a minute on, the use is recorded again
 
 
 def test_api_key_rate_limits(store: Store) -> None:

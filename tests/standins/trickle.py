@@ -1,8 +1,9 @@
 """A receiver that answers 200 a byte at a time, well within any per-read timeout: only a total deadline ends it.
 
 `trickle` picks what is slow: "headers" (the status line on), "body" (headers at once), or "none" (all at once).
-`body_bytes` long bodies make the answer effectively endless. It records each request's `webhook-id` and how many
-requests were open at once.
+`body_bytes` long bodies make the answer effectively endless; `slow_requests` trickles only the first that many
+requests and answers the rest at once (a receiver that hung, then recovered). It records each request (`seen`: its
+`webhook-id` and whether its answer went out in full), and how many requests were open at once.
 """
 
 from __future__ import annotations
@@ -13,19 +14,22 @@ import select
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 BYTE_INTERVAL_SECONDS = 0.05
 
 
 class TrickleReceiver:
-    def __init__(self, trickle: str = "body", *, body_bytes: int = 40) -> None:
+    def __init__(self, trickle: str = "body", *, body_bytes: int = 40, slow_requests: int | None = None) -> None:
         self.body = b'{"ok":true,"padding":"' + b"p" * max(0, body_bytes - 24) + b'"}'
         head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(self.body)
         split = {"headers": 0, "body": len(head), "none": len(head) + len(self.body)}[trickle]
         self._fast, self._slow = (head + self.body)[:split], (head + self.body)[split:]
         self.sock = socket.create_server(("127.0.0.1", 0))
+        self.slow_requests = slow_requests
         self.completed = 0  # answers sent in full
         self.attempts: collections.Counter[str] = collections.Counter()  # webhook-id -> requests seen
+        self.seen: list[dict[str, Any]] = []  # per request, in arrival order: {"event_id", "completed"}
         self.open = 0
         self.most_open = 0
         self._lock = threading.Lock()
@@ -52,11 +56,19 @@ class TrickleReceiver:
                 if not chunk:
                     return
                 request += chunk
+            record: dict[str, Any] = {"event_id": _header(request, b"webhook-id"), "completed": False}
             with self._lock:
-                self.attempts[_header(request, b"webhook-id")] += 1
+                self.attempts[record["event_id"]] += 1
+                self.seen.append(record)
+                slow = self.slow_requests is None or len(self.seen) <= self.slow_requests
             try:
-                conn.sendall(self._fast)
-                for index in range(len(self._slow)):
+                if not slow:
+                    # Read the whole body first: closing with unread bytes would reset the connection under the answer.
+                    _read_body(conn, request)
+                    conn.sendall(self._fast + self._slow)
+                else:
+                    conn.sendall(self._fast)
+                for index in range(len(self._slow) if slow else 0):
                     if self._stopped.is_set():
                         return
                     conn.sendall(self._slow[index : index + 1])
@@ -68,6 +80,7 @@ class TrickleReceiver:
                 return  # the client gave up, as it should
             with self._lock:
                 self.completed += 1
+                record["completed"] = True
 
     @contextlib.contextmanager
     def _opened(self) -> Iterator[None]:
@@ -83,6 +96,16 @@ class TrickleReceiver:
     def close(self) -> None:
         self._stopped.set()
         self.sock.close()
+
+
+def _read_body(conn: socket.socket, request: bytes) -> None:
+    head, _, body = request.partition(b"\r\n\r\n")
+    left = int(_header(head, b"content-length") or 0) - len(body)
+    while left > 0:
+        chunk = conn.recv(min(left, 65536))
+        if not chunk:
+            return
+        left -= len(chunk)
 
 
 def _header(request: bytes, name: bytes) -> str:

@@ -39,17 +39,42 @@ def retry_delay(svc: Services, attempt: int, retry_after: float | None) -> float
     return max(retry_after or 0.0, base * random.uniform(0.9, 1.1))
 
 
+PROC = "/proc"
+
+
+def process_name(pid: int | str) -> str | None:
+    """`<pid>@<start time>` of a process running on this host (Linux), None when it is gone or a zombie.
+
+    The start time tells a process from a later one that the kernel gave the same pid (pids wrap, at 32768 on many
+    machines, within minutes on a busy one): a sender that died never passes for alive because its pid came back.
+    """
+    try:
+        with open(f"{PROC}/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after the command name, which may hold spaces and parentheses
+    if len(fields) < 20 or fields[0] in ("Z", "X"):  # fields[0]: the state; fields[19]: the start time (field 22)
+        return None
+    return f"{pid}@{fields[19]}"
+
+
 def sender_identity() -> str:
-    """`<host>/<pid>`: the process that holds a callback attempt, so a supervisor that sees it die can end its lease."""
-    return f"{socket.gethostname()}/{os.getpid()}"
+    """`<host>/<pid>@<start time>` (`<host>/<pid>` without /proc): the process that holds a callback attempt, so a
+    supervisor that sees it die can end its lease."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}/{process_name(pid) or pid}"
 
 
 def recover_dead_senders(svc: Services) -> int:
     """Re-sends at once the callbacks whose attempts were held by processes on this host that are gone (Linux).
 
     For a supervisor of local senders: it runs where they ran, and knows a sender died before its lease ran out.
+    Without /proc it cannot tell who lives, and leaves the leases to end on their own.
     """
-    live = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    if not os.path.isdir(PROC):
+        return 0
+    live = [name for pid in os.listdir(PROC) if pid.isdigit() and (name := process_name(pid)) is not None]
     due = svc.store.end_callback_leases(socket.gethostname(), live, max_attempts(svc))
     svc.callback_queue.send_many([callback_message(run_id) for run_id in due])
     if due:

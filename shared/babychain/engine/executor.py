@@ -20,6 +20,7 @@ from babychain.media_types import EXTENSION_BY_CONTENT_TYPE, MediaRefused
 from babychain.observability import count, duration, logger
 from babychain.providers.base import JobStatus, Provider, StepJob, Submission
 from babychain.queues import callback_message, step_message
+from babychain.security.deadline import total_deadline
 from babychain.security.safe_http import FetchError, fetch_bytes
 from babychain.services import Services
 from babychain.store.rows import RunRow, StepRow
@@ -69,6 +70,10 @@ def retry_number(attempt: int, budget: int, route_count: int) -> int | None:
 
 
 def _start(svc: Services, run: RunRow, step: StepRow) -> StepOutcome:
+    if not _producers_done(run, step):
+        # A message that arrived ahead of its producer's completion (out of order): the completion enqueues the
+        # step itself, so this one changes nothing.
+        return "stale"
     model = MODELS_BY_ID[step["model_identifier"]]
     family = model.family(run["mode"])
     inputs = _step_inputs(svc, step, family)
@@ -105,12 +110,20 @@ def _start(svc: Services, run: RunRow, step: StepRow) -> StepOutcome:
     attempts = list(claimed["provider_metadata"].get("attempts", []))
     record = {"attempt": attempt, "provider": provider.name, "at": _now()}
     try:
-        submission = provider.submit(job)
+        # The claim holds the step for `submit_timeout_seconds` (then the sweeper gives the attempt back): the submit
+        # ends within it, however slowly the provider answers, so no second attempt is ever submitted beside it.
+        with total_deadline(svc.settings.submit_timeout_seconds):
+            submission = provider.submit(job)
     except ProviderError as exc:
         attempts.append({**record, "error_code": exc.code})
         return _submit_failed(svc, run, step, provider, attempt, attempts, exc, len(routes))
     attempts.append({**record, "job_id": submission.job_id})
     return _submitted(svc, run, step, provider, attempt, attempts, submission)
+
+
+def _producers_done(run: RunRow, step: StepRow) -> bool:
+    succeeded = {s["step_key"] for s in run["steps"] if s["status"] == "succeeded"}
+    return set(step["depends_on"]) <= succeeded
 
 
 def _step_inputs(svc: Services, step: StepRow, family: Any) -> tuple[dict[str, Any], list[str] | None] | None:

@@ -67,24 +67,28 @@ def _cancel_at_provider(svc: Services, step: StepRow) -> None:
     svc.store.note_step(step["id"], {"provider_cancel": "accepted" if accepted else "not_possible"})
 
 
-def list_runs(svc: Services, principal: Principal, params: dict[str, str]) -> dict[str, Any]:
-    try:
-        limit = int(params.get("limit", "20"))
-    except ValueError as exc:
-        raise invalid_input("limit must be an integer.", "limit", code="invalid_request") from exc
+def list_runs(
+    svc: Services,
+    principal: Principal,
+    *,
+    limit: int = 20,
+    cursor: str | None = None,
+    status: str | None = None,
+    chain_slug: str | None = None,
+) -> dict[str, Any]:
+    """A page of the caller's runs, newest first (the handler has typed the query; the bounds hold here too)."""
     if not 1 <= limit <= 100:
         raise invalid_input("limit must be between 1 and 100.", "limit", code="invalid_request")
-    status = params.get("status")
     if status is not None and status not in RUN_STATUSES:
         raise invalid_input(f"status must be one of {', '.join(RUN_STATUSES)}.", "status", code="invalid_request")
-    slug = params.get("chain_slug")
-    if slug is not None:
-        template = find_template(slug)
+    slug = None
+    if chain_slug is not None:
+        template = find_template(chain_slug)
         if template is None:
-            raise invalid_input(f"Unknown chain {slug!r}.", "chain_slug", code="invalid_request")
+            raise invalid_input(f"Unknown chain {chain_slug!r}.", "chain_slug", code="invalid_request")
         slug = template.slug
-    cursor = _decode_cursor(svc, principal, params["cursor"]) if params.get("cursor") else None
-    rows = svc.store.list_runs(principal.owner_id, limit=limit + 1, status=status, chain_slug=slug, cursor=cursor)
+    position = _decode_cursor(svc, principal, cursor) if cursor else None
+    rows = svc.store.list_runs(principal.owner_id, limit=limit + 1, status=status, chain_slug=slug, cursor=position)
     page = rows[:limit]
     has_more = len(rows) > limit
     return {

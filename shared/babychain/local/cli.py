@@ -1,4 +1,10 @@
-"""`babychain serve` runs the whole engine on one machine; `babychain demo` runs a chain end to end and shows it."""
+"""`babychain serve` runs the whole engine on one machine; `babychain demo` runs a chain end to end and shows it;
+`babychain keys` manages API keys; `babychain runs` and `babychain webhook` are the client's commands, for any
+deployment.
+
+The engine is imported only by the commands that run it, so `runs` and `webhook` work from a client-only install
+(see `babychain.client.cli`).
+"""
 
 from __future__ import annotations
 
@@ -7,18 +13,24 @@ import contextlib
 import io
 import json
 import logging
+import re
 import signal
 import sys
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+from babychain import config
+from babychain.client import BabyChain, BabyChainError, Run, verify_webhook
+from babychain.client.cli import register as register_client_commands
 
-from babychain.local.receiver import WebhookReceiver
-from babychain.local.runner import LOOPBACK_HOSTS, LocalEngine
+if TYPE_CHECKING:
+    from babychain.local.receiver import Delivery, WebhookReceiver
+    from babychain.local.runner import LocalEngine
+
+# The commands that run the engine, its pages or its database; `runs` and `webhook` need only the client.
+ENGINE_COMMANDS = ("serve", "inspect", "demo", "keys")
 
 DEMO_PROMPTS = {
     "text_to_image": "a lighthouse on a cliff at dawn, soft pastel sky",
@@ -67,15 +79,41 @@ def _print(line: str = "") -> None:
     print(line, flush=True)
 
 
-def _announce(delivery: Any) -> None:
-    payload = delivery.json()
-    _print(
-        f"callback {delivery.headers.get('webhook-id')} {payload.get('type')} "
-        f"signature {'verified' if delivery.verified else 'DID NOT VERIFY'}"
-    )
+def _announcer(folder: Path) -> Callable[[Delivery], None]:
+    """Prints each delivery to `serve`'s receiver and saves it (headers as JSON, the body byte for byte) for
+    `babychain webhook verify`."""
+
+    def announce(delivery: Delivery) -> None:
+        event_id = delivery.headers.get("webhook-id", "")
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", event_id)[:80] or "delivery"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.headers.json").write_text(json.dumps(delivery.headers, indent=2))
+        (folder / f"{name}.body").write_bytes(delivery.body)
+        try:
+            kind = delivery.json().get("type")
+        except ValueError:
+            kind = "(not JSON)"
+        _print(
+            f"callback {event_id} {kind} signature {'verified' if delivery.verified else 'DID NOT VERIFY'}; "
+            f"saved as {folder / name}.headers.json and .body"
+        )
+
+    return announce
+
+
+def inspector_line(base_url: str, api_key: str, key_from_environment: bool) -> str:
+    """Where the run inspector is. The development key rides in the URL's fragment, which the browser never sends:
+    the page moves it into the tab's sessionStorage. A key from the environment is never printed."""
+    url = f"{base_url}/runs"
+    if key_from_environment:
+        return f"  run inspector     {url} (open it in a browser and type an API key; it stays in that tab)"
+    return f"  run inspector     {url}#key={api_key} (open it in a browser)"
 
 
 def serve(args: argparse.Namespace) -> int:
+    from babychain.local.receiver import WebhookReceiver
+    from babychain.local.runner import LOOPBACK_HOSTS, LocalEngine
+
     if args.host not in LOOPBACK_HOSTS and not args.allow_remote:
         _print(f"Refusing to listen on {args.host}: add --allow-remote to serve the API beyond this machine.")
         return 2
@@ -91,12 +129,17 @@ def serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
     ).start()
     receiver = (
-        None if engine.remote else WebhookReceiver(engine.settings.callback_secret, on_delivery=_announce).start()
+        None
+        if engine.remote
+        else WebhookReceiver(
+            engine.settings.callback_secret, on_delivery=_announcer(Path(args.home) / "deliveries")
+        ).start()
     )
     for line in engine.describe():
         _print(line)
     if receiver is not None:
-        _print(f"  webhook receiver  {receiver.url} (use it as webhook_url: it verifies and prints each callback)")
+        _print(f"  webhook receiver  {receiver.url} (use it as webhook_url: it verifies, prints, saves each callback)")
+    _print(inspector_line(engine.base_url, engine.settings.api_keys[0], config.is_set("BABYCHAIN_API_KEY")))
     _print(f"Try:  curl -s {engine.base_url}/api/v1/chains -H 'Authorization: Bearer {engine.settings.api_keys[0]}'")
     _print("Press Ctrl-C to stop.")
     stopped = threading.Event()
@@ -111,7 +154,39 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def inspect(args: argparse.Namespace) -> int:
+    """Serves only the run inspector's pages, for an API that runs elsewhere (an AWS deployment, another serve)."""
+    from urllib.parse import quote, urlsplit
+
+    from babychain.local.http_server import InspectorApp, bind_socket
+    from babychain.local.http_server import serve as serve_http
+
+    api = (args.api or "").strip().rstrip("/")
+    if api and (urlsplit(api).scheme not in ("http", "https") or not urlsplit(api).netloc):
+        _print(f"inspect: --api must be the API's base URL, http(s)://host[:port], not {api!r}.")
+        return 2
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        _print(f"inspect: cannot listen on {args.host}:{args.port}: {exc.strerror}")
+        return 2
+    host, port = sock.getsockname()[:2]
+    origin = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    _print(f"Run inspector on {origin}/runs" + (f"#api={quote(api, safe=':/')}" if api else ""))
+    if api:
+        _print(f"  It calls {api} from your browser with the API key you type on the page (kept in that tab only).")
+        _print(f"  That API must allow the origin {origin} (CORS): see docs/inspector.md.")
+    else:
+        _print("  Set the API base URL and key on the page (the gear at the top right).")
+    _print("Press Ctrl-C to stop.")
+    serve_http(sock, InspectorApp())
+    return 0
+
+
 def demo(args: argparse.Namespace) -> int:
+    from babychain.local.receiver import WebhookReceiver
+    from babychain.local.runner import LocalEngine
+
     engine = LocalEngine(args.home, port=args.port).start()
     receiver = WebhookReceiver(engine.settings.callback_secret).start()
     try:
@@ -124,9 +199,6 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def _run_demo(engine: LocalEngine, receiver: WebhookReceiver, chain: str, timeout: float) -> int:
-    client = httpx.Client(
-        base_url=engine.base_url, timeout=30, headers={"Authorization": f"Bearer {engine.settings.api_keys[0]}"}
-    )
     source = None
     if chain == "chain2":
         # chain2 starts from a caller image: make one with a chain1-style text_to_image call on the local media kit.
@@ -137,32 +209,32 @@ def _run_demo(engine: LocalEngine, receiver: WebhookReceiver, chain: str, timeou
         )
     body = demo_request(chain, receiver.url, source)
     _print(f"\nPOST /api/v1/chains/{chain}/runs")
-    response = client.post(
-        f"/api/v1/chains/{chain}/runs", json=body, headers={"Idempotency-Key": f"demo-{time.time()}"}
-    )
-    run = response.json()
-    if response.status_code != 202:
-        _print(f"create failed: {response.status_code} {json.dumps(run)}")
-        return 1
-    _print(
-        f"  202 {run['id']} status={run['status']} mode={run['mode']} steps="
-        + " -> ".join(s["step_key"] for s in run["steps"])
-    )
-    seen: dict[str, str] = {}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = client.get(f"/api/v1/chains/get/{run['id']}").json()
-        for step in run["steps"]:
-            state = step["status"] + (f" {int(step['progress'] * 100)}%" if "progress" in step else "")
-            if seen.get(step["step_key"]) != state:
-                seen[step["step_key"]] = state
-                _print(f"  step {step['step_index'] + 1} {step['step_key']:<15} {state}")
-        if run["status"] in ("succeeded", "failed", "canceled"):
-            break
-        time.sleep(0.25)
-    _print(f"\nrun {run['status']} (current_step_key={run['current_step_key']})")
-    if run["status"] != "succeeded":
-        _print(json.dumps(run.get("error"), indent=2))
+    with BabyChain(engine.base_url, engine.settings.api_keys[0]) as client:
+        try:
+            run = client.create(chain, body)
+        except BabyChainError as exc:
+            _print(f"create failed: {exc}")
+            return 1
+        _print(
+            f"  202 {run.id} status={run.status} mode={run.mode} steps=" + " -> ".join(s.step_key for s in run.steps)
+        )
+        seen: dict[str, str] = {}
+
+        def show(run: Run) -> None:
+            for step in run.steps:
+                state = step.status + (f" {int(step.progress * 100)}%" if step.progress is not None else "")
+                if seen.get(step.step_key) != state:
+                    seen[step.step_key] = state
+                    _print(f"  step {step.step_index + 1} {step.step_key:<15} {state}")
+
+        try:
+            run = client.wait(run.id, timeout=timeout, on_progress=show, interval=0.25, max_interval=0.25)
+        except BabyChainError as exc:
+            _print(f"\n{exc}")
+            return 1
+    _print(f"\nrun {run.status} (current_step_key={run.current_step_key})")
+    if run.status != "succeeded":
+        _print(json.dumps(run.raw.get("error"), indent=2))
         return 1
     deliveries = receiver.wait_for(1, timeout=30)
     files = _describe_outputs(engine, run)
@@ -180,25 +252,21 @@ def _run_demo(engine: LocalEngine, receiver: WebhookReceiver, chain: str, timeou
     return 0 if verified else 1
 
 
-def _verify_independently(engine: LocalEngine, delivery: Any) -> tuple[bool, str]:
-    """Checks the callback with the Standard Webhooks reference library when it is installed, else our verifier."""
+def _verify_independently(engine: LocalEngine, delivery: Delivery) -> tuple[bool, str]:
+    """Checks the callback with the client's `verify_webhook`, which is the Standard Webhooks reference library."""
     try:
-        from standardwebhooks.webhooks import Webhook
-    except ImportError:
-        return bool(delivery.verified), "the engine's own verifier (standardwebhooks is not installed)"
-    try:
-        Webhook(engine.settings.callback_secret).verify(delivery.body, delivery.headers)
-    except Exception:
+        verify_webhook(delivery.headers, delivery.body, engine.settings.callback_secret)
+    except BabyChainError:
         return False, "the standardwebhooks reference library"
     return True, "the standardwebhooks reference library"
 
 
-def _describe_outputs(engine: LocalEngine, run: dict[str, Any]) -> list[str]:
+def _describe_outputs(engine: LocalEngine, run: Run) -> list[str]:
     lines = ["\noutputs:"]
-    for step in run["steps"]:
-        for url in step.get("generation_output_file", []):
+    for step in run.steps:
+        for url in step.generation_output_file:
             path = engine.artifacts.path_for(url.split("/files/", 1)[1])
-            lines.append(f"  {step['step_key']:<15} {path}  ({path.stat().st_size} bytes) {_media_facts(path)}")
+            lines.append(f"  {step.step_key:<15} {path}  ({path.stat().st_size} bytes) {_media_facts(path)}")
     return lines
 
 
@@ -349,6 +417,13 @@ def main(argv: list[str] | None = None) -> int:
         "--no-access-log", dest="access_log", action="store_false", help="do not print one line per HTTP request"
     )
     p_serve.set_defaults(func=serve)
+    p_inspect = sub.add_parser(
+        "inspect", help="serve only the run inspector, for an API elsewhere (e.g. an AWS deployment)"
+    )
+    p_inspect.add_argument("--api", help="the API's base URL, e.g. the stack's ApiUrl output")
+    p_inspect.add_argument("--port", type=int, default=8081)
+    p_inspect.add_argument("--host", default="127.0.0.1")
+    p_inspect.set_defaults(func=inspect)
     p_demo = sub.add_parser("demo", help="run one chain end to end on the local provider and show it")
     p_demo.add_argument("--chain", default="chain3", choices=["chain1", "chain2", "chain3"])
     p_demo.add_argument("--port", type=int, default=0)
@@ -381,8 +456,20 @@ def main(argv: list[str] | None = None) -> int:
     p_limit.add_argument("key", help="the key's id or its prefix from `keys list`")
     p_limit.add_argument("limit", help="requests per minute, or `default` (BABYCHAIN_RATE_LIMIT_PER_MINUTE)")
     p_limit.set_defaults(func=keys_set_rate_limit)
+    register_client_commands(sub)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ModuleNotFoundError as exc:
+        # A client-only install (README, "The Python client") has the package without the engine's dependencies.
+        if args.command not in ENGINE_COMMANDS:
+            raise
+        print(
+            f"babychain {args.command}: the engine's dependencies are not installed (no module {exc.name!r}); "
+            "install them with pip install 'babychain[local]'",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

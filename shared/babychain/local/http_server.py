@@ -1,7 +1,9 @@
 """The one-machine HTTP edge: uvicorn serving a small ASGI app that plays API Gateway.
 
 API routes become API Gateway HTTP API (v2) events for the very same Lambda handlers; `/files/` serves the artifact
-folder with `HEAD` and `Range` (so browsers can seek in videos). The handler runs on the event loop's thread and
+folder with `HEAD` and `Range` (so browsers can seek in videos); `/runs` serves the run inspector's static pages
+(`babychain.local.inspector`), and `/` sends browsers there; `/docs` is the API reference (Swagger UI, served from
+files on this machine: `babychain.local.api_docs`). The handler runs on the event loop's thread and
 blocks it: a worker process handles one invocation at a time, which is Lambda's contract (Powertools keeps the
 current event at class level). Concurrency comes from several worker processes sharing the listening socket.
 Every answer of ours, malformed HTTP included, is in the API's JSON error shape.
@@ -27,6 +29,8 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from babychain.errors import ApiError
+from babychain.local import inspector
+from babychain.local.api_docs import docs_answer
 from babychain.local.lambda_shim import LambdaContext, http_event, load_handler, match_route, route_methods
 
 access_log = logging.getLogger("babychain.access")
@@ -115,6 +119,14 @@ class ApiGatewayApp:
             if method not in ("GET", "HEAD"):
                 return _method_not_allowed(["GET", "HEAD"])
             return self._file(method, path, headers)
+        page = _inspector(method, path)
+        if page is not None:
+            return page
+        if (docs := docs_answer(path)) is not None:
+            if method not in ("GET", "HEAD"):
+                return _method_not_allowed(["GET", "HEAD"])
+            content_type, data = docs
+            return Reply(200, {"content-type": content_type, "cache-control": "no-cache"}, data, function="docs")
         route = match_route(method, path)
         if route is None:
             allowed = route_methods(path)
@@ -173,6 +185,33 @@ class ApiGatewayApp:
         reply.file = (file, offset, 0 if method == "HEAD" else length)
         reply.headers["content-length"] = str(length)
         return reply
+
+
+class InspectorApp:
+    """ASGI app serving only the run inspector (`babychain inspect`), for looking at an API that runs elsewhere."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return await _lifespan(receive, send)
+        if scope["type"] != "http":
+            return None
+        path = scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or scope["path"]
+        reply = _inspector(scope["method"], path) or Reply.error(ApiError(404, "route_not_found", "No such route."))
+        await _send_reply(scope, send, reply)
+        return None
+
+
+def _inspector(method: str, path: str) -> Reply | None:
+    """The run inspector's pages and files, and `/` sending browsers to them; None for every other path."""
+    name = inspector.asset_for(path)
+    if name is None and path != "/":
+        return None
+    if method not in ("GET", "HEAD"):
+        return _method_not_allowed(["GET", "HEAD"])
+    if name is None:
+        return Reply(302, {"location": inspector.HOME, "cache-control": "no-store"}, function="inspector")
+    data, content_type = inspector.read_asset(name)
+    return Reply(200, inspector.headers_for(content_type), data, function="inspector")
 
 
 def _parse_range(value: str | None, size: int) -> tuple[int, int] | str | None:
@@ -303,7 +342,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(sock: socket.socket, app: ApiGatewayApp, *, graceful_seconds: float = 10.0) -> None:
+def serve(sock: socket.socket, app: ApiGatewayApp | InspectorApp, *, graceful_seconds: float = 10.0) -> None:
     """Runs uvicorn on an already bound socket until SIGTERM/SIGINT, then finishes in-flight requests and returns."""
     config = uvicorn.Config(
         app,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 FUNCTIONS_DIR = Path(__file__).resolve().parents[3] / "functions"
@@ -26,6 +27,7 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/api/v1/chains", "list"),
     ("GET", "/api/v1/chains/runs", "list"),
     ("GET", "/api/v1/models", "list"),
+    ("GET", "/api/v1/openapi.json", "list"),
     ("POST", "/api/v1/chains/{slug}/runs", "create_run"),
     ("GET", "/api/v1/chains/get/{run_id}", "get_run"),
     ("POST", "/api/v1/chains/cancel/{run_id}", "cancel_run"),
@@ -57,11 +59,11 @@ def route_methods(path: str) -> list[str]:
 
 API_FUNCTIONS = tuple(sorted({function for _method, _route, function in ROUTES}))
 
-_loaded: dict[str, Handler] = {}
+_loaded: dict[str, ModuleType] = {}
 
 
-def load_handler(function: str) -> Handler:
-    """Imports functions/<function>/app.py by path (each Lambda's code is its own folder) and returns its handler."""
+def load_function(function: str) -> ModuleType:
+    """Imports functions/<function>/app.py by path (each Lambda's code is its own folder), once per process."""
     if function not in _loaded:
         path = FUNCTIONS_DIR / function / "app.py"
         name = f"babychain_functions.{function}"
@@ -71,8 +73,14 @@ def load_handler(function: str) -> Handler:
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
-        _loaded[function] = module.lambda_handler
+        _loaded[function] = module
     return _loaded[function]
+
+
+def load_handler(function: str) -> Handler:
+    """The Lambda handler of functions/<function>/app.py."""
+    handler: Handler = load_function(function).lambda_handler
+    return handler
 
 
 @dataclass

@@ -69,6 +69,8 @@ class LocalProviderServer(LoopbackServer):
         self._rule_uses: dict[int, int] = {}
         self.resolver = resolver
         self.submissions: list[dict[str, Any]] = []  # every accepted submit, for tests and the demo
+        # Every submit received, refused, replayed or new: a key seen twice is a second submission of one attempt.
+        self.submit_log: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         super().__init__(self._handler_class(), host=host, port=port, name="local-provider")
 
@@ -98,6 +100,7 @@ class LocalProviderServer(LoopbackServer):
     def submit(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         step_key = str(body.get("step_key", ""))
         with self._lock:
+            self.submit_log.append({"idempotency_key": body.get("idempotency_key"), "step_key": step_key})
             rule = self._take_rule(step_key, "submit_")
             if rule is not None:
                 return int(rule.what.removeprefix("submit_")), {

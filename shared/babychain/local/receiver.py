@@ -27,22 +27,26 @@ class Delivery:
 
 
 class WebhookReceiver(LoopbackServer):
-    """Records every delivery. `answers` scripts the HTTP status of the first deliveries (e.g. [500, 500])."""
+    """Records every delivery. `answers` scripts the HTTP status of the first deliveries (e.g. [500, 500]); a 3xx
+    answer carries `Location: <location>` when one is given."""
 
     def __init__(
         self,
         secret: str,
         *,
         answers: list[int] | None = None,
+        location: str | None = None,
         host: str = "127.0.0.1",
+        port: int = 0,
         on_delivery: Callable[[Delivery], None] | None = None,
     ) -> None:
         self.secret = secret
         self.on_delivery = on_delivery
         self.answers = list(answers or [])
+        self.location = location
         self.deliveries: list[Delivery] = []
         self._arrived = threading.Condition()
-        super().__init__(self._handler_class(), host=host, name="webhook-receiver")
+        super().__init__(self._handler_class(), host=host, port=port, name="webhook-receiver")
 
     @property
     def url(self) -> str:
@@ -67,6 +71,7 @@ class WebhookReceiver(LoopbackServer):
                     receiver._arrived.notify_all()
                 if receiver.on_delivery is not None:
                     receiver.on_delivery(delivery)
-                self.send_bytes(status)
+                redirect = 300 <= status < 400 and receiver.location is not None
+                self.send_bytes(status, headers={"Location": str(receiver.location)} if redirect else None)
 
         return Handler

@@ -240,9 +240,10 @@ class Store(ABC):
         }
         return self.call("bc_claim_callback", params)
 
-    def end_callback_leases(self, host: str, live_pids: list[int], max_attempts: int) -> list[str]:
-        """Abandons the attempts held on `host` by processes not alive; returns the run ids due again."""
-        params = {"host": host, "live_pids": [str(pid) for pid in live_pids], "max_attempts": max_attempts}
+    def end_callback_leases(self, host: str, live: list[str], max_attempts: int) -> list[str]:
+        """Abandons the attempts held on `host` by processes not in `live` (their names as in the holder, after the
+        `/`); returns the run ids due again."""
+        params = {"host": host, "live_pids": live, "max_attempts": max_attempts}
         return self.call("bc_end_callback_leases", params)
 
     def record_callback_attempt(self, attempt: dict[str, Any]) -> Row:

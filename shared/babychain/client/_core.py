@@ -1,0 +1,157 @@
+"""What the sync and async clients share: settings, requests, the retry policy and `wait`'s polling schedule."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+
+from babychain.client.errors import APIConnectionError, APIError, APITimeoutError, BabyChainError, MissingSettingError
+from babychain.client.models import Run, RunPage
+
+T = TypeVar("T")
+# The caller's side of the environment (not engine settings: `babychain.config` declares those). The key's variable
+# has the same name as the engine's bootstrap keys, so that one shell can run `serve` and the client.
+URL_VARIABLE = "BABYCHAIN_URL"
+KEY_VARIABLE = "BABYCHAIN_API_KEY"
+CLIENT_VARIABLES = (URL_VARIABLE, KEY_VARIABLE)
+API_PREFIX = "/api/v1"
+USER_AGENT = "babychain-python-client"
+# Answers worth another try: rate limited, and the gateway or service briefly unavailable. Every call is safe to repeat:
+# reads and cancel are idempotent, and create carries an Idempotency-Key, so a repeat replays the first run.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+MAX_RETRY_WAIT_SECONDS = 60.0
+
+
+def resolve_url(base_url: str | None) -> str:
+    url = (base_url or os.environ.get(URL_VARIABLE, "")).strip().rstrip("/")
+    if not url:
+        raise MissingSettingError(
+            URL_VARIABLE,
+            f"pass base_url= (--url on the command line) or export {URL_VARIABLE}=<the deployment's base URL, e.g. "
+            "http://127.0.0.1:8080>",
+        )
+    if not url.startswith(("http://", "https://")):
+        raise BabyChainError(f"the deployment URL must start with http:// or https://, got {url!r}")
+    return url.removesuffix(API_PREFIX)
+
+
+def resolve_key(api_key: str | None) -> str:
+    key = (api_key or os.environ.get(KEY_VARIABLE, "")).strip()
+    if not key:
+        raise MissingSettingError(
+            KEY_VARIABLE,
+            f"export {KEY_VARIABLE}=<your API key> (`babychain keys create` makes one; `babychain serve` prints the "
+            "local development key)",
+        )
+    return key
+
+
+def headers_for(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT, "Accept": "application/json"}
+
+
+def run_path(action: str, run: str | Run) -> str:
+    run_id = run.id if isinstance(run, Run) else run
+    return f"{API_PREFIX}/chains/{action}/{urllib.parse.quote(str(run_id), safe='')}"
+
+
+def create_path(chain: str) -> str:
+    return f"{API_PREFIX}/chains/{urllib.parse.quote(chain, safe='')}/runs"
+
+
+def idempotency_headers(idempotency_key: str | None) -> dict[str, str]:
+    return {"Idempotency-Key": idempotency_key or f"bc-client-{uuid.uuid4().hex}"}
+
+
+def list_params(status: str | None, chain_slug: str | None, limit: int, cursor: str | None) -> dict[str, str]:
+    params = {"limit": str(limit)}
+    for name, value in (("status", status), ("chain_slug", chain_slug), ("cursor", cursor)):
+        if value is not None:
+            params[name] = value
+    return params
+
+
+def transport_error(exc: httpx.TransportError, url: str) -> APIConnectionError:
+    if isinstance(exc, httpx.TimeoutException):
+        error: APIConnectionError = APITimeoutError(f"timed out talking to {url}: {exc}", url)
+    else:
+        error = APIConnectionError(f"cannot reach {url}: {exc or type(exc).__name__}", url)
+    error.__cause__ = exc
+    return error
+
+
+def retry_delay(error: BabyChainError, attempt: int, max_retries: int) -> float | None:
+    """Seconds to wait before repeating a failed call, or None to raise `error`: connection failures and
+    `RETRY_STATUSES`, honouring `Retry-After` (up to a minute), else exponential backoff with jitter."""
+    if attempt >= max_retries:
+        return None
+    if isinstance(error, APIError):
+        if error.status not in RETRY_STATUSES:
+            return None
+        if error.retry_after is not None:
+            return error.retry_after if error.retry_after <= MAX_RETRY_WAIT_SECONDS else None
+    elif not isinstance(error, APIConnectionError):
+        return None
+    return min(MAX_RETRY_WAIT_SECONDS, 0.5 * 2**attempt) * random.uniform(0.75, 1.25)
+
+
+def json_object(response: httpx.Response) -> Mapping[str, Any]:
+    try:
+        data = response.json()
+    except ValueError as exc:
+        message = f"The answer from {response.request.url} is not JSON."
+        raise APIError(response.status_code, "invalid_response", message) from exc
+    if not isinstance(data, dict):
+        message = f"The answer from {response.request.url} is not a JSON object."
+        raise APIError(response.status_code, "invalid_response", message)
+    return data
+
+
+def parse_run(response: httpx.Response) -> Run:
+    return _parsed(response, Run.from_dict, "a chain_run resource")
+
+
+def parse_page(response: httpx.Response) -> RunPage:
+    return _parsed(response, RunPage.from_dict, "a list of runs")
+
+
+def _parsed(response: httpx.Response, parse: Callable[[Mapping[str, Any]], T], what: str) -> T:
+    """A 2xx answer that is not what this API sends (the URL names something else?) is an `invalid_response`."""
+    data = json_object(response)
+    try:
+        return parse(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        message = f"The answer from {response.request.url} is not {what} ({type(exc).__name__}: {exc})."
+        raise APIError(response.status_code, "invalid_response", message) from exc
+
+
+@dataclass
+class PollSchedule:
+    """`wait`'s polling: every `interval` seconds while the run keeps changing, backing off by half again per
+    unchanged look up to `max_interval` (the default 1 s to 5 s stays within the default 60 requests a minute), and
+    never past the deadline. `next_delay` is None once the deadline has passed."""
+
+    timeout: float | None
+    interval: float
+    max_interval: float
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0 or self.max_interval < self.interval:
+            raise ValueError("need 0 < interval <= max_interval")
+        self._deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        self._current = self.interval
+
+    def next_delay(self, changed: bool) -> float | None:
+        self._current = self.interval if changed else min(self._current * 1.5, self.max_interval)
+        if self._deadline is None:
+            return self._current
+        left = self._deadline - time.monotonic()
+        return None if left <= 0 else min(self._current, left)

@@ -5,7 +5,6 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from babychain.api.http import caller, json_response, make_resolver, text_response
-from babychain.api.openapi import published_document
 from babychain.api.schemas import (
     PUBLIC,
     ChainFilter,
@@ -95,6 +94,10 @@ def health() -> Response[Health]:
     responses=answers(200, OpenApiDocument, "The OpenAPI 3.1 document of this API.", authenticated=False),
 )
 def openapi() -> Response[OpenApiDocument]:
+    # Serving the committed document needs nothing else of the module that generates it, which imports the model
+    # catalog and its pydantic families: imported here, not at every cold start of the listings.
+    from babychain.api.openapi import published_document
+
     return text_response(200, published_document(), "application/json", {"Cache-Control": "public, max-age=300"})
 
 

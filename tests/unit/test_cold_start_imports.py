@@ -76,6 +76,13 @@ def test_handlers_that_never_validate_do_not_load_the_catalog(function: str) -> 
         assert not [m for m in modules if m.startswith("pydantic")]
 
 
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_no_handler_loads_the_models_that_describe_the_api(function: str) -> None:
+    # Powertools' OpenAPI models (about 50 ms to import) are for building the document (babychain.api.openapi), not
+    # for validating a request.
+    assert "aws_lambda_powertools.event_handler.openapi.models" not in cold_start(function)["modules"]
+
+
 @pytest.mark.parametrize("function", VALIDATE)
 def test_handlers_that_validate_load_it_at_start(function: str) -> None:
     # Eagerly: at init, not on the first request.

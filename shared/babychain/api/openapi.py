@@ -105,9 +105,16 @@ def chain_input_schema(template: ChainTemplate, family_refs: dict[str, dict[str,
 
 
 def _api_resolvers() -> list[Any]:
+    """The API functions' resolvers, with the security scheme their routes name (`schemas.requires`), which the
+    resolvers leave out at run time (see `babychain.api.http.EdgeResolver`)."""
+    from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
+
     from babychain.local.lambda_shim import API_FUNCTIONS, load_function
 
-    return [load_function(function).app for function in API_FUNCTIONS]
+    resolvers = [load_function(function).app for function in API_FUNCTIONS]
+    for resolver in resolvers:
+        resolver.configure_openapi(security_schemes={SECURITY_SCHEME: HTTPBearer(description="Your API key.")})
+    return resolvers
 
 
 def _tidy_operations(document: dict[str, Any]) -> None:

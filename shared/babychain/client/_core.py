@@ -1,4 +1,9 @@
-"""What the sync and async clients share: settings, requests, the retry policy and `wait`'s polling schedule."""
+"""Everything the sync and async clients do but the I/O.
+
+Each call is a *plan*: a generator that yields the I/O it needs (`Send` an HTTP request, `Sleep`, `Report` a run to
+`wait`'s progress callback) and gets the outcome back, and that returns the call's result or raises its error. The
+plans hold the settings, request building, answer and error decoding, the retry policy, pagination and `wait`'s
+polling; `BabyChain` (sync.py) and `AsyncBabyChain` (aio.py) only perform the actions, blocking or awaited."""
 
 from __future__ import annotations
 
@@ -7,14 +12,22 @@ import random
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
 
-from babychain.client.errors import APIConnectionError, APIError, APITimeoutError, BabyChainError, MissingSettingError
-from babychain.client.models import Run, RunPage
+from babychain.client.errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    BabyChainError,
+    MissingSettingError,
+    WaitTimeoutError,
+    error_from_response,
+)
+from babychain.client.models import Run, RunPage, RunStatus
 
 T = TypeVar("T")
 # The caller's side of the environment (not engine settings: `babychain.config` declares those). The key's variable
@@ -155,3 +168,116 @@ class PollSchedule:
             return self._current
         left = self._deadline - time.monotonic()
         return None if left <= 0 else min(self._current, left)
+
+
+# ------------------------------------------------------------------------------------------------- plans
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send one HTTP request. The driver answers with the `httpx.Response`, or with the `httpx.TransportError` that
+    sending raised (the plan decides whether to try again)."""
+
+    method: str
+    url: str
+    json: Any = None
+    params: Mapping[str, str] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Report:
+    """Call `wait`'s `on_progress(run)` (the async driver awaits what it returns, if awaitable)."""
+
+    callback: Callable[[Run], object]
+    run: Run
+
+
+Action = Send | Sleep | Report
+# A call: yields actions, is sent each action's outcome (None for Sleep and Report), returns the result.
+Plan = Generator[Action, Any, T]
+
+
+def next_cursor(page: RunPage) -> str | None:
+    """The cursor of the page after `page`, or None when it was the last."""
+    return page.next_cursor if page.has_more and page.next_cursor else None
+
+
+class ClientCore:
+    """The state and the plans both clients share; subclasses add an HTTP client and a driver for the plans."""
+
+    def __init__(self, base_url: str | None, api_key: str | None, max_retries: int) -> None:
+        self.base_url = resolve_url(base_url)
+        self.max_retries = max_retries
+        self._headers = headers_for(resolve_key(api_key))
+
+    def _request_plan(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Plan[httpx.Response]:
+        url = self.base_url + path
+        send = Send(method, url, json, params, {**self._headers, **(headers or {})})
+        attempt = 0
+        while True:
+            outcome = yield send
+            error: BabyChainError
+            if isinstance(outcome, httpx.Response):
+                if outcome.is_success:
+                    return outcome
+                error = error_from_response(outcome)
+            else:
+                error = transport_error(outcome, url)
+            delay = retry_delay(error, attempt, self.max_retries)
+            if delay is None:
+                raise error
+            yield Sleep(delay)
+            attempt += 1
+
+    def _create_plan(self, chain: str, body: Mapping[str, Any], idempotency_key: str | None) -> Plan[Run]:
+        response = yield from self._request_plan(
+            "POST", create_path(chain), json=dict(body), headers=idempotency_headers(idempotency_key)
+        )
+        return parse_run(response)
+
+    def _run_plan(self, action: str, run_id: str | Run) -> Plan[Run]:
+        method = "GET" if action == "get" else "POST"
+        return parse_run((yield from self._request_plan(method, run_path(action, run_id))))
+
+    def _page_plan(
+        self, status: RunStatus | None, chain_slug: str | None, limit: int, cursor: str | None
+    ) -> Plan[RunPage]:
+        params = list_params(status, chain_slug, limit, cursor)
+        return parse_page((yield from self._request_plan("GET", f"{API_PREFIX}/chains/runs", params=params)))
+
+    def _wait_plan(
+        self,
+        run_id: str | Run,
+        timeout: float | None,
+        on_progress: Callable[[Run], object] | None,
+        interval: float,
+        max_interval: float,
+    ) -> Plan[Run]:
+        schedule = PollSchedule(timeout, interval, max_interval)
+        last: dict[str, Any] | None = None
+        while True:
+            run = yield from self._run_plan("get", run_id)
+            changed = run.raw != last
+            if changed and on_progress is not None:
+                yield Report(on_progress, run)
+            if run.is_terminal:
+                return run
+            last = run.raw
+            delay = schedule.next_delay(changed)
+            if delay is None:
+                raise WaitTimeoutError(run, float(timeout or 0))
+            yield Sleep(delay)

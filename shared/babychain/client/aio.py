@@ -1,4 +1,6 @@
-"""`AsyncBabyChain`: the asyncio client, the same calls as `BabyChain` awaited (`list` is an async iterator)."""
+"""`AsyncBabyChain`: the asyncio client, the same calls as `BabyChain` awaited (`list` is an async iterator). The
+calls are planned in `_core.ClientCore`; this file performs the plans' I/O with an `httpx.AsyncClient` and
+`asyncio.sleep`."""
 
 from __future__ import annotations
 
@@ -6,16 +8,17 @@ import asyncio
 import inspect
 from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from babychain.client import _core
-from babychain.client.errors import BabyChainError, WaitTimeoutError, error_from_response
 from babychain.client.models import Run, RunPage, RunStatus
 
+T = TypeVar("T")
 
-class AsyncBabyChain:
+
+class AsyncBabyChain(_core.ClientCore):
     """The asyncio twin of `BabyChain` (same settings, retries and errors). `on_progress` may be a plain function or
     a coroutine function."""
 
@@ -28,9 +31,7 @@ class AsyncBabyChain:
         max_retries: int = 2,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
-        self.base_url = _core.resolve_url(base_url)
-        self.max_retries = max_retries
-        self._headers = _core.headers_for(_core.resolve_key(api_key))
+        super().__init__(base_url, api_key, max_retries)
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=timeout)
 
@@ -46,6 +47,30 @@ class AsyncBabyChain:
         if self._owns_http:
             await self._http.aclose()
 
+    async def _perform(self, action: _core.Action) -> object:
+        if isinstance(action, _core.Send):
+            try:
+                return await self._http.request(
+                    action.method, action.url, json=action.json, params=action.params, headers=action.headers
+                )
+            except httpx.TransportError as exc:
+                return exc
+        if isinstance(action, _core.Sleep):
+            await asyncio.sleep(action.seconds)
+        elif inspect.isawaitable(result := action.callback(action.run)):
+            await result
+        return None
+
+    async def _do(self, plan: _core.Plan[T]) -> T:
+        outcome: object = None
+        while True:
+            try:
+                action = plan.send(outcome)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            outcome = await self._perform(action)
+
     async def request(
         self,
         method: str,
@@ -55,37 +80,16 @@ class AsyncBabyChain:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        url = self.base_url + path
-        attempt = 0
-        while True:
-            error: BabyChainError
-            try:
-                response = await self._http.request(
-                    method, url, json=json, params=params, headers={**self._headers, **(headers or {})}
-                )
-            except httpx.TransportError as exc:
-                error = _core.transport_error(exc, url)
-            else:
-                if response.is_success:
-                    return response
-                error = error_from_response(response)
-            delay = _core.retry_delay(error, attempt, self.max_retries)
-            if delay is None:
-                raise error
-            await asyncio.sleep(delay)
-            attempt += 1
+        return await self._do(self._request_plan(method, path, json=json, params=params, headers=headers))
 
     async def create(self, chain: str, body: Mapping[str, Any], idempotency_key: str | None = None) -> Run:
-        response = await self.request(
-            "POST", _core.create_path(chain), json=dict(body), headers=_core.idempotency_headers(idempotency_key)
-        )
-        return _core.parse_run(response)
+        return await self._do(self._create_plan(chain, body, idempotency_key))
 
     async def get(self, run_id: str | Run) -> Run:
-        return _core.parse_run(await self.request("GET", _core.run_path("get", run_id)))
+        return await self._do(self._run_plan("get", run_id))
 
     async def cancel(self, run_id: str | Run) -> Run:
-        return _core.parse_run(await self.request("POST", _core.run_path("cancel", run_id)))
+        return await self._do(self._run_plan("cancel", run_id))
 
     async def list_page(
         self,
@@ -95,8 +99,7 @@ class AsyncBabyChain:
         limit: int = 20,
         cursor: str | None = None,
     ) -> RunPage:
-        params = _core.list_params(status, chain_slug, limit, cursor)
-        return _core.parse_page(await self.request("GET", f"{_core.API_PREFIX}/chains/runs", params=params))
+        return await self._do(self._page_plan(status, chain_slug, limit, cursor))
 
     async def list(
         self, *, status: RunStatus | None = None, chain_slug: str | None = None, page_size: int = 50
@@ -104,12 +107,11 @@ class AsyncBabyChain:
         """`async for run in client.list(): ...`: every run of yours, newest first, page after page."""
         cursor: str | None = None
         while True:
-            page = await self.list_page(status=status, chain_slug=chain_slug, limit=page_size, cursor=cursor)
+            page = await self._do(self._page_plan(status, chain_slug, page_size, cursor))
             for run in page.data:
                 yield run
-            if not page.has_more or not page.next_cursor:
+            if (cursor := _core.next_cursor(page)) is None:
                 return
-            cursor = page.next_cursor
 
     async def wait(
         self,
@@ -120,19 +122,4 @@ class AsyncBabyChain:
         interval: float = 1.0,
         max_interval: float = 5.0,
     ) -> Run:
-        schedule = _core.PollSchedule(timeout, interval, max_interval)
-        last: dict[str, Any] | None = None
-        while True:
-            run = await self.get(run_id)
-            changed = run.raw != last
-            if changed and on_progress is not None:
-                result = on_progress(run)
-                if inspect.isawaitable(result):
-                    await result
-            if run.is_terminal:
-                return run
-            last = run.raw
-            delay = schedule.next_delay(changed)
-            if delay is None:
-                raise WaitTimeoutError(run, float(timeout or 0))
-            await asyncio.sleep(delay)
+        return await self._do(self._wait_plan(run_id, timeout, on_progress, interval, max_interval))

@@ -1,20 +1,22 @@
-"""`BabyChain`: the synchronous client."""
+"""`BabyChain`: the synchronous client. What each call does is planned in `_core.ClientCore`; this file performs the
+plans' I/O with a blocking `httpx.Client` and `time.sleep`."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from babychain.client import _core
-from babychain.client.errors import BabyChainError, WaitTimeoutError, error_from_response
 from babychain.client.models import Run, RunPage, RunStatus
 
+T = TypeVar("T")
 
-class BabyChain:
+
+class BabyChain(_core.ClientCore):
     """A client for one BabyChain deployment.
 
     `base_url` defaults to `BABYCHAIN_URL` and `api_key` to `BABYCHAIN_API_KEY`. Failed calls are repeated up to
@@ -32,9 +34,7 @@ class BabyChain:
         max_retries: int = 2,
         http_client: httpx.Client | None = None,
     ) -> None:
-        self.base_url = _core.resolve_url(base_url)
-        self.max_retries = max_retries
-        self._headers = _core.headers_for(_core.resolve_key(api_key))
+        super().__init__(base_url, api_key, max_retries)
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(timeout=timeout)
 
@@ -50,6 +50,30 @@ class BabyChain:
         if self._owns_http:
             self._http.close()
 
+    def _perform(self, action: _core.Action) -> object:
+        if isinstance(action, _core.Send):
+            try:
+                return self._http.request(
+                    action.method, action.url, json=action.json, params=action.params, headers=action.headers
+                )
+            except httpx.TransportError as exc:
+                return exc
+        if isinstance(action, _core.Sleep):
+            time.sleep(action.seconds)
+        else:
+            action.callback(action.run)
+        return None
+
+    def _do(self, plan: _core.Plan[T]) -> T:
+        outcome: object = None
+        while True:
+            try:
+                action = plan.send(outcome)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            outcome = self._perform(action)
+
     def request(
         self,
         method: str,
@@ -61,41 +85,20 @@ class BabyChain:
     ) -> httpx.Response:
         """One API call (`path` from the deployment's root, e.g. `/api/v1/models`), with the retry policy; returns the
         2xx answer or raises."""
-        url = self.base_url + path
-        attempt = 0
-        while True:
-            error: BabyChainError
-            try:
-                response = self._http.request(
-                    method, url, json=json, params=params, headers={**self._headers, **(headers or {})}
-                )
-            except httpx.TransportError as exc:
-                error = _core.transport_error(exc, url)
-            else:
-                if response.is_success:
-                    return response
-                error = error_from_response(response)
-            delay = _core.retry_delay(error, attempt, self.max_retries)
-            if delay is None:
-                raise error
-            time.sleep(delay)
-            attempt += 1
+        return self._do(self._request_plan(method, path, json=json, params=params, headers=headers))
 
     def create(self, chain: str, body: Mapping[str, Any], idempotency_key: str | None = None) -> Run:
         """Starts a run of `chain` (`chain1`, `chain2`, `chain3` or an alias). `body` is the request body:
         `{"input": {...}, "webhook_url": ..., "metadata": ...}`. Without `idempotency_key` a fresh one is made, so
         the client's own retries never start a second run."""
-        response = self.request(
-            "POST", _core.create_path(chain), json=dict(body), headers=_core.idempotency_headers(idempotency_key)
-        )
-        return _core.parse_run(response)
+        return self._do(self._create_plan(chain, body, idempotency_key))
 
     def get(self, run_id: str | Run) -> Run:
-        return _core.parse_run(self.request("GET", _core.run_path("get", run_id)))
+        return self._do(self._run_plan("get", run_id))
 
     def cancel(self, run_id: str | Run) -> Run:
         """Cancels a queued or running run; a run that already ended comes back unchanged."""
-        return _core.parse_run(self.request("POST", _core.run_path("cancel", run_id)))
+        return self._do(self._run_plan("cancel", run_id))
 
     def list_page(
         self,
@@ -106,8 +109,7 @@ class BabyChain:
         cursor: str | None = None,
     ) -> RunPage:
         """One page of your runs, newest first (`limit` 1-100; `cursor` is a page's `next_cursor`)."""
-        params = _core.list_params(status, chain_slug, limit, cursor)
-        return _core.parse_page(self.request("GET", f"{_core.API_PREFIX}/chains/runs", params=params))
+        return self._do(self._page_plan(status, chain_slug, limit, cursor))
 
     def list(
         self, *, status: RunStatus | None = None, chain_slug: str | None = None, page_size: int = 50
@@ -115,11 +117,10 @@ class BabyChain:
         """Every run of yours, newest first, fetching page after page (signed cursors) as you iterate."""
         cursor: str | None = None
         while True:
-            page = self.list_page(status=status, chain_slug=chain_slug, limit=page_size, cursor=cursor)
+            page = self._do(self._page_plan(status, chain_slug, page_size, cursor))
             yield from page.data
-            if not page.has_more or not page.next_cursor:
+            if (cursor := _core.next_cursor(page)) is None:
                 return
-            cursor = page.next_cursor
 
     def wait(
         self,
@@ -133,17 +134,4 @@ class BabyChain:
         """Polls until the run ends and returns it. `on_progress(run)` is called with the first look and then each
         time the run changed (a step started, progressed or ended...). Raises `WaitTimeoutError` (carrying the run as
         last seen) after `timeout` seconds; None waits for as long as it takes."""
-        schedule = _core.PollSchedule(timeout, interval, max_interval)
-        last: dict[str, Any] | None = None
-        while True:
-            run = self.get(run_id)
-            changed = run.raw != last
-            if changed and on_progress is not None:
-                on_progress(run)
-            if run.is_terminal:
-                return run
-            last = run.raw
-            delay = schedule.next_delay(changed)
-            if delay is None:
-                raise WaitTimeoutError(run, float(timeout or 0))
-            time.sleep(delay)
+        return self._do(self._wait_plan(run_id, timeout, on_progress, interval, max_interval))

@@ -7,6 +7,7 @@ polling; `BabyChain` (sync.py) and `AsyncBabyChain` (aio.py) only perform the ac
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 import time
@@ -30,6 +31,7 @@ from babychain.client.errors import (
 from babychain.client.models import Run, RunPage, RunStatus
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 # The caller's side of the environment (not engine settings: `babychain.config` declares those). The key's variable
 # has the same name as the engine's bootstrap keys, so that one shell can run `serve` and the client.
 URL_VARIABLE = "BABYCHAIN_URL"
@@ -208,8 +210,25 @@ def next_cursor(page: RunPage) -> str | None:
     return page.next_cursor if page.has_more and page.next_cursor else None
 
 
+def as_method(call: F, plan: Callable[..., Any]) -> F:
+    """`call`, which runs `plan`, dressed as the public method: the plan's name without `_` and `_plan`, its
+    docstring, and its signature (what `help()` and editors show) but for the return annotation."""
+    name = plan.__name__.removeprefix("_").removesuffix("_plan")
+    call.__name__, call.__doc__ = name, plan.__doc__
+    call.__qualname__ = name  # ClientCore.__init_subclass__ puts the class in front
+    call.__signature__ = inspect.signature(plan).replace(return_annotation=inspect.Signature.empty)  # type: ignore[attr-defined]
+    return call
+
+
 class ClientCore:
-    """The state and the plans both clients share; subclasses add an HTTP client and a driver for the plans."""
+    """The state and the calls both clients share. Each call is a `_<name>_plan` method; the sync and async clients
+    turn each into their public `<name>` method (`as_method`), which runs the plan with their own I/O."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, value in vars(cls).items():
+            if inspect.isfunction(value) and value.__qualname__ == name:
+                value.__qualname__ = f"{cls.__qualname__}.{name}"
 
     def __init__(self, base_url: str | None, api_key: str | None, max_retries: int) -> None:
         self.base_url = resolve_url(base_url)
@@ -225,6 +244,8 @@ class ClientCore:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Plan[httpx.Response]:
+        """One API call (`path` from the deployment's root, e.g. `/api/v1/models`), with the retry policy; returns the
+        2xx answer or raises."""
         url = self.base_url + path
         send = Send(method, url, json, params, {**self._headers, **(headers or {})})
         attempt = 0
@@ -243,34 +264,52 @@ class ClientCore:
             yield Sleep(delay)
             attempt += 1
 
-    def _create_plan(self, chain: str, body: Mapping[str, Any], idempotency_key: str | None) -> Plan[Run]:
+    def _create_plan(self, chain: str, body: Mapping[str, Any], idempotency_key: str | None = None) -> Plan[Run]:
+        """Starts a run of `chain` (`chain1`, `chain2`, `chain3` or an alias). `body` is the request body:
+        `{"input": {...}, "webhook_url": ..., "metadata": ...}`. Without `idempotency_key` a fresh one is made, so
+        the client's own retries never start a second run."""
         response = yield from self._request_plan(
             "POST", create_path(chain), json=dict(body), headers=idempotency_headers(idempotency_key)
         )
         return parse_run(response)
 
-    def _run_plan(self, action: str, run_id: str | Run) -> Plan[Run]:
-        method = "GET" if action == "get" else "POST"
-        return parse_run((yield from self._request_plan(method, run_path(action, run_id))))
+    def _get_plan(self, run_id: str | Run) -> Plan[Run]:
+        """The run as it is now, with its steps (`progress` while a step runs)."""
+        return parse_run((yield from self._request_plan("GET", run_path("get", run_id))))
 
-    def _page_plan(
-        self, status: RunStatus | None, chain_slug: str | None, limit: int, cursor: str | None
+    def _cancel_plan(self, run_id: str | Run) -> Plan[Run]:
+        """Cancels a queued or running run; a run that already ended comes back unchanged."""
+        return parse_run((yield from self._request_plan("POST", run_path("cancel", run_id))))
+
+    def _list_page_plan(
+        self,
+        *,
+        status: RunStatus | None = None,
+        chain_slug: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
     ) -> Plan[RunPage]:
+        """One page of your runs, newest first (`limit` 1-100; `cursor` is a page's `next_cursor`)."""
         params = list_params(status, chain_slug, limit, cursor)
         return parse_page((yield from self._request_plan("GET", f"{API_PREFIX}/chains/runs", params=params)))
 
     def _wait_plan(
         self,
         run_id: str | Run,
-        timeout: float | None,
-        on_progress: Callable[[Run], object] | None,
-        interval: float,
-        max_interval: float,
+        *,
+        timeout: float | None = 600.0,
+        on_progress: Callable[[Run], object] | None = None,
+        interval: float = 1.0,
+        max_interval: float = 5.0,
     ) -> Plan[Run]:
+        """Polls until the run ends and returns it. `on_progress(run)` is called with the first look and then each
+        time the run changed (a step started, progressed or ended...); the async client awaits it if it returns an
+        awaitable. Raises `WaitTimeoutError` (carrying the run as last seen) after `timeout` seconds; None waits for
+        as long as it takes."""
         schedule = PollSchedule(timeout, interval, max_interval)
         last: dict[str, Any] | None = None
         while True:
-            run = yield from self._run_plan("get", run_id)
+            run = yield from self._get_plan(run_id)
             changed = run.raw != last
             if changed and on_progress is not None:
                 yield Report(on_progress, run)

@@ -6,16 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
 
 from babychain.client import _core
-from babychain.client.models import Run, RunPage, RunStatus
+from babychain.client.models import Run, RunStatus
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def _awaited(
+    plan: Callable[Concatenate[_core.ClientCore, P], _core.Plan[T]],
+) -> Callable[Concatenate[AsyncBabyChain, P], Coroutine[Any, Any, T]]:
+    async def call(self: AsyncBabyChain, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._do(plan(self, *args, **kwargs))
+
+    return _core.as_method(call, plan)
 
 
 class AsyncBabyChain(_core.ClientCore):
@@ -71,35 +81,12 @@ class AsyncBabyChain(_core.ClientCore):
                 return result
             outcome = await self._perform(action)
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> httpx.Response:
-        return await self._do(self._request_plan(method, path, json=json, params=params, headers=headers))
-
-    async def create(self, chain: str, body: Mapping[str, Any], idempotency_key: str | None = None) -> Run:
-        return await self._do(self._create_plan(chain, body, idempotency_key))
-
-    async def get(self, run_id: str | Run) -> Run:
-        return await self._do(self._run_plan("get", run_id))
-
-    async def cancel(self, run_id: str | Run) -> Run:
-        return await self._do(self._run_plan("cancel", run_id))
-
-    async def list_page(
-        self,
-        *,
-        status: RunStatus | None = None,
-        chain_slug: str | None = None,
-        limit: int = 20,
-        cursor: str | None = None,
-    ) -> RunPage:
-        return await self._do(self._page_plan(status, chain_slug, limit, cursor))
+    request = _awaited(_core.ClientCore._request_plan)
+    create = _awaited(_core.ClientCore._create_plan)
+    get = _awaited(_core.ClientCore._get_plan)
+    cancel = _awaited(_core.ClientCore._cancel_plan)
+    list_page = _awaited(_core.ClientCore._list_page_plan)
+    wait = _awaited(_core.ClientCore._wait_plan)
 
     async def list(
         self, *, status: RunStatus | None = None, chain_slug: str | None = None, page_size: int = 50
@@ -107,19 +94,8 @@ class AsyncBabyChain(_core.ClientCore):
         """`async for run in client.list(): ...`: every run of yours, newest first, page after page."""
         cursor: str | None = None
         while True:
-            page = await self._do(self._page_plan(status, chain_slug, page_size, cursor))
+            page = await self.list_page(status=status, chain_slug=chain_slug, limit=page_size, cursor=cursor)
             for run in page.data:
                 yield run
             if (cursor := _core.next_cursor(page)) is None:
                 return
-
-    async def wait(
-        self,
-        run_id: str | Run,
-        *,
-        timeout: float | None = 600.0,
-        on_progress: Callable[[Run], object] | None = None,
-        interval: float = 1.0,
-        max_interval: float = 5.0,
-    ) -> Run:
-        return await self._do(self._wait_plan(run_id, timeout, on_progress, interval, max_interval))

@@ -4,16 +4,26 @@ plans' I/O with a blocking `httpx.Client` and `time.sleep`."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
 import httpx
 
 from babychain.client import _core
-from babychain.client.models import Run, RunPage, RunStatus
+from babychain.client.models import Run, RunStatus
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def _blocking(
+    plan: Callable[Concatenate[_core.ClientCore, P], _core.Plan[T]],
+) -> Callable[Concatenate[BabyChain, P], T]:
+    def call(self: BabyChain, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._do(plan(self, *args, **kwargs))
+
+    return _core.as_method(call, plan)
 
 
 class BabyChain(_core.ClientCore):
@@ -74,42 +84,12 @@ class BabyChain(_core.ClientCore):
                 return result
             outcome = self._perform(action)
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> httpx.Response:
-        """One API call (`path` from the deployment's root, e.g. `/api/v1/models`), with the retry policy; returns the
-        2xx answer or raises."""
-        return self._do(self._request_plan(method, path, json=json, params=params, headers=headers))
-
-    def create(self, chain: str, body: Mapping[str, Any], idempotency_key: str | None = None) -> Run:
-        """Starts a run of `chain` (`chain1`, `chain2`, `chain3` or an alias). `body` is the request body:
-        `{"input": {...}, "webhook_url": ..., "metadata": ...}`. Without `idempotency_key` a fresh one is made, so
-        the client's own retries never start a second run."""
-        return self._do(self._create_plan(chain, body, idempotency_key))
-
-    def get(self, run_id: str | Run) -> Run:
-        return self._do(self._run_plan("get", run_id))
-
-    def cancel(self, run_id: str | Run) -> Run:
-        """Cancels a queued or running run; a run that already ended comes back unchanged."""
-        return self._do(self._run_plan("cancel", run_id))
-
-    def list_page(
-        self,
-        *,
-        status: RunStatus | None = None,
-        chain_slug: str | None = None,
-        limit: int = 20,
-        cursor: str | None = None,
-    ) -> RunPage:
-        """One page of your runs, newest first (`limit` 1-100; `cursor` is a page's `next_cursor`)."""
-        return self._do(self._page_plan(status, chain_slug, limit, cursor))
+    request = _blocking(_core.ClientCore._request_plan)
+    create = _blocking(_core.ClientCore._create_plan)
+    get = _blocking(_core.ClientCore._get_plan)
+    cancel = _blocking(_core.ClientCore._cancel_plan)
+    list_page = _blocking(_core.ClientCore._list_page_plan)
+    wait = _blocking(_core.ClientCore._wait_plan)
 
     def list(
         self, *, status: RunStatus | None = None, chain_slug: str | None = None, page_size: int = 50
@@ -117,21 +97,7 @@ class BabyChain(_core.ClientCore):
         """Every run of yours, newest first, fetching page after page (signed cursors) as you iterate."""
         cursor: str | None = None
         while True:
-            page = self._do(self._page_plan(status, chain_slug, page_size, cursor))
+            page = self.list_page(status=status, chain_slug=chain_slug, limit=page_size, cursor=cursor)
             yield from page.data
             if (cursor := _core.next_cursor(page)) is None:
                 return
-
-    def wait(
-        self,
-        run_id: str | Run,
-        *,
-        timeout: float | None = 600.0,
-        on_progress: Callable[[Run], object] | None = None,
-        interval: float = 1.0,
-        max_interval: float = 5.0,
-    ) -> Run:
-        """Polls until the run ends and returns it. `on_progress(run)` is called with the first look and then each
-        time the run changed (a step started, progressed or ended...). Raises `WaitTimeoutError` (carrying the run as
-        last seen) after `timeout` seconds; None waits for as long as it takes."""
-        return self._do(self._wait_plan(run_id, timeout, on_progress, interval, max_interval))

@@ -69,6 +69,7 @@ def scripted() -> Iterator[Callable[[list[Any]], Scripted]]:
         server.stop()
 
 
+MakeServer = Callable[[list[Any]], Scripted]
 SCRIPT = [503, (429, {"Retry-After": "1"}), "drop"]
 
 
@@ -82,13 +83,13 @@ def _check_repeats(server: Scripted, run: Run) -> None:
     assert 1.0 <= after_429 < 3, after_429  # Retry-After honoured
 
 
-def test_the_sync_client_repeats_what_may_succeed_with_one_idempotency_key(scripted: Callable[[list[Any]], Scripted]) -> None:
+def test_the_sync_client_repeats_what_may_succeed_with_one_idempotency_key(scripted: MakeServer) -> None:
     server = scripted(list(SCRIPT))
     with BabyChain(server.base_url, "k", max_retries=3) as client:
         _check_repeats(server, client.create("chain3", {"input": {}}))
 
 
-def test_the_async_client_repeats_the_same_way(scripted: Callable[[list[Any]], Scripted]) -> None:
+def test_the_async_client_repeats_the_same_way(scripted: MakeServer) -> None:
     server = scripted(list(SCRIPT))
 
     async def scenario() -> Run:
@@ -98,7 +99,7 @@ def test_the_async_client_repeats_the_same_way(scripted: Callable[[list[Any]], S
     _check_repeats(server, asyncio.run(scenario()))
 
 
-def test_retries_run_out_and_a_4xx_is_never_repeated(scripted: Callable[[list[Any]], Scripted]) -> None:
+def test_retries_run_out_and_a_4xx_is_never_repeated(scripted: MakeServer) -> None:
     server = scripted([503, 502, 504, 503])
     with BabyChain(server.base_url, "k", max_retries=2) as client, pytest.raises(ServerError) as failed:
         client.get("r1")

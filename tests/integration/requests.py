@@ -1,34 +1,16 @@
-"""Request bodies used across the integration tests (BYOK-shaped, as callers would write them)."""
+"""Request bodies used across the integration tests (BYOK-shaped, as callers would write them): the seed's from the
+OpenAPI examples, the others the demo's."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+from babychain.api.examples import SEED_REQUEST
 from babychain.local.cli import demo_request
 
-SEED_CHAIN1 = {
-    "input": {
-        "chain_models": {
-            "text_to_image_model": "bfl/flux-2-flex",
-            "image_to_video_model": "bytedance/seedance-1.5-pro",
-        },
-        "text_to_image_params": {
-            "prompt": "a small blue sky over a wheat field",
-            "width": 1024,
-            "height": 1024,
-            "prompt_upsampling": False,
-            "seed": 593,
-            "safety_tolerance": 5,
-            "output_format": "jpeg",
-        },
-        "image_to_video_params": {
-            "content": [{"type": "text", "text": "clouds drift across the sky"}],
-            "ratio": "1:1",
-            "duration": 3,
-            "watermark": False,
-        },
-    },
-}
+# The seed's request, as the OpenAPI document shows it (one source), without its placeholder webhook_url.
+SEED_CHAIN1: dict[str, Any] = {k: v for k, v in copy.deepcopy(SEED_REQUEST).items() if k != "webhook_url"}
 
 
 def chain_request(chain: str, webhook_url: str | None, source_image_url: str | None = None) -> dict[str, Any]:

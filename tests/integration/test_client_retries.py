@@ -78,7 +78,8 @@ def _check_repeats(server: Scripted, run: Run) -> None:
     assert len(server.seen) == 4
     assert {(method, path) for _, method, path, _ in server.seen} == {("POST", "/api/v1/chains/chain3/runs")}
     keys = {key for *_, key in server.seen}
-    assert len(keys) == 1 and next(iter(keys)).startswith("bc-client-")  # one key: a repeat replays, never a new run
+    # One key on every repeat: the server replays the first run, never starts a second.
+    assert len(keys) == 1 and str(next(iter(keys))).startswith("bc-client-")
     after_429 = server.seen[2][0] - server.seen[1][0]
     assert 1.0 <= after_429 < 3, after_429  # Retry-After honoured
 

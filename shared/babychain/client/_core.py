@@ -15,7 +15,7 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 
@@ -32,6 +32,7 @@ from babychain.client.models import Run, RunPage, RunStatus
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
 # The caller's side of the environment (not engine settings: `babychain.config` declares those). The key's variable
 # has the same name as the engine's bootstrap keys, so that one shell can run `serve` and the client.
 URL_VARIABLE = "BABYCHAIN_URL"
@@ -220,9 +221,10 @@ def as_method(call: F, plan: Callable[..., Any]) -> F:
     return call
 
 
-class ClientCore:
+class ClientCore(Generic[H]):
     """The state and the calls both clients share. Each call is a `_<name>_plan` method; the sync and async clients
-    turn each into their public `<name>` method (`as_method`), which runs the plan with their own I/O."""
+    turn each into their public `<name>` method (`as_method`), which runs the plan with their own I/O on their own
+    kind of httpx client (`H`)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -230,10 +232,24 @@ class ClientCore:
             if inspect.isfunction(value) and value.__qualname__ == name:
                 value.__qualname__ = f"{cls.__qualname__}.{name}"
 
-    def __init__(self, base_url: str | None, api_key: str | None, max_retries: int) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 2,
+        http_client: H | None = None,
+    ) -> None:
         self.base_url = resolve_url(base_url)
         self.max_retries = max_retries
         self._headers = headers_for(resolve_key(api_key))
+        self._owns_http = http_client is None
+        self._http: H = self._new_http(timeout) if http_client is None else http_client
+
+    @staticmethod
+    def _new_http(timeout: float) -> H:
+        raise NotImplementedError
 
     def _request_plan(
         self,

@@ -20,7 +20,7 @@ P = ParamSpec("P")
 
 
 def _awaited(
-    plan: Callable[Concatenate[_core.ClientCore, P], _core.Plan[T]],
+    plan: Callable[Concatenate[_core.ClientCore[Any], P], _core.Plan[T]],
 ) -> Callable[Concatenate[AsyncBabyChain, P], Coroutine[Any, Any, T]]:
     async def call(self: AsyncBabyChain, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._do(plan(self, *args, **kwargs))
@@ -28,22 +28,13 @@ def _awaited(
     return _core.as_method(call, plan)
 
 
-class AsyncBabyChain(_core.ClientCore):
+class AsyncBabyChain(_core.ClientCore[httpx.AsyncClient]):
     """The asyncio twin of `BabyChain` (same settings, retries and errors). `on_progress` may be a plain function or
     a coroutine function."""
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        *,
-        timeout: float = 30.0,
-        max_retries: int = 2,
-        http_client: httpx.AsyncClient | None = None,
-    ) -> None:
-        super().__init__(base_url, api_key, max_retries)
-        self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(timeout=timeout)
+    @staticmethod
+    def _new_http(timeout: float) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=timeout)
 
     async def __aenter__(self) -> AsyncBabyChain:
         return self

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
 
@@ -18,7 +18,7 @@ P = ParamSpec("P")
 
 
 def _blocking(
-    plan: Callable[Concatenate[_core.ClientCore, P], _core.Plan[T]],
+    plan: Callable[Concatenate[_core.ClientCore[Any], P], _core.Plan[T]],
 ) -> Callable[Concatenate[BabyChain, P], T]:
     def call(self: BabyChain, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return self._do(plan(self, *args, **kwargs))
@@ -26,7 +26,7 @@ def _blocking(
     return _core.as_method(call, plan)
 
 
-class BabyChain(_core.ClientCore):
+class BabyChain(_core.ClientCore[httpx.Client]):
     """A client for one BabyChain deployment.
 
     `base_url` defaults to `BABYCHAIN_URL` and `api_key` to `BABYCHAIN_API_KEY`. Failed calls are repeated up to
@@ -35,18 +35,9 @@ class BabyChain(_core.ClientCore):
     `httpx.Client` (proxies, transports); it is then yours to close.
     """
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        *,
-        timeout: float = 30.0,
-        max_retries: int = 2,
-        http_client: httpx.Client | None = None,
-    ) -> None:
-        super().__init__(base_url, api_key, max_retries)
-        self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(timeout=timeout)
+    @staticmethod
+    def _new_http(timeout: float) -> httpx.Client:
+        return httpx.Client(timeout=timeout)
 
     def __enter__(self) -> BabyChain:
         return self

@@ -1,14 +1,33 @@
-"""Fixtures of the tests that run `babychain serve` as a process (tests/integration/serve.py)."""
+"""Fixtures of the tests that run `babychain serve` as a process (tests/integration/serve.py), and the headless
+browser of the run inspector's and the docs' pictures' tests."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import CALLBACK_SECRET, KEY_A
 from tests.integration.serve import Serve
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium driven by Playwright (Playwright's own browser download cannot work here); a missing
+    chromium fails the test, never skips it."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run installs it when it is missing)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM))
+        yield launched
+        launched.close()
 
 
 @pytest.fixture

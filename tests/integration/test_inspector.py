@@ -25,7 +25,6 @@ from tests.conftest import KEY_A, client_for, free_port, wait_for_run, wait_unti
 from tests.integration.requests import chain_request
 from tests.standins.cors_gateway import CorsGateway
 
-CHROMIUM = Path("/usr/bin/chromium")
 INSPECTOR_DIR = Path(inspector.__file__).parent
 RUN_ID = "0b6f0a4e-3c55-4c1e-9d7e-2f1d5b0c8a11"
 HOSTILE_PROMPT = '<img src=x onerror="window.__pwned=1"> & </p><b id="bold">bold?</b>'
@@ -110,18 +109,6 @@ def test_inspect_wants_the_api_base_url(capsys: pytest.CaptureFixture[str]) -> N
 
 
 # ------------------------------------------------------------------------------------------------- in a browser
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run installs it when it is missing)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM))
-        yield launched
-        launched.close()
 
 
 class Page:

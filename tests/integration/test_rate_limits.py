@@ -12,10 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +32,7 @@ from babychain.ratelimit import KEY_PREFIX, RateLimiter, rate_limiter_from_setti
 from babychain.services import services
 from tests.conftest import KEY_A, KEY_B, client_for, free_port, wait_until
 from tests.integration.requests import SEED_CHAIN1
+from tests.integration.test_keys_cli import keys
 from tests.standins.upstash import Resp, UpstashGateway, sha1, strip_upstash_flags
 
 BUDGET = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")
@@ -422,19 +420,6 @@ def test_the_token_comes_from_the_secrets_manager_secret(
 
 
 # --------------------------------------------------------------------------------------------------------- CLI
-
-
-def keys(database_url: str, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BABYCHAIN_")}
-    env["DATABASE_URL"] = database_url
-    return subprocess.run(
-        [sys.executable, "-m", "babychain.local.cli", "--home", str(home), "keys", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
 
 
 def test_keys_create_rate_limit_takes_effect(

@@ -1,6 +1,7 @@
-"""docs/webhooks.md's Node example, run as the page shows it: the ```js block is taken from the markdown (so the page
-and the test cannot drift) and run with Node and the npm `standardwebhooks` package pinned in examples/node/, on a
-real callback that the engine sent to a receiver saving it as `babychain serve` does, and on altered copies of it.
+"""docs/webhooks.md's examples, run as the page shows them: the ```js block and the two ```python blocks are taken
+from the markdown (so the page and the tests cannot drift), the Node one run with Node and the npm `standardwebhooks`
+package pinned in examples/node/, on a real callback that the engine sent to a receiver saving it as `babychain
+serve` does, and on altered copies of it.
 
 Node and the package are installed by .ci/run (apt `nodejs npm` when node is missing, then `npm ci` in
 examples/node/); without them these tests fail and say how to install them.
@@ -10,11 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,11 +32,29 @@ NODE_PROJECT = ROOT / "examples" / "node"
 INSTALL = "apt-get install nodejs npm && (cd examples/node && npm ci)  (.ci/run does both when they are missing)"
 
 
+def doc_blocks(heading: str, language: str) -> list[str]:
+    """The ```<language> blocks of the page's section under `heading` (up to the next heading of any level)."""
+    lines = DOC.read_text(encoding="utf-8").split("\n")
+    blocks: list[str] = []
+    open_block: tuple[str, list[str]] | None = None  # (its language, its lines) while inside a fenced block
+    for line in lines[lines.index(heading) + 1 :]:
+        if open_block is None and line.startswith("#"):
+            break  # the next heading (inside a block, "#" is a comment)
+        if not line.startswith("```"):
+            if open_block is not None:
+                open_block[1].append(line)
+        elif open_block is None:
+            open_block = (line.removeprefix("```"), [])
+        else:
+            if open_block[0] == language:
+                blocks.append("\n".join(open_block[1]) + "\n")
+            open_block = None
+    return blocks
+
+
 def doc_script() -> str:
     """The one ```js block under the page's Node heading."""
-    text = DOC.read_text(encoding="utf-8")
-    section = text.split("### Node, with `standardwebhooks` (npm)", 1)[1].split("\n### ", 1)[0]
-    blocks = re.findall(r"^```js\n(.*?)^```", section, re.DOTALL | re.MULTILINE)
+    blocks = doc_blocks("### Node, with `standardwebhooks` (npm)", "js")
     assert len(blocks) == 1, f"expected one js block in docs/webhooks.md's Node section, found {len(blocks)}"
     return blocks[0]
 
@@ -84,9 +103,10 @@ def test_the_pinned_package_is_the_one_the_page_names(node: str) -> None:
     assert f"`standardwebhooks` {pinned} on Node 20" in DOC.read_text(encoding="utf-8")
 
 
-def test_the_node_example_accepts_a_real_callback_and_refuses_a_tampered_one(
+def test_the_examples_accept_a_real_callback_and_refuse_a_tampered_one(
     engine: LocalEngine,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     run_example: Callable[[Path, Path, str], subprocess.CompletedProcess[str]],
 ) -> None:
     saved = tmp_path / "deliveries"
@@ -118,6 +138,16 @@ def test_the_node_example_accepts_a_real_callback_and_refuses_a_tampered_one(
 
     other = run_example(headers, body, "whsec_" + "b3RoZXItc2VjcmV0LW9mLXRoaXJ0eS10d28tYnl0ZXM=")
     assert other.returncode != 0 and "No matching signature found" in other.stderr
+
+    # The page's two Python handlers, on the same saved delivery.
+    monkeypatch.setenv("BABYCHAIN_CALLBACK_SECRET", CALLBACK_SECRET)
+    saved_headers = json.loads(headers.read_text())
+    for heading in ("### Python, with the BabyChain client", "### Python, with `standardwebhooks` alone"):
+        [block] = doc_blocks(heading, "python")
+        namespace: dict[str, Any] = {}
+        exec(compile(block, f"docs/webhooks.md: {heading}", "exec"), namespace)
+        assert namespace["handle"](saved_headers, body.read_bytes()) == 204, heading
+        assert namespace["handle"](saved_headers, delivery.body.replace(b"chain1", b"chain2", 1)) == 400, heading
 
 
 def test_the_node_example_with_a_plain_secret_signed_by_the_engine(

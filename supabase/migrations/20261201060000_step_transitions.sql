@@ -124,7 +124,7 @@ $$;
 --     with the result itself (nothing was recorded between the claim and now; the attempt guard still decides);
 --   * `claim_next` {submit_timeout_seconds}: claim the dependent step too (as bc_take_step would) so the caller
 --     submits it at once.
--- Returns {run_status, next_step, next_claimed, run} or null when the attempt no longer counts.
+-- Returns {run_status, next_step, next_claimed} or null when the attempt no longer counts.
 create or replace function public.bc_complete_step(p jsonb) returns jsonb
 language plpgsql security definer set search_path = '' as $$
 declare
@@ -160,8 +160,7 @@ begin
         perform babychain_private.bc_finish_run(v_step.run_id, 'succeeded', null, null,
                                                 jsonb_build_object('final_step_key', v_step.step_key,
                                                                    'output_files', p->'output_files'));
-        return jsonb_build_object('run_status', 'succeeded', 'next_step', null, 'next_claimed', false,
-                                  'run', babychain_private.bc_step_run_json(v_step.run_id));
+        return jsonb_build_object('run_status', 'succeeded', 'next_step', null, 'next_claimed', false);
     end if;
 
     -- The dependent step gets the outputs, and is claimed when asked and every producer of it is done: one update.
@@ -194,8 +193,7 @@ begin
     end if;
     return jsonb_build_object('run_status', 'running',
                               'next_step', case when v_next.id is null then null else to_jsonb(v_next) end,
-                              'next_claimed', v_claim and v_next.id is not null,
-                              'run', babychain_private.bc_step_run_json(v_step.run_id));
+                              'next_claimed', v_claim and v_next.id is not null);
 end
 $$;
 

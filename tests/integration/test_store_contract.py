@@ -360,7 +360,7 @@ def test_complete_last_step_finishes_the_run(store: Store) -> None:
     run = make_run(store, steps=1)
     submitted = claim_first(store, run, job_id=f"job-{uuid.uuid4().hex}")
     done = store.complete_step(submitted["id"], submitted["attempt"], ["https://out/final.png"])
-    assert done == {"run_status": "succeeded", "next_step": None}
+    assert done == {"run_status": "succeeded", "next_step": None, "next_claimed": False}
     final = store.get_run(run["id"])
     assert final is not None
     assert final["status"] == "succeeded"

@@ -120,18 +120,15 @@ def _start(svc: Services, run: StepRun, step: StepRow, time_left: TimeLeft | Non
         attempts.append({**record, "error_code": exc.code})
         return _submit_failed(svc, run, step, provider, attempt, attempts, exc, len(routes)), None
     attempts.append({**record, "job_id": submission.job_id})
-    recorded = {
-        "provider": provider.name,
-        "provider_job_id": submission.job_id,
-        "request_params": params,
-        "input_files": input_files,
-    }
+    # What the claim left to the submission's record: the route taken and what it was given.
+    recorded = {"provider": provider.name, "request_params": params, "input_files": input_files}
     metadata = {**submission.metadata, "attempts": attempts}
     if submission.output_urls is not None and _copy_fits(svc, claimed_at, time_left):
         # A synchronous result: copied, then recorded and completed in one statement (the attempt guard decides).
         status = JobStatus("succeeded", output_urls=submission.output_urls, metadata=metadata)
         running = {**step, "provider": provider.name, "provider_job_id": submission.job_id}
-        return _succeed(svc, run, cast(StepRow, running), status, time_left, submission=recorded)
+        submitted = {**recorded, "provider_job_id": submission.job_id}
+        return _succeed(svc, run, cast(StepRow, running), status, time_left, submission=submitted)
     return _submitted(svc, run, step, provider, attempt, metadata, submission, recorded, time_left)
 
 
@@ -331,7 +328,8 @@ def _copy_outputs(
         message = f"The provider's output is not a usable {step['step_kind']}: {exc.message}"
         return _fail(svc, run, step, "output_media_refused", message, attempt=attempt, seq=seq)
     if not durable:
-        return _fail(svc, run, step, "provider_unexpected_response", "The provider returned no output.", attempt=attempt, seq=seq)
+        message = "The provider returned no output."
+        return _fail(svc, run, step, "provider_unexpected_response", message, attempt=attempt, seq=seq)
     return durable
 
 

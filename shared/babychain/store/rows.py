@@ -116,7 +116,6 @@ class StepCompletion(TypedDict):
     run_status: RunStatus
     next_step: StepRow | None
     next_claimed: bool  # the next step was claimed by this completion: its caller submits it
-    run: StepRun
 
 
 class StepFailure(TypedDict):

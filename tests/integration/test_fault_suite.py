@@ -552,12 +552,12 @@ def test_provider_webhook_arriving_before_the_submit_is_recorded(
     record = svc.store.record_submission
     early: list[dict[str, Any]] = []
 
-    def record_after_the_webhook(step_id: str, attempt: int, job_id: str, *args: Any) -> Any:
+    def record_after_the_webhook(step_id: str, attempt: int, job_id: str, *args: Any, **kwargs: Any) -> Any:
         if not early and job_id in bfl.jobs:
             (delivery,) = bfl.wait_for_webhooks(1, timeout=30)
             step = svc.store.get_step(step_id)
             early.append({"delivery": delivery, "job_id": step and step["provider_job_id"]})
-        return record(step_id, attempt, job_id, *args)
+        return record(step_id, attempt, job_id, *args, **kwargs)
 
     monkeypatch.setattr(svc.store, "record_submission", record_after_the_webhook)
     run_id = _create(engine, "chain1", receiver.url)

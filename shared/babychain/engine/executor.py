@@ -51,13 +51,24 @@ def handle_step_message(svc: Services, message: dict[str, Any], time_left: TimeL
     completes here claims and submits the next step in the same invocation only when a whole submit and download
     still fit.
     """
+    polled: Polled | None = None
+    if job := message.get("job"):
+        # A poll message carries what polling needs: the provider is asked first (a read-only GET, harmless if the
+        # message is stale), and a job still running costs one guarded statement, the defer.
+        polled = _poll(svc, job["provider"], job["id"], job["metadata"])
+        pending = _pending_delay(svc, polled)
+        if pending is not None:
+            status = polled if isinstance(polled, JobStatus) else None
+            return _defer(svc, message["run_id"], message["step_id"], message["seq"], pending, status)
     timeout = svc.settings.submit_timeout_seconds
     taken = svc.store.take_step(message["run_id"], message["step_id"], message["seq"], submit_timeout_seconds=timeout)
     if taken is None:
         return "stale"  # a duplicate, late or superseded message, or the run moved on
     run, step = taken["run"], taken["step"]
     if taken["action"] == "check":
-        outcome, claimed = _check(svc, run, step, time_left)
+        if job is None or job["id"] != step["provider_job_id"]:
+            polled = None
+        outcome, claimed = _check(svc, run, step, time_left, polled)
     else:
         outcome, claimed = _start(svc, run, step, time_left)
     while claimed is not None:  # the completion claimed the next step: submit it here, without another message
@@ -212,7 +223,7 @@ def _submitted(
         # Cancel (or a deadline) won while we were submitting: the job must not run on for nothing.
         provider.cancel(submission.job_id, submission.metadata)
         return "stale", None
-    svc.step_queue.send(step_message(run["id"], step["id"], row["seq"]), delay)
+    svc.step_queue.send(poll_message(run["id"], row), delay)
     return "submitted", None
 
 
@@ -220,41 +231,70 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _check(svc: Services, run: StepRun, step: StepRow, time_left: TimeLeft | None) -> Advanced:
-    # Only a submitted step is checked (handle_step_message saw its job id), and a submitted step has a provider.
-    job_id, provider_name = step["provider_job_id"], step["provider"]
-    assert job_id is not None and provider_name is not None
+Polled = JobStatus | ProviderError  # a provider's answer to a poll, or its error
+
+
+def _poll(svc: Services, provider_name: str, job_id: str, metadata: dict[str, Any]) -> Polled:
     provider = svc.providers.named(provider_name)
     try:
-        status = provider.poll(job_id, step["provider_metadata"])
+        return provider.poll(job_id, metadata)
     except ProviderError as exc:
         count("ProviderErrors", provider=provider.name, code=exc.code)
-        if exc.transient:
-            return _defer(svc, run, step, backoff_seconds(svc, 2, exc.retry_after)), None
-        return _fail(svc, run, step, exc.code, exc.message, seq=step["seq"]), None
-    match status.state:
-        case "pending":
-            return _defer(svc, run, step, svc.settings.poll_interval_seconds, status), None
+        return exc
+
+
+def _pending_delay(svc: Services, polled: Polled) -> float | None:
+    """When to poll again if the job is still running (or the poll failed transiently); None otherwise."""
+    if isinstance(polled, ProviderError):
+        return backoff_seconds(svc, 2, polled.retry_after) if polled.transient else None
+    return svc.settings.poll_interval_seconds if polled.state == "pending" else None
+
+
+def _check(svc: Services, run: StepRun, step: StepRow, time_left: TimeLeft | None, polled: Polled | None) -> Advanced:
+    # Only a submitted step is checked (bc_take_step saw its job id), and a submitted step has a provider.
+    job_id, provider_name = step["provider_job_id"], step["provider"]
+    assert job_id is not None and provider_name is not None
+    if polled is None:
+        polled = _poll(svc, provider_name, job_id, step["provider_metadata"])
+    pending = _pending_delay(svc, polled)
+    if pending is not None:
+        status = polled if isinstance(polled, JobStatus) else None
+        return _defer(svc, run["id"], step["id"], step["seq"], pending, status), None
+    if isinstance(polled, ProviderError):
+        return _fail(svc, run, step, polled.code, polled.message, seq=step["seq"]), None
+    match polled.state:
         case "succeeded":
-            return _succeed(svc, run, step, status, time_left)
+            return _succeed(svc, run, step, polled, time_left)
         case "canceled":
             message = "The provider canceled the generation."
             return _fail(svc, run, step, "provider_canceled", message, seq=step["seq"]), None
         case _:
-            code = status.error_code or "provider_failed"
-            message = status.error_message or "The provider reported a failed generation."
+            code = polled.error_code or "provider_failed"
+            message = polled.error_message or "The provider reported a failed generation."
             return _fail(svc, run, step, code, message, seq=step["seq"]), None
 
 
-def _defer(svc: Services, run: StepRun, step: StepRow, delay: float, status: JobStatus | None = None) -> StepOutcome:
+def _defer(
+    svc: Services, run_id: str, step_id: str, seq: int, delay: float, status: JobStatus | None = None
+) -> StepOutcome:
     metadata = dict(status.metadata) if status else {}
     if status and status.progress is not None:
         metadata["progress"] = status.progress
-    deferred = svc.store.defer_step(step["id"], step["seq"], delay, metadata)
+    deferred = svc.store.defer_step(step_id, seq, delay, metadata)
     if deferred is None:
         return "stale"
-    svc.step_queue.send(step_message(run["id"], step["id"], deferred["seq"]), delay)
+    svc.step_queue.send(poll_message(run_id, deferred), delay)
     return "pending"
+
+
+def poll_message(run_id: str, step: StepRow) -> dict[str, Any]:
+    """A step message for a submitted job, carrying what its poll needs (the provider's metadata, without the
+    engine's attempt history) so that a job still running costs one statement."""
+    job_id, provider = step["provider_job_id"], step["provider"]
+    assert job_id is not None and provider is not None
+    metadata = {k: v for k, v in step["provider_metadata"].items() if k != "attempts"}
+    job = {"provider": provider, "id": job_id, "metadata": metadata}
+    return step_message(run_id, step["id"], step["seq"]) | {"job": job}
 
 
 def _succeed(
@@ -318,9 +358,9 @@ def _copy_outputs(
             row = svc.store.record_submission(step["id"], step["attempt"], job_id, status.metadata, delay, **fields)
             if row is None:
                 return "stale"
-            svc.step_queue.send(step_message(run["id"], step["id"], row["seq"]), delay)
+            svc.step_queue.send(poll_message(run["id"], row), delay)
             return "pending"
-        return _defer(svc, run, step, backoff_seconds(svc, 2))
+        return _defer(svc, run["id"], step["id"], step["seq"], backoff_seconds(svc, 2))
     except UnsafeUrlError as exc:
         message = f"Provider output URL refused: {exc.message}"
         return _fail(svc, run, step, "output_copy_failed", message, attempt=attempt, seq=seq)

@@ -464,6 +464,26 @@ def test_executor_crashing_at_each_point_loses_nothing(
         assert [step["attempt"] for step in run["steps"]] == [1, 2, 1]
 
 
+def test_an_invocation_short_of_time_hands_the_next_step_to_its_message(
+    make_engine: Callable[..., LocalEngine], receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Lambda the executor goes on to the next step only while a whole submit fits in the invocation's remaining
+    time; short of it, the completion leaves the next step queued and sends its message, as one message per step."""
+    engine = make_engine(workers=False, **SUITE)
+    svc = _services(engine)
+    monkeypatch.setattr(LambdaContext, "get_remaining_time_in_millis", lambda self: 5_000)  # < 4 s submit + margin
+    driver = Driver(engine)
+    run_id = _create(engine, "chain3", receiver.url)
+    steps = svc.store.get_run(run_id)["steps"]  # type: ignore[index]
+    assert driver.run(lambda: _settled(svc.store, run_id))
+    run, _rows = assert_nothing_lost(
+        svc.store, run_id, status="succeeded", submits=local_submits(engine.provider_server), seen=seen_by(receiver)
+    )
+    assert [step["attempt"] for step in run["steps"]] == [1, 1, 1]
+    starts = [body for function, body in driver.delivered if function == "step_executor" and "job" not in body]
+    assert {(body["step_id"], body["seq"]) for body in starts} >= {(step["id"], 0) for step in steps}
+
+
 def test_a_job_still_running_costs_one_statement_per_poll(
     make_engine: Callable[..., LocalEngine], receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -203,12 +203,15 @@ language sql stable security definer set search_path = '' as $$
      where j.provider = p->>'provider' and j.provider_job_id = p->>'provider_job_id'
 $$;
 
--- The sweeper as before, except that active steps are found through the active runs (see the top of this file).
+-- The sweeper as before, except that the active steps are found once, through the active runs (see the top of this
+-- file): one pass over the work in flight, then each rule picks its candidates from that list and re-checks them on
+-- the row it changes (an earlier rule may have changed it since the list was read).
 create or replace function public.bc_sweep(p jsonb) returns jsonb
 language plpgsql security definer set search_path = '' as $$
 declare
     v_grace interval := babychain_private.bc_seconds(p->>'grace_seconds');
     v_limit int := (p->>'limit')::int;
+    v_active public.chain_steps[];
     v_timed_out_runs jsonb;
     v_timed_out_steps jsonb;
     v_requeued jsonb;
@@ -229,15 +232,18 @@ begin
                                                 'The run did not finish before its deadline.', null);
     end loop;
 
+    -- The active steps of the active runs, read once.
+    v_active := array(select s from public.chain_runs r join public.chain_steps s on s.run_id = r.id
+                       where r.status in ('queued', 'running') and s.status in ('queued', 'running'));
+
     -- Running steps past their budget.
     select coalesce(jsonb_agg(jsonb_build_object(
                'id', x.id, 'provider', x.provider, 'model_identifier', x.model_identifier,
                'provider_job_id', x.provider_job_id, 'provider_metadata', x.provider_metadata)), '[]'::jsonb)
       into v_timed_out_steps from (
-        select s.id, s.provider, s.model_identifier, s.provider_job_id, s.provider_metadata
-          from public.chain_runs r join public.chain_steps s on s.run_id = r.id
-         where r.status in ('queued', 'running') and s.status = 'running'
-           and s.started_at < now() - babychain_private.bc_seconds(case s.step_kind
+        select a.id, a.provider, a.model_identifier, a.provider_job_id, a.provider_metadata from unnest(v_active) a
+         where a.status = 'running'
+           and a.started_at < now() - babychain_private.bc_seconds(case a.step_kind
                    when 'video' then p->>'video_step_timeout_seconds'
                    else p->>'image_step_timeout_seconds' end)
          limit v_limit) x;
@@ -250,19 +256,21 @@ begin
     -- A claimed step whose submitter died before recording a job id: give the attempt back.
     with lost as (
         update public.chain_steps s set status = 'queued', seq = seq + 1, next_check_at = now(), updated_at = now()
-         where s.id in (select s2.id from public.chain_runs r join public.chain_steps s2 on s2.run_id = r.id
-                         where r.status in ('queued', 'running') and s2.status = 'running'
-                           and s2.provider_job_id is null and s2.next_check_at < now() - v_grace
+         where s.id in (select a.id from unnest(v_active) a
+                         where a.status = 'running' and a.provider_job_id is null and a.next_check_at < now() - v_grace
                          limit v_limit)
+           and s.status = 'running' and s.provider_job_id is null and s.next_check_at < now() - v_grace
         returning jsonb_build_object('run_id', s.run_id, 'step_id', s.id, 'seq', s.seq) as item)
     select coalesce(jsonb_agg(item), '[]'::jsonb) into v_requeued from lost;
 
-    -- Due steps whose message is overdue: re-drive them with their current seq.
+    -- Due steps whose message is overdue: re-drive them with their current seq (read again: the rules above may
+    -- have failed or given back some of them).
     select coalesce(jsonb_agg(jsonb_build_object('run_id', x.run_id, 'step_id', x.id, 'seq', x.seq)), '[]'::jsonb)
       into v_steps from (
-        select s.run_id, s.id, s.seq from public.chain_runs r join public.chain_steps s on s.run_id = r.id
-         where r.status in ('queued', 'running')
+        select s.run_id, s.id, s.seq from public.chain_steps s
+         where s.id = any (array(select a.id from unnest(v_active) a where a.next_check_at < now() - v_grace))
            and s.status in ('queued', 'running') and s.next_check_at < now() - v_grace
+           and exists (select from public.chain_runs r where r.id = s.run_id and r.status in ('queued', 'running'))
          order by s.next_check_at limit v_limit) x;
 
     -- Callbacks that are due (SQS delays stop at 15 minutes, so long waits land here) or stuck mid-delivery.

@@ -48,8 +48,8 @@ def handle_step_message(svc: Services, message: dict[str, Any], time_left: TimeL
     """Returns what happened, for logs and tests.
 
     `time_left`: seconds this invocation may still run (a Lambda's remaining time); None when unbounded. A step that
-    completes here claims and submits the next step in the same invocation only when a whole submit and download
-    still fit.
+    completes here claims and submits the next step in the same invocation only while a whole submit still fits, and
+    copies a synchronous result before recording it only while the download still fits.
     """
     polled: Polled | None = None
     if job := message.get("job"):
@@ -140,7 +140,7 @@ def _start(svc: Services, run: StepRun, step: StepRow, time_left: TimeLeft | Non
         running = {**step, "provider": provider.name, "provider_job_id": submission.job_id}
         submitted = {**recorded, "provider_job_id": submission.job_id}
         return _succeed(svc, run, cast(StepRow, running), status, time_left, submission=submitted)
-    return _submitted(svc, run, step, provider, attempt, metadata, submission, recorded, time_left)
+    return _submitted(svc, run, step, provider, attempt, metadata, submission, recorded)
 
 
 def _copy_fits(svc: Services, claimed_at: float, time_left: TimeLeft | None) -> bool:
@@ -213,7 +213,6 @@ def _submitted(
     metadata: dict[str, Any],
     submission: Submission,
     recorded: dict[str, Any],
-    time_left: TimeLeft | None,
 ) -> Advanced:
     delay = svc.settings.poll_interval_seconds
     if submission.output_urls is not None:

@@ -15,8 +15,8 @@ varying arguments, and reports the median and range in ms:
                little), a cursor deep in the caller's history; and a small caller
   get          bc_get_run, bc_get_step, bc_find_step_by_job, bc_list_callback_deliveries, bc_authenticate_key
   create       bc_create_run (three steps, an idempotency key), bc_record_webhook_receipt
-  transitions  bc_claim_step, bc_record_submission, bc_defer_step, bc_complete_step on the runs just created,
-               then bc_cancel_run
+  transitions  bc_claim_step, bc_record_submission, bc_defer_step, bc_complete_step, bc_take_step on the runs just
+               created, then bc_cancel_run
 How each is answered: the last of those calls also reads, in its own transaction, the server's per-transaction
 counters (pg_stat_xact_user_tables, pg_stat_get_xact_numscans of each index; flushed just before with
 pg_stat_force_next_flush): which tables were sequentially scanned (and how many rows that read), which indexes were
@@ -124,6 +124,12 @@ select r.id, k, (%(keys)s::text[])[k + 1], case when k = 2 then 'video' else 'im
         else 'queued' end as st) s
 """
 
+# Every submission that did not finish at once records its job id for webhook lookups (bc_record_submission).
+GENERATE_STEP_JOBS = """
+insert into public.chain_step_jobs (provider, provider_job_id, step_id)
+select provider, provider_job_id, id from public.chain_steps where provider_job_id is not null
+"""
+
 GENERATE_DELIVERIES = """
 insert into public.callback_deliveries (run_id, event_id, attempt, outcome, status_code, duration_ms, created_at)
 select r.id, r.callback_event_id, a, case when a = r.callback_attempts then 'delivered' else 'failed' end,
@@ -148,6 +154,7 @@ def generate(conn: psycopg.Connection[Any], n: int) -> dict[str, float]:
     phases: list[tuple[str, str, dict[str, Any]]] = [
         ("runs", GENERATE_RUNS, {"n": n}),
         ("steps", GENERATE_STEPS, {"keys": list(STEP_KEYS), "models": list(MODELS)}),
+        ("step jobs", GENERATE_STEP_JOBS, {}),
         ("deliveries", GENERATE_DELIVERIES, {}),
         ("receipts", GENERATE_RECEIPTS, {}),
     ]
@@ -504,9 +511,9 @@ def run_queries(conn: psycopg.Connection[Any], calls: int, n: int) -> list[dict[
     )
     b.time(
         "transition",
-        "bc_claim_step (second step)",
-        "bc_claim_step",
-        lambda i: {"step_id": second[i], "seq": 0, **claim},
+        "bc_take_step (second step)",
+        "bc_take_step",
+        lambda i: {"run_id": created[i]["run"]["id"], "step_id": second[i], "seq": 0, "submit_timeout_seconds": 60},
     )
     b.time("transition", "bc_cancel_run", "bc_cancel_run", lambda i: {"run_id": created[i]["run"]["id"]})
     return b.results

@@ -15,11 +15,13 @@ from babychain.services import services
 processor = QueueBatchProcessor()
 
 
-def record_handler(record: SQSRecord) -> str:
+def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = None) -> str:
     logger.set_correlation_id(None)  # a record that cannot be read must not log under the previous record's run
     body = json.loads(record.body)
     logger.set_correlation_id(body.get("run_id"))
-    return handle_step_message(services(), body)
+    # The executor goes on to the next step in this invocation only while a whole submit and download still fit.
+    time_left = (lambda: lambda_context.get_remaining_time_in_millis() / 1000) if lambda_context else None
+    return handle_step_message(services(), body, time_left)
 
 
 @instrumented()

@@ -411,6 +411,7 @@ CRASH_POINTS = (
     "after_submit_before_record",
     "after_record_before_enqueue",
     "after_completion_before_next_step_enqueued",
+    "after_completion_claimed_the_next_step_before_its_submit",
     "after_last_step_before_callback_enqueued",
 )
 
@@ -427,6 +428,9 @@ def _arm(point: str, svc: Services, run: RunRow, monkeypatch: pytest.MonkeyPatch
         case "after_completion_before_next_step_enqueued":
             second = run["steps"][1]["id"]
             return crash_once(monkeypatch, svc.step_queue, "send", lambda body, *a: body["step_id"] == second)
+        case "after_completion_claimed_the_next_step_before_its_submit":
+            second = run["steps"][1]["id"]
+            return crash_once(monkeypatch, svc.providers.named("local"), "submit", lambda job: job.step_id == second)
         case _:
             return crash_once(monkeypatch, svc.callback_queue, "send")
 
@@ -455,14 +459,82 @@ def test_executor_crashing_at_each_point_loses_nothing(
     if point == "after_submit_before_record":
         # The job of the first attempt was never recorded: the step was given back and submitted again, as attempt 2.
         assert run["steps"][0]["attempt"] == 2
+    if point == "after_completion_claimed_the_next_step_before_its_submit":
+        # The first step's completion claimed the second for its executor, which died: the sweeper gave it back.
+        assert [step["attempt"] for step in run["steps"]] == [1, 2, 1]
+
+
+def test_an_invocation_short_of_time_hands_the_next_step_to_its_message(
+    make_engine: Callable[..., LocalEngine], receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Lambda the executor goes on to the next step only while a whole submit fits in the invocation's remaining
+    time; short of it, the completion leaves the next step queued and sends its message, as one message per step."""
+    engine = make_engine(workers=False, **SUITE)
+    svc = _services(engine)
+    monkeypatch.setattr(LambdaContext, "get_remaining_time_in_millis", lambda self: 5_000)  # < 4 s submit + margin
+    driver = Driver(engine)
+    run_id = _create(engine, "chain3", receiver.url)
+    steps = svc.store.get_run(run_id)["steps"]  # type: ignore[index]
+    assert driver.run(lambda: _settled(svc.store, run_id))
+    run, _rows = assert_nothing_lost(
+        svc.store, run_id, status="succeeded", submits=local_submits(engine.provider_server), seen=seen_by(receiver)
+    )
+    assert [step["attempt"] for step in run["steps"]] == [1, 1, 1]
+    starts = [body for function, body in driver.delivered if function == "step_executor" and "job" not in body]
+    assert {(body["step_id"], body["seq"]) for body in starts} >= {(step["id"], 0) for step in steps}
+
+
+def test_a_job_still_running_costs_one_statement_per_poll(
+    make_engine: Callable[..., LocalEngine], receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll message carries the job: the provider is asked first, and a job still running costs only the guarded
+    defer. Taking the step (bc_take_step) is left to the poll that finds the job done."""
+    engine = make_engine(workers=False, **(SUITE | {"local_provider_delay_seconds": 1.0, "poll_interval_seconds": 0.1}))
+    svc = _services(engine)
+    driver = Driver(engine)
+    calls: list[tuple[int, str]] = []  # (invocation, function): what the handlers called, not the driver's reads
+    inside: list[int] = []
+    call, invoke = svc.store.call, driver.invoke
+
+    def counted(function: str, params: dict[str, Any]) -> Any:
+        if inside and not function.startswith("bc_queue_"):
+            calls.append((inside[-1], function))
+        return call(function, params)
+
+    def invoked(function: str, body: dict[str, Any]) -> bool:
+        inside.append(len(driver.delivered) + 1)
+        try:
+            return invoke(function, body)
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(svc.store, "call", counted)
+    monkeypatch.setattr(driver, "invoke", invoked)
+    run_id = _create(engine, "chain1", receiver.url)
+    assert driver.run(lambda: _settled(svc.store, run_id))
+    assert_nothing_lost(
+        svc.store, run_id, status="succeeded", submits=local_submits(engine.provider_server), seen=seen_by(receiver)
+    )
+    by_invocation = {
+        n: [f for i, f in calls if i == n]
+        for n, (function, body) in enumerate(driver.delivered, start=1)
+        if function == "step_executor" and "job" in body
+    }
+    pending = [made for made in by_invocation.values() if "bc_defer_step" in made]
+    assert len(pending) >= 4  # a one-second job polled every 0.1 s
+    assert all(made == ["bc_defer_step"] for made in pending), pending
+    # The poll that finds the job done takes the step and completes it (and claims the next, which it submits).
+    done = [made for made in by_invocation.values() if "bc_complete_step" in made]
+    assert done and all(made[:2] == ["bc_take_step", "bc_complete_step"] for made in done), done
 
 
 @pytest.mark.parametrize("kind", ["step", "callback"])
 def test_lost_message_is_redriven_by_the_sweeper(
     kind: str, make_engine: Callable[..., LocalEngine], receiver: WebhookReceiver
 ) -> None:
-    """A message that never arrives (a step's: the second step's first message; or the callback's) is re-driven by
-    the sweeper from the state it left due, and the run ends as if it had arrived."""
+    """A message that never arrives (a step's: the second step's first message, its first poll, since the first
+    step's completion claims and submits it in the same invocation; or the callback's) is re-driven by the sweeper
+    from the state it left due, and the run ends as if it had arrived."""
     engine = make_engine(workers=False, **SUITE)
     store = _services(engine).store
     run_id = _create(engine, "chain3", receiver.url)
@@ -473,7 +545,13 @@ def test_lost_message_is_redriven_by_the_sweeper(
         driver = Driver(engine, lose=lambda function, body: function == "callback_sender")
     assert driver.run(lambda: _settled(store, run_id))
     assert len(driver.lost) == 1
-    assert driver.delivered.count(("step_executor" if kind == "step" else "callback_sender", driver.lost[0])) >= 1
+    lost = driver.lost[0]
+    if kind == "step":  # re-driven for the same step and seq (the sweeper's message leaves the poll to the step row)
+        assert "job" in lost
+        again = [body for function, body in driver.delivered if function == "step_executor" and body is not lost]
+        assert any((body["step_id"], body["seq"]) == (lost["step_id"], lost["seq"]) for body in again)
+    else:
+        assert driver.delivered.count(("callback_sender", lost)) >= 1
     assert_nothing_lost(
         store, run_id, status="succeeded", submits=local_submits(engine.provider_server), seen=seen_by(receiver)
     )
@@ -552,12 +630,12 @@ def test_provider_webhook_arriving_before_the_submit_is_recorded(
     record = svc.store.record_submission
     early: list[dict[str, Any]] = []
 
-    def record_after_the_webhook(step_id: str, attempt: int, job_id: str, *args: Any) -> Any:
+    def record_after_the_webhook(step_id: str, attempt: int, job_id: str, *args: Any, **kwargs: Any) -> Any:
         if not early and job_id in bfl.jobs:
             (delivery,) = bfl.wait_for_webhooks(1, timeout=30)
             step = svc.store.get_step(step_id)
             early.append({"delivery": delivery, "job_id": step and step["provider_job_id"]})
-        return record(step_id, attempt, job_id, *args)
+        return record(step_id, attempt, job_id, *args, **kwargs)
 
     monkeypatch.setattr(svc.store, "record_submission", record_after_the_webhook)
     run_id = _create(engine, "chain1", receiver.url)

@@ -356,11 +356,115 @@ def test_step_transition_guards(store: Store) -> None:
     assert [s["status"] for s in final["steps"]] == ["succeeded", "failed"]
 
 
+def test_take_step_claims_once_then_hands_out_the_running_job_for_checks(store: Store) -> None:
+    run = make_run(store)
+    first, second = run["steps"]
+    # Guards of the claim: the message's run, its seq, the step's producers, an existing step.
+    assert store.take_step(str(uuid.uuid4()), first["id"], 0, **_SUBMIT) is None
+    assert store.take_step(run["id"], first["id"], 1, **_SUBMIT) is None
+    assert store.take_step(run["id"], second["id"], 0, **_SUBMIT) is None
+    assert store.take_step(run["id"], str(uuid.uuid4()), 0, **_SUBMIT) is None
+
+    taken = store.take_step(run["id"], first["id"], 0, **_SUBMIT)
+    assert taken is not None
+    assert taken["action"] == "claimed"
+    assert taken["run"] == {"id": run["id"], "mode": "local", "status": "running", "webhook_url": None}
+    claimed = taken["step"]
+    assert (claimed["status"], claimed["attempt"], claimed["seq"]) == ("running", 1, 1)
+    assert claimed["started_at"] is not None and claimed["next_check_at"] is not None
+    # The same message again is stale, and so is the claimed seq while no job is recorded (the submitter holds it).
+    assert store.take_step(run["id"], first["id"], 0, **_SUBMIT) is None
+    assert store.take_step(run["id"], first["id"], claimed["seq"], **_SUBMIT) is None
+
+    job = f"job-{uuid.uuid4().hex}"
+    recorded = store.record_submission(
+        first["id"], 1, job, {"region": "eu"}, 30.0, provider="local", request_params={"p": 1}, input_files=["u"]
+    )
+    assert recorded is not None
+    assert (recorded["provider"], recorded["request_params"], recorded["input_files"]) == ("local", {"p": 1}, ["u"])
+    assert store.find_step_by_job("local", job) == recorded
+
+    # A poll message with the current seq gets the running step to check; any other seq is stale.
+    check = store.take_step(run["id"], first["id"], recorded["seq"], **_SUBMIT)
+    assert check is not None
+    assert (check["action"], check["step"]) == ("check", recorded)
+    assert store.take_step(run["id"], first["id"], claimed["seq"], **_SUBMIT) is None
+
+    # Cancel wins: nothing is taken any more.
+    store.cancel_run(run["id"])
+    assert store.take_step(run["id"], first["id"], recorded["seq"] + 1, **_SUBMIT) is None
+    assert store.take_step(run["id"], first["id"], recorded["seq"], **_SUBMIT) is None
+
+
+def test_complete_step_records_a_synchronous_result_and_claims_the_next_step(store: Store) -> None:
+    run = make_run(store)
+    first, second = run["steps"]
+    taken = store.take_step(run["id"], first["id"], 0, **_SUBMIT)
+    assert taken is not None
+    job = f"job-{uuid.uuid4().hex}"
+    submission = {"provider": "local", "provider_job_id": job, "request_params": {"p": 1}, "input_files": None}
+    outputs = ["https://out/a.png"]
+
+    # Guarded by the attempt, like any completion.
+    assert store.complete_step(first["id"], 2, outputs, submission=submission, claim_next_timeout_seconds=60) is None
+    done = store.complete_step(
+        first["id"], 1, outputs, {"seed": 7}, submission=submission, claim_next_timeout_seconds=60
+    )
+    assert done is not None
+    assert (done["run_status"], done["next_claimed"]) == ("running", True)
+    nxt = done["next_step"]
+    assert nxt is not None and nxt["id"] == second["id"]
+    assert (nxt["status"], nxt["attempt"], nxt["seq"], nxt["input_files"]) == ("running", 1, 1, outputs)
+    assert nxt["started_at"] is not None and nxt["next_check_at"] is not None
+    assert store.complete_step(first["id"], 1, outputs, submission=submission) is None  # only once
+
+    current = store.get_run(run["id"])
+    assert current is not None
+    assert current["current_step_key"] == second["step_key"]
+    step = current["steps"][0]
+    assert (step["status"], step["provider"], step["provider_job_id"]) == ("succeeded", "local", job)
+    assert (step["request_params"], step["output_files"], step["provider_metadata"]) == ({"p": 1}, outputs, {"seed": 7})
+    assert current["steps"][1] == nxt | {"updated_at": current["steps"][1]["updated_at"]}
+    # The next step is held by the completer: its queued-era message is stale, as is a check before a job exists.
+    assert store.take_step(run["id"], second["id"], 0, **_SUBMIT) is None
+    assert store.take_step(run["id"], second["id"], 1, **_SUBMIT) is None
+
+    # The last step's completion finishes the run, with nothing to claim.
+    last = store.complete_step(
+        second["id"], 1, ["https://out/v.mp4"], submission=submission, claim_next_timeout_seconds=60
+    )
+    assert last == {"run_status": "succeeded", "next_step": None, "next_claimed": False}
+
+
+def test_complete_step_without_claim_only_hands_over_and_loses_to_cancel(store: Store) -> None:
+    run = make_run(store)
+    first, second = run["steps"]
+    assert store.take_step(run["id"], first["id"], 0, **_SUBMIT) is not None
+    done = store.complete_step(first["id"], 1, ["https://out/a.png"])
+    assert done is not None and done["next_claimed"] is False
+    assert done["next_step"] is not None
+    assert (done["next_step"]["status"], done["next_step"]["seq"]) == ("queued", 0)
+    assert store.take_step(run["id"], second["id"], 0, **_SUBMIT) is not None  # its message claims it
+
+    other = make_run(store)
+    assert store.take_step(other["id"], other["steps"][0]["id"], 0, **_SUBMIT) is not None
+    store.cancel_run(other["id"])
+    submission = {"provider": "local", "provider_job_id": "j", "request_params": {}, "input_files": None}
+    late = store.complete_step(
+        other["steps"][0]["id"], 1, ["https://out/a.png"], submission=submission, claim_next_timeout_seconds=60
+    )
+    assert late is None
+    after = store.get_run(other["id"])
+    assert after is not None
+    assert [s["status"] for s in after["steps"]] == ["canceled", "skipped"]
+    assert after["steps"][0]["provider_job_id"] is None
+
+
 def test_complete_last_step_finishes_the_run(store: Store) -> None:
     run = make_run(store, steps=1)
     submitted = claim_first(store, run, job_id=f"job-{uuid.uuid4().hex}")
     done = store.complete_step(submitted["id"], submitted["attempt"], ["https://out/final.png"])
-    assert done == {"run_status": "succeeded", "next_step": None}
+    assert done == {"run_status": "succeeded", "next_step": None, "next_claimed": False}
     final = store.get_run(run["id"])
     assert final is not None
     assert final["status"] == "succeeded"

@@ -8,8 +8,10 @@ late message, or a result arriving after cancel, changes nothing.
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from babychain.artifacts import run_prefix
 from babychain.chains.catalog import MODELS_BY_ID
@@ -23,11 +25,16 @@ from babychain.queues import callback_message, step_message
 from babychain.security.deadline import total_deadline
 from babychain.security.safe_http import FetchError, fetch_bytes
 from babychain.services import Services
-from babychain.store.rows import RunRow, StepRow
+from babychain.store.rows import StepRow, StepRun
 
 # What one step message did: submitted a job, found it still running (pending), retried a transient submit error,
 # completed or failed the step, or nothing (stale: a duplicate, late or superseded message).
 StepOutcome = Literal["submitted", "pending", "retrying", "succeeded", "failed", "stale"]
+# A step action's outcome, and the next step when its completion claimed it for this executor to submit.
+Advanced = tuple[StepOutcome, StepRow | None]
+TimeLeft = Callable[[], float]
+# Kept free at the end of an invocation, beyond the submit and download deadlines, to record what happened.
+INVOCATION_MARGIN_SECONDS = 10.0
 
 
 def backoff_seconds(svc: Services, attempt: int, retry_after: float | None = None) -> float:
@@ -37,19 +44,36 @@ def backoff_seconds(svc: Services, attempt: int, retry_after: float | None = Non
     return max(retry_after or 0.0, random.uniform(ceiling / 2, ceiling))
 
 
-def handle_step_message(svc: Services, message: dict[str, Any]) -> StepOutcome:
-    """Returns what happened, for logs and tests."""
-    run = svc.store.get_run(message["run_id"])
-    step = next((s for s in run["steps"] if s["id"] == message["step_id"]), None) if run else None
-    if run is None or step is None or step["seq"] != message["seq"]:
-        return "stale"
-    if run["status"] not in ("queued", "running"):
-        return "stale"
-    if step["status"] == "queued":
-        return _start(svc, run, step)
-    if step["status"] == "running" and step["provider_job_id"]:
-        return _check(svc, run, step)
-    return "stale"
+def handle_step_message(svc: Services, message: dict[str, Any], time_left: TimeLeft | None = None) -> StepOutcome:
+    """Returns what happened, for logs and tests.
+
+    `time_left`: seconds this invocation may still run (a Lambda's remaining time); None when unbounded. A step that
+    completes here claims and submits the next step in the same invocation only while a whole submit still fits, and
+    copies a synchronous result before recording it only while the download still fits.
+    """
+    polled: Polled | None = None
+    if job := message.get("job"):
+        # A poll message carries what polling needs: the provider is asked first (a read-only GET, harmless if the
+        # message is stale), and a job still running costs one guarded statement, the defer.
+        polled = _poll(svc, job["provider"], job["id"], job["metadata"])
+        pending = _pending_delay(svc, polled)
+        if pending is not None:
+            status = polled if isinstance(polled, JobStatus) else None
+            return _defer(svc, message["run_id"], message["step_id"], message["seq"], pending, status)
+    timeout = svc.settings.submit_timeout_seconds
+    taken = svc.store.take_step(message["run_id"], message["step_id"], message["seq"], submit_timeout_seconds=timeout)
+    if taken is None:
+        return "stale"  # a duplicate, late or superseded message, or the run moved on
+    run, step = taken["run"], taken["step"]
+    if taken["action"] == "check":
+        if job is None or job["id"] != step["provider_job_id"]:
+            polled = None
+        outcome, claimed = _check(svc, run, step, time_left, polled)
+    else:
+        outcome, claimed = _start(svc, run, step, time_left)
+    while claimed is not None:  # the completion claimed the next step: submit it here, without another message
+        outcome, claimed = _start(svc, run, claimed, time_left)
+    return outcome
 
 
 def route_for_attempt(attempts_made: int, budget: int, route_count: int) -> int:
@@ -69,33 +93,22 @@ def retry_number(attempt: int, budget: int, route_count: int) -> int | None:
     return (attempt - 1) % budget + 1
 
 
-def _start(svc: Services, run: RunRow, step: StepRow) -> StepOutcome:
-    if not _producers_done(run, step):
-        # A message that arrived ahead of its producer's completion (out of order): the completion enqueues the
-        # step itself, so this one changes nothing.
-        return "stale"
+def _start(svc: Services, run: StepRun, step: StepRow, time_left: TimeLeft | None) -> Advanced:
+    """Submits a step this executor has just claimed (`step["attempt"]` is the claimed attempt)."""
+    claimed_at = time.monotonic()
+    attempt = step["attempt"]
     model = MODELS_BY_ID[step["model_identifier"]]
     family = model.family(run["mode"])
     inputs = _step_inputs(svc, step, family)
     if inputs is None:
-        return _fail(svc, run, step, "chain_step_params_failed", "Required previous step output is missing.")
+        message = "Required previous step output is missing."
+        return _fail(svc, run, step, "chain_step_params_failed", message, attempt=attempt), None
     params, input_files = inputs
     routes = svc.providers.routes(model)
-    provider = routes[route_for_attempt(step["attempt"], svc.settings.max_submit_attempts, len(routes))]
+    provider = routes[route_for_attempt(attempt - 1, svc.settings.max_submit_attempts, len(routes))]
     mode = run["mode"]
     if provider.name == "babysea" and mode != "babysea":
         params, mode = babysea_params(family.describe(params), step["step_kind"]), "babysea"
-    claimed = svc.store.claim_step(
-        step["id"],
-        step["seq"],
-        provider=provider.name,
-        request_params=params,
-        input_files=input_files,
-        submit_timeout_seconds=svc.settings.submit_timeout_seconds,
-    )
-    if claimed is None:
-        return "stale"
-    attempt = claimed["attempt"]
     job = StepJob(
         run_id=run["id"],
         step_id=step["id"],
@@ -107,7 +120,7 @@ def _start(svc: Services, run: RunRow, step: StepRow) -> StepOutcome:
         step_kind=step["step_kind"],
         webhook_url=webhook_url_for(svc, provider.name, step["id"]),
     )
-    attempts = list(claimed["provider_metadata"].get("attempts", []))
+    attempts = list(step["provider_metadata"].get("attempts", []))
     record = {"attempt": attempt, "provider": provider.name, "at": _now()}
     try:
         # The claim holds the step for `submit_timeout_seconds` (then the sweeper gives the attempt back): the submit
@@ -116,14 +129,35 @@ def _start(svc: Services, run: RunRow, step: StepRow) -> StepOutcome:
             submission = provider.submit(job)
     except ProviderError as exc:
         attempts.append({**record, "error_code": exc.code})
-        return _submit_failed(svc, run, step, provider, attempt, attempts, exc, len(routes))
+        return _submit_failed(svc, run, step, provider, attempt, attempts, exc, len(routes)), None
     attempts.append({**record, "job_id": submission.job_id})
-    return _submitted(svc, run, step, provider, attempt, attempts, submission)
+    # What the claim left to the submission's record: the route taken and what it was given.
+    recorded = {"provider": provider.name, "request_params": params, "input_files": input_files}
+    metadata = {**submission.metadata, "attempts": attempts}
+    if submission.output_urls is not None and _copy_fits(svc, claimed_at, time_left):
+        # A synchronous result: copied, then recorded and completed in one statement (the attempt guard decides).
+        status = JobStatus("succeeded", output_urls=submission.output_urls, metadata=metadata)
+        running = {**step, "provider": provider.name, "provider_job_id": submission.job_id}
+        submitted = {**recorded, "provider_job_id": submission.job_id}
+        return _succeed(svc, run, cast(StepRow, running), status, time_left, submission=submitted)
+    return _submitted(svc, run, step, provider, attempt, metadata, submission, recorded)
 
 
-def _producers_done(run: RunRow, step: StepRow) -> bool:
-    succeeded = {s["step_key"] for s in run["steps"] if s["status"] == "succeeded"}
-    return set(step["depends_on"]) <= succeeded
+def _copy_fits(svc: Services, claimed_at: float, time_left: TimeLeft | None) -> bool:
+    """Whether the outputs can be copied before the job id is recorded: within the claim's hold (else the sweeper
+    would give the attempt back meanwhile) and within this invocation."""
+    s = svc.settings
+    held = time.monotonic() - claimed_at + s.download_timeout_seconds < s.submit_timeout_seconds
+    return held and (time_left is None or time_left() > s.download_timeout_seconds + INVOCATION_MARGIN_SECONDS)
+
+
+def _may_continue(svc: Services, time_left: TimeLeft | None) -> float | None:
+    """The submit deadline to claim the next step with, when its whole submit fits in this invocation (its copy is
+    checked by `_copy_fits`); None: the next step goes by message."""
+    s = svc.settings
+    if time_left is not None and time_left() < s.submit_timeout_seconds + INVOCATION_MARGIN_SECONDS:
+        return None
+    return s.submit_timeout_seconds
 
 
 def _step_inputs(svc: Services, step: StepRow, family: Any) -> tuple[dict[str, Any], list[str] | None] | None:
@@ -140,7 +174,7 @@ def _step_inputs(svc: Services, step: StepRow, family: Any) -> tuple[dict[str, A
 
 def _submit_failed(
     svc: Services,
-    run: RunRow,
+    run: StepRun,
     step: StepRow,
     provider: Provider,
     attempt: int,
@@ -172,98 +206,122 @@ def _submit_failed(
 
 def _submitted(
     svc: Services,
-    run: RunRow,
+    run: StepRun,
     step: StepRow,
     provider: Provider,
     attempt: int,
-    attempts: list[dict[str, Any]],
+    metadata: dict[str, Any],
     submission: Submission,
-) -> StepOutcome:
-    recorded = svc.store.record_submission(
-        step["id"],
-        attempt,
-        submission.job_id,
-        {**submission.metadata, "attempts": attempts},
-        svc.settings.poll_interval_seconds,
-    )
-    if recorded is None:
+    recorded: dict[str, Any],
+) -> Advanced:
+    delay = svc.settings.poll_interval_seconds
+    if submission.output_urls is not None:
+        delay = 0  # a result that could not be copied before recording: the check copies it at once
+    row = svc.store.record_submission(step["id"], attempt, submission.job_id, metadata, delay, **recorded)
+    if row is None:
         # Cancel (or a deadline) won while we were submitting: the job must not run on for nothing.
         provider.cancel(submission.job_id, submission.metadata)
-        return "stale"
-    if submission.output_urls is not None:  # a synchronous provider answered with the result itself
-        return _succeed(svc, run, recorded, JobStatus("succeeded", output_urls=submission.output_urls))
-    svc.step_queue.send(step_message(run["id"], step["id"], recorded["seq"]), svc.settings.poll_interval_seconds)
-    return "submitted"
+        return "stale", None
+    svc.step_queue.send(poll_message(run["id"], row), delay)
+    return "submitted", None
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _check(svc: Services, run: RunRow, step: StepRow) -> StepOutcome:
-    # Only a submitted step is checked (handle_step_message saw its job id), and a submitted step has a provider.
-    job_id, provider_name = step["provider_job_id"], step["provider"]
-    assert job_id is not None and provider_name is not None
+Polled = JobStatus | ProviderError  # a provider's answer to a poll, or its error
+
+
+def _poll(svc: Services, provider_name: str, job_id: str, metadata: dict[str, Any]) -> Polled:
     provider = svc.providers.named(provider_name)
     try:
-        status = provider.poll(job_id, step["provider_metadata"])
+        return provider.poll(job_id, metadata)
     except ProviderError as exc:
         count("ProviderErrors", provider=provider.name, code=exc.code)
-        if exc.transient:
-            return _defer(svc, run, step, backoff_seconds(svc, 2, exc.retry_after))
-        return _fail(svc, run, step, exc.code, exc.message, seq=step["seq"])
-    match status.state:
-        case "pending":
-            return _defer(svc, run, step, svc.settings.poll_interval_seconds, status)
+        return exc
+
+
+def _pending_delay(svc: Services, polled: Polled) -> float | None:
+    """When to poll again if the job is still running (or the poll failed transiently); None otherwise."""
+    if isinstance(polled, ProviderError):
+        return backoff_seconds(svc, 2, polled.retry_after) if polled.transient else None
+    return svc.settings.poll_interval_seconds if polled.state == "pending" else None
+
+
+def _check(svc: Services, run: StepRun, step: StepRow, time_left: TimeLeft | None, polled: Polled | None) -> Advanced:
+    # Only a submitted step is checked (bc_take_step saw its job id), and a submitted step has a provider.
+    job_id, provider_name = step["provider_job_id"], step["provider"]
+    assert job_id is not None and provider_name is not None
+    if polled is None:
+        polled = _poll(svc, provider_name, job_id, step["provider_metadata"])
+    pending = _pending_delay(svc, polled)
+    if pending is not None:
+        status = polled if isinstance(polled, JobStatus) else None
+        return _defer(svc, run["id"], step["id"], step["seq"], pending, status), None
+    if isinstance(polled, ProviderError):
+        return _fail(svc, run, step, polled.code, polled.message, seq=step["seq"]), None
+    match polled.state:
         case "succeeded":
-            return _succeed(svc, run, step, status)
+            return _succeed(svc, run, step, polled, time_left)
         case "canceled":
-            return _fail(svc, run, step, "provider_canceled", "The provider canceled the generation.", seq=step["seq"])
+            message = "The provider canceled the generation."
+            return _fail(svc, run, step, "provider_canceled", message, seq=step["seq"]), None
         case _:
-            return _fail(
-                svc,
-                run,
-                step,
-                status.error_code or "provider_failed",
-                status.error_message or "The provider reported a failed generation.",
-                seq=step["seq"],
-            )
+            code = polled.error_code or "provider_failed"
+            message = polled.error_message or "The provider reported a failed generation."
+            return _fail(svc, run, step, code, message, seq=step["seq"]), None
 
 
-def _defer(svc: Services, run: RunRow, step: StepRow, delay: float, status: JobStatus | None = None) -> StepOutcome:
+def _defer(
+    svc: Services, run_id: str, step_id: str, seq: int, delay: float, status: JobStatus | None = None
+) -> StepOutcome:
     metadata = dict(status.metadata) if status else {}
     if status and status.progress is not None:
         metadata["progress"] = status.progress
-    deferred = svc.store.defer_step(step["id"], step["seq"], delay, metadata)
+    deferred = svc.store.defer_step(step_id, seq, delay, metadata)
     if deferred is None:
         return "stale"
-    svc.step_queue.send(step_message(run["id"], step["id"], deferred["seq"]), delay)
+    svc.step_queue.send(poll_message(run_id, deferred), delay)
     return "pending"
 
 
-def _succeed(svc: Services, run: RunRow, step: StepRow, status: JobStatus) -> StepOutcome:
-    try:
-        durable = [_copy_output(svc, run, step, i, url) for i, url in enumerate(status.output_urls)]
-    except FetchError as exc:
-        if exc.transient:
-            return _defer(svc, run, step, backoff_seconds(svc, 2))
-        return _fail(
-            svc, run, step, "output_copy_failed", f"Could not copy the provider's output: {exc}", seq=step["seq"]
-        )
-    except UnsafeUrlError as exc:
-        return _fail(
-            svc, run, step, "output_copy_failed", f"Provider output URL refused: {exc.message}", seq=step["seq"]
-        )
-    except MediaRefused as exc:
-        message = f"The provider's output is not a usable {step['step_kind']}: {exc.message}"
-        return _fail(svc, run, step, "output_media_refused", message, seq=step["seq"])
-    if not durable:
-        return _fail(
-            svc, run, step, "provider_unexpected_response", "The provider returned no output.", seq=step["seq"]
-        )
-    result = svc.store.complete_step(step["id"], step["attempt"], durable, dict(status.metadata))
+def poll_message(run_id: str, step: StepRow) -> dict[str, Any]:
+    """A step message for a submitted job, carrying what its poll needs (the provider's metadata, without the
+    engine's attempt history) so that a job still running costs one statement."""
+    job_id, provider = step["provider_job_id"], step["provider"]
+    assert job_id is not None and provider is not None
+    metadata = {k: v for k, v in step["provider_metadata"].items() if k != "attempts"}
+    job = {"provider": provider, "id": job_id, "metadata": metadata}
+    return step_message(run_id, step["id"], step["seq"]) | {"job": job}
+
+
+def _succeed(
+    svc: Services,
+    run: StepRun,
+    step: StepRow,
+    status: JobStatus,
+    time_left: TimeLeft | None,
+    submission: dict[str, Any] | None = None,
+) -> Advanced:
+    """Copies the outputs and completes the step. `submission`: the step's submit is not recorded yet (a synchronous
+    result); it is recorded with the completion, and failures before it are guarded by the attempt."""
+    durable = _copy_outputs(svc, run, step, status, submission)
+    if not isinstance(durable, list):
+        return durable, None
+    result = svc.store.complete_step(
+        step["id"],
+        step["attempt"],
+        durable,
+        dict(status.metadata),
+        submission=submission,
+        claim_next_timeout_seconds=_may_continue(svc, time_left),
+    )
     if result is None:
-        return "stale"  # canceled or timed out meanwhile: the late result is ignored
+        if submission:  # cancel (or a deadline) won meanwhile; as for any submission that lost, stop the job
+            provider = svc.providers.named(submission["provider"])
+            provider.cancel(submission["provider_job_id"], status.metadata)
+        return "stale", None  # canceled or timed out meanwhile: the late result is ignored
     if started_at := step["started_at"]:
         started = datetime.fromisoformat(started_at)
         duration("StepDuration", (datetime.now(UTC) - started).total_seconds(), model=step["model_identifier"])
@@ -271,14 +329,50 @@ def _succeed(svc: Services, run: RunRow, step: StepRow, status: JobStatus) -> St
     if result["run_status"] == "succeeded":
         count("RunsSucceeded")
     next_step = result.get("next_step")
+    if next_step is not None and result["next_claimed"]:
+        return "succeeded", next_step
     if next_step is not None:
         svc.step_queue.send(step_message(run["id"], next_step["id"], next_step["seq"]))
     elif result["run_status"] != "running" and run.get("webhook_url"):
         svc.callback_queue.send(callback_message(run["id"]))
-    return "succeeded"
+    return "succeeded", None
 
 
-def _copy_output(svc: Services, run: RunRow, step: StepRow, index: int, url: str) -> str:
+def _copy_outputs(
+    svc: Services, run: StepRun, step: StepRow, status: JobStatus, submission: dict[str, Any] | None
+) -> list[str] | StepOutcome:
+    """The outputs' durable URLs, or what happened instead (the step failed, or the copy is left to a later check)."""
+    # Before the submission is recorded the attempt is the guard; after it, the message's seq.
+    attempt, seq = (step["attempt"], None) if submission else (None, step["seq"])
+    try:
+        durable = [_copy_output(svc, run, step, i, url) for i, url in enumerate(status.output_urls)]
+    except FetchError as exc:
+        if not exc.transient:
+            message = f"Could not copy the provider's output: {exc}"
+            return _fail(svc, run, step, "output_copy_failed", message, attempt=attempt, seq=seq)
+        if submission:  # record the submission; a check copies the outputs after a backoff
+            delay = backoff_seconds(svc, 2)
+            fields = {k: v for k, v in submission.items() if k != "provider_job_id"}
+            job_id = submission["provider_job_id"]
+            row = svc.store.record_submission(step["id"], step["attempt"], job_id, status.metadata, delay, **fields)
+            if row is None:
+                return "stale"
+            svc.step_queue.send(poll_message(run["id"], row), delay)
+            return "pending"
+        return _defer(svc, run["id"], step["id"], step["seq"], backoff_seconds(svc, 2))
+    except UnsafeUrlError as exc:
+        message = f"Provider output URL refused: {exc.message}"
+        return _fail(svc, run, step, "output_copy_failed", message, attempt=attempt, seq=seq)
+    except MediaRefused as exc:
+        message = f"The provider's output is not a usable {step['step_kind']}: {exc.message}"
+        return _fail(svc, run, step, "output_media_refused", message, attempt=attempt, seq=seq)
+    if not durable:
+        message = "The provider returned no output."
+        return _fail(svc, run, step, "provider_unexpected_response", message, attempt=attempt, seq=seq)
+    return durable
+
+
+def _copy_output(svc: Services, run: StepRun, step: StepRow, index: int, url: str) -> str:
     """Copies one output into the artifact store, after checking it is the kind of media the step makes."""
     provider = step["provider"]
     fetched = fetch_bytes(
@@ -296,7 +390,7 @@ def _copy_output(svc: Services, run: RunRow, step: StepRow, index: int, url: str
 
 def _fail(
     svc: Services,
-    run: RunRow,
+    run: StepRun,
     step: StepRow,
     code: str,
     message: str,

@@ -22,6 +22,7 @@ from babychain.store.rows import (
     StepFailure,
     StepRow,
     SweepResult,
+    TakenStep,
 )
 
 Row = dict[str, Any]  # a row without a declared shape (callback deliveries, health)
@@ -132,8 +133,25 @@ class Store(ABC):
             },
         )
 
+    def take_step(self, run_id: str, step_id: str, seq: int, *, submit_timeout_seconds: float) -> TakenStep | None:
+        """What a step message does first, in one statement: claims the step when it is queued (the current seq, an
+        active run, its producers done), or returns it to be checked when it is running with a submitted job."""
+        return self.call(
+            "bc_take_step",
+            {"run_id": run_id, "step_id": step_id, "seq": seq, "submit_timeout_seconds": submit_timeout_seconds},
+        )
+
     def record_submission(
-        self, step_id: str, attempt: int, provider_job_id: str, provider_metadata: dict[str, Any], delay_seconds: float
+        self,
+        step_id: str,
+        attempt: int,
+        provider_job_id: str,
+        provider_metadata: dict[str, Any],
+        delay_seconds: float,
+        *,
+        provider: str | None = None,
+        request_params: dict[str, Any] | None = None,
+        input_files: list[str] | None = None,
     ) -> StepRow | None:
         return self.call(
             "bc_record_submission",
@@ -143,6 +161,9 @@ class Store(ABC):
                 "provider_job_id": provider_job_id,
                 "provider_metadata": provider_metadata,
                 "delay_seconds": delay_seconds,
+                "provider": provider,
+                "request_params": request_params,
+                "input_files": input_files,
             },
         )
 
@@ -182,8 +203,20 @@ class Store(ABC):
         return self.call("bc_get_step", {"step_id": step_id})
 
     def complete_step(
-        self, step_id: str, attempt: int, output_files: list[str], provider_metadata: dict[str, Any] | None = None
+        self,
+        step_id: str,
+        attempt: int,
+        output_files: list[str],
+        provider_metadata: dict[str, Any] | None = None,
+        *,
+        submission: dict[str, Any] | None = None,
+        claim_next_timeout_seconds: float | None = None,
     ) -> StepCompletion | None:
+        """`submission` ({provider, provider_job_id, request_params, input_files}): recorded in the same statement,
+        for a provider that answered with the result itself. `claim_next_timeout_seconds`: also claim the dependent
+        step (for that submit deadline), which the caller then submits."""
+        timeout = claim_next_timeout_seconds
+        claim_next = None if timeout is None else {"submit_timeout_seconds": timeout}
         return self.call(
             "bc_complete_step",
             {
@@ -191,6 +224,8 @@ class Store(ABC):
                 "attempt": attempt,
                 "output_files": output_files,
                 "provider_metadata": provider_metadata,
+                **(submission or {}),
+                "claim_next": claim_next,
             },
         )
 

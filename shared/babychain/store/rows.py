@@ -95,9 +95,27 @@ class CanceledRun(TypedDict):
     steps: list[StepRow]  # the steps that were running, to cancel at their providers
 
 
+class StepRun(TypedDict):
+    """The run fields a step message needs besides its step."""
+
+    id: str
+    mode: Literal["local", "byok", "babysea"]
+    status: RunStatus
+    webhook_url: str | None
+
+
+class TakenStep(TypedDict):
+    """A step message's step: just claimed for a submit, or running with a job to check."""
+
+    action: Literal["claimed", "check"]
+    step: StepRow
+    run: StepRun
+
+
 class StepCompletion(TypedDict):
     run_status: RunStatus
     next_step: StepRow | None
+    next_claimed: bool  # the next step was claimed by this completion: its caller submits it
 
 
 class StepFailure(TypedDict):

@@ -124,35 +124,36 @@ begin
     end if;
     begin
         if v_days > 0 then
-            with doomed as (
-                select r.id
-                  from public.chain_runs r
-                 where r.status in ('succeeded', 'failed', 'canceled')
-                   and (r.callback_status is null or r.callback_status in ('delivered', 'failed'))
-                   and r.completed_at < now() - make_interval(days => v_days)
-                 order by r.completed_at
-                 limit v_limit
-                   for update skip locked
-            ), gone as (
+            -- The batch is picked first and deleted by primary key (`= any(array(...))`, an index condition in any
+            -- plan): joined to the picked rows instead, a generic plan (planned without the limit's value) expects a
+            -- tenth of the table and hash-joins it through a sequential scan.
+            with gone as (
                 -- Steps and callback attempts go with their run (on delete cascade, through their run_id indexes).
-                delete from public.chain_runs r using doomed where r.id = doomed.id
+                delete from public.chain_runs r
+                 where r.id = any(array(
+                    select d.id
+                      from public.chain_runs d
+                     where d.status in ('succeeded', 'failed', 'canceled')
+                       and (d.callback_status is null or d.callback_status in ('delivered', 'failed'))
+                       and d.completed_at < now() - make_interval(days => v_days)
+                     order by d.completed_at
+                     limit v_limit
+                       for update skip locked))
                 returning r.id
             )
             select coalesce(jsonb_agg(gone.id), '[]'::jsonb) into v_run_ids from gone;
         end if;
 
         if v_receipt_days > 0 then
-            with doomed as (
-                select w.provider, w.receipt_id
-                  from public.provider_webhook_receipts w
-                 where w.received_at < now() - make_interval(days => v_receipt_days)
-                 order by w.received_at
-                 limit v_limit
-                   for update skip locked
-            )
+            -- By row address, for the same reason (the rows are locked, so their addresses hold until the delete).
             delete from public.provider_webhook_receipts w
-             using doomed
-             where w.provider = doomed.provider and w.receipt_id = doomed.receipt_id;
+             where w.ctid = any(array(
+                select x.ctid
+                  from public.provider_webhook_receipts x
+                 where x.received_at < now() - make_interval(days => v_receipt_days)
+                 order by x.received_at
+                 limit v_limit
+                   for update skip locked));
             get diagnostics v_receipts = row_count;
         end if;
     exception when lock_not_available then

@@ -235,6 +235,8 @@ def section_history(quick: bool) -> dict[str, Any]:
             text = f"{p['execution_ms']:.3f} ms, {p['verdict']} ({nodes}), {p['shared_hit'] + p['shared_read']} buffers"
             if "rows_read" in p:  # results from before history.py reported these have no such keys
                 text += f", {p['rows_read']} rows read"
+                if p.get("input_ms") is not None:
+                    text += f", input {p['input_ms']:.3f} ms"
                 if p["filters"]:
                     text += f", filter: {'; '.join(p['filters'])}"
             return text

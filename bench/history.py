@@ -9,21 +9,26 @@ rows are consistent by construction), then VACUUM ANALYZE.
 
 Then it calls the real SQL functions (`select bc_x(%s::jsonb)`, as the store adapter does), each `--calls` times with
 varying arguments, and reports the median and range in ms:
-  sweeper      bc_sweep, bc_purge_expired_runs (30-day retention, rolled back), bc_end_callback_leases,
-               bc_queue_receive on an empty queue
+  sweeper      bc_sweep with nothing overdue and with every active step due (rolled back), bc_purge_expired_runs
+               (30-day retention, rolled back), bc_end_callback_leases, bc_queue_receive on an empty queue
   list         bc_list_runs for the big caller: no filter, each status, each chain, status + chain (one that matches
                little), a cursor deep in the caller's history; and a small caller
   get          bc_get_run, bc_get_step, bc_find_step_by_job, bc_list_callback_deliveries, bc_authenticate_key
   create       bc_create_run (three steps, an idempotency key), bc_record_webhook_receipt
   transitions  bc_claim_step, bc_record_submission, bc_defer_step, bc_complete_step on the runs just created,
                then bc_cancel_run
+The repeatable ones (all but create and transitions) are then called as many times again with the session's
+plan_cache_mode forced to custom and to generic plans (the functions' own statements follow it), and WAL bytes per
+call are read from the server's insert position.
 How each is answered: the last of those calls also reads, in its own transaction, the server's per-transaction
 counters (pg_stat_xact_user_tables, pg_stat_get_xact_numscans of each index; flushed just before with
 pg_stat_force_next_flush): which tables were sequentially scanned (and how many rows that read), which indexes were
 used and how many index tuples they returned. For the functions written in SQL the body is also run under
 EXPLAIN (ANALYZE, BUFFERS) as a prepared statement (rolled back), with a custom and with a generic plan (SQL
 functions' plans are cached since PostgreSQL 18, so a caller can get either): its scan nodes are listed (Index Only
-Scan, Index Scan, Bitmap Heap Scan, Seq Scan). A sequential scan of a table of more than 1,000 rows is marked SEQ SCAN.
+Scan, Index Scan, Bitmap Heap Scan, Seq Scan), with the rows they read (returned plus removed by a filter), the
+conditions they only filtered by, and the time of the top node's input (for a list: finding the page before its JSON
+is built). A sequential scan of a table of more than 1,000 rows is marked SEQ SCAN.
 
 Usage: python bench/history.py [--runs 50000] [--calls 20] [--json] [--migrations DIR]
 """

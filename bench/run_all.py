@@ -6,7 +6,8 @@
     python bench/run_all.py --render         # rewrite docs/benchmarks.md from the results files, running nothing
 
 (Full size is not timed as a whole yet. On 2026-12-01, under a load average of 5-7, history.py at 1,000,000 runs took
-2.6 minutes, 2.1 of them generating the data; the other sections' full sizes are estimated at 3-4 minutes from the
+2.6 minutes, 2.1 of them generating the data; under a load average of 9-18 the history section took 6.3-9.3
+minutes, 5.8-8.7 of them generating; the other sections' full sizes are estimated at 3-4 minutes from the
 quick run, plus whatever cold_start.py takes.)
 
 Run it with the project's interpreter and `PYTHONPATH=shared:.` from the repository root. Sections:

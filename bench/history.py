@@ -5,7 +5,8 @@ Starts a throwaway embedded Postgres with the project's migrations and fills it 
 chain3 10%; succeeded 88%, failed 10%, canceled 2%, and 0.2% still active), three steps per run in the state their
 run implies, a callback delivery per run with a webhook (every tenth has a failed attempt before it), a provider
 webhook receipt per such run. Foreign keys are not checked while loading (session_replication_role = replica; the
-rows are consistent by construction), then VACUUM ANALYZE.
+rows are consistent by construction), and the indexes that back no constraint are built after the load; then VACUUM
+ANALYZE.
 
 Then it calls the real SQL functions (`select bc_x(%s::jsonb)`, as the store adapter does), each `--calls` times with
 varying arguments, and reports the median and range in ms:
@@ -157,10 +158,25 @@ def generate(conn: psycopg.Connection[Any], n: int) -> dict[str, float]:
         ("deliveries", GENERATE_DELIVERIES, {}),
         ("receipts", GENERATE_RECEIPTS, {}),
     ]
+    # Indexes that back no constraint are built once after loading (a sorted build) instead of row by row during it:
+    # the same indexes, in a fraction of the time. Unique and primary-key indexes stay (they are the constraints).
+    secondary = conn.execute(
+        "select i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) from pg_index i "
+        "join pg_class t on t.oid = i.indrelid join pg_namespace n on n.oid = t.relnamespace "
+        "where n.nspname = 'public' and t.relname = any(%s) "
+        "and not exists (select from pg_constraint c where c.conindid = i.indexrelid)",
+        (["chain_runs", "chain_steps", "callback_deliveries", "provider_webhook_receipts"],),
+    ).fetchall()
+    for name, _ in secondary:
+        conn.execute(f"drop index {name}")
     for name, statement, params in phases:
         started = time.monotonic()
         conn.execute(statement, params or None)
         timings[name] = round(time.monotonic() - started, 2)
+    started = time.monotonic()
+    for _, definition in secondary:
+        conn.execute(definition)
+    timings["indexes"] = round(time.monotonic() - started, 2)
     conn.execute("set session_replication_role = origin")
     conn.execute(
         "insert into public.api_keys (key_prefix, key_hash, name) "

@@ -5,27 +5,33 @@ Starts a throwaway embedded Postgres with the project's migrations and fills it 
 chain3 10%; succeeded 88%, failed 10%, canceled 2%, and 0.2% still active), three steps per run in the state their
 run implies, a callback delivery per run with a webhook (every tenth has a failed attempt before it), a provider
 webhook receipt per such run. Foreign keys are not checked while loading (session_replication_role = replica; the
-rows are consistent by construction), then VACUUM ANALYZE.
+rows are consistent by construction), and the indexes that back no constraint are built after the load; then VACUUM
+ANALYZE.
 
 Then it calls the real SQL functions (`select bc_x(%s::jsonb)`, as the store adapter does), each `--calls` times with
 varying arguments, and reports the median and range in ms:
-  sweeper      bc_sweep, bc_purge_expired_runs (30-day retention, rolled back), bc_end_callback_leases,
-               bc_queue_receive on an empty queue
+  sweeper      bc_sweep with nothing overdue and with every active step due (rolled back), bc_purge_expired_runs
+               (30-day retention, rolled back), bc_end_callback_leases, bc_queue_receive on an empty queue
   list         bc_list_runs for the big caller: no filter, each status, each chain, status + chain (one that matches
                little), a cursor deep in the caller's history; and a small caller
   get          bc_get_run, bc_get_step, bc_find_step_by_job, bc_list_callback_deliveries, bc_authenticate_key
   create       bc_create_run (three steps, an idempotency key), bc_record_webhook_receipt
   transitions  bc_claim_step, bc_record_submission, bc_defer_step, bc_complete_step, bc_take_step on the runs just
                created, then bc_cancel_run
+The repeatable ones (all but create and transitions) are then called as many times again with the session's
+plan_cache_mode forced to custom and to generic plans (the functions' own statements follow it), and WAL bytes per
+call are read from the server's insert position.
 How each is answered: the last of those calls also reads, in its own transaction, the server's per-transaction
 counters (pg_stat_xact_user_tables, pg_stat_get_xact_numscans of each index; flushed just before with
 pg_stat_force_next_flush): which tables were sequentially scanned (and how many rows that read), which indexes were
 used and how many index tuples they returned. For the functions written in SQL the body is also run under
 EXPLAIN (ANALYZE, BUFFERS) as a prepared statement (rolled back), with a custom and with a generic plan (SQL
 functions' plans are cached since PostgreSQL 18, so a caller can get either): its scan nodes are listed (Index Only
-Scan, Index Scan, Bitmap Heap Scan, Seq Scan). A sequential scan of a table of more than 1,000 rows is marked SEQ SCAN.
+Scan, Index Scan, Bitmap Heap Scan, Seq Scan), with the rows they read (returned plus removed by a filter), the
+conditions they only filtered by, and the time of the top node's input (for a list: finding the page before its JSON
+is built). A sequential scan of a table of more than 1,000 rows is marked SEQ SCAN.
 
-Usage: python bench/history.py [--runs 50000] [--calls 20] [--json]
+Usage: python bench/history.py [--runs 50000] [--calls 20] [--json] [--migrations DIR]
 """
 
 from __future__ import annotations
@@ -109,10 +115,11 @@ select r.id, k, (%(keys)s::text[])[k + 1], case when k = 2 then 'video' else 'im
        case when st not in ('queued', 'skipped') then md5(r.id::text || k) end,
        case when st in ('queued', 'skipped') then 0 else 1 end,
        case when st in ('queued', 'skipped') then 0 else 4 end,
-       case when st = 'running' then now() + interval '1 minute' when st = 'queued' and k = 0 then now() end,
+       case when st = 'running' or (st = 'queued' and k = 0) then now() + interval '1 hour' end,
        case when st = 'failed' then 'provider_failed' end,
        case when st = 'failed' then 'The provider failed.' end,
-       case when st not in ('queued', 'skipped') then r.created_at + interval '1 second' end,
+       case when st = 'running' then now() - interval '1 minute'
+            when st not in ('queued', 'skipped') then r.created_at + interval '1 second' end,
        case when st in ('succeeded', 'failed', 'canceled') then r.created_at + interval '2 seconds' end,
        r.created_at, r.updated_at
   from public.chain_runs r
@@ -158,10 +165,25 @@ def generate(conn: psycopg.Connection[Any], n: int) -> dict[str, float]:
         ("deliveries", GENERATE_DELIVERIES, {}),
         ("receipts", GENERATE_RECEIPTS, {}),
     ]
+    # Indexes that back no constraint are built once after loading (a sorted build) instead of row by row during it:
+    # the same indexes, in a fraction of the time. Unique and primary-key indexes stay (they are the constraints).
+    secondary = conn.execute(
+        "select i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) from pg_index i "
+        "join pg_class t on t.oid = i.indrelid join pg_namespace n on n.oid = t.relnamespace "
+        "where n.nspname = 'public' and t.relname = any(%s) "
+        "and not exists (select from pg_constraint c where c.conindid = i.indexrelid)",
+        (["chain_runs", "chain_steps", "callback_deliveries", "provider_webhook_receipts"],),
+    ).fetchall()
+    for name, _ in secondary:
+        conn.execute(f"drop index {name}")
     for name, statement, params in phases:
         started = time.monotonic()
         conn.execute(statement, params or None)
         timings[name] = round(time.monotonic() - started, 2)
+    started = time.monotonic()
+    for _, definition in secondary:
+        conn.execute(definition)
+    timings["indexes"] = round(time.monotonic() - started, 2)
     conn.execute("set session_replication_role = origin")
     conn.execute(
         "insert into public.api_keys (key_prefix, key_hash, name) "
@@ -210,7 +232,14 @@ def read_xact_scans(conn: psycopg.Connection[Any]) -> dict[str, Any]:
 
 
 def scan_nodes(plan: dict[str, Any]) -> list[str]:
-    """The scan nodes of an EXPLAIN (FORMAT JSON) plan tree, as `Node Type on relation using index`."""
+    """The scan nodes of an EXPLAIN (FORMAT JSON) plan tree that ran, as `Node Type on relation using index`."""
+    return [n["text"] for n in scan_details(plan) if n["loops"]]
+
+
+def scan_details(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each scan node of an EXPLAIN (ANALYZE, FORMAT JSON) plan tree: its text, whether it ran (an arm behind a false
+    one-time filter never does), the rows it returned and removed by a filter, and which of its conditions the index
+    took (`Index Cond`) and which it only filtered (`Filter`)."""
     found = []
     if "Scan" in plan.get("Node Type", ""):
         text = plan["Node Type"]
@@ -218,9 +247,20 @@ def scan_nodes(plan: dict[str, Any]) -> list[str]:
             text += f" on {plan['Relation Name']}"
         if plan.get("Index Name"):
             text += f" using {plan['Index Name']}"
-        found.append(text)
+        loops = plan.get("Actual Loops", 0)
+        found.append(
+            {
+                "text": text,
+                "loops": loops,
+                "rows": round(plan.get("Actual Rows", 0) * loops),
+                "removed": round(plan.get("Rows Removed by Filter", 0) * loops),
+                "heap_fetches": plan.get("Heap Fetches", 0),
+                "index_cond": plan.get("Index Cond"),
+                "filter": plan.get("Filter"),
+            }
+        )
     for child in plan.get("Plans", []):
-        found += scan_nodes(child)
+        found += scan_details(child)
     return found
 
 
@@ -269,12 +309,24 @@ def explain(conn: psycopg.Connection[Any], body: str, params: dict[str, Any], ge
     assert row is not None
     top = row[0][0]
     plan = top["Plan"]
+    details = scan_details(plan)
+    ran = [d for d in details if d["loops"]]
     return {
         "execution_ms": round(top.get("Execution Time", 0.0), 3),
         "planning_ms": round(top.get("Planning Time", 0.0), 3),
         "nodes": scan_nodes(plan),
         "shared_hit": plan.get("Shared Hit Blocks", 0),
         "shared_read": plan.get("Shared Read Blocks", 0),
+        # How long the top node's input took: for a list, finding the page's rows, before their JSON is built.
+        "input_ms": round(plan["Plans"][0].get("Actual Total Time", 0.0), 3) if plan.get("Plans") else None,
+        # Rows the scans that ran returned plus those their filters threw away: what the plan read.
+        "rows_read": sum(d["rows"] + d["removed"] for d in ran),
+        "scans_ran": len(ran),
+        "scans_not_run": len(details) - len(ran),
+        # A scan condition left as a Filter on a large table reads rows it then discards (e.g. a cursor not taken
+        # as an index condition).
+        "filters": sorted({d["filter"] for d in ran if d["filter"]}),
+        "index_conds": sorted({d["index_cond"] for d in ran if d["index_cond"]}),
     }
 
 
@@ -308,14 +360,20 @@ class Bench:
         make: Callable[[int], dict[str, Any]],
         *,
         rollback: bool = False,
+        plan_modes: bool = True,
     ) -> list[Any]:
         """Calls `function` with make(i) for i in range(calls), each its own transaction (rolled back when asked).
 
         The last call's transaction also reads the server's per-transaction scan counters before it ends; the body of
-        a SQL function is then explained with the last call's arguments (rolled back).
+        a SQL function is then explained with the last call's arguments (rolled back). With `plan_modes` (calls that
+        can be repeated: reads, and writes that are rolled back) the calls are then made again with the session's
+        plan_cache_mode forced to custom and to generic plans: the function's own statements are planned that way
+        (SQL functions' plans are cached since PostgreSQL 18, plpgsql's always were), so a caller that meets either
+        plan is timed. WAL bytes per call are read from the server's insert position around the first round.
         """
         times, answers = [], []
         scans: dict[str, Any] = {}
+        wal_start = self.wal_lsn()
         for i in range(self.calls):
             params = make(i)
             if i == self.calls - 1:
@@ -327,6 +385,7 @@ class Bench:
                 times.append((time.perf_counter() - started) * 1000)
                 if i == self.calls - 1:
                     scans = read_xact_scans(self.conn)
+        wal_bytes = self.wal_lsn() - wal_start
         entry: dict[str, Any] = {
             "group": group,
             "label": label,
@@ -335,8 +394,26 @@ class Bench:
             "min_ms": round(min(times), 3),
             "max_ms": round(max(times), 3),
             "calls": len(times),
+            "wal_bytes_per_call": round(wal_bytes / len(times)),
             "scans": scans,
         }
+        if plan_modes:
+            for mode in ("custom", "generic"):
+                mode_times = []
+                self.conn.execute(f"set plan_cache_mode = force_{mode}_plan")
+                try:
+                    for i in range(self.calls):
+                        with self.conn.transaction(force_rollback=rollback):
+                            started = time.perf_counter()
+                            self.call(function, make(i))
+                            mode_times.append((time.perf_counter() - started) * 1000)
+                finally:
+                    self.conn.execute("reset plan_cache_mode")
+                entry[f"{mode}_ms"] = {
+                    "median": round(statistics.median(mode_times), 3),
+                    "min": round(min(mode_times), 3),
+                    "max": round(max(mode_times), 3),
+                }
         body = sql_body(self.conn, function)
         if body is not None:
             entry["custom_plan"] = explain(self.conn, body, make(self.calls - 1), generic=False)
@@ -349,6 +426,10 @@ class Bench:
         entry["seq_rows_read"] = sum(s["rows_read"] for s in scans.get("seq_scans", []))
         self.results.append(entry)
         return answers
+
+    def wal_lsn(self) -> int:
+        row = self.conn.execute("select pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
+        return int(row[0]) if row else 0
 
 
 def run_queries(conn: psycopg.Connection[Any], calls: int, n: int) -> list[dict[str, Any]]:
@@ -377,7 +458,15 @@ def run_queries(conn: psycopg.Connection[Any], calls: int, n: int) -> list[dict[
         "video_step_timeout_seconds": 1800,
         "callback_stale_seconds": 300,
     }
-    b.time("sweeper", "bc_sweep (nothing overdue)", "bc_sweep", lambda i: sweep)
+    b.time("sweeper", "bc_sweep (nothing overdue)", "bc_sweep", lambda i: sweep, rollback=True)
+    # A negative grace makes every active step's next check overdue: the most the sweeper has to return at once.
+    b.time(
+        "sweeper",
+        "bc_sweep, every active step due (limit 500, rolled back)",
+        "bc_sweep",
+        lambda i: {**sweep, "grace_seconds": -7200},
+        rollback=True,
+    )
     b.time(
         "sweeper",
         "bc_purge_expired_runs, 30 days, batch 500 (rolled back)",
@@ -478,52 +567,70 @@ def run_queries(conn: psycopg.Connection[Any], calls: int, n: int) -> list[dict[
             ],
         }
 
-    created = b.time("create", "bc_create_run (3 steps, idempotency key)", "bc_create_run", create)
+    created = b.time("create", "bc_create_run (3 steps, idempotency key)", "bc_create_run", create, plan_modes=False)
     b.time(
         "create",
         "bc_record_webhook_receipt (new)",
         "bc_record_webhook_receipt",
         lambda i: {"provider": "bfl", "receipt_id": f"bench-{new_ids[i]}"},
+        plan_modes=False,
     )
 
     # transitions, on the runs just created
     first = [c["run"]["steps"][0]["id"] for c in created]
     second = [c["run"]["steps"][1]["id"] for c in created]
     claim = {"request_params": {"prompt": "p"}, "provider": "local", "submit_timeout_seconds": 60}
-    b.time("transition", "bc_claim_step", "bc_claim_step", lambda i: {"step_id": first[i], "seq": 0, **claim})
+    b.time(
+        "transition",
+        "bc_claim_step",
+        "bc_claim_step",
+        lambda i: {"step_id": first[i], "seq": 0, **claim},
+        plan_modes=False,
+    )
     b.time(
         "transition",
         "bc_record_submission",
         "bc_record_submission",
         lambda i: {"step_id": first[i], "attempt": 1, "provider_job_id": f"job-{first[i]}", "delay_seconds": 1},
+        plan_modes=False,
     )
     b.time(
         "transition",
         "bc_defer_step",
         "bc_defer_step",
         lambda i: {"step_id": first[i], "seq": 2, "delay_seconds": 1},
+        plan_modes=False,
     )
     b.time(
         "transition",
         "bc_complete_step",
         "bc_complete_step",
         lambda i: {"step_id": first[i], "attempt": 1, "output_files": ["https://files.example/o.png"]},
+        plan_modes=False,
     )
     b.time(
         "transition",
         "bc_take_step (second step)",
         "bc_take_step",
         lambda i: {"run_id": created[i]["run"]["id"], "step_id": second[i], "seq": 0, "submit_timeout_seconds": 60},
+        plan_modes=False,
     )
-    b.time("transition", "bc_cancel_run", "bc_cancel_run", lambda i: {"run_id": created[i]["run"]["id"]})
+    b.time(
+        "transition",
+        "bc_cancel_run",
+        "bc_cancel_run",
+        lambda i: {"run_id": created[i]["run"]["id"]},
+        plan_modes=False,
+    )
     return b.results
 
 
-def run(n: int, calls: int) -> dict[str, Any]:
+def run(n: int, calls: int, migrations: Path | None = None) -> dict[str, Any]:
+    """`migrations`: another folder of migrations to measure (e.g. an older commit's, for a before/after)."""
     with tempfile.TemporaryDirectory(prefix="bc-history-") as tmp:
         dsn, server = start_embedded_postgres(Path(tmp) / "pg", cleanup_mode="delete")
         try:
-            apply_migrations(dsn)
+            applied = apply_migrations(dsn, migrations) if migrations else apply_migrations(dsn)
             with psycopg.connect(dsn, autocommit=True, application_name="bench-history") as conn:
                 started = time.monotonic()
                 timings = generate(conn, n)
@@ -541,6 +648,7 @@ def run(n: int, calls: int) -> dict[str, Any]:
         "sizes": size,
         "queries": queries,
         "server_version": version,
+        "migrations": applied,
     }
 
 
@@ -550,14 +658,20 @@ def print_result(result: dict[str, Any]) -> None:
         f"{result['generate_phases']}; database {result['sizes']['database_bytes'] / 2**20:.0f} MiB"
     )
     for q in result["queries"]:
+        modes = "".join(
+            f"  {kind} {q[kind + '_ms']['median']:.3f} ms" for kind in ("custom", "generic") if kind + "_ms" in q
+        )
         plans = "".join(
-            f"  {kind} {q[kind + '_plan']['execution_ms']:.3f} ms {q[kind + '_plan']['verdict']}"
+            f"  {kind} plan {q[kind + '_plan']['execution_ms']:.3f} ms {q[kind + '_plan']['verdict']}"
+            f" rows read {q[kind + '_plan']['rows_read']}"
+            f"{' FILTER ' + '; '.join(q[kind + '_plan']['filters']) if q[kind + '_plan']['filters'] else ''}"
             for kind in ("custom", "generic")
             if kind + "_plan" in q
         )
         print(
             f"  {q['group']:<10} {q['label']:<55} {q['median_ms']:8.3f} ms ({q['min_ms']:.3f}\u2013{q['max_ms']:.3f})"
-            f"  {q['verdict']:<10} index tuples {q['index_tuples_read']}{plans}"
+            f"{modes}  {q['verdict']:<10} index tuples {q['index_tuples_read']} WAL/call {q['wal_bytes_per_call']}"
+            f"{plans}"
         )
 
 
@@ -566,8 +680,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--runs", type=int, default=50_000)
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--migrations", type=Path, help="a folder of migrations to apply instead of the project's")
     args = parser.parse_args(argv)
-    result = run(args.runs, args.calls)
+    result = run(args.runs, args.calls, args.migrations)
     print_result(result)
     if args.json:
         print(json.dumps(result))

@@ -6,7 +6,8 @@
     python bench/run_all.py --render         # rewrite docs/benchmarks.md from the results files, running nothing
 
 (Full size is not timed as a whole yet. On 2026-12-01, under a load average of 5-7, history.py at 1,000,000 runs took
-2.6 minutes, 2.1 of them generating the data; the other sections' full sizes are estimated at 3-4 minutes from the
+2.6 minutes, 2.1 of them generating the data; under a load average of 9-18 the history section took 6.3-9.3
+minutes, 5.8-8.7 of them generating; the other sections' full sizes are estimated at 3-4 minutes from the
 quick run, plus whatever cold_start.py takes.)
 
 Run it with the project's interpreter and `PYTHONPATH=shared:.` from the repository root. Sections:
@@ -232,19 +233,43 @@ def section_history(quick: bool) -> dict[str, Any]:
             if not p:
                 return "\u2013"
             nodes = "; ".join(dict.fromkeys(p["nodes"])) or "no scan"
-            return f"{p['execution_ms']:.3f} ms, {p['verdict']} ({nodes}), {p['shared_hit'] + p['shared_read']} buffers"
+            text = f"{p['execution_ms']:.3f} ms, {p['verdict']} ({nodes}), {p['shared_hit'] + p['shared_read']} buffers"
+            if "rows_read" in p:  # results from before history.py reported these have no such keys
+                text += f", {p['rows_read']} rows read"
+                if p.get("input_ms") is not None:
+                    text += f", input {p['input_ms']:.3f} ms"
+                if p["filters"]:
+                    text += f", filter: {'; '.join(p['filters'])}"
+            return text
+
+        def mode(kind: str, q: dict[str, Any] = q) -> str:
+            m = q.get(kind + "_ms")
+            return f"{m['median']:.3g} ({m['min']:.3g}\u2013{m['max']:.3g})" if m else "\u2013"
 
         rows.append(
             [
                 q["group"],
                 q["label"],
                 spread_text(figures[key]),
+                mode("custom"),
+                mode("generic"),
                 q["verdict"],
                 q["index_tuples_read"],
                 q["seq_rows_read"],
                 plan("custom_plan"),
                 plan("generic_plan"),
             ]
+        )
+    # The target is every query fast whatever plan the server caches: the slowest median over the three ways of
+    # calling (as the server chooses, custom plans forced, generic plans forced), per group.
+    for group in dict.fromkeys(q["group"] for q in result["queries"]):
+        worst = max(
+            (max([q["median_ms"], *(q[m]["median"] for m in ("custom_ms", "generic_ms") if m in q)]), q["label"])
+            for q in result["queries"]
+            if q["group"] == group
+        )
+        figures[f"{group}_slowest_any_plan"] = figure(
+            f"history: slowest {group} query, any plan mode ({worst[1]})", [worst[0]], "ms", better="lower"
         )
     rels = result["sizes"]["relations"][:12]
     return {
@@ -255,9 +280,12 @@ def section_history(quick: bool) -> dict[str, Any]:
             f"{n:,} runs generated with set-based SQL in {result['generate_seconds']} s "
             f"({', '.join(f'{k} {v} s' for k, v in result['generate_phases'].items())}); database "
             f"{result['sizes']['database_bytes'] / 2**20:,.0f} MiB. Each query is the real SQL function called "
-            f"{calls} times (median, range); 'scans' is what the last call read, from the server's per-transaction "
+            f"{calls} times (median, range), then (the queries that can be repeated) {calls} times more with the "
+            "session's plan_cache_mode forced to custom and to generic plans, which the function's own statements "
+            "follow; 'scans' is what the last call read, from the server's per-transaction "
             "counters; the plans are the function body's under EXPLAIN (ANALYZE, BUFFERS) with a custom and a generic "
-            "plan (functions written in plpgsql have no body plan here, only the counters). SEQ SCAN marks a "
+            "plan (functions written in plpgsql have no body plan here, only the counters), the scans that ran, and "
+            "the rows they read (returned plus removed by a filter). SEQ SCAN marks a "
             f"sequential scan of a table over {history.LARGE_TABLE_ROWS} rows.",
             "",
             *table(
@@ -265,6 +293,8 @@ def section_history(quick: bool) -> dict[str, Any]:
                     "group",
                     "query",
                     "ms",
+                    "ms, custom plans forced",
+                    "ms, generic plans forced",
                     "scans",
                     "index tuples read",
                     "seq rows read",

@@ -162,9 +162,10 @@ class Settings:
         "BABYCHAIN_RETENTION_DAYS",
         30,
         "Days a finished run is kept after it ends; then the sweeper deletes it with its steps, callback attempts "
-        "and local artifact files, and webhook receipts of that age (a run that still owes its callback stays until "
-        "the callback settles). `0` keeps everything. On AWS the bucket's lifecycle rule expires artifacts after as "
-        "many days (`template.yaml` parameter `RetentionDays` sets both).",
+        "and local artifact files (a run that still owes its callback stays until the callback settles). `0` keeps "
+        "every run. On AWS the bucket's lifecycle rule expires artifacts after as many days (`template.yaml` "
+        "parameter `RetentionDays` sets both). Provider webhook receipts, which only deduplicate retried deliveries, "
+        "go after 7 days (or this window if shorter), also with `0`.",
         section=ENGINE,
         minimum=0,
         maximum=36500,

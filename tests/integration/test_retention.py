@@ -289,21 +289,24 @@ def test_only_old_finished_runs_with_a_settled_callback_go(quiet_engine: LocalEn
     assert store.get_run(pending) is None
 
 
-def test_retention_zero_keeps_everything(make_engine: Callable[..., LocalEngine]) -> None:
-    """BABYCHAIN_RETENTION_DAYS=0: not even a run that ended years ago, nor an old receipt, is deleted, and the
-    sweeper does not call the purge at all; the SQL function itself also deletes nothing for 0."""
+def test_retention_zero_keeps_every_run_but_not_old_receipts(make_engine: Callable[..., LocalEngine]) -> None:
+    """BABYCHAIN_RETENTION_DAYS=0: not even a run that ended years ago is deleted; the SQL function itself also
+    deletes nothing for 0. Webhook receipts still go after their own week (WEBHOOK_RECEIPT_DAYS): they only
+    deduplicate a provider's retries, and would otherwise grow with every webhook ever received."""
     engine = make_engine(workers=False, retention_days=0)
     store, dsn = store_of(engine), engine.settings.database_url
     run_id = canceled_run(store)
     age(dsn, [run_id], 3 * 365)
-    receipt = f"job-{uuid.uuid4().hex}:Ready"
-    assert store.record_webhook_receipt("bfl", receipt)
-    age_receipts(dsn, [receipt], 3 * 365)
+    old_receipt, week_receipt = f"job-{uuid.uuid4().hex}:Ready", f"job-{uuid.uuid4().hex}:Ready"
+    assert store.record_webhook_receipt("bfl", old_receipt) and store.record_webhook_receipt("bfl", week_receipt)
+    age_receipts(dsn, [old_receipt], sweeper.WEBHOOK_RECEIPT_DAYS + 1)
+    age_receipts(dsn, [week_receipt], sweeper.WEBHOOK_RECEIPT_DAYS - 1)
 
-    assert purge_counts(engine.sweep_once()) == {"purged_runs": 0, "purged_receipts": 0, "purge_batches": 0}
     assert store.purge_expired_runs(0, 500) == {"run_ids": [], "receipts": 0, "busy": False}
+    assert receipts_left(dsn, [old_receipt, week_receipt]) == {old_receipt, week_receipt}
+    assert purge_counts(engine.sweep_once()) == {"purged_runs": 0, "purged_receipts": 1, "purge_batches": 1}
     assert rows_of(dsn, run_id) == {"chain_runs": 1, "chain_steps": 2, "callback_deliveries": 0}
-    assert receipts_left(dsn, [receipt]) == {receipt}
+    assert receipts_left(dsn, [old_receipt, week_receipt]) == {week_receipt}
     # A negative window is refused where settings are read (see tests/unit/test_config.py) and deletes nothing here.
     assert store.purge_expired_runs(-1, 500)["run_ids"] == []
 

@@ -233,6 +233,62 @@ def test_list_runs_pagination_and_filters(store: Store) -> None:
     assert store.list_runs(new_owner(), limit=10) == []
 
 
+STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+
+
+def test_list_runs_every_filter_and_cursor_through_ties(store: Store, session_database_url: str) -> None:
+    """Every filter (none, each status, each chain, each status + chain) paged with the cursor at several page sizes
+    returns exactly the matching runs, newest first, with ties on created_at broken by id: a cursor at a tie neither
+    repeats nor skips a run. Runs of every status are mixed in one owner's history (the list answers a status filter
+    and no filter alike from per-status index scans merged in order)."""
+    owner = new_owner()
+    runs = [make_run(store, owner, steps=1, slug=("alpha", "beta")[i % 2]) for i in range(12)]
+    tie = "2026-11-30T12:00:00.123456+00:00"
+    with psycopg.connect(session_database_url, autocommit=True) as conn:
+        for i, run in enumerate(runs):
+            status = STATUSES[i % 5]
+            # Seven runs share one created_at; the others are spread around it.
+            created = tie if i < 7 else f"2026-11-30T12:00:{i:02d}.5+00:00"
+            conn.execute(
+                "update chain_runs set created_at = %(created)s::timestamptz, status = %(status)s,"
+                " completed_at = case when %(status)s in ('queued', 'running') then null else now() end,"
+                " output = case when %(status)s = 'succeeded' then '{}'::jsonb end"
+                " where id = %(id)s",
+                {"created": created, "status": status, "id": run["id"]},
+            )
+    rows = store.list_runs(owner, limit=100)
+    assert len(rows) == len(runs)
+    newest_first = sorted(rows, key=lambda r: (datetime.fromisoformat(r["created_at"]), r["id"]), reverse=True)
+    assert [r["id"] for r in rows] == [r["id"] for r in newest_first]
+
+    for status in (None, *STATUSES):
+        for chain in (None, "alpha", "beta", "gamma"):
+            expected = [
+                r["id"]
+                for r in newest_first
+                if (status is None or r["status"] == status) and (chain is None or r["chain_slug"] == chain)
+            ]
+            assert [r["id"] for r in store.list_runs(owner, limit=100, status=status, chain_slug=chain)] == expected
+            for size in (1, 2, 3):
+                seen: list[str] = []
+                cursor: tuple[str, str] | None = None
+                while True:
+                    page = store.list_runs(owner, limit=size, status=status, chain_slug=chain, cursor=cursor)
+                    assert len(page) <= size
+                    if not page:
+                        break
+                    seen += [r["id"] for r in page]
+                    cursor = (page[-1]["created_at"], page[-1]["id"])
+                assert seen == expected, (status, chain, size)
+    # A cursor taken at a tie, from the middle of it: exactly the rest of the tie and what is older.
+    tie_at = datetime.fromisoformat(tie)
+    tied = [i for i, r in enumerate(newest_first) if datetime.fromisoformat(r["created_at"]) == tie_at]
+    assert len(tied) == 7
+    at = newest_first[tied[2]]
+    rest = store.list_runs(owner, limit=100, cursor=(at["created_at"], at["id"]))
+    assert [r["id"] for r in rest] == [r["id"] for r in newest_first[tied[2] + 1 :]]
+
+
 def test_cancel_run(store: Store) -> None:
     run = make_run(store)
     running = claim_first(store, run)

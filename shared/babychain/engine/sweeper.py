@@ -16,6 +16,10 @@ BATCH_LIMIT = 500
 # backlog (the first sweep after retention is turned on, or lowered) drains over several ticks without a long lock.
 PURGE_BATCH = 500
 PURGE_BATCHES_PER_SWEEP = 4
+# Provider webhook receipts only deduplicate a provider's retried deliveries (minutes to hours; a late duplicate of a
+# finished step is refused by the step's own state anyway), so they are kept a week, or the run window if shorter,
+# and go even when runs are kept forever: otherwise the table grows with every webhook ever received.
+WEBHOOK_RECEIPT_DAYS = 7
 
 
 def sweep(svc: Services) -> dict[str, int]:
@@ -44,16 +48,16 @@ def sweep(svc: Services) -> dict[str, int]:
 
 def purge_expired(svc: Services, *, batch: int = PURGE_BATCH, batches: int = PURGE_BATCHES_PER_SWEEP) -> dict[str, int]:
     """Deletes finished runs older than `BABYCHAIN_RETENTION_DAYS` (with their steps, callback attempts and local
-    artifact files) and webhook receipts of that age: at most `batches` statements of at most `batch` runs each.
+    artifact files; 0 keeps them all) and webhook receipts older than WEBHOOK_RECEIPT_DAYS (or the run window if
+    shorter): at most `batches` statements of at most `batch` runs (and receipts) each.
 
     Runs go first, their files after (a file never outlives its run by more than this call). Returns the counts.
     """
     days = svc.settings.retention_days
+    receipt_days = min(days, WEBHOOK_RECEIPT_DAYS) if days > 0 else WEBHOOK_RECEIPT_DAYS
     purged = {"purged_runs": 0, "purged_receipts": 0, "purge_batches": 0}
-    if days <= 0:
-        return purged  # 0 keeps everything
     for _ in range(batches):
-        result = svc.store.purge_expired_runs(days, batch)
+        result = svc.store.purge_expired_runs(days, batch, receipt_days)
         purged["purge_batches"] += 1
         _delete_artifacts(svc, result["run_ids"])
         purged["purged_runs"] += len(result["run_ids"])
@@ -66,7 +70,7 @@ def purge_expired(svc: Services, *, batch: int = PURGE_BATCH, batches: int = PUR
     if purged["purged_runs"] or purged["purged_receipts"]:
         count("RunsPurged", purged["purged_runs"])
         count("WebhookReceiptsPurged", purged["purged_receipts"])
-        logger.info("retention purge", extra={**purged, "retention_days": days})
+        logger.info("retention purge", extra={**purged, "retention_days": days, "receipt_days": receipt_days})
     return purged
 
 

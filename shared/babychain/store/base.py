@@ -291,9 +291,13 @@ class Store(ABC):
     def sweep(self, params: dict[str, Any]) -> SweepResult:
         return self.call("bc_sweep", params)
 
-    def purge_expired_runs(self, retention_days: int, limit: int) -> PurgeResult:
-        """Deletes one batch (at most `limit`) of finished runs older than the window, with everything of theirs."""
-        return self.call("bc_purge_expired_runs", {"retention_days": retention_days, "limit": limit})
+    def purge_expired_runs(self, retention_days: int, limit: int, receipt_days: int | None = None) -> PurgeResult:
+        """Deletes one batch (at most `limit`) of finished runs older than the window, with everything of theirs, and
+        of webhook receipts older than `receipt_days` (default: the runs' window). A window of 0 deletes nothing."""
+        params: dict[str, Any] = {"retention_days": retention_days, "limit": limit}
+        if receipt_days is not None:
+            params["receipt_days"] = receipt_days
+        return self.call("bc_purge_expired_runs", params)
 
     def record_webhook_receipt(self, provider: str, receipt_id: str) -> bool:
         return bool(self.call("bc_record_webhook_receipt", {"provider": provider, "receipt_id": receipt_id})["first"])

@@ -196,9 +196,9 @@ class Invalid(Exception):
         self.extra = extra
 
     def as_api_error(self, *, body: bool = False) -> ApiError:
-        if self.field is None:
+        if not self.field:  # the body as a whole (or a body field named "")
             return ApiError(400, "invalid_request", f"Request body: {self.message}." if body else f"{self.message}.")
-        code = FIELD_CODES.get(self.field.split(".")[0], "invalid_request")
+        code = FIELD_CODES.get(self.field, "invalid_request")
         return ApiError(400, code, f"{self.field}: {self.message}.", field=self.field)
 
 

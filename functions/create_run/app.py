@@ -1,19 +1,15 @@
 """POST /api/v1/chains/{slug}/runs: create a run (202), with Idempotency-Key replay."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response
-from aws_lambda_powertools.event_handler.openapi.params import Body
-from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from babychain.api.examples import REQUEST_EXAMPLES, SEED_RESPONSE
-from babychain.api.http import caller, json_response, make_resolver
-from babychain.api.schemas import ChainRun, CreateRunRequest, IdempotencyKey, Slug, answers, requires
+from babychain.api.http import Api, Caller, json_response
+from babychain.api.routes import IdempotencyKey, Slug, answers, create_body, requires
 from babychain.engine.create import create_run
-from babychain.observability import instrumented
 
-app = make_resolver()
+api = Api()
 
 REPLAYED = {
     "Idempotency-Replayed": {
@@ -23,7 +19,7 @@ REPLAYED = {
 }
 
 
-@app.post(
+@api.post(
     "/api/v1/chains/<slug>/runs",
     summary="Create a run",
     tags=["runs"],
@@ -31,7 +27,7 @@ REPLAYED = {
     security=requires("chains:run"),
     responses=answers(
         202,
-        ChainRun,
+        "ChainRun",
         "The run, queued (or, replayed, the run this Idempotency-Key created).",
         400,
         404,
@@ -46,15 +42,13 @@ REPLAYED = {
     ),
 )
 def post_run(
+    who: Caller,
     slug: Slug,
-    request: Annotated[CreateRunRequest, Body(openapi_examples=REQUEST_EXAMPLES)],
+    request: Annotated[dict[str, Any], create_body(REQUEST_EXAMPLES)],
     idempotency_key: IdempotencyKey = None,
-) -> Response[ChainRun]:
-    svc, principal = caller(app)
-    created = create_run(svc, principal, slug, request.model_dump(exclude_unset=True), idempotency_key)
+) -> Response:
+    created = create_run(who.svc, who.principal, slug, request, idempotency_key)
     return json_response(202, created.run, {"Idempotency-Replayed": "true"} if created.replayed else None)
 
 
-@instrumented(correlation_paths.API_GATEWAY_HTTP)
-def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    return app.resolve(event, context)
+lambda_handler = api.lambda_handler

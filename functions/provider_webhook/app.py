@@ -1,20 +1,17 @@
 """POST /api/v1/webhooks/{provider}[/{step_id}/{token}]: provider webhooks, verified and deduplicated."""
 
 from aws_lambda_powertools.event_handler import Response
-from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from babychain.api.http import json_response, make_resolver, raw_body
-from babychain.api.schemas import PUBLIC, WebhookAck, answers
+from babychain.api.http import Api, json_response, raw_body
+from babychain.api.routes import PUBLIC, PathText, answers
 from babychain.engine.webhooks import handle_provider_webhook
-from babychain.observability import instrumented
 from babychain.services import services
 
-app = make_resolver()
+api = Api()
 
 WEBHOOK_ANSWERS = answers(
     200,
-    WebhookAck,
+    "WebhookAck",
     "Verified; the step is polled at once (or the notice was a duplicate, or not about a step).",
     400,
     401,
@@ -29,7 +26,7 @@ ABOUT = (
 )
 
 
-@app.post(
+@api.post(
     "/api/v1/webhooks/<provider>",
     summary="Provider webhook (account-level)",
     description=ABOUT,
@@ -38,14 +35,14 @@ ABOUT = (
     security=PUBLIC,
     responses=WEBHOOK_ANSWERS,
 )
-def account_webhook(provider: str) -> Response[WebhookAck]:
+def account_webhook(provider: PathText) -> Response:
     outcome = handle_provider_webhook(
-        services(), provider, dict(app.current_event.headers), raw_body(app.current_event)
+        services(), provider, dict(api.app.current_event.headers), raw_body(api.app.current_event)
     )
     return json_response(200, outcome.body())
 
 
-@app.post(
+@api.post(
     "/api/v1/webhooks/<provider>/<step_id>/<token>",
     summary="Provider webhook (per step)",
     description=ABOUT,
@@ -54,14 +51,12 @@ def account_webhook(provider: str) -> Response[WebhookAck]:
     security=PUBLIC,
     responses=WEBHOOK_ANSWERS,
 )
-def step_webhook(provider: str, step_id: str, token: str) -> Response[WebhookAck]:
-    event = app.current_event
+def step_webhook(provider: PathText, step_id: PathText, token: PathText) -> Response:
+    event = api.app.current_event
     outcome = handle_provider_webhook(
         services(), provider, dict(event.headers), raw_body(event), step_id=step_id, token=token
     )
     return json_response(200, outcome.body())
 
 
-@instrumented(correlation_paths.API_GATEWAY_HTTP)
-def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    return app.resolve(event, context)
+lambda_handler = api.lambda_handler

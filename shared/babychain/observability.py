@@ -20,6 +20,7 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 from babychain import config
+from babychain.aws.snapstart import register_restore_hooks
 from babychain.config import SECRET_VARIABLES
 
 # Powertools reads its own variables; unset, they get this package's defaults (the loggers of `babychain.*` sit
@@ -152,12 +153,15 @@ def sentry_flush(handler: Handler) -> Handler:
 
 def instrumented(correlation_id_path: str | None = None) -> Callable[[Handler], Handler]:
     """Every handler's wrapping, in one place: Sentry reporting and flush, the Powertools logger (with the
-    invocation's context and, for API events, the request id as correlation id), metrics and the tracer.
+    invocation's context and, for API events, the request id as correlation id), metrics, the tracer, and the
+    SnapStart restore hook (`babychain.aws.snapstart`).
 
     The event itself is never logged, whatever POWERTOOLS_LOGGER_LOG_EVENT says: an API event carries the caller's
     key in its `Authorization` header."""
 
     def wrap(handler: Handler) -> Handler:
+        # At init, so that a SnapStart snapshot carries the hook that makes each restored environment unique.
+        register_restore_hooks()
         traced = tracer.capture_lambda_handler(handler)
         measured = metrics.log_metrics(traced)
         logged = logger.inject_lambda_context(measured, correlation_id_path=correlation_id_path, log_event=False)

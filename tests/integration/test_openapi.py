@@ -16,7 +16,7 @@ from referencing.jsonschema import DRAFT202012
 
 from babychain.api.examples import REQUEST_EXAMPLES, SEED_RESPONSE
 from babychain.api.openapi import build, render
-from babychain.api.schemas import SECURITY_SCHEME
+from babychain.api.routes import SECURITY_SCHEME
 from babychain.local.lambda_shim import ROUTES
 from babychain.local.runner import LocalEngine
 from tests.conftest import KEY_A, client_for, wait_for_run

@@ -659,3 +659,17 @@ def test_the_deploy_guide_matches_the_template() -> None:
         assert output in _template()["Outputs"]
     namespace = _template()["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
     assert namespace["Fn::Sub"].replace("${AWS::StackName}", "<stack name>") in guide
+
+
+def test_snapstart_on_create_run_and_the_step_executor_where_lambda_allows_it() -> None:
+    functions = _functions()
+    snapstarted = {name for name, props in functions.items() if "SnapStart" in props}
+    assert snapstarted == {"create_run", "step_executor"}
+    for name in snapstarted:
+        props = functions[name]
+        # SnapStart applies to published versions: SAM publishes one on each deploy and points the events at the alias.
+        assert props["SnapStart"] == {"ApplyOn": "PublishedVersions"}
+        assert props["AutoPublishAlias"] == "live" and props["AutoPublishAliasAllProperties"] is True
+        # What Lambda refuses with SnapStart.
+        assert "ProvisionedConcurrencyConfig" not in props and "FileSystemConfigs" not in props
+        assert props.get("EphemeralStorage", {"Size": 512})["Size"] <= 512

@@ -2,9 +2,9 @@
 on and patches what it patches on Lambda) imports the handler module as the runtime does, and reports sys.modules.
 
 Speed is measured by bench/cold_start.py, not here; these tests keep the imports that decide it from creeping back:
-handlers that never validate a request against a model's schema do not load the model catalog (its families are
-pydantic models), the handlers without an HTTP contract do not load pydantic at all (the API handlers do: Powertools
-validates their typed parameters with it), and X-Ray patches only the clients it can trace.
+handlers that never validate a request against a model's schema load neither the model catalog (its families are
+pydantic models) nor pydantic at all (the API handlers check their typed parameters with `babychain.api.routes`; only
+the OpenAPI document's builder turns them into pydantic types), and X-Ray patches only the clients it can trace.
 """
 
 from __future__ import annotations
@@ -30,8 +30,12 @@ CATALOG = (
     "babychain.chains.requests",
     "babychain.api.openapi",
 )
-# The queue and schedule handlers: no HTTP route, so no typed parameters for Powertools to validate.
-NO_HTTP = ("callback_sender", "sweeper")
+# What only building the OpenAPI document needs: the response models and Powertools' typed parameters and validation.
+DOCUMENT_ONLY = (
+    "babychain.api.schemas",
+    "aws_lambda_powertools.event_handler.openapi.params",
+    "aws_lambda_powertools.event_handler.middlewares.openapi_validation",
+)
 
 PROBE = """
 import importlib.util, json, sys
@@ -72,8 +76,7 @@ def test_handlers_that_never_validate_do_not_load_the_catalog(function: str) -> 
     modules = set(cold_start(function)["modules"])
     assert "babychain.observability" in modules  # the probe did import the handler
     assert not modules & set(CATALOG), sorted(modules & set(CATALOG))
-    if function in NO_HTTP:
-        assert not [m for m in modules if m.startswith("pydantic")]
+    assert not [m for m in modules if m.startswith("pydantic")]
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
@@ -81,6 +84,12 @@ def test_no_handler_loads_the_models_that_describe_the_api(function: str) -> Non
     # Powertools' OpenAPI models (about 50 ms to import) are for building the document (babychain.api.openapi), not
     # for validating a request.
     assert "aws_lambda_powertools.event_handler.openapi.models" not in cold_start(function)["modules"]
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_no_handler_loads_what_only_the_document_needs(function: str) -> None:
+    modules = set(cold_start(function)["modules"])
+    assert not modules & set(DOCUMENT_ONLY), sorted(modules & set(DOCUMENT_ONLY))
 
 
 @pytest.mark.parametrize("function", VALIDATE)

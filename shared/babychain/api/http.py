@@ -1,35 +1,37 @@
-"""The HTTP edge shared by every API function: one resolver setup, one error shape, one body reader, and the caller:
-key, per-key rate limit and scope, in that order.
+"""The HTTP edge shared by every API function: one resolver setup, one error shape, one body reader, and one
+prologue per route (`Api`): the caller's key, per-key rate limit and scope, in that order, then the route's typed
+parameters and body.
 
-Powertools validates each route's typed parameters and the create body's envelope (`babychain.api.schemas`), with two
-changes: the body is read by the strict reader below whatever its Content-Type (UTF-8 JSON, bounded numbers, no NUL or
-lone surrogates, within the size limit), and responses go out as the handler built them (the contract tests check
-them against the document). A validation error is a 400 in the one error shape naming the field, and only after the
-caller's key, rate limit and scope have been checked (once per request), as for every other error.
+The routes are declared with the light types of `babychain.api.routes` and checked here by small checks that give
+pydantic's messages: no API handler imports pydantic to start (Powertools' request validation would, about 60 ms of
+each cold start). The same declarations make the OpenAPI document (`babychain.api.openapi`), with Powertools' typed
+parameters and the models of `babychain.api.schemas`. The body is read by the strict reader below whatever its
+Content-Type (UTF-8 JSON, bounded numbers, no NUL or lone surrogates, within the size limit), and responses go out as
+the handler built them (the contract tests check them against the document). A failed check is a 400 in the one error
+shape naming the field, and only after the caller's key, rate limit and scope have been checked, as for every other
+error.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import inspect
 import json
 import logging
-from collections.abc import Sequence
-from functools import cached_property
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple, get_type_hints
+from urllib.parse import parse_qs
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
-from aws_lambda_powertools.event_handler.middlewares.openapi_validation import (
-    OpenAPIRequestValidationMiddleware,
-    OpenAPIResponseValidationMiddleware,
-)
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 from babychain.api.auth import Principal, admit, identify, require_scope
-from babychain.api.schemas import SECURITY_SCHEME
+from babychain.api.routes import Body, Invalid, Param, check_body, check_value, parameter_spec, required_scope
 from babychain.errors import ApiError, ConfigurationError
+from babychain.observability import instrumented
 from babychain.security.params import strict_json
 from babychain.services import Services, services
 from babychain.store.errors import StoreAuthError, StoreUnavailable
@@ -57,84 +59,15 @@ def error_response(error: ApiError) -> Response:
     return json_response(error.status, error.body(), error.headers)
 
 
-class StrictHttpEvent(APIGatewayProxyEventV2):
-    """The API Gateway HTTP API event, whose JSON body is read by the strict reader (Powertools' validation reads it
-    from here)."""
-
-    @cached_property
-    def json_body(self) -> Any:
-        return read_json_body(self)
-
-
-class CallerThenValidation(OpenAPIRequestValidationMiddleware):
-    """Powertools' request validation, after the caller's key, rate limit and scope (a request without a valid key is
-    a 401 whatever else is wrong with it), reading the body as JSON whatever its Content-Type (as the API always has).
-    """
-
-    def handler(self, app: Any, next_middleware: NextMiddleware) -> Response:
-        if route_scope(app) is not None:
-            caller(app)
-        return super().handler(app, next_middleware)
-
-    def _get_body(self, app: Any) -> Any:
-        return app.current_event.json_body
-
-
-class ResponsesAsBuilt(OpenAPIResponseValidationMiddleware):
-    """In place of Powertools' response validation: the handler's response goes out as it built it."""
-
-    def handler(self, app: Any, next_middleware: NextMiddleware) -> Response:
-        return next_middleware(app)
-
-
-# The fields whose errors have their own code (the rest are `invalid_request`).
-_FIELD_CODES = {
-    "run_id": "invalid_run_id",
-    "Idempotency-Key": "invalid_idempotency_key",
-    "input": "invalid_chain_input",
-    "webhook_url": "invalid_callback_url",
-}
-
-
-def validation_error(errors: Sequence[Any]) -> ApiError:
-    """The first of Powertools' validation errors as a 400 naming the field (`limit`, `Idempotency-Key`,
-    `input.chain_models`, …)."""
-    # An unknown field first (as the engine's own checks do): it often explains the missing one (`inputs`).
-    first = min(errors, key=lambda e: e.get("type") != "extra_forbidden") if errors else {}
-    where, *path = tuple(first.get("loc") or ("body",))
-    if where == "header" and path:
-        path = ["-".join(part.capitalize() for part in str(path[0]).split("-"))]
-    field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".") or None
-    message = str(first.get("msg") or "Invalid request").removeprefix("Value error, ")
-    code = _FIELD_CODES.get(str(path[0]), "invalid_request") if path else "invalid_request"
-    if field is None:
-        return ApiError(400, code, f"Request body: {message}." if where == "body" else f"{message}.")
-    return ApiError(400, code, f"{field}: {message}.", field=field)
-
-
-def route_scope(app: APIGatewayHttpResolver) -> str | None:
-    """The scope the current route's security requirement names (`schemas.requires`); None on a public route."""
-    route = app.context.get("_route")
-    for requirement in getattr(route, "security", None) or []:
-        for scope in requirement.get(SECURITY_SCHEME, []):
-            return str(scope)
-    return None
-
-
 class EdgeResolver(APIGatewayHttpResolver):
     """The resolver of every API function. `edge_headers` go on whatever response the invocation ends with (the
     route's, an error's, even an unexpected 500): `caller` puts the rate-limit budget there once the key is known."""
 
     def __init__(self) -> None:
-        super().__init__(enable_validation=True)
-        self._request_validation_middleware = CallerThenValidation()
-        self._response_validation_middleware = ResponsesAsBuilt()
-        # The OpenAPI document's settings (the security scheme) are given where the document is built
-        # (`babychain.api.openapi`): Powertools' OpenAPI models take about 50 ms to import, which serving needs not.
+        # No Powertools validation (it needs pydantic): `Api` checks each route's parameters. The OpenAPI document's
+        # settings are given where the document is built (`babychain.api.openapi`).
+        super().__init__()
         self.edge_headers: dict[str, str] = {}
-
-    def _to_proxy_event(self, event: dict) -> StrictHttpEvent:
-        return StrictHttpEvent(event)
 
     def resolve(self, event: Any, context: Any) -> dict[str, Any]:
         self.edge_headers = {}
@@ -153,10 +86,6 @@ def make_resolver() -> EdgeResolver:
     @app.exception_handler(ApiError)
     def _api_error(exc: ApiError) -> Response:
         return error_response(exc)
-
-    @app.exception_handler(RequestValidationError)
-    def _invalid(exc: RequestValidationError) -> Response:
-        return error_response(validation_error(exc.errors()))
 
     @app.exception_handler(Exception)
     def _unexpected(exc: Exception) -> Response:
@@ -201,22 +130,142 @@ def raw_body(event: APIGatewayProxyEventV2) -> bytes:
     return base64.b64decode(body) if event.is_base64_encoded else body.encode()
 
 
-_CALLER = "babychain_caller"
+class Caller(NamedTuple):
+    """Who a request acts for: a handler parameter annotated `Caller` receives it (its route needs a key)."""
+
+    svc: Services
+    principal: Principal
 
 
-def caller(app: EdgeResolver) -> tuple[Services, Principal]:
-    """Who the request acts for: a valid key (401), within its rate limit (429), with the scope the route's security
-    requirement names (403). From the moment the key is known, every response carries the key's budget
-    (`RateLimit-*`) when rate limiting is on."""
-    known: tuple[Services, Principal] | None = app.context.get(_CALLER)
-    if known is not None:  # checked once per request (the validation step asks first)
-        return known
-    scope = route_scope(app)
-    if scope is None:
-        raise ConfigurationError("caller() on a route without a security requirement")
+def caller(app: EdgeResolver, scope: str) -> Caller:
+    """A valid key (401), within its rate limit (429), with `scope` (403). From the moment the key is known, every
+    response carries the key's budget (`RateLimit-*`) when rate limiting is on."""
     svc = services()
     principal = identify(svc, app.current_event.headers)
     app.edge_headers.update(admit(svc, principal))
     require_scope(principal, scope)
-    app.append_context(**{_CALLER: (svc, principal)})
-    return svc, principal
+    return Caller(svc, principal)
+
+
+_ORDER = {"path": 0, "query": 1, "header": 2}  # the order pydantic's errors came in: the first one is reported
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One route as its handler declared it: what the OpenAPI document is built from (`babychain.api.openapi`)."""
+
+    method: str
+    path: str
+    func: Callable[..., Response]
+    security: list[dict[str, list[str]]]
+    openapi: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Input:
+    name: str
+    annotation: Any
+    spec: Param | Body
+    default: Any
+
+
+class Api:
+    """An API function: its resolver, its routes and its Lambda handler. Every route gets the same prologue: the
+    caller (when its security names a scope), then its parameters and body checked against their declared types; the
+    handler function receives them converted (and the `Caller`), as Powertools' validation would pass them."""
+
+    def __init__(self) -> None:
+        self.app = make_resolver()
+        self.routes: list[Declared] = []
+        app = self.app
+
+        def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+            return app.resolve(event, context)
+
+        # Named as before: the tracer's subsegment (`## lambda_handler`) and the logs keep their names.
+        self.lambda_handler = instrumented(correlation_paths.API_GATEWAY_HTTP)(lambda_handler)
+
+    def get(self, path: str, **declared: Any) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+        return self.route("GET", path, **declared)
+
+    def post(self, path: str, **declared: Any) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+        return self.route("POST", path, **declared)
+
+    def route(
+        self, method: str, path: str, *, security: list[dict[str, list[str]]], **openapi: Any
+    ) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+        """`openapi`: the operation's summary, description, tags, operation_id and responses (`routes.answers`)."""
+
+        def register(func: Callable[..., Response]) -> Callable[..., Response]:
+            self.routes.append(Declared(method, path, func, security, openapi))
+            self.app.route(path, method)(self._endpoint(func, required_scope(security)))
+            return func
+
+        return register
+
+    def _endpoint(self, func: Callable[..., Response], scope: str | None) -> Callable[..., Response]:
+        hints = get_type_hints(func, include_extras=True)
+        inputs: list[_Input] = []
+        who: str | None = None
+        for name, parameter in inspect.signature(func).parameters.items():
+            spec = parameter_spec(hints.get(name))
+            if hints.get(name) is Caller:
+                who = name
+            elif spec is None:
+                raise ConfigurationError(f"{func.__name__}({name}): neither a Caller nor a routes parameter type")
+            else:
+                inputs.append(_Input(name, hints[name], spec, parameter.default))
+        inputs.sort(key=lambda i: _ORDER.get(i.spec.where, 3) if isinstance(i.spec, Param) else 3)
+        if (who is not None) != (scope is not None):
+            raise ConfigurationError(f"{func.__name__}: a Caller parameter goes with a route that needs a key")
+        app = self.app
+
+        def endpoint(**path_args: str) -> Response:
+            kwargs: dict[str, Any] = {who: caller(app, scope)} if who is not None and scope is not None else {}
+            kwargs.update(_checked(app.current_event, inputs, path_args))
+            return func(**kwargs)
+
+        endpoint.__name__ = func.__name__
+        return endpoint
+
+
+def _checked(event: APIGatewayProxyEventV2, inputs: list[_Input], path_args: dict[str, str]) -> dict[str, Any]:
+    """The handler's arguments; the first failed check as a 400 (an unknown body field before any other)."""
+    values: dict[str, Any] = {}
+    failed: list[Invalid] = []
+    body_failed: list[Invalid] = []
+    for item in inputs:
+        spec = item.spec
+        if isinstance(spec, Body):
+            values[item.name] = body = read_json_body(event)
+            body_failed = check_body(spec, body)
+            continue
+        name = spec.alias or item.name
+        raw = _received(event, spec, name, path_args)
+        if raw is None:
+            if item.default is inspect.Parameter.empty:
+                failed.append(Invalid("Field required", name))
+            else:
+                values[item.name] = item.default
+            continue
+        try:
+            values[item.name] = check_value(item.annotation.__origin__, spec, raw, name)
+        except Invalid as error:
+            failed.append(error)
+    first = next((e for e in body_failed if e.extra), None) or next(iter(failed + body_failed), None)
+    if first is not None:
+        raise first.as_api_error(body=first in body_failed)
+    return values
+
+
+def _received(event: APIGatewayProxyEventV2, spec: Param, name: str, path_args: dict[str, str]) -> Any:
+    """A parameter's value as received: a string; a list when the query string repeats the name (as Powertools
+    passed it to pydantic); None when absent."""
+    if spec.where == "path":
+        return path_args.get(name)
+    if spec.where == "header":
+        return event.headers.get(name)
+    value = event.query_string_parameters.get(name)
+    if value is not None and len(parse_qs(event.raw_query_string or "", keep_blank_values=True).get(name, ())) > 1:
+        return value.split(",")
+    return value

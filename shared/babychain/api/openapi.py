@@ -1,7 +1,9 @@
 """The API's OpenAPI 3.1 document, generated from the code.
 
-Each API function's resolver (`functions/*/app.py`) describes its routes from their typed parameters and answers
-(`babychain.api.schemas`); Powertools' OpenAPI merge joins them into one document. Added here: what no single route
+Each API function (`functions/*/app.py`) declares its routes with the light types of `babychain.api.routes`, which
+its handler checks requests against at run time; here each declaration becomes a Powertools route with the matching
+typed parameters and the models of `babychain.api.schemas` (a typed twin of the handler, never called), and
+Powertools' OpenAPI merge joins them into one document. Added here: what no single route
 knows, the chain input schemas generated from the model catalog (each model family's parameter schema, and per chain
 its step models and params), and the document's own info. Powertools' 422 "validation error" answers are taken out:
 this API answers validation errors with a 400 in its one error shape.
@@ -14,16 +16,21 @@ module); a test fails when it drifts from what this module generates.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import sys
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, NoReturn, get_type_hints
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from babychain.api.schemas import COMPONENTS, SECURITY_SCHEME
+from babychain.api import schemas
+from babychain.api.http import Api, Caller, Declared
+from babychain.api.routes import SECURITY_SCHEME, Body, Param, parameter_spec
+from babychain.api.schemas import COMPONENTS
 from babychain.chains.catalog import IMAGE_TO_IMAGE, models_for
 from babychain.chains.families import FAMILIES
 from babychain.chains.templates import CHAIN_VERSION, TEMPLATES, ChainTemplate
@@ -104,17 +111,83 @@ def chain_input_schema(template: ChainTemplate, family_refs: dict[str, dict[str,
     return schema
 
 
-def _api_resolvers() -> list[Any]:
-    """The API functions' resolvers, with the security scheme their routes name (`schemas.requires`), which the
-    resolvers leave out at run time (see `babychain.api.http.EdgeResolver`)."""
+def _typed(annotation: Any) -> Any:
+    """A handler parameter's `routes` type as the Powertools typed parameter (or body model) it stands for."""
+    from aws_lambda_powertools.event_handler.openapi import params
+
+    spec = parameter_spec(annotation)
+    if isinstance(spec, Body):
+        return Annotated[getattr(schemas, spec.model), params.Body(openapi_examples=spec.openapi_examples)]
+    if not isinstance(spec, Param):
+        raise ConfigurationError(f"not a routes parameter type: {annotation!r}")
+    base = annotation.__origin__
+    given: dict[str, Any] = {
+        "alias": spec.alias,
+        "pattern": spec.pattern,
+        "ge": spec.ge,
+        "le": spec.le,
+        "max_length": spec.max_length,
+        "description": spec.description or None,
+        "json_schema_extra": {"enum": list(spec.documented_enum)} if spec.documented_enum else None,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return base
+    kind = {"path": params.Path, "query": params.Query, "header": params.Header}[spec.where]
+    return Annotated[base, kind(**given)]
+
+
+def _with_models(answer: dict[str, Any]) -> dict[str, Any]:
+    """A declared answer with its model's name replaced by the model."""
+    answer = copy.deepcopy(answer)
+    for content in answer.get("content", {}).values():
+        if isinstance(content.get("model"), str):
+            content["model"] = getattr(schemas, content["model"])
+    return answer
+
+
+def _typed_twin(route: Declared) -> Any:
+    """A function with the handler's signature in Powertools' types, for the document alone."""
+    from aws_lambda_powertools.event_handler import Response
+
+    def twin(**_: Any) -> NoReturn:
+        raise NotImplementedError("describes a route; the handler serves it")
+
+    hints = get_type_hints(route.func, include_extras=True)
+    parameters = [
+        inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=parameter.default, annotation=_typed(hints[name])
+        )
+        for name, parameter in inspect.signature(route.func).parameters.items()
+        if hints[name] is not Caller
+    ]
+    success = next(answer for status, answer in route.openapi["responses"].items() if status < 300)
+    model = getattr(schemas, success["content"]["application/json"]["model"])
+    twin.__name__ = route.func.__name__
+    returns = Response[model]  # type: ignore[valid-type]
+    twin.__signature__ = inspect.Signature(parameters, return_annotation=returns)  # type: ignore[attr-defined]
+    return twin
+
+
+def typed_resolver(api: Api) -> Any:
+    """The resolver Powertools describes an API function's routes with: typed, validating, with the security scheme
+    their routes name (`routes.requires`)."""
+    from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
     from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 
+    resolver = APIGatewayHttpResolver(enable_validation=True)
+    resolver.configure_openapi(security_schemes={SECURITY_SCHEME: HTTPBearer(description="Your API key.")})
+    for route in api.routes:
+        declared = {**route.openapi, "responses": {s: _with_models(a) for s, a in route.openapi["responses"].items()}}
+        resolver.route(route.path, route.method, security=route.security, **declared)(_typed_twin(route))
+    return resolver
+
+
+def _api_resolvers() -> list[Any]:
+    """The API functions' routes, typed."""
     from babychain.local.lambda_shim import API_FUNCTIONS, load_function
 
-    resolvers = [load_function(function).app for function in API_FUNCTIONS]
-    for resolver in resolvers:
-        resolver.configure_openapi(security_schemes={SECURITY_SCHEME: HTTPBearer(description="Your API key.")})
-    return resolvers
+    return [typed_resolver(load_function(function).api) for function in API_FUNCTIONS]
 
 
 def _tidy_operations(document: dict[str, Any]) -> None:

@@ -1,9 +1,10 @@
-"""The API's typed contract: request models, response models, parameter types and each route's documented answers.
+"""The API's typed contract for the OpenAPI document: the request and response models (pydantic).
 
-The handlers in `functions/` declare their parameters and answers with these; Powertools' event handler validates the
-parameters and the create body's envelope with them, and generates the OpenAPI document from them
-(`babychain.api.openapi`). The responses are documentation: the handlers return the presenter's dicts, and the
-contract tests check every answer against these schemas.
+The handlers in `functions/` name these models in their declared answers and body (`babychain.api.routes`, which
+checks requests at run time without pydantic); `babychain.api.openapi` generates the OpenAPI document from them with
+Powertools' event handler. The responses are documentation: the handlers return the presenter's dicts, and the
+contract tests check every answer against these schemas. `CreateRunRequest` is the envelope `routes.create_body`
+checks (tests/unit/test_route_checks.py holds the two to the same answers).
 
 `input` is validated by the engine itself (`chains.requests.plan_run`, mode-aware, naming the exact field); its schema
 in the document is generated from the model catalog (`ChainInput`, added by `babychain.api.openapi`).
@@ -14,32 +15,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from aws_lambda_powertools.event_handler.openapi.params import Header, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from babychain.api.routes import Mode, RunStatus, StepStatus
 from babychain.chains.templates import TEMPLATES
 from babychain.security.urls import MAX_URL_LENGTH
 
-SECURITY_SCHEME = "ApiKey"
 COMPONENTS = "#/components/schemas/"
-
-RunStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
-StepStatus = Literal["queued", "running", "succeeded", "failed", "canceled", "skipped"]
-Mode = Literal["local", "byok", "babysea"]
-# Slugs and their aliases, as the path and the chain_slug filter take them.
-ChainSlug = Literal["chain1", "chain2", "chain3", "chain101", "chain202", "chain303"]
-
-UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,255}$"
-
-
-def requires(scope: str) -> list[dict[str, list[str]]]:
-    """A route's security requirement: a bearer API key with `scope`. The handler's `caller` enforces the scope it
-    names, so the document and the check are one declaration."""
-    return [{SECURITY_SCHEME: [scope]}]
-
-
-PUBLIC: list[dict[str, list[str]]] = [{}]  # no key needed (an empty requirement object)
 
 
 class _Model(BaseModel):
@@ -253,92 +235,3 @@ class OpenApiDocument(_Model):
 class WebhookAck(BaseModel):
     received: Literal[True]
     status: Literal["advanced", "duplicate", "ignored"]
-
-
-# -------------------------------------------------------------------------------------------------------- answers
-
-_INTEGER = {"type": "integer", "minimum": 0}
-RATE_LIMIT_HEADERS: dict[str, Any] = {
-    "RateLimit-Limit": {"description": "Requests allowed per window (when rate limiting is on).", "schema": _INTEGER},
-    "RateLimit-Remaining": {"description": "Requests left in the window.", "schema": _INTEGER},
-    "RateLimit-Reset": {"description": "Seconds until the window has room again.", "schema": _INTEGER},
-}
-_ERRORS: dict[int, str] = {
-    400: "Invalid request: the error names the offending field where there is one.",
-    401: "No API key, or not a valid one (`WWW-Authenticate: Bearer`).",
-    403: "The key lacks the route's scope.",
-    404: "No such resource (another caller's run looks exactly like a missing one).",
-    409: "The Idempotency-Key was used with a different request.",
-    413: "The body is larger than 256 KiB.",
-    429: "Over the key's rate limit: retry after `Retry-After` seconds.",
-    500: "Server misconfigured or an unexpected error (no details).",
-    503: "The database is unreachable; retry soon.",
-}
-AUTHENTICATED_ERRORS = (401, 403, 429, 500, 503)
-
-
-def _error(status: int, *, authenticated: bool) -> dict[str, Any]:
-    answer: dict[str, Any] = {"description": _ERRORS[status], "content": {"application/json": {"model": Error}}}
-    headers = dict(RATE_LIMIT_HEADERS) if authenticated and status not in (401,) else {}
-    if status == 429:
-        headers["Retry-After"] = {"description": "Seconds to wait before retrying.", "schema": _INTEGER}
-    if status == 401:
-        headers["WWW-Authenticate"] = {"description": "`Bearer`.", "schema": {"type": "string"}}
-    if headers:
-        answer["headers"] = headers
-    return answer
-
-
-def answers(
-    status: int,
-    model: type[BaseModel],
-    description: str,
-    *errors: int,
-    authenticated: bool = True,
-    headers: dict[str, Any] | None = None,
-    links: dict[str, Any] | None = None,
-    example: Any = None,
-) -> dict[int, Any]:
-    """A route's documented answers: the success (`model`, with the rate-limit headers on authenticated routes) and
-    every error status it can give, all in the one error shape."""
-    success_headers = {**(RATE_LIMIT_HEADERS if authenticated else {}), **(headers or {})}
-    content: dict[str, Any] = {"model": model}
-    if example is not None:
-        content["example"] = example
-    success: dict[str, Any] = {"description": description, "content": {"application/json": content}}
-    if success_headers:
-        success["headers"] = success_headers
-    if links:
-        success["links"] = links
-    documented = {status: success}
-    for code in sorted({*errors, *(AUTHENTICATED_ERRORS if authenticated else (500, 503))}):
-        documented[code] = _error(code, authenticated=authenticated)
-    return documented
-
-
-# -------------------------------------------------------------------------------------------------------- parameters
-
-RunId = Annotated[str, Path(pattern=UUID_PATTERN, description="The run's id (a canonical UUID).")]
-# Any other value is a 404 `chain_not_found` (a resource that does not exist), not a 400: hence enum, not a check.
-Slug = Annotated[
-    str,
-    Path(
-        description="The chain template: its slug or its alias.",
-        json_schema_extra={"enum": [n for t in TEMPLATES for n in (t.slug, t.alias)]},
-    ),
-]
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        pattern=IDEMPOTENCY_KEY_PATTERN,
-        description="Same key and same body: the original run again (`Idempotency-Replayed: true`); same key with "
-        "another body: 409. Scoped to your key.",
-    ),
-]
-Limit = Annotated[int, Query(ge=1, le=100, description="Runs per page.")]
-Cursor = Annotated[
-    str | None, Query(max_length=512, description="`next_cursor` of the previous page (signed for your key).")
-]
-StatusFilter = Annotated[RunStatus | None, Query(description="Only runs in this status.")]
-ChainFilter = Annotated[ChainSlug | None, Query(description="Only runs of this chain (slug or alias).")]

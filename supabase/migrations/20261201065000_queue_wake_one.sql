@@ -10,10 +10,11 @@
 -- then looks for due messages again. Either the send committed first (the second look finds its message) or the
 -- registration did (the send sees the waiter). Sends do not block each other.
 --
--- Delayed messages (a delay, a retry after a failure, a visibility timeout running out): one idle consumer, the
--- keeper, sleeps until the earliest future message of the queue (its `wake_at`); the others wait to be notified. A
--- send or change of visibility with an earlier due time than every keeper's wakes one waiter, which registers again
--- as the keeper for that time; a keeper that takes a message passes the role on (wakes another waiter).
+-- Delayed messages (a delay, a retry after a failure): one idle consumer, the keeper, sleeps until the earliest
+-- delayed message of the queue (its `wake_at`); the others wait to be notified. A send or change of visibility with
+-- an earlier due time than every keeper's makes a waiter the keeper for that time (the notification's payload says
+-- when); a keeper that takes a message while delayed ones remain passes the role on (wakes another waiter, which
+-- registers again as the keeper).
 --
 -- Consumers still wake by themselves after `idle_wait_seconds` (a safety net, no longer what delivers messages).
 -- A consumer that dies leaves its row behind: release_orphans removes rows whose consumer's liveness lock is gone
@@ -114,43 +115,58 @@ end
 $$;
 
 -- A message of the queue becomes due at p_due (a delayed send, a retry): unless some waiter already wakes by then,
--- one waiter wakes now and registers again as the keeper for it. Called with the queue's lock held (shared).
+-- one waiter becomes the keeper for it. It is told the time in the notification ('due <epoch seconds>') and sleeps
+-- until then, without a receive now. Called with the queue's lock held (shared).
 create function babychain_private.bc_queue_cover(p_queue text, p_due timestamptz) returns void
 language plpgsql set search_path = '' as $$
+declare
+    v_receiver integer;
 begin
-    if p_due is not null and not exists (
+    if p_due is null or exists (
         select from public.bc_queue_waiters w where w.queue = p_queue and w.wake_at <= p_due
     ) then
-        perform babychain_private.bc_queue_wake(p_queue, 1);
+        return;
+    end if;
+    with picked as (
+        select w.receiver
+          from public.bc_queue_waiters w
+         where w.queue = p_queue and not w.notified
+         order by w.since desc
+         limit 1
+           for update skip locked
+    )
+    update public.bc_queue_waiters w
+       set wake_at = p_due
+      from picked
+     where w.queue = p_queue and w.receiver = picked.receiver
+    returning w.receiver into v_receiver;
+    if v_receiver is not null then
+        perform pg_notify('bc_queue_r' || v_receiver, 'due ' || extract(epoch from p_due));
     end if;
 end
 $$;
 
--- A waiter leaves (it received, or its consumer stops): a keeper hands its role to another waiter, and a waiter a
--- send had chosen hands that message on. Returns whether it was registered.
+-- A waiter leaves (it received, or its consumer stops): a keeper hands its role to another waiter (when delayed
+-- messages remain). Returns whether it was registered.
 create function babychain_private.bc_queue_unregister(p_queue text, p_receiver integer) returns boolean
 language plpgsql set search_path = '' as $$
 declare
     v_keeper boolean;
-    v_notified boolean;
 begin
     delete from public.bc_queue_waiters w
      where w.queue = p_queue and w.receiver = p_receiver
-    returning w.wake_at is not null, w.notified into v_keeper, v_notified;
+    returning w.wake_at is not null into v_keeper;
     if not found then
         return false;
     end if;
     if v_keeper then
         -- Under the queue's lock: a consumer registering meanwhile may have seen this keeper and not become one.
         perform pg_advisory_xact_lock(7273, hashtext(p_queue));
-        if not exists (select from public.bc_queue_waiters w where w.queue = p_queue and w.wake_at is not null)
-           and exists (
-               select from public.bc_queue_messages m
-                where m.queue = p_queue and m.visible_at > clock_timestamp() and m.receiver is null
-           ) then
-            -- The waiter it wakes finds the queue's next due time and becomes the keeper.
-            perform babychain_private.bc_queue_wake(p_queue, 1);
-        end if;
+        perform babychain_private.bc_queue_cover(p_queue, (
+            select min(m.visible_at)
+              from public.bc_queue_messages m
+             where m.queue = p_queue and m.visible_at > clock_timestamp() and m.receiver is null
+        ));
     end if;
     return true;
 end

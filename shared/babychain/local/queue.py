@@ -173,9 +173,22 @@ class ConsumerLease:
         self._conn.execute(f'listen "bc_queue_r{receiver}"')
 
     def wait(self, timeout: float) -> None:
-        """Returns on the next notification for this consumer, or after `timeout` seconds."""
-        for _ in self._conn.notifies(timeout=max(0.0, timeout), stop_after=1):
-            pass
+        """Returns when there may be a message for this consumer, or after `timeout` seconds.
+
+        A notification 'due <epoch seconds>' makes this consumer the keeper for a delayed message: it sleeps on
+        until then (or a sooner notification) instead of receiving now.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            notes = list(self._conn.notifies(timeout=max(0.0, deadline - time.monotonic()), stop_after=1))
+            if not notes:
+                return  # the timeout
+            payload = notes[0].payload
+            if not payload.startswith("due "):
+                return
+            deadline = min(deadline, time.monotonic() + float(payload[4:]) - time.time())
+            if deadline <= time.monotonic():
+                return
 
     def close(self) -> None:
         if self._conn.closed:

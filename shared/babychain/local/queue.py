@@ -13,6 +13,7 @@ it as a waiter, and a send notifies one waiter per message on the waiter's own c
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -241,7 +242,6 @@ def consume(
             state.busy = False
     finally:
         if handled is not None:
-            try:
+            # Stopping: if this fails, the message comes back after its visibility timeout.
+            with contextlib.suppress(Exception):
                 queue.delete(handled)
-            except Exception:  # noqa: S110 - stopping: the message comes back after its visibility timeout
-                pass

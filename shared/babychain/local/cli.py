@@ -410,8 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument(
         "--max-step-workers",
         type=int,
-        default=16,
-        help="most step executors while every executor is busy and steps wait (more runs at once)",
+        default=0,
+        help="most step executors while every executor is busy and steps wait (default: no more than "
+        "--step-workers; more help when providers are slow to accept jobs)",
     )
     p_serve.add_argument("--callback-workers", type=int, default=2, help="callback sender processes")
     p_serve.add_argument(

@@ -119,7 +119,7 @@ class LocalEngine:
         workers: bool = True,
         api_workers: int | None = None,
         step_workers: int = 4,
-        max_step_workers: int = 16,
+        max_step_workers: int = 0,
         callback_workers: int = 2,
         max_callback_workers: int = 16,
         access_log: bool = False,
@@ -145,9 +145,10 @@ class LocalEngine:
         }
         # While every consumer of a queue is busy and messages wait, more consumers start (as Lambda runs more
         # instances), up to these many; they end when idle. Callback attempts wait on receivers, not on this
-        # machine. A step mostly waits too (database commits, the provider), so with a fixed 4 executors a message
-        # queued behind them at 16 concurrent runs (the hop); an idle consumer costs no CPU (it is woken only for a
-        # message meant for it), about 12 MB of private memory and two database connections.
+        # machine: on by default. Step executors: off by default (max_step_workers 0: the fixed count). With a
+        # provider that answers at once, steps are this machine's CPU, and more executors on 2 cores lowered the
+        # hop at 16 concurrent runs but cost more CPU per run and fewer runs/s (bench/RESULTS.md, "Wake one
+        # consumer"); with providers slow to accept a job they would help.
         self.max_workers = {
             "step_executor": max(max_step_workers, self.counts["step_executor"]) if workers else 0,
             "callback_sender": max(max_callback_workers, self.counts["callback_sender"]) if workers else 0,
@@ -353,10 +354,14 @@ class LocalEngine:
             f"  provider mode     {s.provider_mode}{provider}",
             f"  database          {'embedded Postgres in ' + str(self.home / 'pg') if self._pg else 'DATABASE_URL'}",
             f"  artifacts         {s.artifact_dir} served at {self.base_url}/files/ as {s.artifact_base_url}/",
-            f"  workers           {self.counts['api']} API, {self.counts['step_executor']} step executor (up to "
-            f"{self.max_workers['step_executor']} while steps wait), {self.counts['callback_sender']} callback sender "
-            f"(up to {self.max_workers['callback_sender']} while receivers are slow), {self.counts['sweeper']} "
-            "sweeper (one process each)",
+            f"  workers           {self.counts['api']} API, {self.counts['step_executor']} step executor"
+            + (
+                f" (up to {self.max_workers['step_executor']} while steps wait)"
+                if self.max_workers["step_executor"] > self.counts["step_executor"]
+                else ""
+            )
+            + f", {self.counts['callback_sender']} callback sender (up to {self.max_workers['callback_sender']} "
+            f"while receivers are slow), {self.counts['sweeper']} sweeper (one process each)",
             f"  API key           {api_key}",
             f"  callback secret   {secret}",
             "  retention         "

@@ -443,8 +443,8 @@ def test_concurrent_sends_each_wake_a_consumer_and_none_is_missed(database_url: 
         ns = sorted(body["n"] for body, _ in consumers.handled)
         assert ns == list(range(total))  # each exactly once, none missed
         late = sorted(handled - body["at"] for body, handled in consumers.handled)
-        assert late[-1] < 3.0, late[-10:]  # no lost wake-up (that would be a minute)
-        assert late[len(late) // 2] < 0.5, late[len(late) // 2]
+        assert late[-1] < 5.0, late[-10:]  # no lost wake-up (that would be a minute)
+        assert late[len(late) // 2] < 1.0, late[len(late) // 2]
         assert sum(1 for c in consumers.receives.values() if c > 5) >= 2  # really concurrent
         # One wake-up per message: empty receives are about one per message at most, not one per consumer.
         assert consumers.empty_receives <= total + 8, (consumers.empty_receives, consumers.receives)
@@ -467,7 +467,8 @@ def test_delayed_messages_are_picked_up_on_time_by_one_consumer(database_url: st
         consumers.wait_for(len(delays) + 1, 10)
         assert sorted(body["n"] for body, _ in consumers.handled) == [0, 1, 2, 3, 4, 9]
         for body, handled in consumers.handled:
-            assert body["due"] - 0.01 <= handled < body["due"] + 0.5, (body, handled - body["due"])
+            # On time: not before it is due, and not a minute late (a keeper that was never told).
+            assert body["due"] - 0.01 <= handled < body["due"] + 1.5, (body, handled - body["due"])
         # Not every idle consumer wakes for each due time: one keeps time (and passes the role on).
         receives = sum(consumers.receives.values()) - receives_before
         # Two per message (the one that takes it; the acknowledgement that finds nothing); waking all four: 5.
@@ -484,7 +485,7 @@ def test_a_failed_message_comes_back_after_the_retry_wait(database_url: str, sto
         PostgresQueue(store, "steps").send({"n": 1})
         consumers.wait_for(1, 10)
         assert [body for body, _ in consumers.handled] == [{"n": 1}]
-        assert 0.25 <= consumers.handled[0][1] - sent < 1.0  # the 0.3 s retry wait, not the idle minute
+        assert 0.25 <= consumers.handled[0][1] - sent < 3.0  # the 0.3 s retry wait, not the idle minute
     finally:
         consumers.stop()
 

@@ -446,8 +446,9 @@ def test_concurrent_sends_each_wake_a_consumer_and_none_is_missed(database_url: 
         assert late[-1] < 5.0, late[-10:]  # no lost wake-up (that would be a minute)
         assert late[len(late) // 2] < 1.0, late[len(late) // 2]
         assert sum(1 for c in consumers.receives.values() if c > 5) >= 2  # really concurrent
-        # One wake-up per message: empty receives are about one per message at most, not one per consumer.
-        assert consumers.empty_receives <= total + 8, (consumers.empty_receives, consumers.receives)
+        # One wake-up per message: 34-37 receives found nothing in 240 messages here; waking every idle consumer
+        # on each send would be about three per send.
+        assert consumers.empty_receives <= total // 2, (consumers.empty_receives, consumers.receives)
     finally:
         consumers.stop()
     assert PostgresQueue(store, "steps").stats() == {"visible": 0, "in_flight": 0, "delayed": 0, "dead": 0}

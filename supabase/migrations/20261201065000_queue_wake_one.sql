@@ -13,8 +13,7 @@
 -- Delayed messages (a delay, a retry after a failure): one idle consumer, the keeper, sleeps until the earliest
 -- delayed message of the queue (its `wake_at`); the others wait to be notified. A send or change of visibility with
 -- an earlier due time than every keeper's makes a waiter the keeper for that time (the notification's payload says
--- when); a keeper that takes a message while delayed ones remain passes the role on (wakes another waiter, which
--- registers again as the keeper).
+-- when); a keeper that takes a message while delayed ones remain passes the role on the same way.
 --
 -- Consumers still wake by themselves after `idle_wait_seconds` (a safety net, no longer what delivers messages).
 -- A consumer that dies leaves its row behind: release_orphans removes rows whose consumer's liveness lock is gone
@@ -33,7 +32,7 @@ create table public.bc_queue_waiters (
     constraint bc_queue_waiters_receiver_positive check (receiver > 0)
 );
 
--- A few rows updated all the time: keep them small on the heap, vacuumed often.
+-- A few rows updated all the time: room on each page for HOT updates, and vacuumed often.
 alter table public.bc_queue_waiters set (
     fillfactor = 50, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 200,
     autovacuum_vacuum_cost_delay = 0

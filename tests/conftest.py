@@ -127,6 +127,7 @@ def make_engine(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Loc
         *,
         api_workers: int = 1,
         step_workers: int = 2,
+        max_step_workers: int = 0,  # no extra step executors unless a test asks: they change which processes exist
         callback_workers: int = 1,
         max_callback_workers: int = 16,
         **overrides: Any,
@@ -140,6 +141,7 @@ def make_engine(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Loc
             sweep_interval_seconds=0.5,
             api_workers=api_workers,
             step_workers=step_workers,
+            max_step_workers=max_step_workers,
             callback_workers=callback_workers,
             max_callback_workers=max_callback_workers,
         )

@@ -9,9 +9,17 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
-from babychain.local.queue import ConsumerLease, PostgresQueue, ReceivedMessage, release_orphans
+from babychain.local.queue import (
+    RECEIVER_LOCK_CLASS,
+    ConsumerLease,
+    PostgresQueue,
+    ReceivedMessage,
+    consume,
+    release_orphans,
+)
 from babychain.store.postgres import PostgresStore
 
 
@@ -250,30 +258,237 @@ def test_release_orphans_leaves_messages_of_live_consumers_and_unheld_messages_a
             lease.close()
 
 
-def test_consumer_lease_wait_returns_on_a_send_and_times_out_otherwise(database_url: str, store: PostgresStore) -> None:
+def _woken(lease: ConsumerLease, timeout: float) -> bool:
+    started = time.monotonic()
+    lease.wait(timeout)
+    return time.monotonic() - started < timeout * 0.8
+
+
+def test_a_send_wakes_one_registered_consumer_per_message(database_url: str, store: PostgresStore) -> None:
     queue = PostgresQueue(store, "steps")
-    lease = ConsumerLease(database_url, 77, queue)
+    first, second = ConsumerLease(database_url, 77, queue), ConsumerLease(database_url, 78, queue)
     sender = PostgresStore(database_url, max_size=1)
     try:
-        started = time.monotonic()
-        lease.wait(0.3)
-        assert 0.25 <= time.monotonic() - started < 1.5  # nothing sent: the whole timeout
+        assert not _woken(first, 0.3)  # nothing sent: the whole timeout
+        # Both find nothing and register (the queue is empty: nothing to keep time for).
+        assert queue.receive(77, idle_wait_seconds=30) == ([], None)
+        assert queue.receive(78, idle_wait_seconds=30) == ([], None)
 
         PostgresQueue(sender, "callbacks").send({"other": "queue"})
-        started = time.monotonic()
-        lease.wait(0.3)
-        assert time.monotonic() - started >= 0.25  # another queue's send does not wake this one
+        assert not _woken(first, 0.3) and not _woken(second, 0.01)  # another queue's send wakes neither
 
         timer = threading.Timer(0.2, lambda: PostgresQueue(sender, "steps").send({"wake": "up"}))
         timer.start()
-        started = time.monotonic()
-        lease.wait(5)
-        assert time.monotonic() - started < 1.5  # woken by the send, well before the timeout
+        assert _woken(second, 5)  # the most recently idle one, well before the timeout
         timer.join()
-        assert [m.body for m in queue.receive(77)[0]] == [{"wake": "up"}]
+        assert not _woken(first, 0.3)  # and only that one
+        (message,), _ = queue.receive(78, idle_wait_seconds=30)
+        assert message.body == {"wake": "up"}
+        # Busy with it, 78 is no waiter: the next send wakes 77.
+        PostgresQueue(sender, "steps").send({"n": 1})
+        assert _woken(first, 5) and not _woken(second, 0.3)
+        assert [m.body for m in queue.receive(77, idle_wait_seconds=30)[0]] == [{"n": 1}]
+        # Both done and idle again: a send of two messages wakes both.
+        assert queue.receive(78, ack=message, idle_wait_seconds=30)[0] == []
+        assert queue.receive(77, idle_wait_seconds=30)[0] == []
+        PostgresQueue(sender, "steps").send_many([{"n": 2}, {"n": 3}])
+        assert _woken(first, 5) and _woken(second, 5)
     finally:
-        lease.close()
+        first.close()
+        second.close()
         sender.close()
+
+
+def test_a_consumer_that_stops_passes_its_wake_up_on(database_url: str, store: PostgresStore) -> None:
+    queue = PostgresQueue(store, "steps")
+    stays, stops = ConsumerLease(database_url, 91, queue), ConsumerLease(database_url, 92, queue)
+    try:
+        queue.receive(91, idle_wait_seconds=30)
+        queue.receive(92, idle_wait_seconds=30)
+        queue.send({"for": "92"})  # the most recently idle: 92, which stops instead of receiving
+        stops.close()
+        assert _woken(stays, 5)
+        assert [m.body for m in queue.receive(91, idle_wait_seconds=30)[0]] == [{"for": "92"}]
+    finally:
+        stays.close()
+        stops.close()
+
+
+def test_registrations_of_dead_consumers_are_forgotten(database_url: str, store: PostgresStore) -> None:
+    queue = PostgresQueue(store, "steps")
+    alive = ConsumerLease(database_url, 61, queue)
+    dead = psycopg.connect(database_url, autocommit=True)  # a consumer's lease, without the polite leave
+    dead.execute("select pg_advisory_lock(%s, %s)", (RECEIVER_LOCK_CLASS, 62))
+    try:
+        queue.receive(61, idle_wait_seconds=30)
+        queue.receive(62, idle_wait_seconds=30)
+        dead.close()  # killed while idle
+        assert _poll(lambda: release_orphans(store) == 0 and _waiters(database_url) == [61])
+        queue.send({"n": 1})
+        assert _woken(alive, 5)  # not lost on the dead one
+    finally:
+        alive.close()
+
+
+def _waiters(database_url: str) -> list[int]:
+    with psycopg.connect(database_url) as conn:
+        return [r for (r,) in conn.execute("select receiver from bc_queue_waiters order by receiver")]
+
+
+class _State:
+    def __init__(self) -> None:
+        self.stopping = False
+        self.busy = False
+
+
+class _Consumers:
+    """Consumer threads running the containers' loop (`consume`) with a recording handler; no safety-net wake-ups
+    within a test (idle wait 60 s), so a lost notification shows as a message that is late by a minute."""
+
+    def __init__(self, database_url: str, count: int, *, fail_first: bool = False) -> None:
+        self._dsn = database_url
+        self.handled: list[tuple[dict[str, Any], float]] = []
+        self.receives = Counter[int]()
+        self.empty_receives = 0
+        self._lock = threading.Lock()
+        self._states = [_State() for _ in range(count)]
+        self._stores = [PostgresStore(database_url, max_size=1) for _ in range(count)]
+        self._failed: set[str] = set()
+        self._fail_first = fail_first
+        self._leases: list[ConsumerLease] = []
+        self._threads: list[threading.Thread] = []
+        for index, (state, store) in enumerate(zip(self._states, self._stores, strict=True)):
+            queue = _CountingQueue(store, "steps", self, index, retry_after_failure_seconds=0.3)
+            lease = ConsumerLease(database_url, 1000 + index, queue)
+            self._leases.append(lease)
+            thread = threading.Thread(
+                target=consume,
+                args=(queue, lease, self._handle, state),
+                kwargs={"idle_wait_seconds": 60.0},
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def _handle(self, message: ReceivedMessage) -> bool:
+        with self._lock:
+            key = str(message.body)
+            if self._fail_first and key not in self._failed:
+                self._failed.add(key)
+                return False
+            self.handled.append((message.body, time.time()))
+        return True
+
+    def wait_for(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.handled) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        for state in self._states:
+            state.stopping = True
+        for lease in self._leases:
+            # Wakes the idle ones (their own channel), then they see `stopping`.
+            with psycopg.connect(self._dsn, autocommit=True) as conn:
+                conn.execute(f"notify bc_queue_r{lease.receiver}")
+        for thread in self._threads:
+            thread.join(10)
+        for lease in self._leases:
+            lease.close()
+        for store in self._stores:
+            store.close()
+
+
+class _CountingQueue(PostgresQueue):
+    def __init__(self, store: PostgresStore, name: str, owner: _Consumers, index: int, **kw: Any) -> None:
+        super().__init__(store, name, **kw)
+        self._owner, self._index = owner, index
+
+    def receive(self, *args: Any, **kw: Any) -> tuple[list[ReceivedMessage], float | None]:
+        messages, next_in = super().receive(*args, **kw)
+        with self._owner._lock:
+            self._owner.receives[self._index] += 1
+            self._owner.empty_receives += not messages
+        return messages, next_in
+
+
+def test_concurrent_sends_each_wake_a_consumer_and_none_is_missed(database_url: str, store: PostgresStore) -> None:
+    consumers = _Consumers(database_url, 4)
+    total, senders = 240, 6
+    time.sleep(0.3)  # all four idle and registered
+    try:
+
+        def send(index: int) -> None:
+            own = PostgresStore(database_url, max_size=1)
+            queue = PostgresQueue(own, "steps")
+            try:
+                n = index
+                while n < total:
+                    if n % 7 == 0 and n + senders < total:  # some batches of two
+                        queue.send_many([{"n": n, "at": time.time()}, {"n": n + senders, "at": time.time()}])
+                        n += 2 * senders
+                    else:
+                        queue.send({"n": n, "at": time.time()})
+                        n += senders
+                    time.sleep(0.002 * (n % 3))  # bursts and gaps, so consumers keep going idle
+            finally:
+                own.close()
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(senders)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        consumers.wait_for(total, 20)
+        ns = sorted(body["n"] for body, _ in consumers.handled)
+        assert ns == list(range(total))  # each exactly once, none missed
+        late = sorted(handled - body["at"] for body, handled in consumers.handled)
+        assert late[-1] < 5.0, late[-10:]  # no lost wake-up (that would be a minute)
+        assert late[len(late) // 2] < 1.0, late[len(late) // 2]
+        assert sum(1 for c in consumers.receives.values() if c > 5) >= 2  # really concurrent
+        # One wake-up per message: 34-37 receives found nothing in 240 messages here; waking every idle consumer
+        # on each send would be about three per send.
+        assert consumers.empty_receives <= total // 2, (consumers.empty_receives, consumers.receives)
+    finally:
+        consumers.stop()
+    assert PostgresQueue(store, "steps").stats() == {"visible": 0, "in_flight": 0, "delayed": 0, "dead": 0}
+
+
+def test_delayed_messages_are_picked_up_on_time_by_one_consumer(database_url: str, store: PostgresStore) -> None:
+    consumers = _Consumers(database_url, 4)
+    queue = PostgresQueue(store, "steps")
+    time.sleep(0.3)
+    try:
+        receives_before = sum(consumers.receives.values())
+        delays = [0.4, 0.8, 1.2, 0.6, 1.0]
+        sent_at = time.time()
+        for n, delay in enumerate(delays):
+            queue.send({"n": n, "due": sent_at + delay}, delay_seconds=delay)
+        queue.send({"n": 9, "due": sent_at + 1.5}, delay_seconds=1.5)
+        consumers.wait_for(len(delays) + 1, 10)
+        assert sorted(body["n"] for body, _ in consumers.handled) == [0, 1, 2, 3, 4, 9]
+        for body, handled in consumers.handled:
+            # On time: not before it is due, and not a minute late (a keeper that was never told).
+            assert body["due"] - 0.01 <= handled < body["due"] + 1.5, (body, handled - body["due"])
+        # Not every idle consumer wakes for each due time: one keeps time (and passes the role on).
+        receives = sum(consumers.receives.values()) - receives_before
+        # Two per message (the one that takes it; the acknowledgement that finds nothing); waking all four: 5.
+        assert receives <= 2 * (len(delays) + 1) + 3, (receives, consumers.receives)
+    finally:
+        consumers.stop()
+
+
+def test_a_failed_message_comes_back_after_the_retry_wait(database_url: str, store: PostgresStore) -> None:
+    consumers = _Consumers(database_url, 2, fail_first=True)
+    time.sleep(0.3)
+    try:
+        sent = time.time()
+        PostgresQueue(store, "steps").send({"n": 1})
+        consumers.wait_for(1, 10)
+        assert [body for body, _ in consumers.handled] == [{"n": 1}]
+        assert 0.25 <= consumers.handled[0][1] - sent < 3.0  # the 0.3 s retry wait, not the idle minute
+    finally:
+        consumers.stop()
 
 
 def test_messages_survive_the_store_that_sent_them(database_url: str) -> None:

@@ -138,6 +138,28 @@ def test_a_dead_worker_process_is_replaced_and_work_goes_on(make_engine: Callabl
         assert wait_for_run(client, run["id"])["status"] == "succeeded"
 
 
+def test_more_step_executors_start_while_every_one_is_busy_and_end_when_idle(
+    make_engine: Callable[..., LocalEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("babychain.local.runner.EXTRA_IDLE_SECONDS", 1.0)
+    engine = make_engine(step_workers=1, max_step_workers=3)
+    only = engine.container_pids()["step_executor-1"]
+    os.kill(only, signal.SIGSTOP)  # busy for as long as this test wants (alive: its messages are not orphans)
+    try:
+        engine.step_queue.send({"held": "by the busy executor"})
+        assert engine.step_queue.receive(4242)[0]  # in flight, as the executor's message would be
+        with client_for(engine) as client:
+            run = client.post("/api/v1/chains/chain1/runs", json=chain_request("chain1", None)).json()
+            assert wait_for_run(client, run["id"])["status"] == "succeeded"  # done by an extra executor
+            extras = [name for name in engine.container_pids() if name.startswith("step_executor-extra-")]
+            assert 1 <= len(extras) <= 2  # up to max_step_workers in all
+        # Idle, the extras end by themselves (not counted as crashes), and the regular executor stays.
+        assert wait_until(lambda: not any("extra" in name for name in engine.container_pids()), timeout=15)
+        assert engine.restarts == 0 and engine.container_pids()["step_executor-1"] == only
+    finally:
+        os.kill(only, signal.SIGCONT)
+
+
 def test_serving_beyond_loopback_is_explicit_and_turns_the_development_setting_off(
     database_url: str, tmp_path: Path
 ) -> None:

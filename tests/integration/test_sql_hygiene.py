@@ -185,6 +185,7 @@ CONSTRAINTS = {
         "bc_queue_dead_letters_queue_name",
         "bc_queue_dead_letters_receive_count_not_negative",
     ),
+    "bc_queue_waiters": ("bc_queue_waiters_queue_name", "bc_queue_waiters_receiver_positive"),
 }
 
 

@@ -124,6 +124,7 @@ def serve(args: argparse.Namespace) -> int:
         allow_remote=args.allow_remote,
         api_workers=args.workers,
         step_workers=args.step_workers,
+        max_step_workers=args.max_step_workers,
         callback_workers=args.callback_workers,
         max_callback_workers=args.max_callback_workers,
         access_log=args.access_log,
@@ -406,6 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_serve.add_argument("--workers", type=int, default=None, help="API worker processes (default: one per core)")
     p_serve.add_argument("--step-workers", type=int, default=4, help="step executor processes")
+    p_serve.add_argument(
+        "--max-step-workers",
+        type=int,
+        default=0,
+        help="most step executors while every executor is busy and steps wait (default: no more than "
+        "--step-workers; more help when providers are slow to accept jobs)",
+    )
     p_serve.add_argument("--callback-workers", type=int, default=2, help="callback sender processes")
     p_serve.add_argument(
         "--max-callback-workers",

@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 QUEUE_ROLES = {"step_executor": "steps", "callback_sender": "callbacks"}
 ROLES = ("api", "step_executor", "callback_sender", "sweeper")
-IDLE_WAIT_SECONDS = 1.0  # an idle consumer re-checks its queue at least this often, notifications aside
 
 
 @dataclass(frozen=True)
@@ -130,45 +129,28 @@ class _Lifecycle:
 
 def _consume(spec: ContainerSpec, svc: Any) -> None:
     from babychain.local.lambda_shim import LambdaContext, load_handler, sqs_event
-    from babychain.local.queue import ConsumerLease, PostgresQueue
+    from babychain.local.queue import ConsumerLease, PostgresQueue, ReceivedMessage, consume
 
     queue: PostgresQueue = svc.step_queue if spec.role == "step_executor" else svc.callback_queue
     handler = load_handler(spec.role)
     lifecycle = _Lifecycle()
-    receiver = random.randint(1, 2**31 - 1)
-    lease = ConsumerLease(spec.settings.database_url, receiver, queue)
-    handled = None  # deleted with the next receive, which follows at once
-    last_message = time.monotonic()
+    lease = ConsumerLease(spec.settings.database_url, random.randint(1, 2**31 - 1), queue)
+    source = f"local-{queue.name}"
+
+    def handle(message: ReceivedMessage) -> bool:
+        event = sqs_event(source, [(str(message.id), message.body, message.receive_count)])
+        try:
+            response = handler(event, LambdaContext(function_name=spec.role))
+        except Exception:
+            log.exception("%s: handler crashed on message %s", spec.name, message.id)
+            return False
+        return not (response or {}).get("batchItemFailures")
+
     try:
-        while not lifecycle.stopping:
-            lifecycle.busy = True
-            messages, next_in = queue.receive(receiver, ack=handled)
-            handled = None
-            if not messages:
-                lifecycle.busy = False
-                idle = time.monotonic() - last_message
-                if lifecycle.stopping or (spec.idle_exit_seconds is not None and idle > spec.idle_exit_seconds):
-                    break
-                lease.wait(IDLE_WAIT_SECONDS if next_in is None else min(max(next_in, 0.0), IDLE_WAIT_SECONDS))
-                continue
-            message = messages[0]
-            last_message = time.monotonic()
-            event = sqs_event(f"local-{queue.name}", [(str(message.id), message.body, message.receive_count)])
-            try:
-                response = handler(event, LambdaContext(function_name=spec.role))
-                failed = bool((response or {}).get("batchItemFailures"))
-            except Exception:
-                log.exception("%s: handler crashed on message %s", spec.name, message.id)
-                failed = True
-            if failed:
-                queue.retry_later(message)
-            else:
-                handled = message
-            lifecycle.busy = False
+        consume(queue, lease, handle, lifecycle, idle_exit_seconds=spec.idle_exit_seconds)
     finally:
+        lifecycle.busy = True  # a SIGTERM now must not interrupt the unregistering
         with contextlib.suppress(Exception):
-            if handled is not None:
-                queue.delete(handled)
             lease.close()
 
 

@@ -5,13 +5,19 @@ to the real handler as an SQS event, and deletes it when the handler reports suc
 does. A message whose handler failed or crashed comes back after its visibility timeout; one received too often
 moves to the dead letters. Consumers hold an advisory lock while they live, so the messages of a consumer that died
 are released at once (`release_orphans`) rather than after their visibility timeout.
+
+An idle consumer is woken for a message meant for it, not for every send: the receive that finds nothing registers
+it as a waiter, and a send notifies one waiter per message on the waiter's own channel (see the
+`..._queue_wake_one.sql` migration for how no wake-up is lost and how delayed messages are picked up on time).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
@@ -22,6 +28,9 @@ from babychain.store.base import Store
 RECEIVER_LOCK_CLASS = 7272
 STEP_QUEUE = "steps"
 CALLBACK_QUEUE = "callbacks"
+# An idle consumer wakes by itself at least this often. Only a safety net: notifications deliver the messages, and
+# the one consumer that keeps time for delayed messages sleeps until they are due.
+IDLE_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -64,12 +73,21 @@ class PostgresQueue(Queue):
         self.store.call("bc_queue_send", {"queue": self.name, "messages": messages})
 
     def receive(
-        self, receiver: int | None, max_messages: int = 1, *, ack: ReceivedMessage | None = None
+        self,
+        receiver: int | None,
+        max_messages: int = 1,
+        *,
+        ack: ReceivedMessage | None = None,
+        idle_wait_seconds: float | None = None,
     ) -> tuple[list[ReceivedMessage], float | None]:
         """Due messages (now invisible and held by `receiver`), and seconds until the next one becomes visible.
 
-        `ack` deletes a message handled since the last receive in the same statement (as `delete` would). A message
+        `ack` deletes a message handled since the last receive in the same call (as `delete` would). A message
         received without a receiver is never released as an orphan: only its visibility timeout ends it.
+
+        With `idle_wait_seconds` (a consumer holding a `ConsumerLease`, which waits when nothing came), a receive
+        that finds nothing registers `receiver` as a waiter to be notified, and the wait is returned only to the one
+        waiter that keeps time for the queue's next delayed message (None to the others: wait for a notification).
         """
         params: dict[str, Any] = {
             "queue": self.name,
@@ -80,6 +98,8 @@ class PostgresQueue(Queue):
         }
         if ack is not None:
             params["ack"] = {"id": ack.id, "receipt": ack.receipt}
+        if idle_wait_seconds is not None:
+            params["idle_wait_seconds"] = idle_wait_seconds
         answer = self.store.call("bc_queue_receive", params)
         messages = [
             ReceivedMessage(m["id"], m["body"], m["receive_count"], m["receipt"], m["sent_at"])
@@ -87,6 +107,10 @@ class PostgresQueue(Queue):
         ]
         next_in = answer.get("next_visible_in_seconds")
         return messages, None if next_in is None else float(next_in)
+
+    def leave(self, receiver: int) -> bool:
+        """Unregisters an idle consumer that stops (a message a send meant for it goes to another waiter)."""
+        return bool(self.store.call("bc_queue_leave", {"queue": self.name, "receiver": receiver}))
 
     def delete(self, message: ReceivedMessage) -> bool:
         return bool(
@@ -135,18 +159,89 @@ def release_orphans(store: Store) -> int:
 
 
 class ConsumerLease:
-    """A consumer's own connection: holds its liveness lock and waits for new-message notifications."""
+    """A consumer's own connection: holds its liveness lock and waits for its notifications.
+
+    It listens on its own channel (a send chose it for a message, or it keeps time for a delayed one) and on the
+    queue's broadcast channel (messages released after a consumer died).
+    """
 
     def __init__(self, dsn: str, receiver: int, queue: PostgresQueue) -> None:
         self.receiver = receiver
+        self.queue = queue
         self._conn = psycopg.connect(dsn, autocommit=True, prepare_threshold=None)
         self._conn.execute("select pg_advisory_lock(%s, %s)", (RECEIVER_LOCK_CLASS, receiver))
         self._conn.execute(f'listen "{queue.channel}"')
+        self._conn.execute(f'listen "bc_queue_r{receiver}"')
 
     def wait(self, timeout: float) -> None:
-        """Returns on the next notification on the queue's channel, or after `timeout` seconds."""
-        for _ in self._conn.notifies(timeout=max(0.0, timeout), stop_after=1):
-            pass
+        """Returns when there may be a message for this consumer, or after `timeout` seconds.
+
+        A notification 'due <epoch seconds>' makes this consumer the keeper for a delayed message: it sleeps on
+        until then (or a sooner notification) instead of receiving now.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            notes = list(self._conn.notifies(timeout=max(0.0, deadline - time.monotonic()), stop_after=1))
+            if not notes:
+                return  # the timeout
+            payload = notes[0].payload
+            if not payload.startswith("due "):
+                return
+            deadline = min(deadline, time.monotonic() + float(payload[4:]) - time.time())
+            if deadline <= time.monotonic():
+                return
 
     def close(self) -> None:
-        self._conn.close()
+        if self._conn.closed:
+            return
+        try:
+            self.queue.leave(self.receiver)
+        finally:
+            self._conn.close()
+
+
+class ConsumerState(Protocol):
+    stopping: bool
+    busy: bool
+
+
+def consume(
+    queue: PostgresQueue,
+    lease: ConsumerLease,
+    handle: Callable[[ReceivedMessage], bool],
+    state: ConsumerState,
+    *,
+    idle_wait_seconds: float = IDLE_WAIT_SECONDS,
+    idle_exit_seconds: float | None = None,
+) -> None:
+    """A consumer's loop: receive one message, `handle` it (True: done, delete it; False: retry it soon), repeat.
+
+    The delete rides on the next receive. `state.busy` is true while a message is in hand (a stop request then
+    waits for it); the loop ends when `state.stopping` is set, or after `idle_exit_seconds` without a message.
+    """
+    handled: ReceivedMessage | None = None  # deleted with the next receive, which follows at once
+    last_message = time.monotonic()
+    try:
+        while not state.stopping:
+            state.busy = True
+            messages, next_in = queue.receive(lease.receiver, ack=handled, idle_wait_seconds=idle_wait_seconds)
+            handled = None
+            if not messages:
+                state.busy = False
+                idle = time.monotonic() - last_message
+                if state.stopping or (idle_exit_seconds is not None and idle > idle_exit_seconds):
+                    break
+                lease.wait(idle_wait_seconds if next_in is None else min(max(next_in, 0.0), idle_wait_seconds))
+                continue
+            message = messages[0]
+            last_message = time.monotonic()
+            if handle(message):
+                handled = message
+            else:
+                queue.retry_later(message)
+            state.busy = False
+    finally:
+        if handled is not None:
+            # Stopping: if this fails, the message comes back after its visibility timeout.
+            with contextlib.suppress(Exception):
+                queue.delete(handled)

@@ -54,12 +54,12 @@ DEFAULT_API_KEY = "bc_local_dev_key_0001"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 SUPERVISE_INTERVAL_SECONDS = 1.0
 STOP_TIMEOUT_SECONDS = 15.0
-EXTRA_SENDER = "callback_sender-extra-"
-EXTRA_SENDER_IDLE_SECONDS = 10.0
+EXTRA = "-extra-"  # in the name of a consumer started for a burst of work: `<role>-extra-<n>`
+EXTRA_IDLE_SECONDS = 10.0
 
 
 def _role_of(container_name: str) -> str:
-    return "callback_sender" if container_name.startswith(EXTRA_SENDER) else container_name.rsplit("-", 1)[0]
+    return container_name.split(EXTRA)[0] if EXTRA in container_name else container_name.rsplit("-", 1)[0]
 
 
 def dev_callback_secret(home: Path) -> str:
@@ -119,6 +119,7 @@ class LocalEngine:
         workers: bool = True,
         api_workers: int | None = None,
         step_workers: int = 4,
+        max_step_workers: int = 0,
         callback_workers: int = 2,
         max_callback_workers: int = 16,
         access_log: bool = False,
@@ -142,10 +143,17 @@ class LocalEngine:
             "callback_sender": callback_workers if workers else 0,
             "sweeper": 1 if workers else 0,
         }
-        # Callback attempts wait on receivers, not on this machine: while every sender is busy and callbacks are
-        # waiting, more senders start (as Lambda runs more instances), up to this many; they end when idle.
-        self.max_callback_workers = max(max_callback_workers, self.counts["callback_sender"]) if workers else 0
-        self._extra_senders = 0
+        # While every consumer of a queue is busy and messages wait, more consumers start (as Lambda runs more
+        # instances), up to these many; they end when idle. Callback attempts wait on receivers, not on this
+        # machine: on by default. Step executors: off by default (max_step_workers 0: the fixed count). With a
+        # provider that answers at once, steps are this machine's CPU, and more executors on 2 cores lowered the
+        # hop at 16 concurrent runs but cost more CPU per run and fewer runs/s (bench/RESULTS.md, "Wake one
+        # consumer"); with providers slow to accept a job they would help.
+        self.max_workers = {
+            "step_executor": max(max_step_workers, self.counts["step_executor"]) if workers else 0,
+            "callback_sender": max(max_callback_workers, self.counts["callback_sender"]) if workers else 0,
+        }
+        self._extras = 0
         self.access_log = access_log
         self.log_level = log_level
         self._sock = bind_socket(host, port)
@@ -235,7 +243,7 @@ class LocalEngine:
 
     def _spec(self, name: str, role: str) -> ContainerSpec:
         return ContainerSpec(
-            idle_exit_seconds=EXTRA_SENDER_IDLE_SECONDS if name.startswith(EXTRA_SENDER) else None,
+            idle_exit_seconds=EXTRA_IDLE_SECONDS if EXTRA in name else None,
             role=role,
             name=name,
             settings=self.settings,
@@ -261,16 +269,17 @@ class LocalEngine:
                 if self._stopping.is_set():
                     return
                 ended = [name for name, process in self._containers.items() if not process.is_alive()]
-                # An extra sender that stopped on its own (idle) is done; any other container that ended died.
+                # An extra consumer that stopped on its own (idle) is done; any other container that ended died.
                 for name in ended:
-                    if name.startswith(EXTRA_SENDER) and self._containers[name].exitcode == 0:
+                    if EXTRA in name and self._containers[name].exitcode == 0:
                         del self._containers[name]
                 died = [name for name in ended if name in self._containers]
                 try:
                     if died:
                         release_orphans(self._services().store)
                         recover_dead_senders(self._services())
-                    self._scale_callback_senders()
+                    self._scale("step_executor", self.step_queue)
+                    self._scale("callback_sender", self.callback_queue)
                     for name in died:
                         code = self._containers[name].exitcode
                         log.warning("container %s exited (code %s); starting a new one", name, code)
@@ -279,15 +288,15 @@ class LocalEngine:
                 except Exception:
                     log.exception("supervisor check failed")
 
-    def _scale_callback_senders(self) -> None:
-        senders = sum(1 for name in self._containers if _role_of(name) == "callback_sender")
-        if senders >= self.max_callback_workers:
+    def _scale(self, role: str, queue: PostgresQueue) -> None:
+        running = sum(1 for name in self._containers if _role_of(name) == role)
+        if running >= self.max_workers[role]:
             return
-        stats = self.callback_queue.stats()
-        if stats["visible"] and stats["in_flight"] >= senders:
-            for _ in range(min(stats["visible"], self.max_callback_workers - senders)):
-                self._extra_senders += 1
-                self._spawn(f"{EXTRA_SENDER}{self._extra_senders}", "callback_sender")
+        stats = queue.stats()
+        if stats["visible"] and stats["in_flight"] >= running:
+            for _ in range(min(stats["visible"], self.max_workers[role] - running)):
+                self._extras += 1
+                self._spawn(f"{role}{EXTRA}{self._extras}", role)
 
     def container_pids(self) -> dict[str, int | None]:
         with self._containers_lock:
@@ -345,9 +354,14 @@ class LocalEngine:
             f"  provider mode     {s.provider_mode}{provider}",
             f"  database          {'embedded Postgres in ' + str(self.home / 'pg') if self._pg else 'DATABASE_URL'}",
             f"  artifacts         {s.artifact_dir} served at {self.base_url}/files/ as {s.artifact_base_url}/",
-            f"  workers           {self.counts['api']} API, {self.counts['step_executor']} step executor, "
-            f"{self.counts['callback_sender']} callback sender (up to {self.max_callback_workers} while receivers are "
-            f"slow), {self.counts['sweeper']} sweeper (one process each)",
+            f"  workers           {self.counts['api']} API, {self.counts['step_executor']} step executor"
+            + (
+                f" (up to {self.max_workers['step_executor']} while steps wait)"
+                if self.max_workers["step_executor"] > self.counts["step_executor"]
+                else ""
+            )
+            + f", {self.counts['callback_sender']} callback sender (up to {self.max_workers['callback_sender']} "
+            f"while receivers are slow), {self.counts['sweeper']} sweeper (one process each)",
             f"  API key           {api_key}",
             f"  callback secret   {secret}",
             "  retention         "

@@ -16,8 +16,8 @@ varying arguments, and reports the median and range in ms:
                little), a cursor deep in the caller's history; and a small caller
   get          bc_get_run, bc_get_step, bc_find_step_by_job, bc_list_callback_deliveries, bc_authenticate_key
   create       bc_create_run (three steps, an idempotency key), bc_record_webhook_receipt
-  transitions  bc_claim_step, bc_record_submission, bc_defer_step, bc_complete_step, bc_take_step on the runs just
-               created, then bc_cancel_run
+  transitions  bc_take_step (claim), bc_record_submission, bc_take_step (check), bc_defer_step, bc_complete_step
+               (claiming the next step) on the runs just created, as the executor calls them; then bc_cancel_run
 The repeatable ones (all but create and transitions) are then called as many times again with the session's
 plan_cache_mode forced to custom and to generic plans (the functions' own statements follow it), and WAL bytes per
 call are read from the server's insert position.
@@ -578,22 +578,28 @@ def run_queries(conn: psycopg.Connection[Any], calls: int, n: int) -> list[dict[
 
     # transitions, on the runs just created
     first = [c["run"]["steps"][0]["id"] for c in created]
-    second = [c["run"]["steps"][1]["id"] for c in created]
-    claim = {"request_params": {"prompt": "p"}, "provider": "local", "submit_timeout_seconds": 60}
-    b.time(
-        "transition",
-        "bc_claim_step",
-        "bc_claim_step",
-        lambda i: {"step_id": first[i], "seq": 0, **claim},
-        plan_modes=False,
-    )
+
+    # As the executor calls them for an asynchronous job: the message claims the step, the submission is recorded,
+    # a poll message takes the running step for a check and defers it, the completion claims the next step.
+    def take(i: int, step_id: str, seq: int) -> dict[str, Any]:
+        return {"run_id": created[i]["run"]["id"], "step_id": step_id, "seq": seq, "submit_timeout_seconds": 60}
+
+    b.time("transition", "bc_take_step (claim)", "bc_take_step", lambda i: take(i, first[i], 0), plan_modes=False)
     b.time(
         "transition",
         "bc_record_submission",
         "bc_record_submission",
-        lambda i: {"step_id": first[i], "attempt": 1, "provider_job_id": f"job-{first[i]}", "delay_seconds": 1},
+        lambda i: {
+            "step_id": first[i],
+            "attempt": 1,
+            "provider_job_id": f"job-{first[i]}",
+            "delay_seconds": 1,
+            "provider": "local",
+            "request_params": {"prompt": "p"},
+        },
         plan_modes=False,
     )
+    b.time("transition", "bc_take_step (check)", "bc_take_step", lambda i: take(i, first[i], 2), plan_modes=False)
     b.time(
         "transition",
         "bc_defer_step",
@@ -603,16 +609,14 @@ def run_queries(conn: psycopg.Connection[Any], calls: int, n: int) -> list[dict[
     )
     b.time(
         "transition",
+        "bc_complete_step (claims the next step)",
         "bc_complete_step",
-        "bc_complete_step",
-        lambda i: {"step_id": first[i], "attempt": 1, "output_files": ["https://files.example/o.png"]},
-        plan_modes=False,
-    )
-    b.time(
-        "transition",
-        "bc_take_step (second step)",
-        "bc_take_step",
-        lambda i: {"run_id": created[i]["run"]["id"], "step_id": second[i], "seq": 0, "submit_timeout_seconds": 60},
+        lambda i: {
+            "step_id": first[i],
+            "attempt": 1,
+            "output_files": ["https://files.example/o.png"],
+            "claim_next": {"submit_timeout_seconds": 60},
+        },
         plan_modes=False,
     )
     b.time(

@@ -419,16 +419,12 @@ def test_an_open_purge_does_not_block_live_work(quiet_engine: LocalEngine) -> No
             # Live work while the purge's transaction is open.
             run_id = new_run(live, webhook_url="https://example.com/hook")
             step = first_step(live, run_id)
-            claimed = live.claim_step(
-                step["id"],
-                step["seq"],
-                provider="local",
-                request_params={},
-                input_files=None,
-                submit_timeout_seconds=60,
+            taken = live.take_step(run_id, step["id"], step["seq"], submit_timeout_seconds=60)
+            assert taken is not None and taken["action"] == "claimed"
+            claimed = taken["step"]
+            assert live.record_submission(
+                step["id"], claimed["attempt"], f"job-{uuid.uuid4().hex}", {}, 30.0, provider="local"
             )
-            assert claimed is not None
-            assert live.record_submission(step["id"], claimed["attempt"], f"job-{uuid.uuid4().hex}", {}, 30.0)
             completion = live.complete_step(step["id"], claimed["attempt"], ["https://example.com/out.png"])
             assert completion is not None and completion["run_status"] == "running"
             assert live.cancel_run(run_id)["canceled"] is True

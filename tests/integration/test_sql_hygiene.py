@@ -239,11 +239,12 @@ def test_check_constraints_refuse_broken_rows(
     try:
         run = store.create_run(_run_request(webhook_url="https://example.com/hook"))["run"]
         step, following = run["steps"]
-        claimed = store.claim_step(
-            step["id"], step["seq"], provider="local", request_params={}, input_files=None, submit_timeout_seconds=60
+        taken = store.take_step(run["id"], step["id"], step["seq"], submit_timeout_seconds=60)
+        assert taken is not None and taken["action"] == "claimed"
+        claimed = taken["step"]
+        assert store.record_submission(
+            step["id"], claimed["attempt"], f"job-{uuid.uuid4().hex}", {}, 30.0, provider="local"
         )
-        assert claimed is not None
-        assert store.record_submission(step["id"], claimed["attempt"], f"job-{uuid.uuid4().hex}", {}, 30.0)
     finally:
         store.close()
     ids = {"run": run["id"], "step": step["id"], "next": following["id"]}

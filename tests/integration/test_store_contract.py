@@ -138,15 +138,22 @@ def make_run(store: Store, owner_id: str | None = None, **kwargs: Any) -> dict[s
     return run
 
 
+def take(store: Store, run_id: str, step: dict[str, Any]) -> dict[str, Any]:
+    """Claims a queued step as a step message does (`bc_take_step`); fails the test when the claim is refused."""
+    taken = store.take_step(run_id, step["id"], step["seq"], **_SUBMIT)
+    assert taken is not None and taken["action"] == "claimed"
+    claimed: dict[str, Any] = taken["step"]
+    return claimed
+
+
 def claim_first(store: Store, run: dict[str, Any], *, job_id: str | None = None) -> dict[str, Any]:
     step = run["steps"][0]
-    claimed = store.claim_step(
-        step["id"], step["seq"], provider="local", request_params={"prompt": "x"}, input_files=None, **_SUBMIT
-    )
-    assert claimed is not None
+    claimed = take(store, run["id"], step)
     if job_id is None:
         return claimed
-    submitted = store.record_submission(step["id"], claimed["attempt"], job_id, {"region": "eu"}, 30.0)
+    submitted = store.record_submission(
+        step["id"], claimed["attempt"], job_id, {"region": "eu"}, 30.0, provider="local", request_params={"prompt": "x"}
+    )
     assert submitted is not None
     return submitted
 
@@ -319,32 +326,6 @@ def test_queued_run_cancels_with_every_step_skipped(store: Store) -> None:
 # steps ----------------------------------------------------------------------------------------------------------------
 
 
-def test_claim_step_once_per_seq(store: Store) -> None:
-    run = make_run(store)
-    first, second = run["steps"]
-    claimed = store.claim_step(
-        first["id"], 0, provider="local", request_params={"prompt": "x"}, input_files=["https://in/a.png"], **_SUBMIT
-    )
-    assert claimed is not None
-    assert (claimed["status"], claimed["attempt"], claimed["seq"]) == ("running", 1, 1)
-    assert claimed["provider"] == "local"
-    assert claimed["request_params"] == {"prompt": "x"}
-    assert claimed["input_files"] == ["https://in/a.png"]
-    assert claimed["started_at"] is not None
-
-    # The same message again (same seq) is stale.
-    assert store.claim_step(first["id"], 0, provider="local", request_params={}, input_files=None, **_SUBMIT) is None
-    # A step whose producer has not succeeded cannot start.
-    assert store.claim_step(second["id"], 0, provider="local", request_params={}, input_files=None, **_SUBMIT) is None
-    # Unknown steps are stale too.
-    assert store.claim_step(str(uuid.uuid4()), 0, provider="x", request_params={}, input_files=None, **_SUBMIT) is None
-
-    current = store.get_run(run["id"])
-    assert current is not None
-    assert (current["status"], current["current_step_key"]) == ("running", "image")
-    assert current["steps"][0] == claimed | {"updated_at": current["steps"][0]["updated_at"]}
-
-
 def test_step_transition_guards(store: Store) -> None:
     run = make_run(store)
     step_id = run["steps"][0]["id"]
@@ -353,7 +334,7 @@ def test_step_transition_guards(store: Store) -> None:
 
     # record_submission: guarded by attempt.
     assert store.record_submission(step_id, claimed["attempt"] + 1, job, {}, 30.0) is None
-    submitted = store.record_submission(step_id, claimed["attempt"], job, {"region": "eu"}, 30.0)
+    submitted = store.record_submission(step_id, claimed["attempt"], job, {"region": "eu"}, 30.0, provider="local")
     assert submitted is not None
     assert (submitted["provider_job_id"], submitted["seq"]) == (job, claimed["seq"] + 1)
     assert submitted["provider_metadata"] == {"region": "eu"}
@@ -378,8 +359,7 @@ def test_step_transition_guards(store: Store) -> None:
     assert retried["provider_metadata"] == {"region": "eu", "progress": 0.5, "retries": 1}
 
     # The second attempt.
-    again = store.claim_step(step_id, retried["seq"], provider="local", request_params={}, input_files=None, **_SUBMIT)
-    assert again is not None
+    again = take(store, run["id"], retried)
     assert (again["attempt"], again["error_code"]) == (2, None)
 
     # complete_step: guarded by attempt; hands the outputs to the next step.
@@ -394,10 +374,7 @@ def test_step_transition_guards(store: Store) -> None:
     assert store.complete_step(step_id, 2, ["https://out/a.png"]) is None  # only once
 
     # fail_step: guarded by seq and by attempt.
-    video = store.claim_step(
-        next_step["id"], next_step["seq"], provider="local", request_params={}, input_files=None, **_SUBMIT
-    )
-    assert video is not None
+    video = take(store, run["id"], next_step)
     assert store.fail_step(video["id"], "provider_error", "boom", seq=video["seq"] + 5) is None
     assert store.fail_step(video["id"], "provider_error", "boom", attempt=video["attempt"] + 1) is None
     failed = store.fail_step(video["id"], "provider_error", "boom", attempt=video["attempt"], seq=video["seq"])
@@ -431,6 +408,11 @@ def test_take_step_claims_once_then_hands_out_the_running_job_for_checks(store: 
     # The same message again is stale, and so is the claimed seq while no job is recorded (the submitter holds it).
     assert store.take_step(run["id"], first["id"], 0, **_SUBMIT) is None
     assert store.take_step(run["id"], first["id"], claimed["seq"], **_SUBMIT) is None
+    # The claim is what a read of the run shows: the run running at this step, the step as returned.
+    current = store.get_run(run["id"])
+    assert current is not None
+    assert (current["status"], current["current_step_key"]) == ("running", "image")
+    assert current["steps"][0] == claimed
 
     job = f"job-{uuid.uuid4().hex}"
     recorded = store.record_submission(

@@ -111,28 +111,6 @@ class Store(ABC):
         return self.call("bc_cancel_run", {"run_id": run_id})
 
     # Steps
-    def claim_step(
-        self,
-        step_id: str,
-        seq: int,
-        *,
-        provider: str,
-        request_params: dict[str, Any],
-        input_files: list[str] | None,
-        submit_timeout_seconds: float,
-    ) -> StepRow | None:
-        return self.call(
-            "bc_claim_step",
-            {
-                "step_id": step_id,
-                "seq": seq,
-                "provider": provider,
-                "request_params": request_params,
-                "input_files": input_files,
-                "submit_timeout_seconds": submit_timeout_seconds,
-            },
-        )
-
     def take_step(self, run_id: str, step_id: str, seq: int, *, submit_timeout_seconds: float) -> TakenStep | None:
         """What a step message does first, in one statement: claims the step when it is queued (the current seq, an
         active run, its producers done), or returns it to be checked when it is running with a submitted job."""

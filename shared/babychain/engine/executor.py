@@ -1,8 +1,9 @@
-"""The step executor: one queue message advances one step by one action.
+"""The step executor: one queue message advances its step by one action, and the steps after it while it can.
 
-claim → submit → (poll or webhook) → copy outputs → complete → the next step is enqueued, or the run ends and its
-callback is enqueued. Every write is a guarded transition keyed by the step's `seq` or `attempt`, so a duplicate or
-late message, or a result arriving after cancel, changes nothing.
+take (claim) → submit → (poll or webhook) → copy outputs → complete. The completion claims the next step, which this
+executor submits at once when a whole submit still fits in its invocation (otherwise the next step's message is
+sent); after the last step the run ends and its callback is enqueued. Every write is a guarded transition keyed by
+the step's `seq` or `attempt`, so a duplicate or late message, or a result arriving after cancel, changes nothing.
 """
 
 from __future__ import annotations

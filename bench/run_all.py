@@ -5,10 +5,9 @@
     python bench/run_all.py --only engine history   # some sections (the results file then holds only those)
     python bench/run_all.py --render         # rewrite docs/benchmarks.md from the results files, running nothing
 
-(Full size is not timed as a whole yet. On 2026-12-01, under a load average of 5-7, history.py at 1,000,000 runs took
-2.6 minutes, 2.1 of them generating the data; under a load average of 9-18 the history section took 6.3-9.3
-minutes, 5.8-8.7 of them generating; the other sections' full sizes are estimated at 3-4 minutes from the
-quick run, plus whatever cold_start.py takes.)
+(Full size, timed on 2026-12-01 at d507f47 on this 2-core machine with nothing else running: 517.6 s in all; engine
+32 s, webhook 32 s, cold_start 265 s, history 166 s (147 of them generating 1,000,000 runs), api 24 s. Under a load
+average of 9-18 from other work the history section alone took 6.3-9.3 minutes: run it on a quiet machine.)
 
 Run it with the project's interpreter and `PYTHONPATH=shared:.` from the repository root. Sections:
   engine      chain3 on an instant provider at concurrency 1, 4, 16 (engine_bench.py, on chain_throughput.py):
@@ -29,7 +28,7 @@ how much CPU other processes used while it ran; read the figures with that in mi
 
 Cold start interface (for bench/cold_start.py, written separately): the harness runs
     <python> bench/cold_start.py --json [--quick]
-from the repository root with the same environment, with a 300 s timeout, and reads the last line of its standard
+from the repository root with the same environment, with a 420 s timeout, and reads the last line of its standard
 output that parses as a JSON object:
     {"bench": "cold_start", "unit": "ms",
      "rows": [{"name": "api handler, built layer", "median": 312.0, "min": 300.1, "max": 330.2, "n": 5}, ...],
@@ -160,7 +159,7 @@ def section_cold_start(quick: bool) -> dict[str, Any]:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=420,  # 265 s on a quiet machine (full mode, 2026-12-01)
         check=False,
     )
     data = None

@@ -137,6 +137,13 @@ insert into public.chain_step_jobs (provider, provider_job_id, step_id)
 select provider, provider_job_id, id from public.chain_steps where provider_job_id is not null
 """
 
+# The sweeper's copy of the active steps' times (the trigger that keeps it does not fire while loading).
+GENERATE_STEP_TIMERS = """
+insert into babychain_private.chain_step_timers (step_id, run_id, status, step_kind, next_check_at, started_at, has_job)
+select id, run_id, status, step_kind, next_check_at, started_at, provider_job_id is not null
+  from public.chain_steps where status in ('queued', 'running')
+"""
+
 GENERATE_DELIVERIES = """
 insert into public.callback_deliveries (run_id, event_id, attempt, outcome, status_code, duration_ms, created_at)
 select r.id, r.callback_event_id, a, case when a = r.callback_attempts then 'delivered' else 'failed' end,
@@ -162,6 +169,7 @@ def generate(conn: psycopg.Connection[Any], n: int) -> dict[str, float]:
         ("runs", GENERATE_RUNS, {"n": n}),
         ("steps", GENERATE_STEPS, {"keys": list(STEP_KEYS), "models": list(MODELS)}),
         ("step jobs", GENERATE_STEP_JOBS, {}),
+        ("step timers", GENERATE_STEP_TIMERS, {}),
         ("deliveries", GENERATE_DELIVERIES, {}),
         ("receipts", GENERATE_RECEIPTS, {}),
     ]

@@ -11,7 +11,7 @@ import json
 import secrets
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -690,6 +690,145 @@ def test_sweep_shape_and_effects(store: Store) -> None:
     assert swept is not None
     assert (swept["status"], swept["error_code"]) == ("failed", "run_timed_out")
     assert expired["id"] not in store.sweep(params)["timed_out_runs"]
+
+
+_SWEEP = {
+    "grace_seconds": 0,
+    "limit": 100_000,
+    "image_step_timeout_seconds": 3600,
+    "video_step_timeout_seconds": 86_400,
+    "callback_stale_seconds": 86_400,
+}
+
+
+def _set_step(url: str, step_id: str, assignments: str) -> None:
+    """Moves a step's clock back, as time would; through the table, so the timers' trigger sees it as it sees any
+    update."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"update chain_steps set {assignments} where id = %s", (step_id,))  # type: ignore[arg-type]
+
+
+def _running_video(store: Store) -> dict[str, Any]:
+    run = make_run(store)
+    claimed = claim_first(store, run, job_id=f"job-{uuid.uuid4().hex}")
+    done = store.complete_step(claimed["id"], claimed["attempt"], ["https://out/a.png"])
+    assert done is not None and done["next_step"] is not None
+    video = take(store, run["id"], done["next_step"])
+    submitted = store.record_submission(video["id"], video["attempt"], f"job-{uuid.uuid4().hex}", {}, 30.0, provider="local")
+    assert submitted is not None
+    return submitted
+
+
+def test_sweep_finds_each_kind_of_overdue_step(store: Store, session_database_url: str) -> None:
+    url = session_database_url
+    # Running past the image budget (an hour here).
+    image = claim_first(store, make_run(store), job_id=f"job-{uuid.uuid4().hex}")
+    _set_step(url, image["id"], "started_at = now() - interval '2 hours'")
+    # A video step two hours in is within its own budget (a day); one two days in is not.
+    video_within = _running_video(store)
+    _set_step(url, video_within["id"], "started_at = now() - interval '2 hours'")
+    video_over = _running_video(store)
+    _set_step(url, video_over["id"], "started_at = now() - interval '2 days'")
+    # A claim whose submitter died before recording a job id.
+    lost = claim_first(store, make_run(store))
+    _set_step(url, lost["id"], "next_check_at = now() - interval '1 minute'")
+    # A submitted job whose poll message is overdue, and one whose poll is not due yet.
+    overdue = claim_first(store, make_run(store), job_id=f"job-{uuid.uuid4().hex}")
+    _set_step(url, overdue["id"], "next_check_at = now() - interval '1 minute'")
+    waiting = claim_first(store, make_run(store), job_id=f"job-{uuid.uuid4().hex}")
+    _set_step(url, waiting["id"], "next_check_at = now() + interval '1 hour'")
+
+    result = store.sweep(_SWEEP)
+    timed_out = {s["id"]: s for s in result["timed_out_steps"]}
+    assert image["id"] in timed_out and video_over["id"] in timed_out
+    assert timed_out[image["id"]]["provider_job_id"] == image["provider_job_id"]
+    assert video_within["id"] not in timed_out
+    for step in (image, video_over):
+        after = store.get_step(step["id"])
+        assert after is not None
+        assert (after["status"], after["error_code"]) == ("failed", "step_running_timed_out")
+    assert {"run_id": lost["run_id"], "step_id": lost["id"], "seq": lost["seq"] + 1} in result["requeued_steps"]
+    given_back = store.get_step(lost["id"])
+    assert given_back is not None and (given_back["status"], given_back["attempt"]) == ("queued", 1)
+    due = {d["step_id"]: d for d in result["due_steps"]}
+    assert due.get(overdue["id"]) == {"run_id": overdue["run_id"], "step_id": overdue["id"], "seq": overdue["seq"]}
+    mentioned = {*timed_out, *(r["step_id"] for r in result["requeued_steps"]), *due}
+    assert not {video_within["id"], waiting["id"]} & mentioned
+    assert image["id"] not in due and video_over["id"] not in due  # failed first, so not re-driven
+
+    # Once handled, nothing of it comes back but the step still overdue (its message is the re-drive).
+    again = store.sweep(_SWEEP)
+    assert not {image["id"], video_over["id"]} & {s["id"] for s in again["timed_out_steps"]}
+    assert lost["id"] not in {r["step_id"] for r in again["requeued_steps"]}
+    assert overdue["id"] in {d["step_id"] for d in again["due_steps"]}
+
+
+def _timers(url: str, run_id: str) -> tuple[dict[str, tuple[Any, ...]], dict[str, tuple[Any, ...]]]:
+    """The side table's rows for a run, and what they should be: one per queued or running step, its copy."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "select step_id::text, status, step_kind, next_check_at, started_at, has_job "
+            "from babychain_private.chain_step_timers where run_id = %s",
+            (run_id,),
+        ).fetchall()
+        wanted = conn.execute(
+            "select id::text, status, step_kind, next_check_at, started_at, provider_job_id is not null "
+            "from chain_steps where run_id = %s and status in ('queued', 'running')",
+            (run_id,),
+        ).fetchall()
+    return {r[0]: r[1:] for r in rows}, {r[0]: r[1:] for r in wanted}
+
+
+def test_step_timers_hold_exactly_the_active_steps(store: Store, session_database_url: str) -> None:
+    url = session_database_url
+
+    def check(run_id: str, statuses: dict[str, tuple[str, bool]]) -> None:
+        held, wanted = _timers(url, run_id)
+        assert held == wanted
+        assert {k: (v[0], v[4]) for k, v in held.items()} == statuses
+
+    run = make_run(store)
+    first, second = run["steps"]
+    check(run["id"], {first["id"]: ("queued", False), second["id"]: ("queued", False)})
+    claimed = take(store, run["id"], first)
+    check(run["id"], {first["id"]: ("running", False), second["id"]: ("queued", False)})
+    submitted = store.record_submission(first["id"], claimed["attempt"], "job-t", {}, 30.0, provider="local")
+    assert submitted is not None
+    check(run["id"], {first["id"]: ("running", True), second["id"]: ("queued", False)})
+    deferred = store.defer_step(first["id"], submitted["seq"], 5.0)
+    assert deferred is not None
+    held, _ = _timers(url, run["id"])
+    assert held[first["id"]][2] > datetime.now(UTC) + timedelta(seconds=3)  # the poll moved five seconds on
+    check(run["id"], {first["id"]: ("running", True), second["id"]: ("queued", False)})
+    retried = store.retry_step(first["id"], claimed["attempt"], 0.5, "provider_unavailable", "later")
+    assert retried is not None
+    check(run["id"], {first["id"]: ("queued", False), second["id"]: ("queued", False)})
+    again = take(store, run["id"], retried)
+    done = store.complete_step(first["id"], again["attempt"], ["https://out/a.png"])
+    assert done is not None
+    check(run["id"], {second["id"]: ("queued", False)})
+    video = take(store, run["id"], second)
+    check(run["id"], {second["id"]: ("running", False)})
+    assert store.fail_step(video["id"], "provider_error", "boom", attempt=video["attempt"]) is not None
+    check(run["id"], {})
+
+    canceled = make_run(store)
+    take(store, canceled["id"], canceled["steps"][0])
+    store.cancel_run(canceled["id"])
+    check(canceled["id"], {})
+
+    # A run that goes while active (a purge would not take one; a deletion by hand might) takes its timers along.
+    doomed = make_run(store)
+    check(doomed["id"], {s["id"]: ("queued", False) for s in doomed["steps"]})
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("delete from chain_runs where id = %s", (doomed["id"],))
+    check(doomed["id"], {})
+
+    # Purged: nothing of the run is left, timers included.
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("update chain_runs set completed_at = now() - interval '31 days' where id = %s", (run["id"],))
+    assert run["id"] in store.purge_expired_runs(30, 100_000)["run_ids"]
+    check(run["id"], {})
 
 
 def test_purge_expired_runs_shape_and_effects(store: Store, session_database_url: str) -> None:

@@ -714,7 +714,9 @@ def _running_video(store: Store) -> dict[str, Any]:
     done = store.complete_step(claimed["id"], claimed["attempt"], ["https://out/a.png"])
     assert done is not None and done["next_step"] is not None
     video = take(store, run["id"], done["next_step"])
-    submitted = store.record_submission(video["id"], video["attempt"], f"job-{uuid.uuid4().hex}", {}, 30.0, provider="local")
+    submitted = store.record_submission(
+        video["id"], video["attempt"], f"job-{uuid.uuid4().hex}", {}, 30.0, provider="local"
+    )
     assert submitted is not None
     return submitted
 

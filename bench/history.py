@@ -231,7 +231,8 @@ def read_xact_scans(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     idx = conn.execute(
         "select c.relname, pg_stat_get_xact_numscans(c.oid), pg_stat_get_xact_tuples_returned(c.oid) "
         "from pg_class c join pg_namespace n on n.oid = c.relnamespace "
-        "where c.relkind = 'i' and n.nspname = 'public' and pg_stat_get_xact_numscans(c.oid) > 0"
+        "where c.relkind = 'i' and n.nspname in ('public', 'babychain_private') "
+        "and pg_stat_get_xact_numscans(c.oid) > 0"
     ).fetchall()
     return {
         "seq_scans": [{"table": r[0], "scans": r[1], "rows_read": r[2], "table_rows": r[3]} for r in seq],
@@ -352,7 +353,7 @@ class Bench:
             name: rows
             for name, rows in conn.execute(
                 "select c.relname, c.reltuples::bigint from pg_class c join pg_namespace n on n.oid = c.relnamespace "
-                "where n.nspname = 'public' and c.relkind = 'r'"
+                "where n.nspname in ('public', 'babychain_private') and c.relkind = 'r'"
             ).fetchall()
         }
 

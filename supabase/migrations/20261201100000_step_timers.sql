@@ -62,10 +62,12 @@ create trigger chain_steps_timer_update after update on public.chain_steps
     execute function babychain_private.bc_sync_step_timer();
 
 -- The active steps now. The trigger exists first, and its creation locks chain_steps against writes until this
--- migration commits, so no transition slips between the two.
+-- migration commits, so no transition slips between the two. Found through the active runs, by index (a run that
+-- ends ends its active steps, bc_finish_run), so the lock lasts as long as reading the work in flight, not history.
 insert into babychain_private.chain_step_timers (step_id, run_id, status, step_kind, next_check_at, started_at, has_job)
-select id, run_id, status, step_kind, next_check_at, started_at, provider_job_id is not null
-  from public.chain_steps where status in ('queued', 'running')
+select s.id, s.run_id, s.status, s.step_kind, s.next_check_at, s.started_at, s.provider_job_id is not null
+  from public.chain_runs r join public.chain_steps s on s.run_id = r.id
+ where r.status in ('queued', 'running') and s.status in ('queued', 'running')
 on conflict (step_id) do nothing;
 
 -- The sweeper's rules as before (20261201060000_step_transitions.sql); each finds its candidates by a range scan of

@@ -12,13 +12,16 @@ import secrets
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from babychain.store.base import Store
 from babychain.store.errors import StoreAuthError, StoreError, StoreUnavailable
+from babychain.store.migrations import MIGRATIONS_DIR, apply_migrations
 from babychain.store.postgres import PostgresStore
 from babychain.store.supabase import SupabaseStore
 from tests.conftest import free_port
@@ -54,6 +57,7 @@ RUN_KEYS = {
     "estimate",
     "steps",
 }
+TIMERS_MIGRATION = "20261201100000_step_timers.sql"
 SWEEP_KEYS = {"timed_out_runs", "timed_out_steps", "requeued_steps", "due_steps", "due_callbacks"}
 
 
@@ -831,6 +835,43 @@ def test_step_timers_hold_exactly_the_active_steps(store: Store, session_databas
         conn.execute("update chain_runs set completed_at = now() - interval '31 days' where id = %s", (run["id"],))
     assert run["id"] in store.purge_expired_runs(30, 100_000)["run_ids"]
     check(run["id"], {})
+
+
+def test_step_timers_migration_backfills_the_active_steps(
+    postgres_server: str, template_database: str, tmp_path: Path
+) -> None:
+    """A database with work in flight before the timers existed: the migration copies exactly its active steps."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f"create database {name}")  # type: ignore[arg-type]
+    url = make_conninfo(postgres_server, dbname=name)
+    earlier = tmp_path / "migrations"
+    earlier.mkdir()
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        if path.name >= TIMERS_MIGRATION:
+            break
+        (earlier / path.name).write_text(path.read_text())
+    apply_migrations(url, earlier)
+
+    store = PostgresStore(url, max_size=1)
+    try:
+        queued = make_run(store)
+        running = make_run(store)
+        claim_first(store, running, job_id="job-before")
+        claiming = make_run(store)
+        claim_first(store, claiming)
+        ended = make_run(store)
+        store.cancel_run(ended["id"])
+        assert TIMERS_MIGRATION in apply_migrations(url)
+        for run, active in ((queued, 2), (running, 2), (claiming, 2), (ended, 0)):
+            held, wanted = _timers(url, run["id"])
+            assert held == wanted and len(held) == active
+        assert _timers(url, running["id"])[0][running["steps"][0]["id"]][4] is True  # has its job
+        assert _timers(url, claiming["id"])[0][claiming["steps"][0]["id"]][4] is False
+    finally:
+        store.close()
+        with psycopg.connect(postgres_server, autocommit=True) as conn:
+            conn.execute(f"drop database {name} with (force)")  # type: ignore[arg-type]
 
 
 def test_purge_expired_runs_shape_and_effects(store: Store, session_database_url: str) -> None:

@@ -8,7 +8,7 @@
 -- scan that returns only what is due; "nothing overdue" is a few index probes.
 
 create table babychain_private.chain_step_timers (
-    step_id        uuid primary key references public.chain_steps (id) on delete cascade,
+    step_id        uuid primary key,  -- a chain_steps id; no foreign key (see bc_drop_step_timers)
     run_id         uuid not null,
     status         text not null,
     step_kind      text not null,
@@ -51,6 +51,21 @@ end
 $$;
 revoke execute on function babychain_private.bc_sync_step_timer() from public, anon, authenticated, service_role;
 
+-- A deleted step takes its timer along. Not a foreign key: its cascade would probe this table once per deleted step,
+-- and the retention purge deletes thousands of finished steps, none of which has a timer. Once per statement, only
+-- for the active steps among those deleted (none, in a purge).
+create function babychain_private.bc_drop_step_timers() returns trigger
+language plpgsql set search_path = '' as $$
+begin
+    delete from babychain_private.chain_step_timers t
+     using gone g where t.step_id = g.id and g.status in ('queued', 'running');
+    return null;
+end
+$$;
+revoke execute on function babychain_private.bc_drop_step_timers() from public, anon, authenticated, service_role;
+
+create trigger chain_steps_timer_delete after delete on public.chain_steps
+    referencing old table as gone for each statement execute function babychain_private.bc_drop_step_timers();
 create trigger chain_steps_timer_insert after insert on public.chain_steps
     for each row execute function babychain_private.bc_sync_step_timer();
 -- Only when a copied column changes: updates that touch none of them (notes, metadata) write nothing here.

@@ -1140,6 +1140,18 @@ def test_every_table_has_rls_and_no_policies(owner_conn: psycopg.Connection[Any]
     assert policies == (0,)
 
 
+@pytest.mark.parametrize("role", ["anon", "authenticated", "service_role"])
+def test_the_step_timers_are_closed_to_every_api_role(owner_conn: psycopg.Connection[Any], role: str) -> None:
+    flags = owner_conn.execute(
+        "select relrowsecurity from pg_class where oid = 'babychain_private.chain_step_timers'::regclass"
+    ).fetchone()
+    assert flags == (True,)
+    owner_conn.execute("grant usage on schema babychain_private to " + role)  # a mistaken grant: the table says no
+    owner_conn.execute(f"set local role {role}")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="chain_step_timers"), owner_conn.transaction():
+        owner_conn.execute("select * from babychain_private.chain_step_timers")
+
+
 @pytest.mark.parametrize("role", ["anon", "authenticated"])
 def test_rls_keeps_client_roles_out(owner_conn: psycopg.Connection[Any], stores: dict[str, Store], role: str) -> None:
     run = make_run(stores["postgres"])

@@ -11,7 +11,8 @@ ANALYZE.
 Then it calls the real SQL functions (`select bc_x(%s::jsonb)`, as the store adapter does), each `--calls` times with
 varying arguments, and reports the median and range in ms:
   sweeper      bc_sweep with nothing overdue and with every active step due (rolled back), bc_purge_expired_runs
-               (30-day retention, rolled back), bc_end_callback_leases, bc_queue_receive on an empty queue
+               (1-day retention, the sweeper's batch, rolled back), bc_end_callback_leases, bc_queue_receive on an
+               empty queue
   list         bc_list_runs for the big caller: no filter, each status, each chain, status + chain (one that matches
                little), a cursor deep in the caller's history; and a small caller
   get          bc_get_run, bc_get_step, bc_find_step_by_job, bc_list_callback_deliveries, bc_authenticate_key
@@ -53,6 +54,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from babychain.engine.sweeper import PURGE_BATCH, PURGE_RECEIPT_BATCH
 from babychain.store.embedded import start_embedded_postgres
 from babychain.store.migrations import apply_migrations
 
@@ -476,11 +478,13 @@ def run_queries(conn: psycopg.Connection[Any], calls: int, n: int) -> list[dict[
         lambda i: {**sweep, "grace_seconds": -7200},
         rollback=True,
     )
+    # As the sweeper calls it. A 1-day window, so that the quick mode's history (50,000 runs, ~3 days) has runs to
+    # delete too (a 30-day one found none there).
     b.time(
         "sweeper",
-        "bc_purge_expired_runs, 30 days, batch 500 (rolled back)",
+        f"bc_purge_expired_runs, 1 day, batch {PURGE_BATCH} (rolled back)",
         "bc_purge_expired_runs",
-        lambda i: {"retention_days": 30, "limit": 500},
+        lambda i: {"retention_days": 1, "limit": PURGE_BATCH, "receipt_limit": PURGE_RECEIPT_BATCH},
         rollback=True,
     )
     b.time(

@@ -319,7 +319,8 @@ def test_a_backlog_goes_in_bounded_batches_over_several_sweeps(quiet_engine: Loc
     most PURGE_BATCHES_PER_SWEEP of them, and the backlog drains over the following sweeps. Recent runs stay."""
     store, dsn = store_of(quiet_engine), quiet_engine.settings.database_url
     batch, per_sweep = sweeper.PURGE_BATCH, sweeper.PURGE_BATCHES_PER_SWEEP
-    total = batch * (per_sweep + 1) + 100
+    rest = batch // 2  # what is left for the last sweep with something to do
+    total = batch * (per_sweep + 1) + rest
     with psycopg.connect(dsn, autocommit=True) as conn:
         # Made by the engine's own functions, in one statement each.
         conn.execute(
@@ -347,7 +348,7 @@ def test_a_backlog_goes_in_bounded_batches_over_several_sweeps(quiet_engine: Loc
         assert run_count(dsn) == left + 1
         if result["purged_runs"] == 0:
             break
-    assert sweeps == [(per_sweep, per_sweep * batch), (1, 100), (1, 0)]
+    assert sweeps == [(per_sweep, per_sweep * batch), (1, rest), (1, 0)]
     assert store.get_run(recent) is not None
 
 

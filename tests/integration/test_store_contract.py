@@ -892,6 +892,37 @@ def test_purge_expired_runs_shape_and_effects(store: Store, session_database_url
     assert store.purge_expired_runs(0, 100_000) == {"run_ids": [], "receipts": 0, "busy": False}
 
 
+def test_a_purged_run_takes_its_job_ids_along(store: Store, session_database_url: str) -> None:
+    """The job ids a run's steps were given (one per asynchronous submission, a retried step's earlier one too, whose
+    step no longer names it) go with the run's steps when it is purged; another run's stay and still find their step.
+    (They go once per statement, by a trigger, since a foreign key's cascade probed them once per deleted step.)"""
+    old, kept = make_run(store), make_run(store)
+    for run in (old, kept):
+        first = claim_first(store, run, job_id=f"job-1-{run['id']}")
+        assert store.retry_step(first["id"], first["attempt"], 0.0, "provider_unavailable", "again", {})
+        again = claim_first(store, store.get_run(run["id"]), job_id=f"job-2-{run['id']}")  # type: ignore[arg-type]
+        assert again["attempt"] == 2
+        store.cancel_run(run["id"])
+
+    def job_rows(run_id: str) -> int:
+        with psycopg.connect(session_database_url) as conn:
+            row = conn.execute(
+                "select count(*) from chain_step_jobs where provider_job_id like %s", (f"job-_-{run_id}",)
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    assert job_rows(old["id"]) == job_rows(kept["id"]) == 2
+    with psycopg.connect(session_database_url, autocommit=True) as conn:
+        conn.execute("update chain_runs set completed_at = now() - interval '31 days' where id = %s", (old["id"],))
+    assert old["id"] in store.purge_expired_runs(30, 100_000)["run_ids"]
+    assert job_rows(old["id"]) == 0
+    assert store.find_step_by_job("local", f"job-1-{old['id']}") is None
+    assert job_rows(kept["id"]) == 2
+    found = store.find_step_by_job("local", f"job-2-{kept['id']}")
+    assert found is not None and found["id"] == kept["steps"][0]["id"]
+
+
 # webhooks, keys, health -----------------------------------------------------------------------------------------------
 
 

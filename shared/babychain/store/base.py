@@ -269,12 +269,17 @@ class Store(ABC):
     def sweep(self, params: dict[str, Any]) -> SweepResult:
         return self.call("bc_sweep", params)
 
-    def purge_expired_runs(self, retention_days: int, limit: int, receipt_days: int | None = None) -> PurgeResult:
+    def purge_expired_runs(
+        self, retention_days: int, limit: int, receipt_days: int | None = None, *, receipt_limit: int | None = None
+    ) -> PurgeResult:
         """Deletes one batch (at most `limit`) of finished runs older than the window, with everything of theirs, and
-        of webhook receipts older than `receipt_days` (default: the runs' window). A window of 0 deletes nothing."""
+        of webhook receipts (at most `receipt_limit`, default `limit`) older than `receipt_days` (default: the runs'
+        window). A window of 0 deletes nothing."""
         params: dict[str, Any] = {"retention_days": retention_days, "limit": limit}
         if receipt_days is not None:
             params["receipt_days"] = receipt_days
+        if receipt_limit is not None:
+            params["receipt_limit"] = receipt_limit
         return self.call("bc_purge_expired_runs", params)
 
     def record_webhook_receipt(self, provider: str, receipt_id: str) -> bool:

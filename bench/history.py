@@ -321,7 +321,8 @@ def explain(conn: psycopg.Connection[Any], body: str, params: dict[str, Any], ge
     top = row[0][0]
     plan = top["Plan"]
     details = scan_details(plan)
-    ran = [d for d in details if d["loops"]]
+    # A Subquery Scan reads its subquery's rows, not a relation's: counting it would count those rows twice.
+    ran = [d for d in details if d["loops"] and not d["text"].startswith("Subquery Scan")]
     return {
         "execution_ms": round(top.get("Execution Time", 0.0), 3),
         "planning_ms": round(top.get("Planning Time", 0.0), 3),

@@ -34,85 +34,95 @@ language sql stable set search_path = '' as $$
 $$;
 revoke execute on function babychain_private.bc_runs_as_json(uuid[]) from public, anon, authenticated, service_role;
 
--- The return type changes (jsonb -> json), which `create or replace` cannot do. The page query is that of
--- 20261201083000_list_by_index.sql, unchanged: ten arms, each one index's range for one (filter, status).
+-- The return type changes (jsonb -> json), which `create or replace` cannot do.
+--
+-- The page is found as in 20261201083000_list_by_index.sql (every filter and the cursor are index conditions; a page
+-- with no status filter merges one index range per status), but each kind of filter has its own query, chosen by a
+-- CASE on the arguments, instead of ten arms gated by conditions on them: a custom plan (the arguments known) folds
+-- the CASE and plans only the query it needs (one index range for a status filter, five otherwise) rather than
+-- ten arms, and a generic plan holds the four queries and runs only the one the CASE picks.
 drop function public.bc_list_runs(jsonb);
 create function public.bc_list_runs(p jsonb) returns json
 language sql stable security definer set search_path = '' as $$
-    select babychain_private.bc_runs_as_json(array(
-      select page.id from (
-        (select r.id, r.created_at from public.chain_runs r
-          where p->>'chain_slug' is null and coalesce(p->>'status', 'queued') = 'queued'
-            and r.owner_id = p->>'owner_id' and r.status = 'queued'
-            and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
-                                        coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
-          order by r.created_at desc, r.id desc limit (p->>'limit')::int)
-        union all
-        (select r.id, r.created_at from public.chain_runs r
-          where p->>'chain_slug' is null and coalesce(p->>'status', 'running') = 'running'
-            and r.owner_id = p->>'owner_id' and r.status = 'running'
-            and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
-                                        coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
-          order by r.created_at desc, r.id desc limit (p->>'limit')::int)
-        union all
-        (select r.id, r.created_at from public.chain_runs r
-          where p->>'chain_slug' is null and coalesce(p->>'status', 'succeeded') = 'succeeded'
-            and r.owner_id = p->>'owner_id' and r.status = 'succeeded'
-            and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
-                                        coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
-          order by r.created_at desc, r.id desc limit (p->>'limit')::int)
-        union all
-        (select r.id, r.created_at from public.chain_runs r
-          where p->>'chain_slug' is null and coalesce(p->>'status', 'failed') = 'failed'
-            and r.owner_id = p->>'owner_id' and r.status = 'failed'
-            and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
-                                        coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
-          order by r.created_at desc, r.id desc limit (p->>'limit')::int)
-        union all
-        (select r.id, r.created_at from public.chain_runs r
-          where p->>'chain_slug' is null and coalesce(p->>'status', 'canceled') = 'canceled'
-            and r.owner_id = p->>'owner_id' and r.status = 'canceled'
-            and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
-                                        coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
-          order by r.created_at desc, r.id desc limit (p->>'limit')::int)
-        union all
-        (select r.id, r.created_at from public.chain_runs r
-          where p->>'chain_slug' is not null and coalesce(p->>'status', 'queued') = 'queued'
-            and r.owner_id = p->>'owner_id' and r.chain_slug = p->>'chain_slug' and r.status = 'queued'
-            and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
-                                        coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
-          order by r.created_at desc, r.id desc limit (p->>'limit')::int)
-        union all
-        (select r.id, r.created_at from public.chain_runs r
-          where p->>'chain_slug' is not null and coalesce(p->>'status', 'running') = 'running'
-            and r.owner_id = p->>'owner_id' and r.chain_slug = p->>'chain_slug' and r.status = 'running'
-            and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
-                                        coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
-          order by r.created_at desc, r.id desc limit (p->>'limit')::int)
-        union all
-        (select r.id, r.created_at from public.chain_runs r
-          where p->>'chain_slug' is not null and coalesce(p->>'status', 'succeeded') = 'succeeded'
-            and r.owner_id = p->>'owner_id' and r.chain_slug = p->>'chain_slug' and r.status = 'succeeded'
-            and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
-                                        coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
-          order by r.created_at desc, r.id desc limit (p->>'limit')::int)
-        union all
-        (select r.id, r.created_at from public.chain_runs r
-          where p->>'chain_slug' is not null and coalesce(p->>'status', 'failed') = 'failed'
-            and r.owner_id = p->>'owner_id' and r.chain_slug = p->>'chain_slug' and r.status = 'failed'
-            and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
-                                        coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
-          order by r.created_at desc, r.id desc limit (p->>'limit')::int)
-        union all
-        (select r.id, r.created_at from public.chain_runs r
-          where p->>'chain_slug' is not null and coalesce(p->>'status', 'canceled') = 'canceled'
-            and r.owner_id = p->>'owner_id' and r.chain_slug = p->>'chain_slug' and r.status = 'canceled'
-            and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
-                                        coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
-          order by r.created_at desc, r.id desc limit (p->>'limit')::int)
-        order by created_at desc, id desc
-        limit (p->>'limit')::int
-      ) page
-      order by page.created_at desc, page.id desc))
+    select babychain_private.bc_runs_as_json(case
+        when p->>'status' is not null and p->>'chain_slug' is not null then
+          array(select r.id from public.chain_runs r
+              where r.owner_id = p->>'owner_id' and r.chain_slug = p->>'chain_slug' and r.status = p->>'status'
+                and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
+                                            coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+              order by r.created_at desc, r.id desc limit (p->>'limit')::int)
+        when p->>'status' is not null then
+          array(select r.id from public.chain_runs r
+              where r.owner_id = p->>'owner_id' and r.status = p->>'status'
+                and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
+                                            coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+              order by r.created_at desc, r.id desc limit (p->>'limit')::int)
+        when p->>'chain_slug' is not null then
+          array(select page.id from (
+            (select r.id, r.created_at from public.chain_runs r
+              where r.owner_id = p->>'owner_id' and r.chain_slug = p->>'chain_slug' and r.status = 'queued'
+                and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
+                                            coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+              order by r.created_at desc, r.id desc limit (p->>'limit')::int)
+            union all
+            (select r.id, r.created_at from public.chain_runs r
+              where r.owner_id = p->>'owner_id' and r.chain_slug = p->>'chain_slug' and r.status = 'running'
+                and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
+                                            coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+              order by r.created_at desc, r.id desc limit (p->>'limit')::int)
+            union all
+            (select r.id, r.created_at from public.chain_runs r
+              where r.owner_id = p->>'owner_id' and r.chain_slug = p->>'chain_slug' and r.status = 'succeeded'
+                and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
+                                            coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+              order by r.created_at desc, r.id desc limit (p->>'limit')::int)
+            union all
+            (select r.id, r.created_at from public.chain_runs r
+              where r.owner_id = p->>'owner_id' and r.chain_slug = p->>'chain_slug' and r.status = 'failed'
+                and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
+                                            coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+              order by r.created_at desc, r.id desc limit (p->>'limit')::int)
+            union all
+            (select r.id, r.created_at from public.chain_runs r
+              where r.owner_id = p->>'owner_id' and r.chain_slug = p->>'chain_slug' and r.status = 'canceled'
+                and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
+                                            coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+              order by r.created_at desc, r.id desc limit (p->>'limit')::int)
+            order by created_at desc, id desc limit (p->>'limit')::int) page
+          order by page.created_at desc, page.id desc)
+        else
+          array(select page.id from (
+            (select r.id, r.created_at from public.chain_runs r
+              where r.owner_id = p->>'owner_id' and r.status = 'queued'
+                and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
+                                            coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+              order by r.created_at desc, r.id desc limit (p->>'limit')::int)
+            union all
+            (select r.id, r.created_at from public.chain_runs r
+              where r.owner_id = p->>'owner_id' and r.status = 'running'
+                and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
+                                            coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+              order by r.created_at desc, r.id desc limit (p->>'limit')::int)
+            union all
+            (select r.id, r.created_at from public.chain_runs r
+              where r.owner_id = p->>'owner_id' and r.status = 'succeeded'
+                and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
+                                            coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+              order by r.created_at desc, r.id desc limit (p->>'limit')::int)
+            union all
+            (select r.id, r.created_at from public.chain_runs r
+              where r.owner_id = p->>'owner_id' and r.status = 'failed'
+                and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
+                                            coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+              order by r.created_at desc, r.id desc limit (p->>'limit')::int)
+            union all
+            (select r.id, r.created_at from public.chain_runs r
+              where r.owner_id = p->>'owner_id' and r.status = 'canceled'
+                and (r.created_at, r.id) < (coalesce((p->>'cursor_created_at')::timestamptz, 'infinity'),
+                                            coalesce((p->>'cursor_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+              order by r.created_at desc, r.id desc limit (p->>'limit')::int)
+            order by created_at desc, id desc limit (p->>'limit')::int) page
+          order by page.created_at desc, page.id desc)
+        end)
 $$;
 grant execute on function public.bc_list_runs(jsonb) to service_role;

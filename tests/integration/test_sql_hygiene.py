@@ -384,5 +384,5 @@ def test_run_list_reads_by_index_conditions_under_any_plan(
         condition = scan["Index Cond"]
         assert "owner_id = " in condition and "status = " in condition, condition
         assert "ROW(created_at, id) < ROW(" in condition, condition
-        if "chain_slug" in filters and plan_mode == "force_custom_plan":  # a generic plan keeps every arm, gated
+        if "chain_slug" in filters and plan_mode == "force_custom_plan":  # a generic plan holds every branch
             assert "chain_slug = " in condition, condition

@@ -555,8 +555,8 @@ class Response:
             data = conn.recv(self._timeout)
             if not data:
                 raise RemoteProtocolError("The peer closed the connection before the whole body arrived.")
-            if len(data) > length:  # more than announced: the rest is not a next answer to trust
-                self._keep_alive = False
+            if len(data) > length:  # what follows: the next chunk's line, or (past a whole answer) junk
+                buffer += data[length:]
                 data = data[:length]
             length -= len(data)
             yield data

@@ -105,11 +105,9 @@ def _pinned_stream(
     content: bytes | None = None,
 ) -> Iterator[lean_http.Response]:
     """Send one request to a validated address of `checked` and stream the response; no redirect following."""
-    # httpx's parser is the one `check_url` validated with, so the target and Host agree with what was checked.
-    target = httpx.URL(checked.url)
+    # The target and Host come from the parse `check_url` validated, so what is sent is what was checked.
     request_headers = {name: value for name, value in (headers or {}).items() if name.lower() != "host"}
-    request_headers["Host"] = target.netloc.decode("ascii")
-    path = target.raw_path.decode("ascii")
+    request_headers["Host"] = checked.netloc
 
     last_error: lean_http.TransportError | None = None
     for address in checked.addresses[:_MAX_ADDRESS_ATTEMPTS]:
@@ -118,7 +116,7 @@ def _pinned_stream(
         origin = lean_http.Origin(checked.scheme, address, checked.port, checked.host)
         try:
             response = lean_http.request(
-                method, origin, path, request_headers, content, timeout=timeout, connect_timeout=timeout
+                method, origin, checked.target, request_headers, content, timeout=timeout, connect_timeout=timeout
             )
         except (lean_http.ConnectError, lean_http.ConnectTimeout) as exc:
             last_error = exc

@@ -173,6 +173,8 @@ def test_a_chunked_body_is_read_whole_and_its_connection_reused(serve: Callable[
         b"+5\r\nhello\r\n0\r\n\r\n",  # int() would take it; HTTP does not
         b"5\r\nhello!!\r\n0\r\n\r\n",  # longer than its size
         b"5\r\nhel",  # cut off
+        b"0\r\n" + b"X-Trailer: t\r\n" * 10_000 + b"\r\n",  # trailers without end
+        b"1" * 9000 + b"\r\n",  # a chunk line without end
     ],
 )
 def test_a_broken_chunked_body_is_a_protocol_error(serve: Callable[[Answer], RawServer], body: bytes) -> None:

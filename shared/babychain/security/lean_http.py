@@ -573,8 +573,11 @@ class Response:
             yield from self._sized_body(conn, size)
             if _read_line(conn, self._timeout):
                 raise RemoteProtocolError("A chunk does not end where its size says.")
-        while _read_line(conn, self._timeout):  # trailer fields: read, not used
-            pass
+        trailers = 0
+        while line := _read_line(conn, self._timeout):  # trailer fields: read, not used, and not without end
+            trailers += len(line)
+            if trailers > MAX_HEAD_BYTES:
+                raise RemoteProtocolError("The trailer fields are too large.")
 
     def _body_to_close(self, conn: _Connection) -> Iterator[bytes]:
         self._keep_alive = False

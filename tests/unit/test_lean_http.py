@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -488,3 +489,29 @@ def test_fetch_errors_keep_the_client_error_names(serve: Callable[[Answer], RawS
     with pytest.raises(FetchError) as info:
         fetch_bytes(server.url + "/x", resolver=lambda h, p: [], max_bytes=100, allow_loopback_http=True)
     assert info.value.message == "Download failed: RemoteProtocolError." and info.value.transient is True
+
+
+def test_a_tracer_sees_each_request_without_its_query(serve: Callable[[Answer], RawServer]) -> None:
+    server = serve(lambda seen: (OK, False) if (seen.connection, seen.index) == (1, 1) else (b"", True))
+    traced: list[tuple[str, str, int | None, str | None]] = []
+
+    @contextmanager
+    def tracer(method: str, url: str) -> Iterator[Callable[[int], None]]:
+        entry: list[Any] = [method, url, None, None]
+        try:
+            yield lambda status: entry.__setitem__(2, status)
+        except BaseException as exc:
+            entry[3] = type(exc).__name__
+            raise
+        finally:
+            traced.append(tuple(entry))  # type: ignore[arg-type]
+
+    lean_http.trace_requests(tracer)
+    try:
+        lean_http.fetch("POST", server.url + "/jobs?signature=secret", body=b"{}", timeout=5)
+        with pytest.raises(lean_http.RemoteProtocolError):
+            get(server, "/jobs/1?token=secret")
+    finally:
+        lean_http.trace_requests(None)
+    base = f"http://127.0.0.1:{server.port}"
+    assert traced == [("POST", base + "/jobs", 200, None), ("GET", base + "/jobs/1", None, "RemoteProtocolError")]

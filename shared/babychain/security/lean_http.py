@@ -18,7 +18,8 @@ most of a step executor's Python CPU. This client does only what the engine need
   under a request before any byte of the answer arrived is replaced once by a fresh connection. The pool is thread
   safe and per process: a forked child starts with none of its parent's sockets.
 
-The exception names are httpx's (they appear in step and delivery error messages).
+The exception names are httpx's (they appear in step and delivery error messages). `trace_requests` installs a hook
+around every request (X-Ray subsegments on AWS, see `babychain.observability`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode, urlsplit
@@ -751,6 +753,18 @@ def _exchange(conn: _Connection, method: str, head: bytes, body: bytes | None, t
     return response
 
 
+# Called with the method and the URL without its query (signed URLs carry their credentials there); the context it
+# returns wraps the request up to its answer's head, and is handed the status.
+RequestTracer = Callable[[str, str], AbstractContextManager[Callable[[int], None]]]
+_tracer: RequestTracer | None = None
+
+
+def trace_requests(tracer: RequestTracer | None) -> None:
+    """Wrap every request from now on in `tracer` (None: no tracing)."""
+    global _tracer
+    _tracer = tracer
+
+
 def request(
     method: str,
     origin: Origin,
@@ -768,6 +782,19 @@ def request(
     scheme's); Accept-Encoding, Content-Length, Transfer-Encoding and Connection are this client's to set.
     """
     head = _request_head(method, origin, target, headers, body)
+    tracer = _tracer
+    if tracer is None:
+        return _send(method, origin, head, body, timeout, connect_timeout)
+    host = next((value for name, value in (headers or {}).items() if name.lower() == "host"), origin.server_name)
+    with tracer(method, f"{origin.scheme}://{host}{target.split('?', 1)[0]}") as record_status:
+        response = _send(method, origin, head, body, timeout, connect_timeout)
+        record_status(response.status_code)
+        return response
+
+
+def _send(
+    method: str, origin: Origin, head: bytes, body: bytes | None, timeout: float, connect_timeout: float
+) -> Response:
     pool = connection_pool()
     conn = pool.take(origin)
     if conn is not None:

@@ -381,8 +381,10 @@ class _Pool:
                 else:
                     self._idle.move_to_end(conn.origin)
                 idle.append(conn)
-                if len(idle) > MAX_IDLE_PER_ORIGIN:
-                    drop.append(idle.pop(0))
+                while len(idle) > MAX_IDLE_PER_ORIGIN:
+                    drop.append(idle.pop(0))  # the longest idle goes
+                if not idle:
+                    del self._idle[conn.origin]
                 while len(self._idle) > MAX_ORIGINS:
                     drop += self._idle.popitem(last=False)[1]
         for old in drop:

@@ -24,7 +24,6 @@ from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from babychain import config
 from babychain.aws.snapstart import register_restore_hooks
 from babychain.config import SECRET_VARIABLES
-from babychain.security import lean_http
 
 # Powertools reads its own variables; unset, they get this package's defaults (the loggers of `babychain.*` sit
 # under the service's logger, so the service name must stay "babychain").
@@ -61,6 +60,8 @@ def _xray_request(method: str, url: str) -> Iterator[Callable[[int], None]]:
 
 
 if not tracer.disabled:
+    from babychain.security import lean_http  # here only: API handlers that trace nothing need not load the client
+
     lean_http.trace_requests(_xray_request)
 
 REDACTED = "[redacted]"

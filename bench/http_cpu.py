@@ -2,9 +2,9 @@
 
 A keep-alive loopback server (the stand-ins' `QuietHandler`) runs in another process, so only the client's CPU is
 counted (`time.process_time` of this process). Rows: `ProviderHttp` POST and GET (a provider submit and poll),
-`fetch_bytes` of a small PNG (the output copy, media sniffing included), plain httpx, and `http.client` as the
-floor of a Python HTTP/1.1 request; then the held request head of `DeadlineTransport` on and off, interleaved,
-with the server's CPU too.
+`fetch_bytes` of a small PNG (the output copy, media sniffing included), a bare `lean_http.fetch` POST (the client
+under both), plain httpx (what both ran on before `lean_http`), and `http.client` as the floor of a Python HTTP/1.1
+request; then the held request head of `lean_http` on and off, interleaved, with the server's CPU too.
 Usage: PYTHONPATH=shared:. python bench/http_cpu.py [--calls 300] [--rounds 6]
 """
 
@@ -24,7 +24,7 @@ import psutil
 
 from babychain.local.loopback import LoopbackServer, QuietHandler
 from babychain.providers.http import ProviderHttp
-from babychain.security import deadline
+from babychain.security import lean_http
 from babychain.security.safe_http import fetch_bytes
 from babychain.security.urls import system_resolver
 
@@ -84,6 +84,9 @@ def main() -> None:
         "fetch_bytes PNG (output copy)": lambda: fetch_bytes(
             base + "/o.png", resolver=system_resolver, max_bytes=1 << 20, allow_loopback_http=True, media_kind="image"
         ),
+        "lean_http.fetch POST": lambda: lean_http.fetch(
+            "POST", base + "/v1/jobs", body=json.dumps(body).encode(), timeout=30
+        ).json(),
         "plain httpx.Client POST": lambda: plain.post(base + "/v1/jobs", json=body).json(),
         "http.client POST (floor)": raw_post,
     }
@@ -94,16 +97,16 @@ def main() -> None:
             print(f"{name:32s} median {statistics.median(values):6.0f} us CPU  (min {min(values):.0f})")
         server = psutil.Process(process.pid)
         submit = rows["ProviderHttp POST (submit)"]
-        client: dict[int, list[float]] = {0: [], deadline._HOLD_BYTES: []}
-        peer: dict[int, list[float]] = {0: [], deadline._HOLD_BYTES: []}
-        hold = deadline._HOLD_BYTES
+        client: dict[int, list[float]] = {0: [], lean_http.HOLD_BYTES: []}
+        peer: dict[int, list[float]] = {0: [], lean_http.HOLD_BYTES: []}
+        hold = lean_http.HOLD_BYTES
         for _ in range(args.rounds):
             for size in (0, hold):
-                deadline._HOLD_BYTES = size  # 0: every write goes out at once (the old behaviour)
+                lean_http.HOLD_BYTES = size  # 0: the head and the body go out in two writes
                 before = sum(server.cpu_times()[:2])
                 client[size].append(cpu_us(submit, args.calls))
                 peer[size].append((sum(server.cpu_times()[:2]) - before) / args.calls * 1e6)
-        deadline._HOLD_BYTES = hold
+        lean_http.HOLD_BYTES = hold
         for size, label in ((0, "head and body apart"), (hold, "head held for the body")):
             print(
                 f"POST, {label:24s} client {statistics.median(client[size]):5.0f} us, "

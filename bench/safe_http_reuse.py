@@ -1,4 +1,5 @@
-"""CPU per `fetch_bytes` of a small file: a fresh client per request (the old behaviour) versus the pooled clients.
+"""CPU per `fetch_bytes` of a small file: a new TLS context and connection per request, a new connection with the
+shared context, and a pooled keep-alive connection (what `lean_http` does).
 
 A loopback server in another process serves 4 KiB over HTTP and, when `cryptography` is installed, over HTTPS
 with a throwaway CA, so only the client's CPU is counted (`time.process_time` of this process). Also times the
@@ -21,10 +22,8 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-import httpx
-
 from babychain.local.loopback import LoopbackServer, QuietHandler
-from babychain.security import safe_http
+from babychain.security import lean_http
 from babychain.security.safe_http import close_pooled_connections, fetch_bytes, shared_ssl_context
 
 BODY = bytes(range(256)) * 16  # 4 KiB; the same in the spawned server process
@@ -123,24 +122,32 @@ def measure(fetch: Callable[[], bytes], fetches: int) -> tuple[float, float]:
     return statistics.median(cpu), statistics.median(wall)
 
 
-def run_scheme(scheme: str, port: int, fetches: int, context_factory: Callable[[], ssl.SSLContext]) -> None:
+def run_scheme(scheme: str, port: int, fetches: int) -> None:
     url = f"{scheme}://{HOST}:{port}/file"
 
     def resolver(host: str, port: int) -> list[str]:
         return ["127.0.0.1"]
 
-    def fetch(client: httpx.Client | None = None) -> bytes:
-        return fetch_bytes(url, resolver=resolver, max_bytes=1 << 20, allow_loopback_http=True, client=client).content
+    def fetch() -> bytes:
+        return fetch_bytes(url, resolver=resolver, max_bytes=1 << 20, allow_loopback_http=True).content
 
-    def fresh_client(verify: ssl.SSLContext) -> bytes:
-        # The old `_pinned_stream`: a new client (so a new TLS context and connection) per request.
-        with httpx.Client(verify=verify, trust_env=False, follow_redirects=False) as client:
-            return fetch(client)
+    def fresh_pool() -> bytes:
+        # A new pool per request: a new TLS context (the CA bundle loaded again) and a new connection.
+        close_pooled_connections()
+        return fetch()
+
+    def unpooled() -> bytes:
+        # No idle connection kept: a new connection (and TLS handshake) per request, the shared context.
+        keep, lean_http.MAX_IDLE_PER_ORIGIN = lean_http.MAX_IDLE_PER_ORIGIN, 0
+        try:
+            return fetch()
+        finally:
+            lean_http.MAX_IDLE_PER_ORIGIN = keep
 
     rows = [
-        ("fresh client + TLS context per request (old)", lambda: fresh_client(context_factory())),
-        ("fresh connection, shared TLS context", lambda: fresh_client(shared_ssl_context())),
-        ("pooled client, reused connection (new)", fetch),
+        ("new TLS context + connection per request", fresh_pool),
+        ("new connection, shared TLS context", unpooled),
+        ("pooled keep-alive connection (now)", fetch),
     ]
     for label, fn in rows:
         close_pooled_connections()
@@ -154,7 +161,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cpu = time.process_time
-    create = timeit.repeat(lambda: httpx.create_ssl_context(trust_env=False), number=20, repeat=5, timer=cpu)
+    create = timeit.repeat(lean_http.create_ssl_context, number=20, repeat=5, timer=cpu)
     shared_ssl_context()
     reuse = timeit.repeat(shared_ssl_context, number=10_000, repeat=5, timer=cpu)
     print(
@@ -164,7 +171,7 @@ def main() -> None:
 
     process, port = start_server(None)
     try:
-        run_scheme("http", port, args.fetches, lambda: httpx.create_ssl_context(trust_env=False))
+        run_scheme("http", port, args.fetches)
     finally:
         process.terminate()
 
@@ -174,18 +181,19 @@ def main() -> None:
         return
     ca_pem = cert[0].decode()
 
+    production = lean_http.create_ssl_context
+
     def trusting_bench_ca() -> ssl.SSLContext:
         # The production context plus the throwaway CA, so creation costs the same as in production.
-        context = httpx.create_ssl_context(trust_env=False)
+        context = production()
         context.load_verify_locations(cadata=ca_pem)
-        context.set_alpn_protocols(["http/1.1"])
         return context
 
-    safe_http._create_ssl_context = trusting_bench_ca
+    lean_http.create_ssl_context = trusting_bench_ca  # type: ignore[assignment]
     close_pooled_connections()
     process, port = start_server(cert)
     try:
-        run_scheme("https", port, args.fetches, trusting_bench_ca)
+        run_scheme("https", port, args.fetches)
     finally:
         process.terminate()
         close_pooled_connections()

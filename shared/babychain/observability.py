@@ -12,8 +12,10 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
@@ -33,13 +35,34 @@ logger = Logger()
 metrics = Metrics()
 
 # X-Ray patches the two clients whose calls it can trace here: botocore (SQS, S3, Secrets Manager) and httpx
-# (providers, callbacks, downloads, Supabase, Upstash). Powertools' default, every library the X-Ray SDK supports
+# (Supabase, Upstash); the engine's own requests (providers, callbacks, downloads) go through `lean_http`, which gets
+# a subsegment per request from `_xray_request` below. Powertools' default, every library the X-Ray SDK supports
 # that can be imported, also imported sqlite3 (unused) and psycopg at cold start, and put a proxy around every pooled
 # connection that traced nothing: the X-Ray patch traces cursors opened on its proxy, and psycopg 3's
 # `Connection.execute`, the store's one call, opens its cursor on the connection itself.
 TRACED_MODULES = ("botocore", "httpx")
 
 tracer = Tracer(patch_modules=TRACED_MODULES)
+
+
+@contextmanager
+def _xray_request(method: str, url: str) -> Iterator[Callable[[int], None]]:
+    """A `remote` subsegment per outbound request, as the X-Ray SDK's own HTTP patches record one."""
+    from aws_xray_sdk.core import xray_recorder
+
+    with xray_recorder.in_subsegment(urlsplit(url).hostname or "request", namespace="remote") as subsegment:
+        if subsegment is None:  # no segment to hang it on (outside an invocation), or not sampled
+            yield lambda status: None
+            return
+        subsegment.put_http_meta("method", method)
+        subsegment.put_http_meta("url", url)
+        yield lambda status: subsegment.put_http_meta("status", status)
+
+
+if not tracer.disabled:
+    from babychain.security import lean_http  # here only: API handlers that trace nothing need not load the client
+
+    lean_http.trace_requests(_xray_request)
 
 REDACTED = "[redacted]"
 SENTRY_FLUSH_SECONDS = 2.0

@@ -46,7 +46,9 @@ module = importlib.util.module_from_spec(spec)
 sys.modules["app"] = module
 spec.loader.exec_module(module)
 from aws_xray_sdk.core import patcher
-print(json.dumps({"modules": sorted(sys.modules), "patched": sorted(patcher._PATCHED_MODULES)}))
+lean_http = sys.modules.get("babychain.security.lean_http")
+traced = lean_http is not None and lean_http._tracer is sys.modules["babychain.observability"]._xray_request
+print(json.dumps({"modules": sorted(sys.modules), "patched": sorted(patcher._PATCHED_MODULES), "traced": traced}))
 """
 
 
@@ -104,3 +106,9 @@ def test_x_ray_patches_botocore_and_httpx_only() -> None:
     # Powertools' default (patch every supported library that imports) loaded these at cold start for nothing.
     assert "sqlite3" not in started["modules"]
     assert "psycopg" not in started["modules"]
+
+
+@pytest.mark.parametrize("function", ["step_executor", "callback_sender", "get_run"])
+def test_with_tracing_on_the_engines_own_requests_are_traced(function: str) -> None:
+    # lean_http's requests (providers, downloads, callbacks) get X-Ray subsegments, as httpx's patch gave them.
+    assert cold_start(function)["traced"] is True

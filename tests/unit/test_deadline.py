@@ -6,15 +6,13 @@ without one, every request below would succeed once the whole trickled answer ha
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
-import httpcore
 import pytest
 
 from babychain.errors import ProviderError
 from babychain.providers.http import ProviderHttp
-from babychain.security.deadline import _HOLD_BYTES, _DeadlineStream, total_deadline
+from babychain.security.deadline import total_deadline
 from babychain.security.safe_http import FetchError, fetch_bytes, post_json
 from babychain.security.urls import Resolver
 from tests.standins.trickle import TrickleReceiver
@@ -75,56 +73,9 @@ def test_a_provider_call_without_trickling_is_unaffected() -> None:
         server.close()
 
 
-class RecordingStream(httpcore.NetworkStream):
-    """The socket side of a `_DeadlineStream`: records each write and read it is asked for."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, bytes]] = []
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        self.calls.append(("read", b""))
-        return b"HTTP/1.1 200 OK\r\n\r\n"
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self.calls.append(("write", buffer))
-
-    def close(self) -> None:
-        self.calls.append(("close", b""))
-
-
-def test_a_small_request_head_and_body_go_out_in_one_write() -> None:
-    inner = RecordingStream()
-    stream = _DeadlineStream(inner)
-    stream.write(b"POST / HTTP/1.1\r\n\r\n")
-    assert inner.calls == []  # held for the body
-    stream.write(b'{"a": 1}')
-    stream.read(1024)
-    assert inner.calls == [("write", b'POST / HTTP/1.1\r\n\r\n{"a": 1}'), ("read", b"")]
-
-
-def test_a_held_head_is_sent_before_the_answer_is_read() -> None:
-    inner = RecordingStream()
-    stream = _DeadlineStream(inner)
-    stream.write(b"GET / HTTP/1.1\r\n\r\n")
-    stream.read(1024)
-    assert inner.calls == [("write", b"GET / HTTP/1.1\r\n\r\n"), ("read", b"")]
-
-
-def test_a_large_body_is_not_joined_to_the_head() -> None:
-    inner = RecordingStream()
-    stream = _DeadlineStream(inner)
-    body = b"x" * (_HOLD_BYTES + 1)
-    stream.write(b"POST / HTTP/1.1\r\n\r\n")
-    stream.write(body)
-    assert inner.calls == [("write", b"POST / HTTP/1.1\r\n\r\n"), ("write", body)]
-
-
-def test_a_held_write_past_the_deadline_fails_as_a_write() -> None:
-    inner = RecordingStream()
-    stream = _DeadlineStream(inner)
-    with total_deadline(0.05):
-        stream.write(b"GET / HTTP/1.1\r\n\r\n")
-        time.sleep(0.1)
-        with pytest.raises(httpcore.WriteTimeout):
-            stream.read(1024)
-    assert inner.calls == []
+def test_nested_deadlines_narrow_and_unwind(trickler: TrickleReceiver) -> None:
+    with total_deadline(30.0), total_deadline(0.4), pytest.raises(FetchError):
+        post_json(trickler.url, b"{}", {}, resolver=resolver, timeout=30.0, allow_loopback_http=True)
+    # An inner block cannot extend the outer deadline.
+    with total_deadline(0.4), total_deadline(30.0), pytest.raises(FetchError):
+        post_json(trickler.url, b"{}", {}, resolver=resolver, timeout=30.0, allow_loopback_http=True)

@@ -154,3 +154,36 @@ def test_a_record_that_fails_is_logged_at_error_with_its_message_id(json_log_lin
     assert error["message_id"] == "poison-2"
     assert "JSONDecodeError" in error["exception_name"]
     assert "Expecting property name" in error["exception"]
+
+
+def test_the_engines_own_requests_are_x_ray_subsegments_without_their_query() -> None:
+    """On AWS (tracing on), each lean_http request is a `remote` subsegment, as the X-Ray HTTP patches record one."""
+    import aws_xray_sdk
+    from aws_xray_sdk.core import xray_recorder
+
+    from babychain.local.loopback import LoopbackServer, QuietHandler
+    from babychain.security import lean_http
+
+    class Handler(QuietHandler, keep_alive=True):
+        def do_GET(self) -> None:
+            self.send_json(200, {"ok": True})
+
+    enabled = aws_xray_sdk.global_sdk_config.sdk_enabled()
+    aws_xray_sdk.global_sdk_config.set_sdk_enabled(True)
+    lean_http.trace_requests(observability._xray_request)
+    try:
+        with LoopbackServer(Handler) as server:
+            segment = xray_recorder.begin_segment("test", sampling=1)
+            try:
+                lean_http.fetch("GET", f"{server.base_url}/v1/jobs/1?sig=secret", timeout=5)
+            finally:
+                xray_recorder.end_segment()
+    finally:
+        lean_http.trace_requests(None)
+        aws_xray_sdk.global_sdk_config.set_sdk_enabled(enabled)
+    [subsegment] = segment.subsegments
+    assert (subsegment.name, subsegment.namespace) == ("127.0.0.1", "remote")
+    assert subsegment.http == {
+        "request": {"method": "GET", "url": f"{server.base_url}/v1/jobs/1"},
+        "response": {"status": 200},
+    }

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from email.utils import formatdate
 from typing import Any
 
-import httpx
 import pytest
 
 from babychain.chains.catalog import MODELS_BY_ID
@@ -31,9 +30,12 @@ from babychain.providers.http import (
 )
 from babychain.providers.local import LocalProvider
 from babychain.providers.registry import registry_from_settings
+from babychain.security import lean_http
+from babychain.security.lean_http import Response
 from tests.standins.babysea import BabySeaStandIn
 from tests.standins.bfl import BflStandIn
 from tests.standins.byteplus import BytePlusStandIn
+from tests.standins.tls import make_tls_server_context, trusting
 
 KEY = "sk_layer_test_key_5b1e9f"
 RULE = HostRule("FOO_API_BASE_URL", hosts=frozenset({"api.foo.example"}), domain="foo.dev")
@@ -76,7 +78,7 @@ def scripted() -> Iterator[Scripted]:
     server.close()
 
 
-def layer(read_error: Callable[[httpx.Response], ErrorBody] | None = None, **options: Any) -> ProviderHttp:
+def layer(read_error: Callable[[Response], ErrorBody] | None = None, **options: Any) -> ProviderHttp:
     return ProviderHttp(
         "Foo", secrets=(KEY,), headers={"Authorization": f"Bearer {KEY}"}, read_error=read_error, **options
     )
@@ -230,6 +232,55 @@ def test_no_answer_at_all_is_transient_and_names_the_call(scripted: Scripted) ->
         assert error.code == "provider_timeout" and time.monotonic() - started < 5
     finally:
         stalled.close()
+
+
+def test_bodies_go_as_compact_json_and_params_join_the_query(scripted: Scripted) -> None:
+    http = layer()
+    scripted.answer(200, {"id": "a"})
+    scripted.answer(200, {"id": "b"})
+    scripted.answer(200, {"id": "c"}, Content_Type="application/json")
+    assert http.json_object(http.send("POST", scripted.url + "/jobs", body={"prompt": "é", "n": 1})) == {"id": "a"}
+    assert http.json_object(http.send("GET", scripted.url + "/jobs/a", params={"fields": "id status"})) == {"id": "b"}
+    http.send("POST", scripted.url + "/jobs", body={}, headers={"content-type": "application/merge+json"})
+    first, second, third = scripted.requests
+    assert first["body"] == '{"prompt":"é","n":1}'.encode() and first["headers"]["Content-Type"] == "application/json"
+    assert second["path"] == "/jobs/a?fields=id+status" and second["body"] == b""
+    assert third["headers"]["content-type"] == "application/merge+json" and "Content-Type" not in third["headers"]
+    assert all(r["headers"]["Accept-Encoding"] == "identity" for r in scripted.requests)
+
+
+def test_an_oversized_answer_is_not_read(scripted: Scripted, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("babychain.providers.http.RESPONSE_LIMIT", 1000)
+    scripted.answer(200, b"x" * 5000)
+    error = raised(lambda: layer().send("GET", scripted.url + "/jobs/1"))
+    assert (error.code, error.transient) == ("provider_unexpected_response", False)
+    assert error.message == "Foo (GET /jobs/1) answered with a body too large to read."
+
+
+def test_https_verifies_the_providers_certificate_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    server_context, ca_pem = make_tls_server_context(["localhost"])
+    monkeypatch.setattr(lean_http, "create_ssl_context", lambda: trusting(ca_pem))
+    lean_http.close_pooled_connections()
+    names: list[str | None] = []
+
+    class Handler(QuietHandler, keep_alive=True):
+        def do_GET(self) -> None:
+            names.append(getattr(self.connection, "sni", None))
+            self.send_json(200, {"ok": True})
+
+    try:
+        with LoopbackServer(Handler, tls=server_context) as server:
+            http = layer()
+            for _ in range(2):
+                assert http.json_object(http.send("GET", f"https://localhost:{server.port}/v1/x")) == {"ok": True}
+            assert names == ["localhost", "localhost"]  # one TLS session, opened for the provider's name
+            # The same server by address: the certificate does not name 127.0.0.1, so nothing is sent.
+            error = raised(lambda: http.send("GET", f"https://127.0.0.1:{server.port}/v1/x"))
+            assert (error.code, error.transient) == ("provider_network_error", True)
+            assert error.message == "Foo (GET /v1/x) unreachable: ConnectError."
+            assert len(names) == 2
+    finally:
+        lean_http.close_pooled_connections()
 
 
 def test_json_object_refuses_anything_else(scripted: Scripted) -> None:

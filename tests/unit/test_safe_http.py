@@ -1,27 +1,26 @@
-"""safe_http against a real HTTP server on loopback, plus MockTransport checks for what cannot run locally."""
+"""safe_http against real HTTP and HTTPS servers on loopback; every address the client dials is recorded."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
+import socket
 import ssl
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 
 from babychain.errors import UnsafeUrlError
 from babychain.local.loopback import LoopbackServer, QuietHandler
 from babychain.media_types import MediaRefused
-from babychain.security import safe_http
+from babychain.security import lean_http, safe_http
+from babychain.security.lean_http import Origin
 from babychain.security.safe_http import (
     FetchError,
     close_pooled_connections,
@@ -32,6 +31,7 @@ from babychain.security.safe_http import (
 )
 from babychain.security.urls import Resolver
 from tests.conftest import free_port
+from tests.standins.tls import make_tls_server_context, trusting
 
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32  # the magic bytes are what the download check reads
 HTML_PAGE = b"<!doctype html><html><body>" + b"x" * 10_000 + b"</body></html>"
@@ -75,6 +75,8 @@ class Handler(QuietHandler, keep_alive=True):  # keep-alive: the pool tests coun
             self.send_bytes(302, headers={"Location": "/file"})
         elif url.path == "/redirect-to":
             self.send_bytes(int(query.get("status", ["302"])[0]), headers={"Location": query["to"][0]})
+        elif url.path == "/redirect-bare":
+            self.send_bytes(302)
         elif url.path == "/loop":
             self.send_bytes(307, headers={"Location": "/loop"})
         elif url.path == "/big":
@@ -143,11 +145,16 @@ class CountingHTTPServer(ThreadingHTTPServer):
         super().shutdown_request(request)
 
 
+class CountingHTTPServer6(CountingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class Server:
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
         self.seen: list[dict[str, Any]] = []
         handler = type("BoundHandler", (Handler,), {"seen": self.seen})
-        self.loop = LoopbackServer(handler, server_class=CountingHTTPServer, tls=tls, poll_interval=0.02)
+        server_class = CountingHTTPServer6 if ":" in host else CountingHTTPServer
+        self.loop = LoopbackServer(handler, host=host, server_class=server_class, tls=tls, poll_interval=0.02)
         self.httpd: Any = self.loop.httpd  # a CountingHTTPServer
         self.port = self.loop.port
 
@@ -157,6 +164,13 @@ class Server:
     @property
     def connections(self) -> int:
         return self.httpd.connections
+
+    def wait_finished(self, count: int) -> int:
+        """The connections the client has hung up, once `count` of them have (or after 2 s)."""
+        deadline = time.monotonic() + 2
+        while self.httpd.finished < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return int(self.httpd.finished)
 
 
 @pytest.fixture(autouse=True)
@@ -182,19 +196,22 @@ def fixed(answers: dict[str, list[str]]) -> Resolver:
     return lambda host, port: list(answers.get(host, []))
 
 
-class RecordingTransport(httpx.BaseTransport):
-    """Real network I/O, but remembers every request that reached the transport (every connection use)."""
+@pytest.fixture
+def dials(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every (address, port) the client connects to, in order; the connections themselves are real."""
+    seen: list[tuple[str, int]] = []
+    real = socket.create_connection
 
-    def __init__(self) -> None:
-        self.inner = httpx.HTTPTransport()
-        self.requests: list[httpx.Request] = []
+    def recording(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+        seen.append((address[0], address[1]))
+        return real(address, *args, **kwargs)
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return self.inner.handle_request(request)
+    monkeypatch.setattr(lean_http.socket, "create_connection", recording)
+    return seen
 
-    def close(self) -> None:
-        self.inner.close()
+
+def idle_origins() -> list[Origin]:
+    return list(lean_http.connection_pool().idle_origins())
 
 
 # --- fetch_bytes over real loopback HTTP ---
@@ -281,34 +298,33 @@ def test_relative_redirect_is_followed_and_rechecked(server: Server) -> None:
     assert [hit["path"] for hit in server.seen] == ["/redirect", "/file"]
 
 
-def test_redirect_to_metadata_is_refused_before_connecting(server: Server) -> None:
-    transport = RecordingTransport()
+def test_redirect_to_metadata_is_refused_before_connecting(server: Server, dials: list[tuple[str, int]]) -> None:
     target = "http://169.254.169.254/latest/meta-data/"
-    with httpx.Client(transport=transport) as client, pytest.raises(UnsafeUrlError, match="HTTPS"):
-        fetch_bytes(
-            server.url(f"/redirect-to?to={target}"),
-            resolver=no_dns,
-            max_bytes=1024,
-            allow_loopback_http=True,
-            client=client,
-        )
-    assert [request.url.host for request in transport.requests] == ["127.0.0.1"]
+    with pytest.raises(UnsafeUrlError, match="HTTPS"):
+        fetch_bytes(server.url(f"/redirect-to?to={target}"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True)
+    assert dials == [("127.0.0.1", server.port)]
     assert len(server.seen) == 1
 
 
 @pytest.mark.parametrize("status", ["301", "303", "307", "308"])
-def test_redirect_to_a_name_with_a_private_answer_is_refused(server: Server, status: str) -> None:
-    transport = RecordingTransport()
+def test_redirect_to_a_name_with_a_private_answer_is_refused(
+    server: Server, status: str, dials: list[tuple[str, int]]
+) -> None:
     resolver = fixed({"internal.test": ["10.0.0.7"]})
-    with httpx.Client(transport=transport) as client, pytest.raises(UnsafeUrlError):
+    with pytest.raises(UnsafeUrlError):
         fetch_bytes(
             server.url(f"/redirect-to?status={status}&to=http://internal.test:{server.port}/file"),
             resolver=resolver,
             max_bytes=1024,
             allow_loopback_http=True,
-            client=client,
         )
-    assert len(transport.requests) == 1
+    assert dials == [("127.0.0.1", server.port)]
+
+
+def test_redirect_without_location_fails(server: Server) -> None:
+    with pytest.raises(FetchError) as info:
+        fetch_bytes(server.url("/redirect-bare"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True)
+    assert (info.value.status_code, info.value.transient) == (302, False)
 
 
 def test_redirect_loop_stops_after_the_cap(server: Server) -> None:
@@ -366,7 +382,7 @@ def test_connection_refused_is_transient() -> None:
     assert info.value.transient is True
 
 
-# --- the per-process client pool ---
+# --- the per-process connection pool ---
 
 
 def test_two_downloads_from_one_host_reuse_one_connection(server: Server) -> None:
@@ -391,7 +407,7 @@ def test_host_names_sharing_an_address_never_share_a_connection(server: Server) 
         ports.setdefault(hit["headers"]["Host"], set()).add(hit["client_port"])
     assert len(ports[f"a.test:{server.port}"]) == 1 and len(ports[f"b.test:{server.port}"]) == 1
     assert ports[f"a.test:{server.port}"].isdisjoint(ports[f"b.test:{server.port}"])
-    assert sorted(safe_http._client_pool().cached_keys()) == [
+    assert sorted(idle_origins()) == [
         ("http", "127.0.0.1", server.port, "a.test"),
         ("http", "127.0.0.1", server.port, "b.test"),
     ]
@@ -453,10 +469,7 @@ def test_an_unread_body_does_not_poison_the_pooled_connection(server: Server) ->
         fetch_bytes(server.url("/big"), resolver=no_dns, max_bytes=1000, allow_loopback_http=True)
     # The 10,000 unread bytes would be read as the next response if that connection went back to the pool, so
     # it is closed at once.
-    deadline = time.monotonic() + 2
-    while server.httpd.finished == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.httpd.finished == 1
+    assert server.wait_finished(1) == 1
     assert fetch_bytes(server.url("/file"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True).content == (
         b"hello bytes"
     )
@@ -467,14 +480,25 @@ def test_an_unread_body_does_not_poison_the_pooled_connection(server: Server) ->
     assert server.connections == 2  # a fully read response does return its connection
 
 
-def test_a_refused_address_keeps_the_working_client(server: Server) -> None:
+def test_a_refused_address_keeps_the_working_connection(server: Server, dials: list[tuple[str, int]]) -> None:
     # The server listens on 127.0.0.1 only, so 127.0.0.2 refuses and the next validated address is used.
     resolver = fixed({"files.test": ["127.0.0.2", "127.0.0.1"]})
     url = server.url("/file", "files.test")
     for _ in range(2):
         assert fetch_bytes(url, resolver=resolver, max_bytes=1024, allow_loopback_http=True).content == b"hello bytes"
     assert server.connections == 1
-    assert ("http", "127.0.0.1", server.port, "files.test") in safe_http._client_pool().cached_keys()
+    # The refused address is tried first each time (it may be back), then the pooled connection is reused.
+    assert dials == [("127.0.0.2", server.port), ("127.0.0.1", server.port), ("127.0.0.2", server.port)]
+    assert idle_origins() == [("http", "127.0.0.1", server.port, "files.test")]
+
+
+def test_no_more_than_three_addresses_are_tried(dials: list[tuple[str, int]]) -> None:
+    port = free_port()
+    resolver = fixed({"files.test": ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]})
+    with pytest.raises(FetchError) as info:
+        fetch_bytes(f"http://files.test:{port}/x", resolver=resolver, max_bytes=10, allow_loopback_http=True)
+    assert info.value.transient is True and "ConnectError" in info.value.message
+    assert dials == [(f"127.0.0.{n}", port) for n in (2, 3, 4)]
 
 
 def test_pooled_clients_keep_no_cookies(server: Server) -> None:
@@ -485,58 +509,37 @@ def test_pooled_clients_keep_no_cookies(server: Server) -> None:
     assert "Cookie" not in server.seen[1]["headers"]
 
 
-def test_a_callers_client_is_used_as_is_and_not_closed(server: Server) -> None:
-    transport = RecordingTransport()
-    with httpx.Client(transport=transport) as client:
-        fetch_bytes(server.url("/file"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True, client=client)
-        assert not client.is_closed
-        assert len(transport.requests) == 1
-    assert safe_http._pool is None or safe_http._pool.cached_keys() == []
+def test_the_pool_is_bounded_and_closes_what_it_evicts(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lean_http, "MAX_ORIGINS", 2)
+    resolver = fixed({name: ["127.0.0.1"] for name in ("a.test", "b.test", "c.test")})
+    for host in ("a.test", "b.test", "a.test", "c.test"):
+        fetch_bytes(server.url("/file", host), resolver=resolver, max_bytes=1024, allow_loopback_http=True)
+    # b.test was least recently used: its idle connection is closed, a.test's is kept and reused.
+    assert idle_origins() == [("http", "127.0.0.1", server.port, name) for name in ("a.test", "c.test")]
+    assert server.connections == 3 and server.wait_finished(1) == 1
+    close_pooled_connections()
+    assert server.wait_finished(3) == 3
 
 
-def test_the_pool_is_bounded_and_closes_what_it_evicts() -> None:
-    pool = safe_http._ClientPool(size=2)
-    try:
-        keys = [("https", "93.184.216.34", 443, name) for name in ("a.example", "b.example", "c.example")]
-        with pool.lease(keys[0]) as a:
-            pass
-        with pool.lease(keys[1]) as b:
-            pass
-        with pool.lease(keys[0]) as again:
-            assert again is a
-        with pool.lease(keys[2]):
-            pass
-        assert pool.cached_keys() == [keys[0], keys[2]]  # b was least recently used
-        assert b.is_closed and not a.is_closed
-    finally:
-        pool.close()
-    assert a.is_closed
-
-
-def test_an_evicted_client_in_use_is_closed_only_after_its_request() -> None:
-    pool = safe_http._ClientPool(size=1)
-    try:
-        with pool.lease(("https", "93.184.216.34", 443, "a.example")) as busy:
-            with pool.lease(("https", "93.184.216.34", 443, "b.example")):
-                pass
-            assert not busy.is_closed  # evicted while another request was using it
-        assert busy.is_closed
-    finally:
-        pool.close()
-    with pool.lease(("https", "93.184.216.34", 443, "c.example")) as late:  # a request that raced close()
-        assert not late.is_closed
-    assert late.is_closed and pool.cached_keys() == []
+def test_a_response_in_flight_when_the_pool_closes_closes_its_connection_after(server: Server) -> None:
+    origin = Origin("http", "127.0.0.1", server.port, "127.0.0.1")
+    with lean_http.request("GET", origin, "/file", timeout=5) as response:
+        close_pooled_connections()
+        assert response.read() == b"hello bytes"  # the request itself is unaffected
+    assert server.wait_finished(1) == 1  # and its connection did not go back into a closed pool
+    assert fetch_bytes(server.url("/file"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True).content
+    assert server.connections == 2
 
 
 def test_a_pool_from_another_process_is_dropped_not_used(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     fetch_bytes(server.url("/file"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True)
-    parent = safe_http._client_pool()
-    monkeypatch.setattr(safe_http.os, "getpid", lambda: parent.pid + 1)
-    child = safe_http._client_pool()
+    parent = lean_http.connection_pool()
+    monkeypatch.setattr(lean_http.os, "getpid", lambda: parent.pid + 1)
+    child = lean_http.connection_pool()
     assert child is not parent and child.ssl_context is not parent.ssl_context
-    assert child.cached_keys() == [] and len(parent.cached_keys()) == 1
-    with parent.lease(parent.cached_keys()[0]) as inherited:
-        assert not inherited.is_closed  # not closed: its sockets belong to the other process
+    assert child.idle_origins() == {} and len(parent.idle_origins()) == 1
+    fetch_bytes(server.url("/file"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True)
+    assert server.connections == 2 and server.httpd.finished == 0  # the parent's socket was not closed
     monkeypatch.undo()
     parent.close()
 
@@ -548,7 +551,7 @@ def test_a_forked_child_opens_its_own_connections(server: Server) -> None:
     if pid == 0:  # the child: never return into pytest
         code = 1
         try:
-            inherited = safe_http._pool is not None
+            inherited = lean_http._pool is not None
             ok = fetch_bytes(url, resolver=no_dns, max_bytes=1024, allow_loopback_http=True).content == b"hello bytes"
             code = 0 if ok and not inherited else 2
         finally:
@@ -563,85 +566,21 @@ def test_a_forked_child_opens_its_own_connections(server: Server) -> None:
 # --- HTTPS on loopback: one TLS session per host name ---
 
 
-def make_tls_server_context(names: list[str]) -> tuple[ssl.SSLContext, bytes]:
-    """A server context for `names`, signed by a throwaway CA; returns (context, CA certificate PEM)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.now(UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "safe_http test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    with tempfile.TemporaryDirectory() as folder:
-        cert_path, key_path = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
-        with open(cert_path, "wb") as handle:
-            handle.write(pem)
-        with open(key_path, "wb") as handle:
-            handle.write(key_pem)
-        server_context.load_cert_chain(cert_path, key_path)
-
-    def remember_sni(sock: Any, name: str | None, _context: ssl.SSLContext) -> None:
-        sock.sni = name
-
-    server_context.sni_callback = remember_sni
-    return server_context, ca_cert.public_bytes(serialization.Encoding.PEM)
+@pytest.fixture
+def test_ca(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ssl.SSLContext, bytes]]:
+    """A server context for a.test, b.test and hooks.test, and a client pool that trusts only its CA."""
+    server_context, ca_pem = make_tls_server_context(["a.test", "b.test", "hooks.test"])
+    monkeypatch.setattr(lean_http, "create_ssl_context", lambda: trusting(ca_pem))
+    close_pooled_connections()
+    yield server_context, ca_pem
+    close_pooled_connections()
 
 
 @pytest.fixture
-def tls_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
-    server_context, ca_pem = make_tls_server_context(["a.test", "b.test"])
-
-    def trusting_the_test_ca() -> ssl.SSLContext:
-        context = ssl.create_default_context(cadata=ca_pem.decode())
-        context.set_alpn_protocols(["http/1.1"])
-        return context
-
-    monkeypatch.setattr(safe_http, "_create_ssl_context", trusting_the_test_ca)
-    close_pooled_connections()
-    srv = Server(tls=server_context)
+def tls_server(test_ca: tuple[ssl.SSLContext, bytes]) -> Iterator[Server]:
+    srv = Server(tls=test_ca[0])
     with srv.loop:
         yield srv
-        close_pooled_connections()
 
 
 def test_https_host_names_sharing_an_address_each_get_their_own_tls_session(tls_server: Server) -> None:
@@ -709,17 +648,10 @@ def test_post_response_body_is_capped(server: Server) -> None:
     assert result.body_excerpt == "é" * 2000
 
 
-def test_post_to_a_private_address_never_connects() -> None:
-    transport = RecordingTransport()
-    with httpx.Client(transport=transport) as client, pytest.raises(UnsafeUrlError, match="public address"):
-        post_json(
-            "https://hooks.example/cb",
-            b"{}",
-            {},
-            resolver=fixed({"hooks.example": ["10.1.2.3"]}),
-            client=client,
-        )
-    assert transport.requests == []
+def test_post_to_a_private_address_never_connects(dials: list[tuple[str, int]]) -> None:
+    with pytest.raises(UnsafeUrlError, match="public address"):
+        post_json("https://hooks.example/cb", b"{}", {}, resolver=fixed({"hooks.example": ["10.1.2.3"]}))
+    assert dials == []
 
 
 def test_post_connection_refused_is_transient() -> None:
@@ -728,111 +660,81 @@ def test_post_connection_refused_is_transient() -> None:
     assert info.value.transient is True
 
 
-# --- HTTPS pinning, observed at the transport ---
+# --- HTTPS pinning: the validated address is dialled, the host name is sent (SNI, Host) and verified ---
 
 
-def mock_client(
-    handler: Callable[[httpx.Request], httpx.Response],
-) -> tuple[httpx.Client, list[httpx.Request]]:
-    seen: list[httpx.Request] = []
-
-    def record(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return handler(request)
-
-    return httpx.Client(transport=httpx.MockTransport(record)), seen
+def test_https_fetch_dials_the_ip_with_sni_and_host(tls_server: Server, dials: list[tuple[str, int]]) -> None:
+    url = tls_server.url("/host?sig=1", "a.test")
+    fetched = fetch_bytes(url, resolver=fixed({"a.test": ["127.0.0.1"]}), max_bytes=100, allow_loopback_http=True)
+    assert fetched.content == f"a.test:{tls_server.port}".encode() and fetched.url == url
+    assert dials == [("127.0.0.1", tls_server.port)]
+    [hit] = tls_server.seen
+    assert (hit["path"], hit["headers"]["Host"], hit["sni"]) == ("/host?sig=1", f"a.test:{tls_server.port}", "a.test")
+    assert hit["headers"]["Accept-Encoding"] == "identity"
 
 
-def test_https_fetch_targets_the_ip_with_sni_and_host() -> None:
-    client, seen = mock_client(
-        lambda request: httpx.Response(200, content=b"png", headers={"Content-Type": "image/png"})
-    )
-    fetched = fetch_bytes(
-        "https://cdn.example/a.png?sig=1",
-        resolver=fixed({"cdn.example": ["93.184.216.34"]}),
-        max_bytes=10,
-        client=client,
-    )
-    assert fetched.content == b"png" and fetched.url == "https://cdn.example/a.png?sig=1"
-    (request,) = seen
-    assert (request.url.scheme, request.url.host, request.url.raw_path) == (
-        "https",
-        "93.184.216.34",
-        b"/a.png?sig=1",
-    )
-    assert request.headers["Host"] == "cdn.example"
-    assert request.extensions["sni_hostname"] == "cdn.example"
+def test_https_ipv6_pin_keeps_the_port_and_the_host(test_ca: tuple[ssl.SSLContext, bytes]) -> None:
+    srv = Server(tls=test_ca[0], host="::1")
+    with srv.loop:
+        result = post_json(
+            f"https://hooks.test:{srv.port}/echo",
+            b"{}",
+            {},
+            resolver=fixed({"hooks.test": ["::1"]}),
+            allow_loopback_http=True,
+        )
+        assert result.status_code == 200
+        [hit] = srv.seen
+        assert (hit["method"], hit["body"], hit["sni"]) == ("POST", b"{}", "hooks.test")
+        assert hit["headers"]["Host"] == f"hooks.test:{srv.port}"
+        assert idle_origins() == [("https", "::1", srv.port, "hooks.test")]
 
 
-def test_https_ipv6_pin_is_bracketed_and_keeps_the_port() -> None:
-    client, seen = mock_client(lambda request: httpx.Response(204))
-    result = post_json(
-        "https://hooks.example:8443/cb",
-        b"{}",
-        {},
-        resolver=fixed({"hooks.example": ["2606:4700::1"]}),
-        client=client,
-    )
-    assert result.status_code == 204
-    (request,) = seen
-    assert request.url.host == "2606:4700::1" and request.url.port == 8443
-    assert str(request.url).startswith("https://[2606:4700::1]:8443/cb")
-    assert request.headers["Host"] == "hooks.example:8443"
-    assert request.extensions["sni_hostname"] == "hooks.example"
-    assert request.method == "POST" and request.content == b"{}"
+def test_https_to_a_name_the_certificate_does_not_cover_fails(tls_server: Server) -> None:
+    resolver = fixed({"evil.test": ["127.0.0.1"]})
+    with pytest.raises(FetchError) as info:
+        fetch_bytes(tls_server.url("/file", "evil.test"), resolver=resolver, max_bytes=100, allow_loopback_http=True)
+    assert info.value.transient is True and "ConnectError" in info.value.message
+    assert tls_server.seen == []
 
 
-def test_plain_http_sets_no_sni() -> None:
-    client, seen = mock_client(lambda request: httpx.Response(200, content=b"ok"))
-    fetch_bytes("http://127.0.0.1:9/x", resolver=no_dns, max_bytes=10, allow_loopback_http=True, client=client)
-    assert "sni_hostname" not in seen[0].extensions
-
-
-def test_https_downgrade_redirect_is_refused() -> None:
-    client, seen = mock_client(lambda request: httpx.Response(302, headers={"Location": "http://cdn.example/b"}))
+def test_https_downgrade_redirect_is_refused(tls_server: Server, dials: list[tuple[str, int]]) -> None:
+    resolver = fixed({"a.test": ["127.0.0.1"], "cdn.test": ["93.184.216.34"]})
     with pytest.raises(UnsafeUrlError, match="HTTPS"):
         fetch_bytes(
-            "https://cdn.example/a",
-            resolver=fixed({"cdn.example": ["93.184.216.34"]}),
-            max_bytes=10,
-            client=client,
+            tls_server.url("/redirect-to?to=http://cdn.test/b", "a.test"),
+            resolver=resolver,
+            max_bytes=100,
+            allow_loopback_http=True,
         )
-    assert len(seen) == 1
+    assert dials == [("127.0.0.1", tls_server.port)]
 
 
-def test_cross_host_redirect_is_pinned_to_the_new_hosts_address() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.headers["Host"] == "a.example":
-            return httpx.Response(302, headers={"Location": "https://b.example/final"})
-        return httpx.Response(200, content=b"done")
-
-    client, seen = mock_client(handler)
-    resolver = fixed({"a.example": ["93.184.216.34"], "b.example": ["8.8.8.8"]})
-    fetched = fetch_bytes("https://a.example/start", resolver=resolver, max_bytes=10, client=client)
-    assert fetched.url == "https://b.example/final"
-    assert [(r.url.host, r.headers["Host"], r.extensions["sni_hostname"]) for r in seen] == [
-        ("93.184.216.34", "a.example", "a.example"),
-        ("8.8.8.8", "b.example", "b.example"),
+def test_cross_host_redirect_is_pinned_to_the_new_hosts_address(
+    test_ca: tuple[ssl.SSLContext, bytes], dials: list[tuple[str, int]]
+) -> None:
+    first, second = Server(tls=test_ca[0]), Server(tls=test_ca[0], host="127.0.0.2")
+    with first.loop, second.loop:
+        to = f"https://b.test:{second.port}/host"
+        resolver = fixed({"a.test": ["127.0.0.1"], "b.test": ["127.0.0.2"]})
+        fetched = fetch_bytes(
+            first.url(f"/redirect-to?to={to}", "a.test"), resolver=resolver, max_bytes=100, allow_loopback_http=True
+        )
+    assert fetched.url == to and fetched.content == f"b.test:{second.port}".encode()
+    assert dials == [("127.0.0.1", first.port), ("127.0.0.2", second.port)]
+    assert [(hit["sni"], hit["headers"]["Host"]) for hit in first.seen + second.seen] == [
+        ("a.test", f"a.test:{first.port}"),
+        ("b.test", f"b.test:{second.port}"),
     ]
 
 
-def test_connect_failure_moves_to_the_next_validated_address() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.host == "2606:4700::1":
-            raise httpx.ConnectError("network unreachable", request=request)
-        return httpx.Response(200, content=b"v4")
-
-    client, seen = mock_client(handler)
-    resolver = fixed({"cdn.example": ["2606:4700::1", "93.184.216.34"]})
-    assert fetch_bytes("https://cdn.example/", resolver=resolver, max_bytes=10, client=client).content == b"v4"
-    assert [r.url.host for r in seen] == ["2606:4700::1", "93.184.216.34"]
-
-
-def test_redirect_without_location_fails() -> None:
-    client, _ = mock_client(lambda request: httpx.Response(302))
-    with pytest.raises(FetchError) as info:
-        fetch_bytes("https://cdn.example/", resolver=fixed({"cdn.example": ["8.8.8.8"]}), max_bytes=10, client=client)
-    assert (info.value.status_code, info.value.transient) == (302, False)
+def test_https_connect_failure_moves_to_the_next_validated_address(
+    tls_server: Server, dials: list[tuple[str, int]]
+) -> None:
+    resolver = fixed({"a.test": ["127.0.0.2", "127.0.0.1"]})
+    fetched = fetch_bytes(tls_server.url("/file", "a.test"), resolver=resolver, max_bytes=100, allow_loopback_http=True)
+    assert fetched.content == b"hello bytes"
+    assert dials == [("127.0.0.2", tls_server.port), ("127.0.0.1", tls_server.port)]
 
 
 def test_parse_retry_after() -> None:

@@ -104,8 +104,23 @@ def test_public_https_url_passes_with_resolved_addresses() -> None:
         host="cdn.example",
         port=443,
         addresses=("93.184.216.34", "2606:4700::1"),
+        target="/a.png?x=1",
+        netloc="cdn.example.",  # what the request sends as Host
     )
     assert resolver.calls == [("cdn.example", 443)]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("url", "target", "netloc"),
+    [
+        ("https://[2606:4700::1]:8443/cb", "/cb", "[2606:4700::1]:8443"),
+        ("https://cdn.example:443", "/", "cdn.example"),
+        ("https://cdn.example/ä?q=é", "/%C3%A4?q=%C3%A9", "cdn.example"),
+    ],
+)
+def test_the_checked_parse_is_what_gets_sent(url: str, target: str, netloc: str) -> None:
+    checked = check_url(url, resolver=fixed({"cdn.example": ["93.184.216.34"]}))
+    assert (checked.target, checked.netloc) == (target, netloc)
 
 
 def test_explicit_port_is_reported_and_resolved() -> None:

@@ -67,10 +67,11 @@ class WebhookReceiver(LoopbackServer):
                 with receiver._arrived:
                     status = receiver.answers.pop(0) if receiver.answers else 204
                     delivery = Delivery(headers, body, verify(receiver.secret, headers, body), status)
+                    if receiver.on_delivery is not None:
+                        # Before waiters see the delivery: what it writes is there once `wait_for` returns.
+                        receiver.on_delivery(delivery)
                     receiver.deliveries.append(delivery)
                     receiver._arrived.notify_all()
-                if receiver.on_delivery is not None:
-                    receiver.on_delivery(delivery)
                 redirect = 300 <= status < 400 and receiver.location is not None
                 self.send_bytes(status, headers={"Location": str(receiver.location)} if redirect else None)
 

@@ -17,8 +17,6 @@ import re
 import time
 from typing import Any
 
-import httpx
-
 from babychain.errors import ProviderError
 from babychain.providers.base import JobStatus, Provider, StepJob, Submission, WebhookNotice, WebhookRejected
 from babychain.providers.http import (
@@ -31,6 +29,7 @@ from babychain.providers.http import (
     check_base_url,
     json_or_none,
 )
+from babychain.security.lean_http import Response
 
 DEFAULT_BASE_URL = "https://api.us.babysea.ai"
 HOSTS = HostRule(
@@ -111,7 +110,7 @@ class BabySeaProvider(Provider):
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         not_found_code: str = NOT_FOUND,
-    ) -> tuple[httpx.Response, dict[str, Any]]:
+    ) -> tuple[Response, dict[str, Any]]:
         """One call; returns the response and its `data`, or raises ProviderError with a stable code."""
         response = self._http.send(
             method, self.base_url + path, body=body, params=params, headers=headers, not_found_code=not_found_code
@@ -166,7 +165,7 @@ class BabySeaProvider(Provider):
         return Submission(job_id=generation_id, metadata=metadata)
 
     @staticmethod
-    def _request_id(response: httpx.Response) -> str | None:
+    def _request_id(response: Response) -> str | None:
         # The envelope carries it; older docs put it in X-Request-ID.
         value = response.json().get("request_id") or response.headers.get("X-Request-ID")
         return value if isinstance(value, str) else None
@@ -314,7 +313,7 @@ def _succeeded(record: dict[str, Any], info: dict[str, Any]) -> JobStatus:
 # ------------------------------------------------------------------------------------------------ error bodies
 
 
-def _read_error(response: httpx.Response) -> ErrorBody:
+def _read_error(response: Response) -> ErrorBody:
     """A BSE error envelope, or the plain answer of whatever stood in front of the API."""
     envelope = json_or_none(response)
     error = envelope.get("error") if isinstance(envelope, dict) else None
@@ -332,7 +331,7 @@ def _read_error(response: httpx.Response) -> ErrorBody:
     return ErrorBody(message, transient=retryable if isinstance(retryable, bool) else None, retry_after=retry_after)
 
 
-def _plain_error(response: httpx.Response) -> ErrorBody:
+def _plain_error(response: Response) -> ErrorBody:
     # Requests that miss the OpenAPI shape are refused at the edge with a plain 403, not a BSE error.
     status = response.status_code
     message = answered("BabySea's edge" if status == 403 else "BabySea", status, response.text.strip())

@@ -15,8 +15,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from babychain.errors import ProviderError
 from babychain.providers.base import JobStatus, Provider, StepJob, Submission, WebhookNotice, WebhookRejected
 from babychain.providers.http import (
@@ -29,6 +27,7 @@ from babychain.providers.http import (
     check_base_url,
     json_or_none,
 )
+from babychain.security.lean_http import Response
 
 DEFAULT_BASE_URL = "https://api.bfl.ai/v1"
 # api.bfl.ai, api.eu.bfl.ai, api.us.bfl.ai and the cluster hosts polling_url points at
@@ -256,11 +255,11 @@ def _detail(answer: dict[str, Any]) -> str:
     return ""
 
 
-def _read_error(response: httpx.Response) -> ErrorBody:
+def _read_error(response: Response) -> ErrorBody:
     return ErrorBody(answered("BFL", response.status_code, _describe_error(response)))
 
 
-def _describe_error(response: httpx.Response) -> str:
+def _describe_error(response: Response) -> str:
     """FastAPI-style `{"detail": ...}` as a short readable line; otherwise the raw body (bounded once scrubbed)."""
     try:
         body = response.json()

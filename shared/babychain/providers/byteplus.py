@@ -18,11 +18,10 @@ import json
 import re
 from typing import Any
 
-import httpx
-
 from babychain.errors import ProviderError
 from babychain.providers.base import JobStatus, Provider, StepJob, Submission, WebhookNotice, WebhookRejected
 from babychain.providers.http import ErrorBody, HostRule, ProviderHttp, answered, check_api_key, check_base_url
+from babychain.security.lean_http import Response
 
 DEFAULT_BASE_URL = "https://ark.ap-southeast.bytepluses.com/api/v3"
 HOSTS = HostRule("ARK_API_BASE_URL", hosts=frozenset({"ark.ap-southeast.bytepluses.com"}))
@@ -286,7 +285,7 @@ def _succeeded(task: dict[str, Any], metadata: dict[str, Any]) -> JobStatus:
     return JobStatus("succeeded", output_urls=[video_url.strip()], metadata=metadata)
 
 
-def _read_error(response: httpx.Response) -> ErrorBody:
+def _read_error(response: Response) -> ErrorBody:
     """ModelArk's `{"error": {"code", "message"}}`; some codes say more than the status."""
     code, message = _error_fields(response)
     text = answered(LABEL, response.status_code, _joined(code, message))
@@ -298,7 +297,7 @@ def _read_error(response: httpx.Response) -> ErrorBody:
     return ErrorBody(text)
 
 
-def _error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
+def _error_fields(response: Response) -> tuple[str | None, str | None]:
     try:
         error = response.json().get("error")
     except (ValueError, AttributeError):

@@ -1,7 +1,8 @@
 """The one HTTP layer under the provider adapters (BFL, BytePlus ModelArk, BabySea, the local provider).
 
-It owns what every adapter needs done the same way: the httpx client (timeouts; redirects never followed, so the key
-never travels to a host the provider names), transport errors, the non-2xx policy (status → step error code,
+It owns what every adapter needs done the same way: the requests, through `lean_http` (a total deadline per call and
+a 10 s connect timeout; redirects never followed, so the key never travels to a host the provider names; pooled
+keep-alive connections), transport errors, the non-2xx policy (status → step error code,
 transient or not, `Retry-After`), secret scrubbing, and the check of a configured key and base URL (a bad one is a
 `ConfigurationError` naming its variable). An adapter fills in only its wire mapping:
 
@@ -18,20 +19,23 @@ from the quoted text, and the text is bounded only after that (a cut could leave
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import SplitResult, urlsplit
 
-import httpx
-
 from babychain.errors import ConfigurationError, ProviderError
-from babychain.security.deadline import DeadlineTransport, total_deadline
-from babychain.security.safe_http import parse_retry_after, shared_ssl_context
+from babychain.security import lean_http
+from babychain.security.deadline import total_deadline
+from babychain.security.lean_http import Response
+from babychain.security.safe_http import parse_retry_after
 from babychain.security.urls import is_loopback_address
 
-CONNECT_TIMEOUT_SECONDS = 10.0
+CONNECT_TIMEOUT_SECONDS = lean_http.CONNECT_TIMEOUT_SECONDS
 ERROR_EXCERPT_CHARS = 500
+# Provider answers are small JSON documents; a body past this is no answer of theirs, and is not read on.
+RESPONSE_LIMIT = 8 * 1024 * 1024
 NOT_FOUND = "provider_not_found"
 # Statuses about our own request or account: a provider's "retryable" hint does not turn them into retries.
 _FINAL_STATUSES = frozenset({401, 402, 403, 404})
@@ -58,10 +62,14 @@ def status_error(
     return ProviderError("provider_invalid_request", message, transient=False)
 
 
-def transport_error(exc: httpx.HTTPError, what: str) -> ProviderError:
-    """A request that got no HTTP answer at all: always worth retrying."""
+def transport_error(exc: lean_http.HTTPError, what: str) -> ProviderError:
+    """A request that got no (complete) HTTP answer: worth retrying, unless the answer was too large to read."""
     name = type(exc).__name__
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, lean_http.ResponseTooLarge):
+        return ProviderError(
+            "provider_unexpected_response", f"{what} answered with a body too large to read.", transient=False
+        )
+    if isinstance(exc, lean_http.TimeoutException):
         return ProviderError("provider_timeout", f"{what} did not answer in time ({name}).", transient=True)
     return ProviderError("provider_network_error", f"{what} unreachable: {name}.", transient=True)
 
@@ -89,10 +97,10 @@ class ErrorBody:
     retry_after: float | None = None  # seconds the body asks for; a Retry-After header wins
 
 
-ErrorReader = Callable[[httpx.Response], ErrorBody]
+ErrorReader = Callable[[Response], ErrorBody]
 
 
-def json_or_none(response: httpx.Response) -> Any:
+def json_or_none(response: Response) -> Any:
     try:
         return response.json()
     except ValueError:
@@ -118,15 +126,10 @@ class ProviderHttp:
         self._secrets = tuple(secrets)
         self._read_error = read_error or self._read_text
         self._timeout = timeout
-        self._client = httpx.Client(
-            transport=DeadlineTransport(shared_ssl_context(), httpx.Limits()),
-            timeout=_timeout(timeout),
-            follow_redirects=False,
-            headers=dict(headers or {}),
-        )
+        self._headers = dict(headers or {})
 
     def close(self) -> None:
-        self._client.close()
+        """Nothing of its own to release: connections live in the process's pool (`lean_http`)."""
 
     def scrub(self, text: str) -> str:
         return scrub_secret(text, *self._secrets)
@@ -141,24 +144,38 @@ class ProviderHttp:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         not_found_code: str = NOT_FOUND,
-    ) -> httpx.Response:
+    ) -> Response:
         """One request: a 2xx answer is returned; no answer, or any other status, is raised as a ProviderError.
 
-        `timeout` (the client's when None) is the whole request's deadline, however the provider paces its answer.
+        `body` (when not None) is sent as JSON. `timeout` (the client's when None) is the whole request's deadline,
+        however the provider paces its answer.
         """
         seconds = self._timeout if timeout is None else timeout
+        request_headers = _merged(self._headers, headers)
+        content = None
+        if body is not None:
+            content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+            if not any(name.lower() == "content-type" for name in request_headers):
+                request_headers["Content-Type"] = "application/json"
         try:
             with total_deadline(seconds):
-                response = self._client.request(
-                    method, url, json=body, params=params, headers=headers, timeout=_timeout(seconds)
+                response = lean_http.fetch(
+                    method,
+                    url,
+                    headers=request_headers,
+                    body=content,
+                    params=params,
+                    timeout=seconds,
+                    connect_timeout=min(CONNECT_TIMEOUT_SECONDS, seconds),
+                    max_bytes=RESPONSE_LIMIT,
                 )
-        except httpx.HTTPError as exc:
+        except lean_http.HTTPError as exc:
             raise transport_error(exc, f"{self.label} ({method} {urlsplit(url).path})") from None
         if not 200 <= response.status_code < 300:
             raise self.error(response, not_found_code=not_found_code)
         return response
 
-    def error(self, response: httpx.Response, *, not_found_code: str = NOT_FOUND) -> ProviderError:
+    def error(self, response: Response, *, not_found_code: str = NOT_FOUND) -> ProviderError:
         """The non-2xx policy; adapters also call it for a 2xx whose body reports an error."""
         status = response.status_code
         if 300 <= status < 400:
@@ -181,7 +198,7 @@ class ProviderHttp:
             return ProviderError(error.code, message, transient=True, retry_after=retry_after)
         return ProviderError("provider_failed", message, transient=False)  # a 5xx the provider calls final
 
-    def json_object(self, response: httpx.Response) -> dict[str, Any]:
+    def json_object(self, response: Response) -> dict[str, Any]:
         """A 2xx answer's JSON object; anything else is an unexpected (and final) answer."""
         answer = json_or_none(response)
         if not isinstance(answer, dict):
@@ -192,12 +209,18 @@ class ProviderHttp:
             )
         return answer
 
-    def _read_text(self, response: httpx.Response) -> ErrorBody:
+    def _read_text(self, response: Response) -> ErrorBody:
         return ErrorBody(answered(self.label, response.status_code, response.text.strip()))
 
 
-def _timeout(seconds: float) -> httpx.Timeout:
-    return httpx.Timeout(seconds, connect=CONNECT_TIMEOUT_SECONDS)
+def _merged(defaults: Mapping[str, str], extra: Mapping[str, str] | None) -> dict[str, str]:
+    """The adapter's headers with a request's own on top; names compare without case."""
+    if not extra:
+        return dict(defaults)
+    overridden = {name.lower() for name in extra}
+    merged = {name: value for name, value in defaults.items() if name.lower() not in overridden}
+    merged.update(extra)
+    return merged
 
 
 # ------------------------------------------------------------------------------------------------ configuration

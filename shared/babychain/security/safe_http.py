@@ -1,45 +1,46 @@
 """SSRF-safe outbound HTTP for the engine's own requests (output downloads, caller input files, callbacks).
 
-Every request goes to an address that `check_url` validated: the URL is rewritten to that IP, the original
-`Host` header is kept, and for HTTPS the `sni_hostname` extension makes TLS send and verify the real hostname.
-Redirects are never followed by httpx; `fetch_bytes` re-checks each `Location` itself, `post_json` returns the
-3xx.
+Every request goes to an address that `check_url` validated: `lean_http` dials that IP, the original `Host` header
+is kept, and for HTTPS TLS sends and verifies the real host name. Redirects are never followed by the client;
+`fetch_bytes` re-checks each `Location` itself, `post_json` returns the 3xx.
 
-Connections are reused through a small per-process cache of clients keyed by (scheme, pinned IP, port, host
-name). A pooled TLS connection keeps the SNI and certificate check of the request that opened it, so one client
-(and so one connection pool) only ever serves one host name at one validated address. All clients share one TLS
-context: loading the CA bundle costs 15-30 ms of CPU, far more than the rest of a small download.
+Connections are reused through `lean_http`'s per-process pool, keyed by (scheme, pinned IP, port, host name), and
+every request shares its one TLS context.
 """
 
 from __future__ import annotations
 
 import email.utils
-import os
-import ssl
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
 from babychain.errors import UnsafeUrlError
 from babychain.media_types import check_declared, check_media
-from babychain.security.deadline import DeadlineTransport, total_deadline
+from babychain.security import lean_http
+from babychain.security.deadline import total_deadline
+from babychain.security.lean_http import close_pooled_connections, shared_ssl_context
 from babychain.security.urls import CheckedUrl, Resolver, check_url
+
+__all__ = [
+    "FetchError",
+    "FetchedFile",
+    "PostResult",
+    "close_pooled_connections",
+    "fetch_bytes",
+    "parse_retry_after",
+    "post_json",
+    "shared_ssl_context",
+]
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 POST_RESPONSE_LIMIT = 64 * 1024
 EXCERPT_CHARS = 2000
 # Connect failures (no IPv6 route, refused) move on to the next validated address, but not forever.
 _MAX_ADDRESS_ATTEMPTS = 3
-# Pooled clients per process; one per (scheme, pinned IP, port, host name), least recently used evicted first.
-CLIENT_CACHE_SIZE = 64
-# Few idle sockets per host; the 5 s expiry is httpx's default and stays under common server idle timeouts.
-_POOL_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=4, keepalive_expiry=5.0)
 
 
 class FetchError(Exception):
@@ -94,189 +95,39 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def _create_ssl_context() -> ssl.SSLContext:
-    # What httpx builds for Client(trust_env=False): verification on, the certifi bundle, no SSL_CERT_* overrides.
-    context = httpx.create_ssl_context(verify=True, trust_env=False)
-    # httpcore sets this on every connect; setting it now means the shared context never changes value.
-    context.set_alpn_protocols(["http/1.1"])
-    return context
-
-
-_PoolKey = tuple[str, str, int, str]  # scheme, pinned IP, port, host name (the SNI for https)
-
-
-class _PooledClient:
-    __slots__ = ("client", "evicted", "users")
-
-    def __init__(self, client: httpx.Client) -> None:
-        self.client = client
-        self.users = 0
-        self.evicted = False
-
-
-class _ClientPool:
-    """A bounded LRU of httpx clients for one process, all sharing one TLS context."""
-
-    def __init__(self, size: int = CLIENT_CACHE_SIZE) -> None:
-        self.pid = os.getpid()
-        self.ssl_context = _create_ssl_context()
-        self._size = size
-        self._lock = threading.Lock()
-        self._clients: OrderedDict[_PoolKey, _PooledClient] = OrderedDict()
-        self._closed = False
-
-    def _new_client(self) -> httpx.Client:
-        return httpx.Client(
-            # No proxies (proxy variables must not route around the pin); total_deadline() bounds each request.
-            transport=DeadlineTransport(self.ssl_context, _POOL_LIMITS),
-            trust_env=False,
-            follow_redirects=False,
-            timeout=httpx.Timeout(30.0),  # every request passes its own timeout
-            # A long-lived client would keep Set-Cookie values and send them on other runs' requests.
-            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-        )
-
-    @contextmanager
-    def lease(self, key: _PoolKey) -> Iterator[httpx.Client]:
-        """The client for `key`; an evicted client is closed only once no request is using it."""
-        to_close: list[httpx.Client] = []
-        with self._lock:
-            entry = self._clients.get(key)
-            if entry is None:
-                entry = _PooledClient(self._new_client())
-                if self._closed:
-                    entry.evicted = True  # a request racing close(): a one-off client, closed after use
-                else:
-                    self._clients[key] = entry
-                while len(self._clients) > self._size:
-                    _, old = self._clients.popitem(last=False)
-                    old.evicted = True
-                    if old.users == 0:
-                        to_close.append(old.client)
-            else:
-                self._clients.move_to_end(key)
-            entry.users += 1
-        for stale in to_close:
-            stale.close()
-        try:
-            yield entry.client
-        finally:
-            with self._lock:
-                entry.users -= 1
-                close_now = entry.evicted and entry.users == 0
-            if close_now:
-                entry.client.close()
-
-    def cached_keys(self) -> list[_PoolKey]:
-        with self._lock:
-            return list(self._clients)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            entries = list(self._clients.values())
-            self._clients.clear()
-            idle = []
-            for entry in entries:
-                entry.evicted = True
-                if entry.users == 0:
-                    idle.append(entry.client)
-        for client in idle:
-            client.close()
-
-
-_pool: _ClientPool | None = None
-_pool_lock = threading.Lock()
-
-
-def _client_pool() -> _ClientPool:
-    """This process's pool, created on first use."""
-    global _pool
-    pool = _pool
-    if pool is not None and pool.pid == os.getpid():
-        return pool
-    with _pool_lock:
-        # A pool built in another process (fork) is dropped, not closed: its sockets and TLS sessions are the
-        # parent's, and closing them here would cut the parent's connections.
-        if _pool is None or _pool.pid != os.getpid():
-            _pool = _ClientPool()
-        return _pool
-
-
-def _forget_pool_after_fork() -> None:
-    global _pool, _pool_lock
-    _pool = None
-    _pool_lock = threading.Lock()  # another thread may have held it at the fork
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool_after_fork)
-
-
-def shared_ssl_context() -> ssl.SSLContext:
-    """The process's TLS context for outbound requests (created once, on first use)."""
-    return _client_pool().ssl_context
-
-
-def close_pooled_connections() -> None:
-    """Close every pooled client (shutdown, tests); the next request starts a new pool and TLS context."""
-    global _pool
-    with _pool_lock:
-        pool, _pool = _pool, None
-    if pool is not None and pool.pid == os.getpid():
-        pool.close()
-
-
-def _client_for(client: httpx.Client | None, checked: CheckedUrl, address: str) -> AbstractContextManager[httpx.Client]:
-    if client is not None:
-        return nullcontext(client)  # the caller's client: used as-is, never closed here
-    return _client_pool().lease((checked.scheme, address, checked.port, checked.host))
-
-
 @contextmanager
 def _pinned_stream(
     checked: CheckedUrl,
     method: str,
     *,
-    client: httpx.Client | None,
     timeout: float,
     headers: dict[str, str] | None = None,
     content: bytes | None = None,
-) -> Iterator[httpx.Response]:
+) -> Iterator[lean_http.Response]:
     """Send one request to a validated address of `checked` and stream the response; no redirect following."""
-    target = httpx.URL(checked.url)
+    # The target and Host come from the parse `check_url` validated, so what is sent is what was checked.
     request_headers = {name: value for name, value in (headers or {}).items() if name.lower() != "host"}
-    request_headers["Host"] = target.netloc.decode("ascii")
-    # Media is not worth compressing, and an identity body keeps size caps honest (no decompression bombs).
-    request_headers.setdefault("Accept-Encoding", "identity")
-    extensions = {"sni_hostname": checked.host} if checked.scheme == "https" else {}
+    request_headers["Host"] = checked.netloc
 
-    last_error: httpx.TransportError | None = None
+    last_error: lean_http.TransportError | None = None
     for address in checked.addresses[:_MAX_ADDRESS_ATTEMPTS]:
-        with _client_for(client, checked, address) as http:
-            request = http.build_request(
-                method,
-                target.copy_with(host=address),  # httpx brackets IPv6 addresses itself
-                headers=request_headers,
-                content=content,
-                timeout=httpx.Timeout(timeout),
-                extensions=extensions,
+        # One pool key per (scheme, pinned IP, port, host name): a pooled TLS connection keeps the SNI and the
+        # certificate check of the request that opened it, so it only ever serves that host name at that address.
+        origin = lean_http.Origin(checked.scheme, address, checked.port, checked.host)
+        try:
+            response = lean_http.request(
+                method, origin, checked.target, request_headers, content, timeout=timeout, connect_timeout=timeout
             )
-            try:
-                response = http.send(request, stream=True, follow_redirects=False)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                last_error = exc
-                continue
-            try:
-                yield response
-            finally:
-                # A body left unread makes httpcore close that connection rather than return it to the pool.
-                response.close()
-            return
+        except (lean_http.ConnectError, lean_http.ConnectTimeout) as exc:
+            last_error = exc
+            continue
+        with response:  # a body left unread closes its connection rather than returning it to the pool
+            yield response
+        return
     raise last_error or FetchError("No address to connect to.", transient=True)
 
 
-def _read_capped(response: httpx.Response, limit: int, *, truncate: bool) -> bytes:
+def _read_capped(response: lean_http.Response, limit: int, *, truncate: bool) -> bytes:
     """Read at most `limit` bytes; past it, stop quietly (`truncate`) or refuse the response."""
     body = bytearray()
     for chunk in response.iter_bytes():
@@ -288,7 +139,7 @@ def _read_capped(response: httpx.Response, limit: int, *, truncate: bool) -> byt
     return bytes(body)
 
 
-def _read_file(response: httpx.Response, url: str, max_bytes: int, media_kind: str | None) -> FetchedFile:
+def _read_file(response: lean_http.Response, url: str, max_bytes: int, media_kind: str | None) -> FetchedFile:
     """The body of a 2xx download: within `max_bytes`, and the media `media_kind` needs when it is set."""
     label = response.headers.get("content-type")
     if media_kind is not None:
@@ -309,7 +160,6 @@ def fetch_bytes(
     timeout: float = 30.0,
     allow_loopback_http: bool = False,
     max_redirects: int = 3,
-    client: httpx.Client | None = None,
     total_timeout: float | None = None,
     media_kind: str | None = None,
 ) -> FetchedFile:
@@ -323,12 +173,12 @@ def fetch_bytes(
     """
     try:
         with total_deadline(total_timeout):
-            return _fetch(url, resolver, max_bytes, timeout, allow_loopback_http, max_redirects, client, media_kind)
-    except httpx.TimeoutException as exc:
+            return _fetch(url, resolver, max_bytes, timeout, allow_loopback_http, max_redirects, media_kind)
+    except lean_http.TimeoutException as exc:
         raise FetchError("Download timed out.", transient=True) from exc
-    except httpx.TransportError as exc:
+    except lean_http.TransportError as exc:
         raise FetchError(f"Download failed: {exc.__class__.__name__}.", transient=True) from exc
-    except httpx.HTTPError as exc:
+    except lean_http.HTTPError as exc:
         raise FetchError(f"Download failed: {exc.__class__.__name__}.") from exc
 
 
@@ -339,13 +189,12 @@ def _fetch(
     timeout: float,
     allow_loopback_http: bool,
     max_redirects: int,
-    client: httpx.Client | None,
     media_kind: str | None,
 ) -> FetchedFile:
     current = url
     for _hop in range(max_redirects + 1):
         checked = check_url(current, resolver=resolver, allow_loopback_http=allow_loopback_http)
-        with _pinned_stream(checked, "GET", client=client, timeout=timeout) as response:
+        with _pinned_stream(checked, "GET", timeout=timeout) as response:
             status = response.status_code
             if status in REDIRECT_STATUSES:
                 location = response.headers.get("location")
@@ -375,7 +224,6 @@ def post_json(
     resolver: Resolver,
     timeout: float = 15.0,
     allow_loopback_http: bool = False,
-    client: httpx.Client | None = None,
 ) -> PostResult:
     """POST a JSON body to a safe URL and report the response; any status (3xx included) is a result.
 
@@ -390,9 +238,7 @@ def post_json(
     try:
         with (
             total_deadline(timeout),
-            _pinned_stream(
-                checked, "POST", client=client, timeout=timeout, headers=request_headers, content=body
-            ) as response,
+            _pinned_stream(checked, "POST", timeout=timeout, headers=request_headers, content=body) as response,
         ):
             raw = _read_capped(response, POST_RESPONSE_LIMIT, truncate=True)
             return PostResult(
@@ -400,9 +246,9 @@ def post_json(
                 body_excerpt=raw.decode("utf-8", errors="replace")[:EXCERPT_CHARS],
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
-    except httpx.TimeoutException as exc:
+    except lean_http.TimeoutException as exc:
         raise FetchError("Request timed out.", transient=True) from exc
-    except httpx.TransportError as exc:
+    except lean_http.TransportError as exc:
         raise FetchError(f"Request failed: {exc.__class__.__name__}.", transient=True) from exc
-    except httpx.HTTPError as exc:
+    except lean_http.HTTPError as exc:
         raise FetchError(f"Request failed: {exc.__class__.__name__}.") from exc

@@ -84,6 +84,10 @@ class CheckedUrl:
     host: str  # lower-case ASCII (IDNA), no brackets, no trailing dot
     port: int
     addresses: tuple[str, ...]
+    # What the request sends, from the same parse that was checked: the request target (path and query) and the
+    # Host header (host as written, and the port when it is not the scheme's).
+    target: str = "/"
+    netloc: str = ""
 
 
 def system_resolver(host: str, port: int, timeout: float = DNS_TIMEOUT_SECONDS) -> list[str]:
@@ -173,7 +177,7 @@ def check_url(
     loopback, and loopback answers for `https`. Other private ranges stay blocked either way.
     """
     try:
-        scheme, host, port = _parse(url, allow_loopback_http)
+        scheme, host, port, parsed = _parse(url, allow_loopback_http)
         addresses = _literal_addresses(host, allow_loopback_http)
         if addresses is None:
             addresses = _resolve(host, port, resolver)
@@ -181,22 +185,30 @@ def check_url(
             _check_address(address, scheme, allow_loopback_http)
     except _Refused as refused:
         raise UnsafeUrlError(str(refused), field) from None
-    return CheckedUrl(url=url, scheme=scheme, host=host, port=port, addresses=tuple(addresses))
+    return CheckedUrl(
+        url=url,
+        scheme=scheme,
+        host=host,
+        port=port,
+        addresses=tuple(addresses),
+        target=parsed.raw_path.decode("ascii"),
+        netloc=parsed.netloc.decode("ascii"),
+    )
 
 
 def check_url_form(url: str, *, allow_loopback_http: bool = False, field: str | None = None) -> None:
     """Everything `check_url` decides without asking DNS: scheme, credentials, length, characters, host syntax,
     and the address of an IP literal. A host name passes here; `check_url` resolves it and judges every answer."""
     try:
-        scheme, host, _port = _parse(url, allow_loopback_http)
+        scheme, host, _port, _parsed = _parse(url, allow_loopback_http)
         for address in _literal_addresses(host, allow_loopback_http) or ():
             _check_address(address, scheme, allow_loopback_http)
     except _Refused as refused:
         raise UnsafeUrlError(str(refused), field) from None
 
 
-def _parse(url: str, allow_loopback_http: bool) -> tuple[str, str, int]:
-    """(scheme, host, port) of a URL that is well-formed, credential-free and HTTPS (or HTTP when allowed)."""
+def _parse(url: str, allow_loopback_http: bool) -> tuple[str, str, int, httpx.URL]:
+    """(scheme, host, port, the parse) of a URL that is well-formed, credential-free and HTTPS (or HTTP if allowed)."""
     if not isinstance(url, str) or not url:
         raise _Refused("URL must be a valid URL.")
     if len(url) > MAX_URL_LENGTH:
@@ -204,7 +216,7 @@ def _parse(url: str, allow_loopback_http: bool) -> tuple[str, str, int]:
     if _FORBIDDEN_CHARS.search(url):
         raise _Refused("URL must be a valid URL without spaces, control characters or backslashes.")
     try:
-        # httpx's parser is the one that sends the request, so validation and connection agree on the host.
+        # One parse decides both what is checked and what is sent (`CheckedUrl.target`, `.netloc`).
         parsed = httpx.URL(url)
         raw_host = parsed.raw_host.decode("ascii")
         explicit_port = parsed.port
@@ -221,7 +233,7 @@ def _parse(url: str, allow_loopback_http: bool) -> tuple[str, str, int]:
     port = explicit_port if explicit_port is not None else (443 if scheme == "https" else 80)
     if not 0 < port < 65536:
         raise _Refused("URL port is not valid.")
-    return scheme, host, port
+    return scheme, host, port, parsed
 
 
 def _literal_addresses(host: str, allow_loopback_http: bool) -> list[str] | None:

@@ -1,6 +1,9 @@
 """Creating a run: the request validated against the chain template and each step's model schema (pydantic), priced,
 stored, and its first step queued. Its own module, so that the handlers that only read or cancel runs
-(`engine.runs`) do not import the validation at cold start."""
+(`engine.runs`) do not import the validation at cold start.
+
+The validation (`chains.requests`: pydantic and the model schemas) is imported by the first create, not when the
+handler starts; SnapStart's snapshot and the one-machine fork server load it beforehand (`aws.snapstart`)."""
 
 from __future__ import annotations
 
@@ -10,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from babychain.auth import Principal
+from babychain.aws.snapstart import warm_before_snapshot
 from babychain.chains.catalog import MODELS_BY_ID
-from babychain.chains.requests import plan_run
 from babychain.chains.templates import find_template
 from babychain.engine.estimates import estimate_run
 from babychain.engine.presenter import present_run
@@ -21,6 +24,14 @@ from babychain.queues import step_message
 from babychain.services import Services
 
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
+
+
+def load_validation() -> None:
+    """Imports the request validation: pydantic, and the model schemas, whose validators are built as they load."""
+    import babychain.chains.requests  # noqa: F401
+
+
+warm_before_snapshot(load_validation)
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,8 @@ def create_run(svc: Services, principal: Principal, slug: str, body: Any, idempo
             "Idempotency-Key",
             code="invalid_idempotency_key",
         )
+    from babychain.chains.requests import plan_run
+
     mode = svc.settings.provider_mode
     plan = plan_run(
         template, body, mode=mode, resolver=svc.resolver, allow_loopback_http=svc.settings.allow_loopback_http

@@ -8,7 +8,8 @@ the figures are the handlers' own CPU, steadier than the engine bench's whole-ma
 
     PYTHONPATH=shared:. .venv/bin/python bench/handler_cpu.py [--runs 200] [--profile create|step] [--json]
 
-`--profile` runs the chosen handler under cProfile and prints the top functions by cumulative time.
+`--profile` runs the chosen handler under cProfile (CPU clock) and prints the top functions. `--calls` counts the Python
+function calls of each handler instead (cProfile): a measure of the work that does not move with the machine's load.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def create_event(body: bytes, key: str) -> dict[str, Any]:
     return http_event("POST", path, "", headers, body, ROUTE, {"slug": CHAIN})
 
 
-def run(runs: int, profile: str | None) -> dict[str, Any]:
+def run(runs: int, profile: str | None, calls: bool = False) -> dict[str, Any]:
     provider = ProviderProcess.start()
     try:
         with tempfile.TemporaryDirectory(prefix="bc-handler-cpu-") as tmp:
@@ -61,14 +62,14 @@ def run(runs: int, profile: str | None) -> dict[str, Any]:
                 },
             ).start()
             try:
-                return _measure(engine, runs, profile)
+                return _measure(engine, runs, profile, calls)
             finally:
                 engine.stop()
     finally:
         provider.stop()
 
 
-def _measure(engine: LocalEngine, runs: int, profile: str | None) -> dict[str, Any]:
+def _measure(engine: LocalEngine, runs: int, profile: str | None, calls: bool) -> dict[str, Any]:
     # As the containers do: locally no metrics are shipped, and Powertools warns on every invocation without one.
     warnings.filterwarnings("ignore", message="No application metrics to publish")
     create = load_handler("create_run")
@@ -76,17 +77,20 @@ def _measure(engine: LocalEngine, runs: int, profile: str | None) -> dict[str, A
     body = json.dumps(create_body()).encode()
     queue = engine.step_queue
     profiler = cProfile.Profile(time.process_time)  # CPU, not wall time (waiting on Postgres)
+    counters = {"create": cProfile.Profile(), "step": cProfile.Profile()}
     create_cpu: list[float] = []
     step_cpu: list[float] = []
     steps_done = 0
     for i in range(runs + 5):  # the first 5 warm up (first connections, caches)
         event = create_event(body, f"bench-{i}-{os.getpid()}")
-        if profile == "create" and i >= 5:
-            profiler.enable()
+        watching = counters["create"] if calls else profiler if profile == "create" else None
+        if watching is not None and i >= 5:
+            watching.enable()
         t0 = time.process_time()
         response = create(event, LambdaContext(function_name="create_run"))
         spent = time.process_time() - t0
-        profiler.disable()
+        if watching is not None:
+            watching.disable()
         if response["statusCode"] != 202:
             raise RuntimeError(f"create answered {response['statusCode']}: {response.get('body')}")
         if i >= 5:
@@ -94,12 +98,14 @@ def _measure(engine: LocalEngine, runs: int, profile: str | None) -> dict[str, A
         while (message := queue.take(timeout=0.0)) is not None:
             steps_done += 1
             sqs = sqs_event("local-steps", [(str(steps_done), message, 1)])
-            if profile == "step" and i >= 5:
-                profiler.enable()
+            watching = counters["step"] if calls else profiler if profile == "step" else None
+            if watching is not None and i >= 5:
+                watching.enable()
             t0 = time.process_time()
             answer = step(sqs, LambdaContext(function_name="step_executor"))
             spent = time.process_time() - t0
-            profiler.disable()
+            if watching is not None:
+                watching.disable()
             if answer.get("batchItemFailures"):
                 raise RuntimeError(f"step message failed: {message}")
             if i >= 5:
@@ -115,6 +121,9 @@ def _measure(engine: LocalEngine, runs: int, profile: str | None) -> dict[str, A
         "queue": statuses,
         "load_average": os.getloadavg(),
     }
+    if calls:
+        result["create_calls_per_request"] = pstats.Stats(counters["create"]).total_calls / runs  # type: ignore[attr-defined]
+        result["step_calls_per_run"] = pstats.Stats(counters["step"]).total_calls / runs  # type: ignore[attr-defined]
     if profile:
         stats = pstats.Stats(profiler, stream=sys.stdout)
         stats.sort_stats("cumulative").print_stats(45)
@@ -126,11 +135,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--profile", choices=("create", "step"))
+    parser.add_argument("--calls", action="store_true", help="count Python function calls (not timed)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = run(args.runs, args.profile)
+    result = run(args.runs, args.profile, args.calls)
     if args.json:
         print(json.dumps(result))
+    elif args.calls:
+        print(
+            f"{result['runs']} {CHAIN} runs: {result['create_calls_per_request']:.0f} Python calls per create request, "
+            f"{result['step_calls_per_run']:.0f} per run in step messages ({result['step_messages']} messages)"
+        )
     else:
         print(
             f"{result['runs']} {CHAIN} runs: create {result['create_ms_per_request']:.2f} ms CPU per request "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -39,19 +40,32 @@ class LocalArtifactStore(ArtifactStore):
     def __init__(self, folder: str | Path, base_url: str) -> None:
         self.folder = Path(folder).resolve()
         self.base_url = base_url.rstrip("/")
+        self._root = str(self.folder)
+        self._last_folder: str | None = None  # the folder the last put made or found (a step's outputs share one)
 
     def path_for(self, key: str) -> Path:
-        path = (self.folder / key).resolve()
-        if not path.is_relative_to(self.folder):
+        return Path(self._path(key))
+
+    def _path(self, key: str) -> str:
+        # Plain os.path on strings (pathlib costs a few hundred Python calls per put); the same resolve and check.
+        path = os.path.realpath(os.path.join(self._root, key))
+        if path != self._root and not path.startswith(self._root + os.sep):
             raise ValueError(f"artifact key escapes the store: {key!r}")
         return path
 
     def put(self, key: str, content: bytes, content_type: str) -> str:
-        path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".part")
-        tmp.write_bytes(content)
-        tmp.replace(path)  # readers never see a half-written file
+        path = self._path(key)
+        folder = os.path.dirname(path)
+        if folder != self._last_folder:
+            os.makedirs(folder, exist_ok=True)
+            self._last_folder = folder
+        tmp = path + ".part"
+        try:
+            _write(tmp, content)
+        except FileNotFoundError:  # the folder went away since it was made (retention): make it again
+            os.makedirs(folder, exist_ok=True)
+            _write(tmp, content)
+        os.replace(tmp, path)  # readers never see a half-written file
         return f"{self.base_url}/{quote(key)}"
 
     def delete_run(self, run_id: str) -> None:
@@ -59,3 +73,8 @@ class LocalArtifactStore(ArtifactStore):
         folder = self.path_for(run_prefix(run_id))
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(folder)
+
+
+def _write(path: str, content: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(content)

@@ -185,8 +185,16 @@ def instrumented(correlation_id_path: str | None = None) -> Callable[[Handler], 
     def wrap(handler: Handler) -> Handler:
         # At init, so that a SnapStart snapshot carries the hook that makes each restored environment unique.
         register_restore_hooks()
-        traced = tracer.capture_lambda_handler(handler)
-        measured = metrics.log_metrics(traced)
+        # A disabled tracer (decided when it is created: off Lambda, or POWERTOOLS_TRACE_DISABLED) would open a dummy
+        # subsegment per invocation that records nothing; disabled metrics (asked per invocation, as Powertools
+        # does) have nothing to flush. Neither wrapper is worth its CPU then (the one-machine shape turns both off).
+        traced = handler if tracer.disabled else tracer.capture_lambda_handler(handler)
+        flushed = metrics.log_metrics(traced)
+
+        @functools.wraps(handler)
+        def measured(event: Any, context: Any) -> Any:
+            return flushed(event, context) if _metrics_on() else traced(event, context)
+
         logged = logger.inject_lambda_context(measured, correlation_id_path=correlation_id_path, log_event=False)
         return sentry_flush(cast(Handler, logged))
 

@@ -14,8 +14,11 @@ from typing import Any
 SQS_MAX_DELAY_SECONDS = 900
 
 
+STEP_MESSAGE = {"type": "step"}  # and the ids: what bc_create_run_queued completes in SQL
+
+
 def step_message(run_id: str, step_id: str, seq: int) -> dict[str, Any]:
-    return {"type": "step", "run_id": run_id, "step_id": step_id, "seq": seq}
+    return {**STEP_MESSAGE, "run_id": run_id, "step_id": step_id, "seq": seq}
 
 
 def callback_message(run_id: str, deferrals: int = 0) -> dict[str, Any]:
@@ -30,6 +33,11 @@ class Queue(ABC):
     @abstractmethod
     def send(self, body: dict[str, Any], delay_seconds: float = 0) -> None:
         """Enqueues one message, delivered no earlier than `delay_seconds` from now (capped at 15 minutes)."""
+
+    def in_store(self, store: object) -> str | None:
+        """This queue's name when its messages are rows in `store`'s own database (a send can join the store's
+        statement); None for a queue elsewhere (SQS)."""
+        return None
 
     def send_many(self, bodies: list[dict[str, Any]]) -> None:
         for body in bodies:

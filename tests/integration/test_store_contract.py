@@ -19,6 +19,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from babychain.local.queue import PostgresQueue
+from babychain.queues import STEP_MESSAGE, step_message
 from babychain.store.base import Store
 from babychain.store.errors import StoreAuthError, StoreError, StoreUnavailable
 from babychain.store.migrations import MIGRATIONS_DIR, apply_migrations
@@ -197,6 +199,24 @@ def test_create_run_and_idempotent_replay(store: Store) -> None:
     assert store.create_run(run_request(new_owner(), idempotency_key=key))["created"] is True
     assert store.create_run(run_request(owner))["created"] is True
     assert store.create_run(run_request(owner))["created"] is True
+
+
+def test_create_run_with_its_queue_sends_the_first_step_in_the_same_statement(store: Store) -> None:
+    """The one-machine shape's create (`bc_create_run_queued`): a new run's first step message goes on the local queue
+    with it, built from the run's ids; a replay sends nothing."""
+    queue = PostgresQueue(store, f"contract_{uuid.uuid4().hex[:12]}")
+    key = f"idem-{uuid.uuid4().hex}"
+    request = run_request(new_owner(), idempotency_key=key)
+    created = store.create_run(request, queue=queue.name, message=STEP_MESSAGE)
+    assert created["created"] is True
+    run = created["run"]
+    first = run["steps"][0]
+    assert queue.take(timeout=0) == step_message(run["id"], first["id"], first["seq"])
+    assert queue.take(timeout=0) is None  # one message, for the first step only
+
+    replay = store.create_run(request, queue=queue.name, message=STEP_MESSAGE)
+    assert replay == {"run": run, "created": False}
+    assert queue.take(timeout=0) is None
 
 
 def test_get_run_with_and_without_owner(store: Store) -> None:

@@ -14,7 +14,8 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from babychain.chains.catalog import MODELS
-from babychain.chains.families import FAMILIES, BflImage, MediaUrl, SeedanceImage, SeedreamImage
+from babychain.chains.families import FAMILIES
+from babychain.chains.param_models import BflImage, MediaUrl, SeedanceImage, SeedreamImage
 from babychain.chains.templates import TEMPLATES
 from babychain.errors import ApiError
 from babychain.security.media import MAX_DATA_URI_LENGTH, UrlPolicy, check_media_input

@@ -52,3 +52,24 @@ def test_without_the_runtime_nothing_is_registered(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "snapshot_restore_py", None)  # import fails, as off Lambda
     monkeypatch.setattr(snapstart, "_registered", False)
     assert snapstart.register_restore_hooks() is False
+
+
+def test_what_a_handler_loads_on_first_use_is_loaded_before_the_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
+    before_snapshot: list[Callable[[], Any]] = []
+    module = types.ModuleType("snapshot_restore_py")
+    module.register_before_snapshot = before_snapshot.append  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "snapshot_restore_py", module)
+    monkeypatch.setattr(snapstart, "_warmers", [])
+    loaded: list[str] = []
+    assert snapstart.warm_before_snapshot(lambda: loaded.append("validation")) is True
+    assert len(before_snapshot) == 1
+    before_snapshot[0]()  # the runtime, before it takes the snapshot
+    assert loaded == ["validation"]
+    snapstart.warm()  # the one-machine fork server, before it forks containers
+    assert loaded == ["validation", "validation"]
+
+
+def test_create_run_registers_its_validation_to_load_before_the_snapshot() -> None:
+    from babychain.engine import create
+
+    assert create.load_validation in snapstart._warmers

@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from babychain.chains.catalog import MODELS_BY_ID, ModelSpec
-from babychain.chains.families import MediaUrl
 from babychain.chains.kinds import IMAGE_TO_IMAGE, TEXT_TO_IMAGE
+from babychain.chains.param_models import MediaUrl
 from babychain.chains.templates import STEP_KINDS, ChainTemplate
 from babychain.errors import UnsafeUrlError, invalid_input
 from babychain.security.media import UrlPolicy

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from babychain.chains.catalog import MODELS_BY_ID
 from babychain.chains.prices import price_step
-from babychain.chains.requests import PlannedStep
 from babychain.errors import ProviderError
 from babychain.services import Services
+
+if TYPE_CHECKING:  # the plan's steps come from the request validation, which create imports on first use
+    from babychain.chains.requests import PlannedStep
 
 
 def estimate_run(svc: Services, mode: str, steps: list[PlannedStep]) -> dict[str, Any]:

@@ -209,5 +209,8 @@ def preload() -> None:
 
     for function in (*API_FUNCTIONS, "step_executor", "callback_sender", "sweeper"):
         load_handler(function)
+    from babychain.aws.snapstart import warm
+
+    warm()  # what handlers load on first use (as a SnapStart snapshot carries it): every container starts with it
     import babychain.local.http_server
     import babychain.local.runner  # noqa: F401

@@ -58,6 +58,9 @@ class PostgresQueue(Queue):
         self.retry_after_failure_seconds = retry_after_failure_seconds
         self.max_receives = max_receives
 
+    def in_store(self, store: object) -> str | None:
+        return self.name if store is self.store else None
+
     @property
     def channel(self) -> str:
         return f"bc_queue_{self.name}"

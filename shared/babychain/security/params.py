@@ -6,12 +6,12 @@ outright (rather than silently dropped) to tell callers early that their secret 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 import unicodedata
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 from babychain.errors import invalid_input
 
@@ -115,8 +115,16 @@ def normalise_key(key: str) -> str:
     return _NON_ALNUM.sub("", unicodedata.normalize("NFKC", key).casefold().translate(_LOOKALIKES))
 
 
+# Requests repeat the same few key names: their verdicts are kept (short keys only, so the cache stays small).
+_CACHED_KEY_LENGTH = 64
+
+
 def credential_rule(key: str) -> str | None:
     """Why `key` looks like a credential (the rule that matched), or None."""
+    return _cached_credential_rule(key) if len(key) <= _CACHED_KEY_LENGTH else _credential_rule(key)
+
+
+def _credential_rule(key: str) -> str | None:
     norm = normalise_key(key)
     if norm.startswith(_CREDENTIAL_PREFIXES):
         return "names starting with x-babychain-provider are reserved"
@@ -124,6 +132,9 @@ def credential_rule(key: str) -> str | None:
         return f"'{norm}' names a credential"
     suffix = next((s for s in _CREDENTIAL_SUFFIXES if norm.endswith(s)), None)
     return f"names ending in '{suffix}' look like credentials" if suffix else None
+
+
+_cached_credential_rule = functools.lru_cache(maxsize=1024)(_credential_rule)
 
 
 def is_credential_like_key(key: str) -> bool:
@@ -135,6 +146,13 @@ def credential_message(key: str) -> str:
 
 
 def is_provider_controlled_key(key: str) -> bool:
+    if len(key) <= _CACHED_KEY_LENGTH:
+        return _cached_provider_controlled(key)
+    return normalise_key(key) in _PROVIDER_CONTROLLED
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_provider_controlled(key: str) -> bool:
     return normalise_key(key) in _PROVIDER_CONTROLLED
 
 
@@ -145,6 +163,22 @@ def child_path(path: str, key: str | int) -> str:
     if _PLAIN_KEY.fullmatch(key):
         return f"{path}.{key}" if path else key
     return f"{path}[{json.dumps(key)}]"
+
+
+# Where a walk is: the root's path, or (the parent's place, key or index). The walks below keep places and spell a
+# path (`child_path`, step by step from the root) only for the error they raise: most values are fine.
+_Place: TypeAlias = "str | tuple[_Place, str | int]"
+
+
+def _spell(place: _Place) -> str:
+    keys: list[str | int] = []
+    while isinstance(place, tuple):
+        place, key = place
+        keys.append(key)
+    path = place
+    for key in reversed(keys):
+        path = child_path(path, key)
+    return path
 
 
 def check_step_params(params: Any, path: str) -> None:
@@ -159,7 +193,7 @@ def check_step_params(params: Any, path: str) -> None:
 
 def check_no_credentials(value: Any, path: str) -> None:
     """Reject credential-like keys at any depth (step params, and metadata: it is echoed in every callback)."""
-    stack: list[tuple[Any, str]] = [(value, path)]
+    stack: list[tuple[Any, _Place]] = [(value, path)]
     seen: set[int] = set()
     while stack:
         value, here = stack.pop()
@@ -173,10 +207,11 @@ def check_no_credentials(value: Any, path: str) -> None:
             for key, child in value.items():
                 key_text = str(key)
                 if is_credential_like_key(key_text):
-                    raise invalid_input(credential_message(key_text), child_path(here, key_text))
-                stack.append((child, child_path(here, key_text)))
+                    raise invalid_input(credential_message(key_text), child_path(_spell(here), key_text))
+                if isinstance(child, dict | list):  # scalars have no keys: nothing more to look at
+                    stack.append((child, (here, key_text)))
         elif isinstance(value, list):
-            stack.extend((child, child_path(here, index)) for index, child in enumerate(value))
+            stack.extend((child, (here, index)) for index, child in enumerate(value) if isinstance(child, dict | list))
 
 
 def check_json_bounds(
@@ -194,63 +229,56 @@ def check_json_bounds(
     Depth counts nested containers: a flat object is depth 1. Keys count towards `max_string`; every value
     (and the root) counts towards `max_nodes`. Only JSON types are accepted, and numbers must be finite.
     """
-    bounds = _JsonBounds(max_depth, max_keys, max_array, max_string)
     nodes = 0
-    # Each entry is (value, path, depth of the containers around it); the root sits inside none.
-    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    # Each entry is (value, place, depth of the containers around it); the root sits inside none. One loop, and no
+    # call per scalar: the create request walks every value of its input and metadata here.
+    stack: list[tuple[Any, _Place, int]] = [(value, path, 0)]
     while stack:
         item, here, depth = stack.pop()
         nodes += 1
         if nodes > max_nodes:
             _refuse(f"Value has more than {max_nodes} items in total.", path)
-        stack.extend(bounds.children(item, here, depth))
-
-
-def _refuse(message: str, field: str) -> NoReturn:
-    raise invalid_input(message, field or None, code="invalid_request")
-
-
-@dataclass(frozen=True)
-class _JsonBounds:
-    max_depth: int
-    max_keys: int
-    max_array: int
-    max_string: int
-
-    def children(self, item: Any, here: str, depth: int) -> list[tuple[Any, str, int]]:
-        """Checks one value against the bounds and returns the values inside it."""
-        if isinstance(item, dict | list) and depth + 1 > self.max_depth:
-            _refuse(f"Value is nested deeper than {self.max_depth} levels.", here)
-        if isinstance(item, dict):
-            return self._members(item, here, depth)
-        if isinstance(item, list):
-            if len(item) > self.max_array:
-                _refuse(f"Array is longer than {self.max_array} items.", here)
-            return [(child, child_path(here, index), depth + 1) for index, child in enumerate(item)]
-        self._check_scalar(item, here)
-        return []
-
-    def _members(self, item: dict[Any, Any], here: str, depth: int) -> list[tuple[Any, str, int]]:
-        if len(item) > self.max_keys:
-            _refuse(f"Object has more than {self.max_keys} keys.", here)
-        members = []
-        for key, child in item.items():
-            if not isinstance(key, str):
-                _refuse("Object keys must be strings.", here)
-            if len(key) > self.max_string:
-                _refuse(f"Key is longer than {self.max_string} characters.", here)
-            members.append((child, child_path(here, key), depth + 1))
-        return members
-
-    def _check_scalar(self, item: Any, here: str) -> None:
-        if isinstance(item, str):
-            if len(item) > self.max_string:
-                _refuse(f"String is longer than {self.max_string} characters.", here)
+        if isinstance(item, dict | list):
+            if depth >= max_depth:
+                _refuse(f"Value is nested deeper than {max_depth} levels.", here)
+            _push_members(stack, item, here, depth + 1, max_keys, max_array, max_string)
+        elif isinstance(item, str):
+            if len(item) > max_string:
+                _refuse(f"String is longer than {max_string} characters.", here)
         elif isinstance(item, float):
             if not math.isfinite(item):
                 _refuse("Numbers must be finite.", here)
         elif item is not None and not isinstance(item, bool | int):
             _refuse("Value is not valid JSON.", here)
+
+
+def _push_members(
+    stack: list[tuple[Any, _Place, int]],
+    item: dict[Any, Any] | list[Any],
+    here: _Place,
+    depth: int,
+    max_keys: int,
+    max_array: int,
+    max_string: int,
+) -> None:
+    """Checks a container's own bounds (and an object's keys) and puts the values inside it on the stack."""
+    if isinstance(item, list):
+        if len(item) > max_array:
+            _refuse(f"Array is longer than {max_array} items.", here)
+        stack.extend((child, (here, index), depth) for index, child in enumerate(item))
+        return
+    if len(item) > max_keys:
+        _refuse(f"Object has more than {max_keys} keys.", here)
+    for key, child in item.items():
+        if not isinstance(key, str):
+            _refuse("Object keys must be strings.", here)
+        if len(key) > max_string:
+            _refuse(f"Key is longer than {max_string} characters.", here)
+        stack.append((child, (here, key), depth))
+
+
+def _refuse(message: str, place: _Place) -> NoReturn:
+    raise invalid_input(message, _spell(place) or None, code="invalid_request")
 
 
 # The edge's strict JSON: integers beyond what every JSON reader holds exactly (and Postgres's bigint) are refused.
@@ -269,7 +297,8 @@ def strict_json(raw: bytes) -> Any:
         value = json.loads(text, parse_constant=_no_constant, parse_int=_bounded_int, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError, and so are the hooks' refusals
         raise invalid_input(f"Request body is not valid JSON: {exc}.", code="invalid_json") from None
-    check_json_text(value, "")
+    if _BAD_ESCAPE.search(text):
+        check_json_text(value, "")
     return value
 
 
@@ -292,7 +321,7 @@ def _finite_float(digits: str) -> float:
 
 def check_json_text(value: Any, path: str) -> None:
     """Refuses NUL (Postgres text cannot hold it) and lone surrogates (not text at all) in every string and key."""
-    stack: list[tuple[Any, str]] = [(value, path)]
+    stack: list[tuple[Any, _Place]] = [(value, path)]
     while stack:
         item, here = stack.pop()
         if isinstance(item, str):
@@ -300,16 +329,21 @@ def check_json_text(value: Any, path: str) -> None:
         elif isinstance(item, dict):
             for key, child in item.items():
                 _check_text(key, here)
-                stack.append((child, child_path(here, key)))
+                stack.append((child, (here, key)))
         elif isinstance(item, list):
-            stack.extend((child, child_path(here, index)) for index, child in enumerate(item))
+            stack.extend((child, (here, index)) for index, child in enumerate(item))
 
 
 _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+# In JSON text decoded from strict UTF-8, a NUL or a surrogate can only come from a \u escape (raw control
+# characters are invalid JSON, and the decoder refuses encoded surrogates): text without one needs no walk.
+_BAD_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 
 
-def _check_text(text: str, field: str) -> None:
+def _check_text(text: str, place: _Place) -> None:
     if _BAD_TEXT.search(text):
         raise invalid_input(
-            "Text must not contain NUL characters or unpaired surrogates.", field or None, code="invalid_request"
+            "Text must not contain NUL characters or unpaired surrogates.",
+            _spell(place) or None,
+            code="invalid_request",
         )

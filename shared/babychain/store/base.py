@@ -80,8 +80,14 @@ class Store(ABC):
         return self.call("bc_authenticate_key", {"key_hash": key_hash})
 
     # Runs
-    def create_run(self, run: dict[str, Any]) -> CreatedRun:
-        return self.call("bc_create_run", run)
+    def create_run(
+        self, run: dict[str, Any], *, queue: str | None = None, message: dict[str, Any] | None = None
+    ) -> CreatedRun:
+        """With `queue` (a local queue in this database, `PostgresQueue.in_store`): a new run's first step message,
+        `message` with the run's and the step's ids and seq, is sent in the same statement."""
+        if queue is None:
+            return self.call("bc_create_run", run)
+        return self.call("bc_create_run_queued", {"run": run, "queue": queue, "message": message or {}})
 
     def get_run(self, run_id: str, owner_id: str | None = None) -> RunRow | None:
         return self.call("bc_get_run", {"run_id": run_id, "owner_id": owner_id})

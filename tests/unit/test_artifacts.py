@@ -1,0 +1,63 @@
+"""The local artifact store: files under its folder, written whole, and no key that leads outside it."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from babychain.artifacts import LocalArtifactStore, run_prefix
+
+
+def store(tmp_path: Path) -> LocalArtifactStore:
+    return LocalArtifactStore(tmp_path / "artifacts", "http://127.0.0.1:9/files/")
+
+
+def test_put_writes_the_file_and_answers_its_url(tmp_path: Path) -> None:
+    artifacts = store(tmp_path)
+    key = f"{run_prefix(str(uuid.uuid4()))}image_to_image/output-0.png"
+    assert artifacts.put(key, b"png", "image/png") == f"http://127.0.0.1:9/files/{key}"
+    assert (tmp_path / "artifacts" / key).read_bytes() == b"png"
+    assert artifacts.path_for(key) == tmp_path.resolve() / "artifacts" / key
+    assert not list((tmp_path / "artifacts").rglob("*.part"))
+
+
+def test_outputs_of_one_step_share_its_folder(tmp_path: Path) -> None:
+    artifacts = store(tmp_path)
+    prefix = run_prefix(str(uuid.uuid4()))
+    for index in range(3):
+        artifacts.put(f"{prefix}text_to_image/output-{index}.jpg", bytes([index]), "image/jpeg")
+    assert sorted(p.name for p in (tmp_path / "artifacts" / prefix / "text_to_image").iterdir()) == [
+        "output-0.jpg",
+        "output-1.jpg",
+        "output-2.jpg",
+    ]
+
+
+def test_a_folder_removed_between_puts_is_made_again(tmp_path: Path) -> None:
+    artifacts = store(tmp_path)
+    run_id = str(uuid.uuid4())
+    artifacts.put(f"{run_prefix(run_id)}video/output-0.mp4", b"a", "video/mp4")
+    artifacts.delete_run(run_id)
+    artifacts.put(f"{run_prefix(run_id)}video/output-1.mp4", b"b", "video/mp4")
+    assert (tmp_path / "artifacts" / run_prefix(run_id) / "video" / "output-1.mp4").read_bytes() == b"b"
+
+
+@pytest.mark.parametrize("key", ["../outside.png", "runs/../../outside.png", "/etc/passwd", "runs/a/../../../x"])
+def test_keys_that_lead_outside_are_refused(tmp_path: Path, key: str) -> None:
+    artifacts = store(tmp_path)
+    with pytest.raises(ValueError, match="escapes the store"):
+        artifacts.put(key, b"x", "image/png")
+    assert not (tmp_path / "outside.png").exists()
+
+
+def test_a_symlink_out_of_the_folder_is_refused(tmp_path: Path) -> None:
+    artifacts = store(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "artifacts" / "runs").mkdir(parents=True)
+    os.symlink(tmp_path / "elsewhere", tmp_path / "artifacts" / "runs" / "link")
+    with pytest.raises(ValueError, match="escapes the store"):
+        artifacts.put("runs/link/output-0.png", b"x", "image/png")
+    assert not list((tmp_path / "elsewhere").iterdir())

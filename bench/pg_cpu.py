@@ -15,8 +15,9 @@ counts at concurrency 1 (at higher concurrency it adds contention, the watcher a
 
 Usage: python bench/pg_cpu.py [--runs 300] [--migrations DIR] [--perf FILE] [--json]
 (`--migrations DIR` applies another set of migrations, e.g. an older commit's from `git archive`, for a before;
-`--perf FILE` records the measured backend with `perf record --call-graph dwarf` during the pass, for
-`perf report -i FILE --children`.)
+`--perf FILE` records the measured backend with `perf record --call-graph dwarf` during the pass (also for
+`perf report -i FILE --children`) and splits its samples by the store call they fell in (the calls' times and the
+samples' are both CLOCK_MONOTONIC), and within each by what the backend was doing (PARTS below).)
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class TimedStore(PostgresStore):
         self.cpu: dict[str, list[int]] = defaultdict(list)
         self.wal: dict[str, list[int]] = defaultdict(list)
         self.recording = False
+        self.windows: list[tuple[float, float, str]] = []
 
     def _lsn(self) -> str:
         return self._side.execute("select pg_current_wal_insert_lsn()::text").fetchone()[0]  # type: ignore[index]
@@ -80,11 +82,13 @@ class TimedStore(PostgresStore):
         if not self.recording:
             return super().call(function, params)
         lsn0 = self._lsn()
+        started = time.monotonic()
         t0 = schedstat_ns(self.backend_pid)
         result = super().call(function, params)
         t1 = schedstat_ns(self.backend_pid)
         lsn1 = self._lsn()
         self.cpu[function].append(t1 - t0)
+        self.windows.append((started, time.monotonic(), function))
         wal = self._side.execute("select pg_wal_lsn_diff(%s, %s)::bigint", (lsn1, lsn0)).fetchone()
         self.wal[function].append(int(wal[0]) if wal else 0)
         return result
@@ -145,6 +149,49 @@ def wal_records(engine: LocalEngine, start: str, end: str, runs: int) -> dict[st
             count, rec, fpi = int(m.group(2)), int(m.group(3)), int(m.group(4))
             out[m.group(1)] = [round(count / runs, 2), round(rec / runs), round(fpi / runs)]
     return dict(sorted(out.items(), key=lambda kv: -kv[1][1] - kv[1][2]))
+
+
+# What the backend was doing, by the frames on its stack (the first that matches, in this order).
+PARTS = [
+    ("commit (WAL flush, fdatasync)", ("CommitTransactionCommand",)),
+    ("CHECK constraints", ("ExecConstraints",)),
+    ("timer trigger", ("afterTriggerInvokeEvents", "AfterTriggerSaveEvent", "TriggerEnabled")),
+    ("NOTIFY", ("Async_Notify", "AtCommit_Notify", "PreCommit_Notify", "pg_notify")),
+    ("SQL helper functions", ("fmgr_sql",)),
+    ("planning", ("GetCachedPlan", "pg_plan_queries", "pg_analyze_and_rewrite_fixedparams", "raw_parser")),
+    ("executor start/end", ("standard_ExecutorStart", "standard_ExecutorEnd")),
+    ("index inserts", ("ExecInsertIndexTuples",)),
+    ("heap insert/update/delete", ("heap_insert", "heap_update", "heap_delete", "heap_lock_tuple")),
+    ("scans", ("ExecScan", "ExecIndexScan", "BitmapHeapNext", "IndexNext", "ExecAgg", "ExecSort")),
+    ("json", ("jsonb_in", "to_jsonb", "jsonb_build_object", "jsonb_agg_transfn", "JsonbValueToJsonb", "jsonb_out")),
+    ("client protocol", ("pq_getbyte", "socket_flush", "pq_getmessage", "WaitEventSetWait", "ReadCommand")),
+]
+
+
+def split_samples(perf: Path, windows: list[tuple[float, float, str]]) -> dict[str, dict[str, int]]:
+    """Samples per store call and part (PARTS, else 'other'), from `perf script` of the recording."""
+    import bisect
+    import subprocess
+
+    text = subprocess.run(
+        ["perf", "script", "-i", str(perf), "-F", "time,ip,sym"], capture_output=True, text=True, check=False
+    ).stdout
+    starts = [w[0] for w in windows]
+    out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for block in text.split("\n\n"):
+        lines = block.strip().splitlines()
+        if not lines:
+            continue
+        try:
+            at = float(lines[0].strip().rstrip(":").split()[-1])
+        except ValueError:
+            continue
+        frames = {line.split()[1].split("+")[0] for line in lines[1:] if len(line.split()) > 1}
+        i = bisect.bisect_right(starts, at) - 1
+        function = windows[i][2] if i >= 0 and at <= windows[i][1] else "(between calls)"
+        part = next((name for name, marks in PARTS if frames & set(marks)), "other")
+        out[function][part] += 1
+    return {k: dict(v) for k, v in out.items()}
 
 
 def function_times(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, float, float]]:
@@ -221,7 +268,8 @@ def _profile(engine: LocalEngine, runs: int, perf: Path | None) -> dict[str, Any
     lease0 = schedstat_ns(lease_pid)
     recorder = None
     if perf is not None:
-        command = ["perf", "record", "-q", "-F", "999", "--call-graph", "dwarf,32768", "-o", str(perf)]
+        command = ["perf", "record", "-q", "-F", "999", "--call-graph", "dwarf,32768", "-k", "CLOCK_MONOTONIC"]
+        command += ["-o", str(perf)]
         recorder = subprocess.Popen([*command, "-p", str(store.backend_pid)])
         time.sleep(1.0)  # perf attaches
     lsn0 = admin.execute("select pg_current_wal_insert_lsn()::text").fetchone()[0]  # type: ignore[index]
@@ -265,7 +313,9 @@ def _profile(engine: LocalEngine, runs: int, perf: Path | None) -> dict[str, Any
         for name, (c, _t, s) in functions.items()
         if c
     }
+    split = split_samples(perf, store.windows) if perf is not None else None
     return {
+        "perf_split": split,
         "bench": "pg_cpu",
         "runs": runs,
         "server_version": server_version,
@@ -312,6 +362,15 @@ def main() -> None:
     print("function self time (pg_stat_user_functions):")
     for name, f in result["function_self_time"].items():
         print(f"  {name:45} {f['calls_per_run']:6.2f} per run  {f['self_us_per_call']:8.1f} µs self per call")
+    if result["perf_split"]:
+        split = result["perf_split"]
+        parts = [name for name, _ in PARTS] + ["other"]
+        total = sum(sum(v.values()) for v in split.values())
+        print(f"perf samples of the backend by call and part ({total} samples; % of all):")
+        print(f"  {'part':32}" + "".join(f"{k[:16]:>17}" for k in split))
+        for part in parts:
+            print(f"  {part:32}" + "".join(f"{100 * v.get(part, 0) / total:16.1f}%" for v in split.values()))
+        print(f"  {'all':32}" + "".join(f"{100 * sum(v.values()) / total:16.1f}%" for v in split.values()))
     if args.json:
         print(json.dumps(result))
 

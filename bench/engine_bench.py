@@ -247,8 +247,10 @@ def start_engine(home: Path, provider: ProviderProcess, poll: float, **overrides
     ).start()
 
 
-def by_message_levels(provider: ProviderProcess, poll: float, runs: int, reps: int) -> list[dict[str, Any]]:
-    """The concurrency-16 level on an engine whose executors hand every next step to its queue message."""
+def by_message_levels(
+    provider: ProviderProcess, poll: float, levels: list[tuple[int, int]], reps: int
+) -> dict[int, list[dict[str, Any]]]:
+    """Levels (concurrency, runs) on an engine whose executors hand every next step to its queue message."""
     with tempfile.TemporaryDirectory(prefix="bc-harness-hop-") as tmp:
         home = Path(tmp).resolve()
         engine = start_engine(home, provider, poll, next_step_in_invocation=False)
@@ -262,13 +264,16 @@ def by_message_levels(provider: ProviderProcess, poll: float, runs: int, reps: i
             warm = measure(engine, watcher, cpu_of, 1, 1)
             if warm.statuses != {"succeeded": 1}:
                 raise RuntimeError(f"warm-up run (next steps by message): {warm.statuses}")
-            levels = [measure(engine, watcher, cpu_of, runs, 16).__dict__ for _ in range(reps)]
+            out: dict[int, list[dict[str, Any]]] = {c: [] for c, _ in levels}
+            for _ in range(reps):
+                for concurrency, runs in levels:
+                    out[concurrency].append(measure(engine, watcher, cpu_of, runs, concurrency).__dict__)
         finally:
             watcher.close()
             engine.stop()
-    if all(level["hop_p99_ms"] == 0 for level in levels):
+    if all(level["hop_p99_ms"] == 0 for level in out[max(out)]):
         raise RuntimeError("every hop read 0 with next_step_in_invocation off: the setting did not reach the executors")
-    return levels
+    return out
 
 
 def run(quick: bool, poll: float = 0.05) -> dict[str, Any]:
@@ -313,7 +318,8 @@ def run(quick: bool, poll: float = 0.05) -> dict[str, Any]:
             tables = table_counters(conn)
             calls = function_calls(conn)
             conn.close()
-        by_message = by_message_levels(provider, poll, dict(levels)[16], reps)
+        # Concurrency 1 too: the queue's own round trip, without waiting for a busy executor.
+        by_message = by_message_levels(provider, poll, [(c, n) for c, n in levels if c in (1, 16)], reps)
     finally:
         provider.stop()
     return summarize(per_level, counts, tables, calls, total_runs, memory, server_version, quick, poll, by_message)
@@ -329,14 +335,14 @@ def summarize(
     server_version: str,
     quick: bool,
     poll: float,
-    by_message: list[dict[str, Any]] | None = None,
+    by_message: dict[int, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     cmd = f"python bench/run_all.py{' --quick' if quick else ''} --only engine"
     figures: dict[str, Any] = {}
     rows = []
     levels_to_show: list[tuple[str, int, list[dict[str, Any]]]] = [(f"c{c}", c, lv) for c, lv in per_level.items()]
-    if by_message:
-        levels_to_show.append(("c16_message", 16, by_message))
+    for c, lv in (by_message or {}).items():
+        levels_to_show.append((f"c{c}_message", c, lv))
     for level_key, c, levels in levels_to_show:
         how = ", next steps by queue message" if level_key.endswith("_message") else ""
 
@@ -439,11 +445,12 @@ def summarize(
     details = [
         f"chain3 on the instant provider (chain_throughput.py's stand-in, its own process), poll interval {poll} s; "
         f"each level repeated {len(next(iter(per_level.values())))} times in one engine, interleaved (1, 4, 16, 1, "
-        "4, 16, ...); cells are the median over the repetitions with the range in brackets. '16 by message' is a "
-        "second engine with BABYCHAIN_NEXT_STEP_IN_INVOCATION off, its level repeated as often: the completing "
-        "executor does not submit the next step itself but sends its queue message, so its hop is the local "
-        "queue's (send, wake-up of a waiting executor, receive, claim), the hop of a step that travels by message "
-        "(a poll, a webhook, an invocation short of time); in the other levels the hop is 0. CPU per run: engine "
+        "4, 16, ...); cells are the median over the repetitions with the range in brackets. 'By message' is a "
+        "second engine with BABYCHAIN_NEXT_STEP_IN_INVOCATION off, its levels 1 and 16 repeated as often: the "
+        "completing executor does not submit the next step itself but sends its queue message, so its hop is the "
+        "local queue's (send, wake-up of a waiting executor, receive, claim; at 16 also the wait for a free one of "
+        "the 4 executors), the hop of a step that travels by message (a poll, a webhook, an invocation short of "
+        "time); in the other levels the hop is 0. CPU per run: engine "
         "Python = the container processes (API workers, step executors, callback senders, sweeper); Postgres = the "
         "embedded server's processes; bench = this process (client threads, the completion watcher, and the "
         "engine's supervisor thread). 'Outside' is CPU the machine spent on other work during the levels (other "

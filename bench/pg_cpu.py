@@ -291,6 +291,13 @@ def _profile(engine: LocalEngine, runs: int, perf: Path | None) -> dict[str, Any
     time.sleep(0.5)  # the backends flush their function statistics as they exit
     admin.execute("select pg_stat_force_next_flush()")
     functions = function_times(admin)
+    tables = {
+        f"{schema}.{name}": [round(x / runs, 2) for x in counts]
+        for schema, name, *counts in admin.execute(
+            "select schemaname, relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del from pg_stat_user_tables "
+            "where n_tup_ins + n_tup_upd + n_tup_del > 0 order by 3 desc"
+        ).fetchall()
+    }
     server_version = admin.execute("show server_version").fetchone()[0]  # type: ignore[index]
     records = wal_records(engine, lsn0, lsn1, runs)
     admin.close()
@@ -326,6 +333,7 @@ def _profile(engine: LocalEngine, runs: int, perf: Path | None) -> dict[str, Any
         "other_processes_cpu_ms_per_run": others,
         "wal_bytes_per_run": round(sum(sum(v) for v in store.wal.values()) / runs),
         "wal_records_per_run": records,
+        "table_writes_per_run": tables,
         "function_self_time": dict(
             sorted(nested.items(), key=lambda kv: -kv[1]["calls_per_run"] * kv[1]["self_us_per_call"])
         ),
@@ -354,6 +362,9 @@ def main() -> None:
     print("WAL per run by record type (records, record bytes, full-page image bytes):")
     for name, (n, rec, fpi) in result["wal_records_per_run"].items():
         print(f"  {name:32} {n:6.2f} {rec:7d} {fpi:7d}")
+    print("row writes per run (pg_stat_user_tables): inserted, updated, of which HOT, deleted")
+    for name, (ins, upd, hot, dele) in result["table_writes_per_run"].items():
+        print(f"  {name:42} {ins:6.2f} {upd:6.2f} {hot:6.2f} {dele:6.2f}")
     print(f"the consumer lease's backend (NOTIFY): {result['lease_backend_cpu_ms_per_run']:.3f} ms per run")
     print(
         "other server processes, ms per run: "

@@ -6,17 +6,16 @@
 --   * a timer row exists only for a step some sweeper rule can pick: running, or queued with a next check. A step
 --     waiting for its producer (queued, no next check: steps 2 and 3 of a new run) has none, and its insert does
 --     not even call the trigger function (a WHEN clause); it gets its row when it is claimed or becomes due;
---   * the trigger updates an existing row in place and inserts only when there is none (no upsert);
---   * chain_step_timers_lost is dropped: a lost claim has a next check in the past, so the lost-claim rule reads
---     the `due` index and filters what is due by status and job; it still reads only what is overdue.
+--   * the trigger updates an existing row in place and inserts only when there is none (no upsert).
+-- (Dropping chain_step_timers_lost and filtering the due index instead saved an index entry per claim, but with
+-- many polls overdue the lost-claim rule then read every due timer: at 1M runs with every step due, a sequential
+-- scan of the timers. It stays.)
 -- bc_complete_step looks for the dependent step before counting the run's unfinished steps (a step with a
 -- dependent never ends the run, so the count is needed only when none is found), and a run that succeeds skips
 -- bc_finish_run's sweep of its active steps (every step has succeeded). bc_create_run finds a concurrent duplicate
 -- with ON CONFLICT instead of a subtransaction. The one-line helpers (bc_seconds, bc_merge_metadata,
 -- bc_step_run_json, bc_text_array) are written out in these hot functions: each call of a SQL function with a SET
 -- clause is a separate function call with its own set-up, once per transaction.
-
-drop index babychain_private.chain_step_timers_lost;
 
 create or replace function babychain_private.bc_sync_step_timer() returns trigger
 language plpgsql set search_path = '' as $$
@@ -250,92 +249,5 @@ begin
         return jsonb_build_object('run_status', 'succeeded', 'next_step', null, 'next_claimed', false);
     end if;
     return jsonb_build_object('run_status', 'running', 'next_step', null, 'next_claimed', false);
-end
-$$;
-
--- The sweeper's rules as before; the lost-claim rule reads the due index (see the top of this file).
-create or replace function public.bc_sweep(p jsonb) returns jsonb
-language plpgsql security definer set search_path = '' as $$
-declare
-    v_grace interval := make_interval(secs => (p->>'grace_seconds')::double precision);
-    v_limit int := (p->>'limit')::int;
-    v_image_budget interval := make_interval(secs => (p->>'image_step_timeout_seconds')::double precision);
-    v_video_budget interval := make_interval(secs => (p->>'video_step_timeout_seconds')::double precision);
-    v_timed_out_runs jsonb;
-    v_timed_out_steps jsonb;
-    v_requeued jsonb;
-    v_steps jsonb;
-    v_callbacks jsonb;
-    v_row record;
-begin
-    -- Whole-run deadline.
-    select coalesce(jsonb_agg(x.id), '[]'::jsonb) into v_timed_out_runs from (
-        select id from public.chain_runs where status in ('queued', 'running') and deadline_at < now()
-         order by deadline_at limit v_limit) x;
-    for v_row in select value::uuid as id from jsonb_array_elements_text(v_timed_out_runs) loop
-        update public.chain_steps set status = 'failed', error_code = 'run_timed_out',
-               error_message = 'The run did not finish before its deadline.', completed_at = now(),
-               updated_at = now(), seq = seq + 1, next_check_at = null
-         where run_id = v_row.id and status = 'running';
-        perform babychain_private.bc_finish_run(v_row.id, 'failed', 'run_timed_out',
-                                                'The run did not finish before its deadline.', null);
-    end loop;
-
-    -- Running steps past their budget (of an active run, as before).
-    select coalesce(jsonb_agg(jsonb_build_object(
-               'id', s.id, 'provider', s.provider, 'model_identifier', s.model_identifier,
-               'provider_job_id', s.provider_job_id, 'provider_metadata', s.provider_metadata)), '[]'::jsonb)
-      into v_timed_out_steps from (
-        select c.step_id from (
-            (select t.step_id, t.run_id from babychain_private.chain_step_timers t
-              where t.status = 'running' and t.step_kind = 'image' and t.started_at < now() - v_image_budget
-              order by t.started_at limit v_limit)
-            union all
-            (select t.step_id, t.run_id from babychain_private.chain_step_timers t
-              where t.status = 'running' and t.step_kind = 'video' and t.started_at < now() - v_video_budget
-              order by t.started_at limit v_limit)) c
-         where exists (select from public.chain_runs r where r.id = c.run_id and r.status in ('queued', 'running'))
-         limit v_limit) x
-      join public.chain_steps s on s.id = x.step_id and s.status = 'running';
-    for v_row in select (value->>'id')::uuid as id from jsonb_array_elements(v_timed_out_steps) loop
-        perform public.bc_fail_step(jsonb_build_object(
-            'step_id', v_row.id, 'error_code', 'step_running_timed_out',
-            'error_message', 'The generation did not reach a terminal state before the step deadline.'));
-    end loop;
-
-    -- A claimed step whose submitter died before recording a job id: give the attempt back. Its next check (the
-    -- claim's submit deadline) is past, so it is among the due timers.
-    with lost as (
-        update public.chain_steps s set status = 'queued', seq = seq + 1, next_check_at = now(), updated_at = now()
-         where s.id in (select t.step_id from babychain_private.chain_step_timers t
-                         where t.next_check_at < now() - v_grace and t.status = 'running' and not t.has_job
-                           and exists (select from public.chain_runs r
-                                        where r.id = t.run_id and r.status in ('queued', 'running'))
-                         order by t.next_check_at limit v_limit)
-           and s.status = 'running' and s.provider_job_id is null and s.next_check_at < now() - v_grace
-        returning jsonb_build_object('run_id', s.run_id, 'step_id', s.id, 'seq', s.seq) as item)
-    select coalesce(jsonb_agg(item), '[]'::jsonb) into v_requeued from lost;
-
-    -- Due steps whose message is overdue: re-drive them with their current seq (read from the step: the rules above
-    -- may have failed or given back some of them).
-    select coalesce(jsonb_agg(jsonb_build_object('run_id', x.run_id, 'step_id', x.id, 'seq', x.seq)), '[]'::jsonb)
-      into v_steps from (
-        select s.run_id, s.id, s.seq
-          from babychain_private.chain_step_timers t join public.chain_steps s on s.id = t.step_id
-         where t.next_check_at < now() - v_grace
-           and s.status in ('queued', 'running') and s.next_check_at < now() - v_grace
-           and exists (select from public.chain_runs r where r.id = s.run_id and r.status in ('queued', 'running'))
-         order by t.next_check_at limit v_limit) x;
-
-    -- Callbacks that are due (SQS delays stop at 15 minutes, so long waits land here) or stuck mid-delivery.
-    select coalesce(jsonb_agg(x.id), '[]'::jsonb) into v_callbacks from (
-        select id from public.chain_runs where callback_status = 'pending' and callback_next_at <= now()
-        union
-        select id from public.chain_runs where callback_status = 'delivering'
-           and callback_claimed_at < now() - make_interval(secs => (p->>'callback_stale_seconds')::double precision)
-        limit v_limit) x;
-
-    return jsonb_build_object('timed_out_runs', v_timed_out_runs, 'timed_out_steps', v_timed_out_steps,
-                              'requeued_steps', v_requeued, 'due_steps', v_steps, 'due_callbacks', v_callbacks);
 end
 $$;

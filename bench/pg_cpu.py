@@ -13,8 +13,10 @@ CPU per run it adds up to; the functions' self time from pg_stat_user_functions 
 functions, `track_functions = 'all'`); and the per-run total, which is what the harness's "Postgres CPU per run"
 counts at concurrency 1 (at higher concurrency it adds contention, the watcher and the API's other reads).
 
-Usage: python bench/pg_cpu.py [--runs 300] [--migrations DIR] [--perf FILE] [--json]
+Usage: python bench/pg_cpu.py [--runs 300] [--migrations DIR | --compare DIR] [--perf FILE] [--json]
 (`--migrations DIR` applies another set of migrations, e.g. an older commit's from `git archive`, for a before;
+`--compare DIR` runs two engines, DIR's migrations and the current ones, their runs interleaved ten at a time, so
+that the machine's load (CPU time per call moves ±20% with it here) falls on both alike;
 `--perf FILE` records the measured backend with `perf record --call-graph dwarf` during the pass (also for
 `perf report -i FILE --children`) and splits its samples by the store call they fell in (the calls' times and the
 samples' are both CLOCK_MONOTONIC), and within each by what the backend was doing (PARTS below).)
@@ -23,6 +25,7 @@ samples' are both CLOCK_MONOTONIC), and within each by what the backend was doin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import statistics
@@ -30,6 +33,7 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -216,33 +220,71 @@ def one_run(svc: Any, queue: PostgresQueue, lease: ConsumerLease, principal: Pri
     return None
 
 
+def start_engine(stack: contextlib.ExitStack, provider: InstantProvider, migrations_dir: Path | None) -> LocalEngine:
+    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bc-pg-cpu-"))
+    original = migrations.apply_migrations.__defaults__
+    if migrations_dir is not None:
+        migrations.apply_migrations.__defaults__ = (migrations_dir,)
+    try:
+        engine = LocalEngine(
+            Path(tmp),
+            workers=False,
+            api_workers=1,
+            overrides={"api_keys": (KEY,), "local_provider_url": provider.url, "local_provider_delay_seconds": 0.0},
+        ).start()
+    finally:
+        migrations.apply_migrations.__defaults__ = original
+    stack.callback(engine.stop)
+    return engine
+
+
 def profile(runs: int, migrations_dir: Path | None, perf: Path | None = None) -> dict[str, Any]:
     provider = InstantProvider().start()
-    original = migrations.MIGRATIONS_DIR
     try:
-        with tempfile.TemporaryDirectory(prefix="bc-pg-cpu-") as tmp:
-            if migrations_dir is not None:
-                migrations.apply_migrations.__defaults__ = (migrations_dir,)
-            engine = LocalEngine(
-                Path(tmp),
-                workers=False,
-                api_workers=1,
-                overrides={
-                    "api_keys": (KEY,),
-                    "local_provider_url": provider.url,
-                    "local_provider_delay_seconds": 0.0,
-                },
-            ).start()
-            try:
-                return _profile(engine, runs, perf)
-            finally:
-                engine.stop()
+        with contextlib.ExitStack() as stack:
+            return _drain(_profile(start_engine(stack, provider, migrations_dir), runs, perf))
     finally:
-        migrations.apply_migrations.__defaults__ = (original,)
         provider.stop()
 
 
-def _profile(engine: LocalEngine, runs: int, perf: Path | None) -> dict[str, Any]:
+def compare(runs: int, before_dir: Path) -> dict[str, Any]:
+    """Two engines, `before_dir`'s migrations and the current ones, their runs interleaved in chunks of ten so that
+    both see the same load on the machine."""
+    provider = InstantProvider().start()
+    try:
+        with contextlib.ExitStack() as stack:
+            subjects = {
+                "before": _profile(start_engine(stack, provider, before_dir), runs, None),
+                "after": _profile(start_engine(stack, provider, None), runs, None),
+            }
+            results: dict[str, Any] = {}
+            while len(results) < len(subjects):
+                for name, gen in subjects.items():
+                    if name in results:
+                        continue
+                    try:
+                        next(gen)
+                    except StopIteration as done:
+                        results[name] = done.value
+            return results
+    finally:
+        provider.stop()
+
+
+def _drain(gen: Generator[None, None, dict[str, Any]]) -> dict[str, Any]:
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            result: dict[str, Any] = done.value
+            return result
+
+
+CHUNK = 10
+
+
+def _profile(engine: LocalEngine, runs: int, perf: Path | None) -> Generator[None, None, dict[str, Any]]:
+    """Yields after the warm-up and after every CHUNK measured runs (for `compare`); returns the figures."""
     import dataclasses
     import signal
     import subprocess
@@ -261,6 +303,7 @@ def _profile(engine: LocalEngine, runs: int, perf: Path | None) -> dict[str, Any
     queue.receive(RECEIVER, idle_wait_seconds=5.0)  # registered as a waiter, as an idle consumer is
     for _ in range(max(5, runs // 10)):  # warm: plans cached, pages in memory
         one_run(svc, queue, lease, principal, None)
+    yield
     admin.execute("select pg_stat_reset()")
     admin.execute("select pg_stat_force_next_flush()")
     exclude = {store.backend_pid, lease_pid}
@@ -275,9 +318,16 @@ def _profile(engine: LocalEngine, runs: int, perf: Path | None) -> dict[str, Any
     lsn0 = admin.execute("select pg_current_wal_insert_lsn()::text").fetchone()[0]  # type: ignore[index]
     store.recording = True
     started = time.monotonic()
-    for _ in range(runs):
+    paused = 0.0
+    for done in range(runs):
         one_run(svc, queue, lease, principal, None)
-    wall = time.monotonic() - started
+        if (done + 1) % CHUNK == 0 and done + 1 < runs:
+            store.recording = False
+            pause = time.monotonic()
+            yield
+            paused += time.monotonic() - pause
+            store.recording = True
+    wall = time.monotonic() - started - paused
     store.recording = False
     lsn1 = admin.execute("select pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
     admin.execute("select pg_switch_wal()")  # the range is complete on disk for pg_waldump
@@ -345,9 +395,26 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--migrations", type=Path, default=None)
     parser.add_argument("--perf", type=Path, default=None, help="perf record the measured backend into this file")
+    parser.add_argument(
+        "--compare", type=Path, default=None, help="interleave runs on these migrations (before) and the current ones"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.compare is not None:
+        both = compare(args.runs, args.compare)
+        for name, result in both.items():
+            print(f"== {name}")
+            report(result)
+        if args.json:
+            print(json.dumps(both))
+        return
     result = profile(args.runs, args.migrations, args.perf)
+    report(result)
+    if args.json:
+        print(json.dumps(result))
+
+
+def report(result: dict[str, Any]) -> None:
     print(f"chain3 runs one at a time: {result['runs']} in {result['seconds']} s (Postgres {result['server_version']})")
     print(f"{'statement':24} {'per run':>8} {'CPU µs median':>14} {'p90':>8} {'WAL B/call':>11} {'CPU ms/run':>11}")
     for name, f in result["statements"].items():
@@ -382,8 +449,6 @@ def main() -> None:
         for part in parts:
             print(f"  {part:32}" + "".join(f"{100 * v.get(part, 0) / total:16.1f}%" for v in split.values()))
         print(f"  {'all':32}" + "".join(f"{100 * sum(v.values()) / total:16.1f}%" for v in split.values()))
-    if args.json:
-        print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ engine_overhead.py); whole-run p50/p99 (last completed_at - created_at); CPU per
 and, outside that total, the stand-in provider's own CPU per run; also the whole machine's busy CPU during the level
 and how much of it was not this bench's (another workload on the machine skews the figures).
 
-Usage: python bench/chain_throughput.py [--concurrency 1 4 16] [--runs 30 60 100] [--poll 0.05] [--json]
-(`--runs N` alone uses N at every level.)
+Usage: python bench/chain_throughput.py [--concurrency 1 4 16] [--runs 30 60 100] [--poll 0.05] [--by-message] [--json]
+(`--runs N` alone uses N at every level. `--by-message`: BABYCHAIN_NEXT_STEP_IN_INVOCATION off, so every next step
+goes by its queue message and the hop is the local queue's round trip instead of 0.)
 """
 
 from __future__ import annotations
@@ -412,6 +413,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--runs", type=int, nargs="+", default=[30, 60, 100], help="runs per level (or one for all)")
     parser.add_argument("--poll", type=float, default=0.05, help="the engine's poll_interval_seconds")
+    parser.add_argument("--by-message", action="store_true", help="every next step by its queue message")
     parser.add_argument("--json", action="store_true", help="also print a one-line JSON summary")
     parser.add_argument("--provider-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -433,6 +435,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "poll_interval_seconds": args.poll,
                     "local_provider_url": provider.url,
                     "local_provider_delay_seconds": 0.0,
+                    "next_step_in_invocation": not args.by_message,
                 },
             ).start()
             watcher = CompletionWatcher(engine.settings.database_url)
@@ -477,6 +480,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = {
         "bench": "chain_throughput",
         "chain": CHAIN,
+        "next_steps_by_message": args.by_message,
         "poll_interval_seconds": args.poll,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_after],

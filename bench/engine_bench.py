@@ -17,6 +17,11 @@ and CPU accounting) and adds, read from the embedded Postgres itself:
                       they exit)
   peak memory         RSS (and PSS, which splits shared pages fairly) of the engine's processes: its containers,
                       the bench process that supervises them, and the embedded Postgres, sampled while runs go
+  queue hop           a second engine with BABYCHAIN_NEXT_STEP_IN_INVOCATION off runs the concurrency-16 level again:
+                      every next step goes by its queue message (as a poll, a webhook or an invocation short of time
+                      does), so its hop (producer completed -> next step claimed) is the local queue's round trip
+                      through a waiting executor, not 0 as in the levels above where the completing executor
+                      submits the next step itself
 """
 
 from __future__ import annotations
@@ -229,6 +234,48 @@ def counting_pass(
     }
 
 
+def start_engine(home: Path, provider: ProviderProcess, poll: float, **overrides: Any) -> LocalEngine:
+    return LocalEngine(
+        home,
+        overrides={
+            "api_keys": (KEY,),
+            "poll_interval_seconds": poll,
+            "local_provider_url": provider.url,
+            "local_provider_delay_seconds": 0.0,
+            **overrides,
+        },
+    ).start()
+
+
+def by_message_levels(
+    provider: ProviderProcess, poll: float, levels: list[tuple[int, int]], reps: int
+) -> dict[int, list[dict[str, Any]]]:
+    """Levels (concurrency, runs) on an engine whose executors hand every next step to its queue message."""
+    with tempfile.TemporaryDirectory(prefix="bc-harness-hop-") as tmp:
+        home = Path(tmp).resolve()
+        engine = start_engine(home, provider, poll, next_step_in_invocation=False)
+        watcher = CompletionWatcher(with_app(engine.settings.database_url, "bench-watcher"))
+        markers = postgres_markers(home, engine.settings.database_url)
+        try:
+
+            def cpu_of() -> CpuSample:
+                return sample_cpu(markers, provider.process.pid)
+
+            warm = measure(engine, watcher, cpu_of, 1, 1)
+            if warm.statuses != {"succeeded": 1}:
+                raise RuntimeError(f"warm-up run (next steps by message): {warm.statuses}")
+            out: dict[int, list[dict[str, Any]]] = {c: [] for c, _ in levels}
+            for _ in range(reps):
+                for concurrency, runs in levels:
+                    out[concurrency].append(measure(engine, watcher, cpu_of, runs, concurrency).__dict__)
+        finally:
+            watcher.close()
+            engine.stop()
+    if all(level["hop_p99_ms"] == 0 for level in out[max(out)]):
+        raise RuntimeError("every hop read 0 with next_step_in_invocation off: the setting did not reach the executors")
+    return out
+
+
 def run(quick: bool, poll: float = 0.05) -> dict[str, Any]:
     levels = [(1, 10), (4, 24), (16, 48)] if quick else [(1, 30), (4, 60), (16, 150)]
     reps = 3
@@ -239,15 +286,7 @@ def run(quick: bool, poll: float = 0.05) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="bc-harness-engine-") as tmp:
             home = Path(tmp).resolve()
-            engine = LocalEngine(
-                home,
-                overrides={
-                    "api_keys": (KEY,),
-                    "poll_interval_seconds": poll,
-                    "local_provider_url": provider.url,
-                    "local_provider_delay_seconds": 0.0,
-                },
-            ).start()
+            engine = start_engine(home, provider, poll)
             dsn = engine.settings.database_url
             conn = psycopg.connect(with_app(dsn, BENCH_APP), autocommit=True)
             conn.execute("alter system set track_functions = 'all'")
@@ -279,9 +318,11 @@ def run(quick: bool, poll: float = 0.05) -> dict[str, Any]:
             tables = table_counters(conn)
             calls = function_calls(conn)
             conn.close()
+        # Concurrency 1 too: the queue's own round trip, without waiting for a busy executor.
+        by_message = by_message_levels(provider, poll, [(c, n) for c, n in levels if c in (1, 16)], reps)
     finally:
         provider.stop()
-    return summarize(per_level, counts, tables, calls, total_runs, memory, server_version, quick, poll)
+    return summarize(per_level, counts, tables, calls, total_runs, memory, server_version, quick, poll, by_message)
 
 
 def summarize(
@@ -294,34 +335,46 @@ def summarize(
     server_version: str,
     quick: bool,
     poll: float,
+    by_message: dict[int, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     cmd = f"python bench/run_all.py{' --quick' if quick else ''} --only engine"
     figures: dict[str, Any] = {}
     rows = []
-    for c, levels in per_level.items():
+    levels_to_show: list[tuple[str, int, list[dict[str, Any]]]] = [(f"c{c}", c, lv) for c, lv in per_level.items()]
+    for c, lv in (by_message or {}).items():
+        levels_to_show.append((f"c{c}_message", c, lv))
+    for level_key, c, levels in levels_to_show:
+        how = ", next steps by queue message" if level_key.endswith("_message") else ""
 
         def fig(key: str, label: str, unit: str, better: str, levels: list[dict[str, Any]] = levels) -> Any:
             return figure(label, [lv[key] for lv in levels], unit, better=better, command=cmd)
 
-        figures[f"c{c}_runs_per_second"] = fig("runs_per_second", f"chain3 runs/s, concurrency {c}", "runs/s", "higher")
-        figures[f"c{c}_steps_per_second"] = fig("steps_per_second", f"steps/s, concurrency {c}", "steps/s", "higher")
-        figures[f"c{c}_hop_p50"] = fig("hop_p50_ms", f"hop p50, concurrency {c}", "ms", "lower")
-        figures[f"c{c}_hop_p99"] = fig("hop_p99_ms", f"hop p99, concurrency {c}", "ms", "lower")
-        figures[f"c{c}_cpu_python"] = fig(
-            "children_cpu_ms_per_run", f"CPU per run, engine Python, concurrency {c}", "ms", "lower"
+        figures[f"{level_key}_runs_per_second"] = fig(
+            "runs_per_second", f"chain3 runs/s, concurrency {c}{how}", "runs/s", "higher"
         )
-        figures[f"c{c}_cpu_postgres"] = fig(
-            "postgres_cpu_ms_per_run", f"CPU per run, Postgres, concurrency {c}", "ms", "lower"
+        figures[f"{level_key}_steps_per_second"] = fig(
+            "steps_per_second", f"steps/s, concurrency {c}{how}", "steps/s", "higher"
         )
-        figures[f"c{c}_cpu_bench"] = fig(
-            "bench_cpu_ms_per_run", f"CPU per run, bench process (client + supervisor), concurrency {c}", "ms", "lower"
+        figures[f"{level_key}_hop_p50"] = fig("hop_p50_ms", f"hop p50, concurrency {c}{how}", "ms", "lower")
+        figures[f"{level_key}_hop_p99"] = fig("hop_p99_ms", f"hop p99, concurrency {c}{how}", "ms", "lower")
+        figures[f"{level_key}_cpu_python"] = fig(
+            "children_cpu_ms_per_run", f"CPU per run, engine Python, concurrency {c}{how}", "ms", "lower"
+        )
+        figures[f"{level_key}_cpu_postgres"] = fig(
+            "postgres_cpu_ms_per_run", f"CPU per run, Postgres, concurrency {c}{how}", "ms", "lower"
+        )
+        figures[f"{level_key}_cpu_bench"] = fig(
+            "bench_cpu_ms_per_run",
+            f"CPU per run, bench process (client + supervisor), concurrency {c}{how}",
+            "ms",
+            "lower",
         )
         f = figures
         rows.append(
             [
-                f"{c} ({levels[0]['runs'] if levels else '?'} \u00d7 {len(levels)})",
+                f"{c}{' by message' if how else ''} ({levels[0]['runs'] if levels else '?'} \u00d7 {len(levels)})",
                 *(
-                    spread_text(f[f"c{c}_{k}"])
+                    spread_text(f[f"{level_key}_{k}"])
                     for k in (
                         "runs_per_second",
                         "steps_per_second",
@@ -392,7 +445,12 @@ def summarize(
     details = [
         f"chain3 on the instant provider (chain_throughput.py's stand-in, its own process), poll interval {poll} s; "
         f"each level repeated {len(next(iter(per_level.values())))} times in one engine, interleaved (1, 4, 16, 1, "
-        "4, 16, ...); cells are the median over the repetitions with the range in brackets. CPU per run: engine "
+        "4, 16, ...); cells are the median over the repetitions with the range in brackets. 'By message' is a "
+        "second engine with BABYCHAIN_NEXT_STEP_IN_INVOCATION off, its levels 1 and 16 repeated as often: the "
+        "completing executor does not submit the next step itself but sends its queue message, so its hop is the "
+        "local queue's (send, wake-up of a waiting executor, receive, claim; at 16 also the wait for a free one of "
+        "the 4 executors), the hop of a step that travels by message (a poll, a webhook, an invocation short of "
+        "time); in the other levels the hop is 0. CPU per run: engine "
         "Python = the container processes (API workers, step executors, callback senders, sweeper); Postgres = the "
         "embedded server's processes; bench = this process (client threads, the completion watcher, and the "
         "engine's supervisor thread). 'Outside' is CPU the machine spent on other work during the levels (other "
@@ -483,6 +541,7 @@ def summarize(
         "figures": figures,
         "details": details,
         "levels": per_level,
+        "levels_by_message": by_message,
         "counting": counts,
         "tables": tables,
         "function_calls_per_run": nested,

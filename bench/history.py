@@ -139,11 +139,12 @@ insert into public.chain_step_jobs (provider, provider_job_id, step_id)
 select provider, provider_job_id, id from public.chain_steps where provider_job_id is not null
 """
 
-# The sweeper's copy of the active steps' times (the trigger that keeps it does not fire while loading).
+# The sweeper's copy of the times of the steps it may pick, running or queued with a next check (the trigger that
+# keeps it does not fire while loading).
 GENERATE_STEP_TIMERS = """
 insert into babychain_private.chain_step_timers (step_id, run_id, status, step_kind, next_check_at, started_at, has_job)
 select id, run_id, status, step_kind, next_check_at, started_at, provider_job_id is not null
-  from public.chain_steps where status in ('queued', 'running')
+  from public.chain_steps where status = 'running' or (status = 'queued' and next_check_at is not null)
 """
 
 GENERATE_DELIVERIES = """

@@ -13,7 +13,9 @@ Run it with the project's interpreter and `PYTHONPATH=shared:.` from the reposit
   engine      chain3 on an instant provider at concurrency 1, 4, 16 (engine_bench.py, on chain_throughput.py):
               runs/s, steps/s, hop p50/p99, CPU per run (engine Python / Postgres / the bench process), statements
               per run from the server's log, nested function calls, WAL bytes and records per run, HOT share of
-              chain_steps updates, peak RSS/PSS of the engine's processes
+              chain_steps updates, peak RSS/PSS of the engine's processes; and concurrency 16 again on an engine
+              that sends every next step by its queue message (BABYCHAIN_NEXT_STEP_IN_INVOCATION off): the queue
+              hop's p50/p99 and runs/s
   webhook     provider completion -> next step claimed, BFL webhook vs polling only (webhook_advance.py)
   cold_start  bench/cold_start.py when it exists, as a subprocess (interface below); otherwise "not available"
   history     N historical runs made with generate_series, every sweeper/list/get/create/transition query timed and

@@ -297,6 +297,14 @@ class Settings:
         "function's timeout (180 s).",
         section=TIMING,
     )
+    next_step_in_invocation: bool = setting(
+        "BABYCHAIN_NEXT_STEP_IN_INVOCATION",
+        True,
+        "Whether the step executor that completes a step claims and submits the next one in the same invocation (while "
+        "a whole submit still fits in it). Off: every next step goes by its queue message, as when an invocation is "
+        "short of time; one queue hop more per step. For measuring that hop (`bench/engine_bench.py`); leave it on.",
+        section=TIMING,
+    )
     sweeper_grace_seconds: float = setting(
         "BABYCHAIN_SWEEPER_GRACE_SECONDS",
         30.0,

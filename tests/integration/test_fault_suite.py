@@ -464,14 +464,19 @@ def test_executor_crashing_at_each_point_loses_nothing(
         assert [step["attempt"] for step in run["steps"]] == [1, 2, 1]
 
 
+@pytest.mark.parametrize("why", ["short_of_time", "next_step_in_invocation_off"])
 def test_an_invocation_short_of_time_hands_the_next_step_to_its_message(
-    make_engine: Callable[..., LocalEngine], receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+    why: str, make_engine: Callable[..., LocalEngine], receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On Lambda the executor goes on to the next step only while a whole submit fits in the invocation's remaining
-    time; short of it, the completion leaves the next step queued and sends its message, as one message per step."""
-    engine = make_engine(workers=False, **SUITE)
+    time; short of it, the completion leaves the next step queued and sends its message, as one message per step.
+    BABYCHAIN_NEXT_STEP_IN_INVOCATION=false does the same at any remaining time (the bench's queue-hop level)."""
+    if why == "short_of_time":
+        engine = make_engine(workers=False, **SUITE)
+        monkeypatch.setattr(LambdaContext, "get_remaining_time_in_millis", lambda self: 5_000)  # < 4 s + margin
+    else:
+        engine = make_engine(workers=False, **SUITE, next_step_in_invocation=False)
     svc = _services(engine)
-    monkeypatch.setattr(LambdaContext, "get_remaining_time_in_millis", lambda self: 5_000)  # < 4 s submit + margin
     driver = Driver(engine)
     run_id = _create(engine, "chain3", receiver.url)
     steps = svc.store.get_run(run_id)["steps"]  # type: ignore[index]

@@ -790,7 +790,8 @@ def test_sweep_finds_each_kind_of_overdue_step(store: Store, session_database_ur
 
 
 def _timers(url: str, run_id: str) -> tuple[dict[str, tuple[Any, ...]], dict[str, tuple[Any, ...]]]:
-    """The side table's rows for a run, and what they should be: one per queued or running step, its copy."""
+    """The side table's rows for a run, and what they should be: a copy of each step a sweeper rule can pick (running,
+    or queued with a next check; not one waiting for its producer)."""
     with psycopg.connect(url) as conn:
         rows = conn.execute(
             "select step_id::text, status, step_kind, next_check_at, started_at, has_job "
@@ -799,13 +800,14 @@ def _timers(url: str, run_id: str) -> tuple[dict[str, tuple[Any, ...]], dict[str
         ).fetchall()
         wanted = conn.execute(
             "select id::text, status, step_kind, next_check_at, started_at, provider_job_id is not null "
-            "from chain_steps where run_id = %s and status in ('queued', 'running')",
+            "from chain_steps where run_id = %s "
+            "and (status = 'running' or (status = 'queued' and next_check_at is not null))",
             (run_id,),
         ).fetchall()
     return {r[0]: r[1:] for r in rows}, {r[0]: r[1:] for r in wanted}
 
 
-def test_step_timers_hold_exactly_the_active_steps(store: Store, session_database_url: str) -> None:
+def test_step_timers_hold_exactly_the_steps_the_sweeper_may_pick(store: Store, session_database_url: str) -> None:
     url = session_database_url
 
     def check(run_id: str, statuses: dict[str, tuple[str, bool]]) -> None:
@@ -815,28 +817,41 @@ def test_step_timers_hold_exactly_the_active_steps(store: Store, session_databas
 
     run = make_run(store)
     first, second = run["steps"]
-    check(run["id"], {first["id"]: ("queued", False), second["id"]: ("queued", False)})
+    check(run["id"], {first["id"]: ("queued", False)})  # the second waits for the first: no next check, no timer
     claimed = take(store, run["id"], first)
-    check(run["id"], {first["id"]: ("running", False), second["id"]: ("queued", False)})
+    check(run["id"], {first["id"]: ("running", False)})
     submitted = store.record_submission(first["id"], claimed["attempt"], "job-t", {}, 30.0, provider="local")
     assert submitted is not None
-    check(run["id"], {first["id"]: ("running", True), second["id"]: ("queued", False)})
+    check(run["id"], {first["id"]: ("running", True)})
     deferred = store.defer_step(first["id"], submitted["seq"], 5.0)
     assert deferred is not None
     held, _ = _timers(url, run["id"])
     assert held[first["id"]][2] > datetime.now(UTC) + timedelta(seconds=3)  # the poll moved five seconds on
-    check(run["id"], {first["id"]: ("running", True), second["id"]: ("queued", False)})
+    check(run["id"], {first["id"]: ("running", True)})
     retried = store.retry_step(first["id"], claimed["attempt"], 0.5, "provider_unavailable", "later")
     assert retried is not None
-    check(run["id"], {first["id"]: ("queued", False), second["id"]: ("queued", False)})
+    check(run["id"], {first["id"]: ("queued", False)})
     again = take(store, run["id"], retried)
     done = store.complete_step(first["id"], again["attempt"], ["https://out/a.png"])
     assert done is not None
-    check(run["id"], {second["id"]: ("queued", False)})
+    check(run["id"], {second["id"]: ("queued", False)})  # handed its input: due now, so it has a timer
     video = take(store, run["id"], second)
     check(run["id"], {second["id"]: ("running", False)})
     assert store.fail_step(video["id"], "provider_error", "boom", attempt=video["attempt"]) is not None
     check(run["id"], {})
+
+    # A completion that claims the dependent step gives it its timer (it had none while it waited), and a
+    # completion that ends the run leaves none.
+    chained = make_run(store)
+    head = take(store, chained["id"], chained["steps"][0])
+    submission = {"provider": "local", "provider_job_id": f"job-{uuid.uuid4().hex}"}
+    handed = store.complete_step(
+        head["id"], head["attempt"], ["https://out/a.png"], submission=submission, claim_next_timeout_seconds=60
+    )
+    assert handed is not None and handed["next_claimed"] is True
+    check(chained["id"], {chained["steps"][1]["id"]: ("running", False)})
+    assert store.complete_step(chained["steps"][1]["id"], 1, ["https://out/v.mp4"], submission=submission)
+    check(chained["id"], {})
 
     canceled = make_run(store)
     take(store, canceled["id"], canceled["steps"][0])
@@ -845,7 +860,7 @@ def test_step_timers_hold_exactly_the_active_steps(store: Store, session_databas
 
     # A run that goes while active (a purge would not take one; a deletion by hand might) takes its timers along.
     doomed = make_run(store)
-    check(doomed["id"], {s["id"]: ("queued", False) for s in doomed["steps"]})
+    check(doomed["id"], {doomed["steps"][0]["id"]: ("queued", False)})
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("delete from chain_runs where id = %s", (doomed["id"],))
     check(doomed["id"], {})
@@ -883,7 +898,9 @@ def test_step_timers_migration_backfills_the_active_steps(
         ended = make_run(store)
         store.cancel_run(ended["id"])
         assert TIMERS_MIGRATION in apply_migrations(url)
-        for run, active in ((queued, 2), (running, 2), (claiming, 2), (ended, 0)):
+        # Every later migration too: since 20261201110000_lean_transitions.sql a step waiting for its producer has
+        # no timer, so each active run has one (its first step).
+        for run, active in ((queued, 1), (running, 1), (claiming, 1), (ended, 0)):
             held, wanted = _timers(url, run["id"])
             assert held == wanted and len(held) == active
         assert _timers(url, running["id"])[0][running["steps"][0]["id"]][4] is True  # has its job

@@ -156,6 +156,8 @@ def _may_continue(svc: Services, time_left: TimeLeft | None) -> float | None:
     """The submit deadline to claim the next step with, when its whole submit fits in this invocation (its copy is
     checked by `_copy_fits`); None: the next step goes by message."""
     s = svc.settings
+    if not s.next_step_in_invocation:
+        return None
     if time_left is not None and time_left() < s.submit_timeout_seconds + INVOCATION_MARGIN_SECONDS:
         return None
     return s.submit_timeout_seconds

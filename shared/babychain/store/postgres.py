@@ -8,11 +8,15 @@ tells a refused login (`StoreAuthError`) from a database that is down or saturat
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
+from psycopg import pq
+from psycopg.adapt import Transformer
+from psycopg.generators import execute
+from psycopg.pq.abc import PGresult
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from babychain.store.base import Store
@@ -24,6 +28,10 @@ from babychain.store.errors import (
 )
 
 _FUNCTION_NAME = re.compile(r"^bc_[a-z_]+$")
+_JSONB_OID = 3802
+_JSON_OIDS = frozenset({114, _JSONB_OID})  # json, jsonb: answers decoded with json.loads, as psycopg's loaders do
+_TUPLES_OK = pq.ExecStatus.TUPLES_OK
+_CONNECTION_OK = pq.ConnStatus.OK
 # The diagnostic connection after a pool timeout: long enough for a slow TLS handshake, short next to the wait.
 _PROBE_CONNECT_TIMEOUT_SECONDS = 5
 
@@ -42,17 +50,39 @@ class PostgresStore(Store):
             timeout=timeout,
             open=True,
         )
+        self._queries: dict[str, bytes] = {}  # function -> its statement
 
     def call(self, function: str, params: dict[str, Any]) -> Any:
-        if not _FUNCTION_NAME.fullmatch(function):
-            raise ValueError(f"not a store function: {function!r}")
+        query = self._queries.get(function)
+        if query is None:
+            if not _FUNCTION_NAME.fullmatch(function):
+                raise ValueError(f"not a store function: {function!r}")
+            query = self._queries[function] = f"select {function}($1)".encode()
+        # The statement psycopg's `execute("select f(%s)", (Jsonb(params),))` sent (same text, a text jsonb
+        # parameter from one json.dumps), sent straight through libpq: the cursor, the query conversion and the
+        # adapters cost more Python than the call itself.
+        argument = json.dumps(params).encode()
+        pool = self._pool
         try:
-            with self._pool.connection() as conn:
-                row = conn.execute(f"select {function}(%s)", (Jsonb(params),)).fetchone()
+            conn = pool.getconn()  # getconn/putconn: the same checks as `connection()` but its context managers
+            try:
+                result = _execute(conn, query, argument)
+            finally:
+                pool.putconn(conn)  # a broken connection is discarded here, as before
         except PoolTimeout as exc:
             raise self._pool_timeout(function, exc) from exc
         except psycopg.Error as exc:
             raise _translate(function, exc) from exc
+        if not result.ntuples:
+            return None
+        value = result.get_value(0, 0)
+        if value is None:
+            return None
+        if result.ftype(0) in _JSON_OIDS:
+            return json.loads(value)
+        loader = Transformer()  # an answer of another type (no bc_ function has one): psycopg's own loader
+        loader.set_pgresult(result)
+        row = loader.load_row(0, tuple)
         return row[0] if row else None
 
     def _pool_timeout(self, function: str, timeout: PoolTimeout) -> StoreError:
@@ -65,6 +95,24 @@ class PostgresStore(Store):
 
     def close(self) -> None:
         self._pool.close()
+
+
+def _execute(conn: psycopg.Connection[Any], query: bytes, argument: bytes) -> PGresult:
+    """One statement with one jsonb parameter, text in and out, through psycopg's own non-blocking generator: the
+    same wait (interruptible, a query canceled on Ctrl-C) and the same errors as `Cursor.execute`."""
+    pgconn = conn.pgconn
+    if pgconn.status != _CONNECTION_OK:
+        raise psycopg.OperationalError("the connection is closed")  # what `conn.cursor()` raises
+    pgconn.send_query_params(query, (argument,), param_types=(_JSONB_OID,))
+    results = conn.wait(execute(pgconn))
+    if not results:
+        raise psycopg.InternalError("got no result from the query")
+    for result in results:
+        if result.status != _TUPLES_OK:
+            if result.status == pq.ExecStatus.FATAL_ERROR:
+                raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+            raise psycopg.InternalError(f"unexpected result status from query: {pq.ExecStatus(result.status).name}")
+    return results[0]
 
 
 def _translate(function: str, exc: psycopg.Error) -> StoreError:

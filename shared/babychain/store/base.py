@@ -1,8 +1,9 @@
 """The store interface: typed calls onto the SQL functions in `supabase/migrations`.
 
-Adapters only implement `call(function, params)`; the psycopg adapter runs `select bc_x(%s::jsonb)` and the Supabase
-adapter runs the same function through PostgREST RPC. Everything above this file speaks in plain dicts shaped like
-the table rows, and sees failures only as the store's errors (`babychain.store.errors`), never a driver's.
+Adapters only implement `call(function, params)`; the psycopg adapter runs `select bc_x($1)` with one jsonb
+parameter and the Supabase adapter runs the same function through PostgREST RPC. Everything above this file speaks
+in plain dicts shaped like the table rows, and sees failures only as the store's errors (`babychain.store.errors`),
+never a driver's.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ class PostgresStore(Store):
         argument = json.dumps(params).encode()
         pool = self._pool
         try:
-            conn = pool.getconn()  # getconn/putconn: the same checks as `connection()` but its context managers
+            conn = pool.getconn()  # the same checks as `connection()`, without its two context managers
             try:
                 result = _execute(conn, query, argument)
             finally:
@@ -101,8 +101,10 @@ def _execute(conn: psycopg.Connection[Any], query: bytes, argument: bytes) -> PG
     """One statement with one jsonb parameter, text in and out, through psycopg's own non-blocking generator: the
     same wait (interruptible, a query canceled on Ctrl-C) and the same errors as `Cursor.execute`."""
     pgconn = conn.pgconn
-    if pgconn.status != _CONNECTION_OK:
-        raise psycopg.OperationalError("the connection is closed")  # what `conn.cursor()` raises
+    if pgconn.status != _CONNECTION_OK:  # what `conn.cursor()` raises
+        if pgconn.status == pq.ConnStatus.BAD:
+            raise psycopg.OperationalError("the connection is closed")
+        raise psycopg.InterfaceError(f"cannot execute operations: the connection is in status {pgconn.status}")
     pgconn.send_query_params(query, (argument,), param_types=(_JSONB_OID,))
     results = conn.wait(execute(pgconn))
     if not results:

@@ -31,7 +31,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from babychain.errors import ApiError
 from babychain.local import inspector
 from babychain.local.api_docs import docs_answer
-from babychain.local.lambda_shim import LambdaContext, http_event, load_handler, match_route, route_methods
+from babychain.local.lambda_shim import LambdaContext, load_handler, lowered_http_event, match_route, route_methods
 
 access_log = logging.getLogger("babychain.access")
 log = logging.getLogger(__name__)
@@ -140,14 +140,15 @@ class ApiGatewayApp:
             )
         function, route_key, params = route
         query = scope.get("query_string", b"").decode("latin-1")
-        event = http_event(method, path, query, headers, body, route_key, params)
         client = scope.get("client")
-        if client:
-            event["requestContext"]["http"]["sourceIp"] = client[0]
+        # `headers` has lower-case names (`_headers`): it becomes the event's own, as API Gateway's v2 events have.
+        event = lowered_http_event(
+            method, path, query, headers, body, route_key, params, client[0] if client else "127.0.0.1"
+        )
         response = self.handler_for(function)(event, LambdaContext(function_name=function))
         payload = response.get("body") or ""
         data = base64.b64decode(payload) if response.get("isBase64Encoded") else payload.encode()
-        reply_headers = {k.lower(): str(v) for k, v in (response.get("headers") or {}).items()}
+        reply_headers = {k.lower(): v if type(v) is str else str(v) for k, v in (response.get("headers") or {}).items()}
         for cookie in response.get("cookies") or []:
             reply_headers.setdefault("set-cookie", cookie)
         return Reply(response["statusCode"], reply_headers, data, function=function)
@@ -276,9 +277,9 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 
 
 async def _send_reply(scope: Scope, send: Send, reply: Reply) -> None:
-    headers = dict(reply.headers)
-    headers.setdefault("content-length", str(len(reply.body)))
-    raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+    raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in reply.headers.items()]
+    if "content-length" not in reply.headers:
+        raw.append((b"content-length", str(len(reply.body)).encode("latin-1")))
     await send({"type": "http.response.start", "status": reply.status, "headers": raw})
     if reply.file is None or scope["method"] == "HEAD":
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else reply.body})

@@ -174,6 +174,26 @@ def sentry_flush(handler: Handler) -> Handler:
     return wrapper  # type: ignore[return-value]
 
 
+def _correlation_id_reader(path: str) -> Callable[[Any], Any]:
+    """What `Logger.inject_lambda_context(correlation_id_path=path)` reads from the event, for a path of plain field
+    names (`requestContext.requestId`) without a JMESPath search per invocation: the value, or None where a field is
+    missing or a step is not an object. Any other expression goes to JMESPath as before."""
+    fields = path.split(".")
+    if not all(f.isidentifier() for f in fields):
+        from aws_lambda_powertools.utilities import jmespath_utils
+
+        return lambda event: jmespath_utils.query(envelope=path, data=event)
+
+    def read(event: Any) -> Any:
+        for name in fields:
+            if not isinstance(event, dict):
+                return None
+            event = event.get(name)
+        return event
+
+    return read
+
+
 def instrumented(correlation_id_path: str | None = None) -> Callable[[Handler], Handler]:
     """Every handler's wrapping, in one place: Sentry reporting and flush, the Powertools logger (with the
     invocation's context and, for API events, the request id as correlation id), metrics, the tracer, and the
@@ -191,11 +211,16 @@ def instrumented(correlation_id_path: str | None = None) -> Callable[[Handler], 
         traced = handler if tracer.disabled else tracer.capture_lambda_handler(handler)
         flushed = metrics.log_metrics(traced)
 
+        correlation_id = _correlation_id_reader(correlation_id_path) if correlation_id_path else None
+
         @functools.wraps(handler)
         def measured(event: Any, context: Any) -> Any:
+            # Where Powertools would set it: after the context's keys, before the handler runs.
+            if correlation_id is not None:
+                logger.set_correlation_id(correlation_id(event))
             return flushed(event, context) if _metrics_on() else traced(event, context)
 
-        logged = logger.inject_lambda_context(measured, correlation_id_path=correlation_id_path, log_event=False)
+        logged = logger.inject_lambda_context(measured, log_event=False)
         return sentry_flush(cast(Handler, logged))
 
     return wrap

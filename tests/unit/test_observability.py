@@ -8,14 +8,17 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import jmespath
 import pytest
 import sentry_sdk
+from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from sentry_sdk.integrations.aws_lambda import AwsLambdaIntegration
 
 from babychain import observability
 from babychain.batch import QueueBatchProcessor
+from babychain.local.lambda_shim import LambdaContext
 from tests.standins.sentry import SentryIngest
 
 BFL_KEY = "bfl_live_5f0c1d2e3a4b5c6d7e8f"
@@ -154,6 +157,38 @@ def test_a_record_that_fails_is_logged_at_error_with_its_message_id(json_log_lin
     assert error["message_id"] == "poison-2"
     assert "JSONDecodeError" in error["exception_name"]
     assert "Expecting property name" in error["exception"]
+
+
+@pytest.mark.parametrize(
+    ("path", "event"),
+    [
+        (correlation_paths.API_GATEWAY_HTTP, {"requestContext": {"requestId": "req-1"}}),
+        (correlation_paths.API_GATEWAY_HTTP, {"requestContext": {}}),
+        (correlation_paths.API_GATEWAY_HTTP, {"requestContext": "not an object"}),
+        (correlation_paths.API_GATEWAY_HTTP, {}),
+        ('headers."x-request-id"', {"headers": {"x-request-id": "hdr-7"}}),  # not plain names: JMESPath's reading
+    ],
+)
+def test_a_wrapped_handler_logs_the_correlation_id_powertools_would(
+    json_log_lines: io.StringIO, path: str, event: dict[str, Any]
+) -> None:
+    """`instrumented` reads the correlation id itself (no JMESPath search per request): the log line carries the same
+    keys as under Powertools' own `inject_lambda_context(correlation_id_path=...)`."""
+
+    def handler(event: Any, context: Any) -> None:
+        observability.logger.warning("inside")  # at the level the service logs by default
+
+    context = LambdaContext("get_run")
+    observability.logger.set_correlation_id("left over from an earlier invocation")
+    observability.instrumented(path)(handler)(event, context)
+    observability.logger.set_correlation_id("left over from an earlier invocation")
+    observability.logger.inject_lambda_context(handler, correlation_id_path=path)(event, context)
+    ours, powertools = (json.loads(line) for line in json_log_lines.getvalue().splitlines())
+    for line in (ours, powertools):
+        line.pop("timestamp"), line.pop("location"), line.pop("cold_start")
+    assert ours == powertools
+    assert ours.get("correlation_id") == jmespath.search(path, event)
+    assert ours["function_request_id"] == context.aws_request_id
 
 
 def test_the_engines_own_requests_are_x_ray_subsegments_without_their_query() -> None:

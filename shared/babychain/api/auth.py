@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
+from functools import lru_cache
 
 from babychain.auth import ALL_SCOPES, KEY_PREFIX_LENGTH, Principal, hash_key
 from babychain.errors import ApiError
 from babychain.observability import count
 from babychain.services import Services
+
+
+@lru_cache(maxsize=8)
+def _bootstrap_digests(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The configured keys' digests, hashed once per key set rather than twice per key on every request."""
+    return tuple(hash_key(key) for key in keys)
 
 
 def identify(svc: Services, headers: Mapping[str, str]) -> Principal:
@@ -25,10 +32,10 @@ def identify(svc: Services, headers: Mapping[str, str]) -> Principal:
     token = header[7:].strip()
     digest = hash_key(token)
     principal = None
-    for key in svc.settings.api_keys:
+    for key_digest in _bootstrap_digests(tuple(svc.settings.api_keys)):
         # Compare fixed-length digests so the time taken says nothing about the key.
-        if hmac.compare_digest(digest, hash_key(key)):
-            principal = Principal(owner_id="env:" + hash_key(key)[:24], name="env-api-key", scopes=ALL_SCOPES)
+        if hmac.compare_digest(digest, key_digest):
+            principal = Principal(owner_id="env:" + key_digest[:24], name="env-api-key", scopes=ALL_SCOPES)
     if principal is None and len(token) >= KEY_PREFIX_LENGTH:
         row = svc.store.authenticate_key(digest)
         if row is not None:

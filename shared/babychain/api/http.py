@@ -21,6 +21,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, NamedTuple, get_type_hints
 from urllib.parse import parse_qs
 
@@ -40,14 +41,17 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024
 NO_STORE = {"Cache-Control": "no-store"}
+# One encoder: `json.dumps` with any option builds a new JSONEncoder per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    # A str body: Powertools sends it as it is (it serialises only a body that is not a string yet).
     return Response(
         status_code=status,
         content_type="application/json",
-        body=json.dumps(body, separators=(",", ":")),
-        headers={**NO_STORE, **(headers or {})},
+        body=_COMPACT(body),
+        headers={**NO_STORE, **headers} if headers else dict(NO_STORE),
     )
 
 
@@ -59,6 +63,15 @@ def error_response(error: ApiError) -> Response:
     return json_response(error.status, error.body(), error.headers)
 
 
+class _Event(APIGatewayProxyEventV2):
+    """The request as Powertools wraps it, with its case-insensitive headers built once per request (Powertools
+    builds them again at each read: the key check, the body reader, the Idempotency-Key)."""
+
+    @cached_property
+    def headers(self) -> Any:
+        return super().headers
+
+
 class EdgeResolver(APIGatewayHttpResolver):
     """The resolver of every API function. `edge_headers` go on whatever response the invocation ends with (the
     route's, an error's, even an unexpected 500): `caller` puts the rate-limit budget there once the key is known."""
@@ -68,6 +81,9 @@ class EdgeResolver(APIGatewayHttpResolver):
         # settings are given where the document is built (`babychain.api.openapi`).
         super().__init__()
         self.edge_headers: dict[str, str] = {}
+
+    def _to_proxy_event(self, event: dict[str, Any]) -> _Event:
+        return _Event(event, self._json_body_deserializer)
 
     def resolve(self, event: Any, context: Any) -> dict[str, Any]:
         self.edge_headers = {}

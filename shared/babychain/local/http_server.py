@@ -26,12 +26,12 @@ from typing import Any
 from urllib.parse import unquote
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from babychain.errors import ApiError
 from babychain.local import inspector
 from babychain.local.api_docs import docs_answer
-from babychain.local.lambda_shim import LambdaContext, http_event, load_handler, match_route, route_methods
+from babychain.local.lambda_shim import LambdaContext, load_handler, lowered_http_event, match_route, route_methods
 
 access_log = logging.getLogger("babychain.access")
 log = logging.getLogger(__name__)
@@ -140,14 +140,15 @@ class ApiGatewayApp:
             )
         function, route_key, params = route
         query = scope.get("query_string", b"").decode("latin-1")
-        event = http_event(method, path, query, headers, body, route_key, params)
         client = scope.get("client")
-        if client:
-            event["requestContext"]["http"]["sourceIp"] = client[0]
+        # `headers` has lower-case names (`_headers`): it becomes the event's own, as API Gateway's v2 events have.
+        event = lowered_http_event(
+            method, path, query, headers, body, route_key, params, client[0] if client else "127.0.0.1"
+        )
         response = self.handler_for(function)(event, LambdaContext(function_name=function))
         payload = response.get("body") or ""
         data = base64.b64decode(payload) if response.get("isBase64Encoded") else payload.encode()
-        reply_headers = {k.lower(): str(v) for k, v in (response.get("headers") or {}).items()}
+        reply_headers = {k.lower(): v if type(v) is str else str(v) for k, v in (response.get("headers") or {}).items()}
         for cookie in response.get("cookies") or []:
             reply_headers.setdefault("set-cookie", cookie)
         return Reply(response["statusCode"], reply_headers, data, function=function)
@@ -276,9 +277,9 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 
 
 async def _send_reply(scope: Scope, send: Send, reply: Reply) -> None:
-    headers = dict(reply.headers)
-    headers.setdefault("content-length", str(len(reply.body)))
-    raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+    raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in reply.headers.items()]
+    if "content-length" not in reply.headers:
+        raw.append((b"content-length", str(len(reply.body)).encode("latin-1")))
     await send({"type": "http.response.start", "status": reply.status, "headers": raw})
     if reply.file is None or scope["method"] == "HEAD":
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else reply.body})
@@ -306,8 +307,81 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
+class _HeldHead:
+    """Stands in for the transport while uvicorn writes a response's head: keeps the bytes."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+class _HeadFirst:
+    """The transport, with a held response head written in front of the first body bytes (one write, one syscall),
+    or on its own before the connection closes."""
+
+    def __init__(self, transport: Any, head: bytes) -> None:
+        self.transport = transport
+        self.head = head
+
+    def write(self, data: bytes) -> None:
+        head, self.head = self.head, b""
+        self.transport.write(head + data if head else data)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def flush(self) -> None:
+        if self.head and not self.transport.is_closing():
+            self.transport.write(self.head)
+        self.head = b""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+class OneWriteCycle(RequestResponseCycle):
+    """uvicorn's request cycle, writing a response's head together with its first body bytes: uvicorn writes the
+    head as soon as the app starts the response, so every small answer took two writes. Nothing else is held: a
+    `100 Continue` still goes out at once."""
+
+    _head = b""
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:  # type: ignore[override]
+        transport = self.transport
+        if message["type"] == "http.response.start" and not self.response_started:
+            held = _HeldHead()
+            self.transport = held  # type: ignore[assignment]
+            try:
+                await super().send(message)  # type: ignore[arg-type]
+            finally:
+                self.transport = transport
+            self._head = held.data
+            return
+        if not self._head:
+            await super().send(message)  # type: ignore[arg-type]
+            return
+        head_first = _HeadFirst(transport, self._head)
+        self._head = b""
+        self.transport = head_first  # type: ignore[assignment]
+        try:
+            await super().send(message)  # type: ignore[arg-type]
+        finally:
+            self.transport = transport
+            head_first.flush()  # a HEAD answer, or a send that wrote nothing: the head on its own
+
+
 class JsonErrorProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, answering malformed HTTP in the API's JSON error shape (not plain text)."""
+    """uvicorn's httptools protocol, answering malformed HTTP in the API's JSON error shape (not plain text), and
+    sending each response's head with its body (`OneWriteCycle`)."""
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        # uvicorn builds the cycle here and has no hook for its class; its task runs later and looks `send` up then.
+        if type(self.cycle) is RequestResponseCycle:
+            self.cycle.__class__ = OneWriteCycle
 
     def _unsupported_upgrade_warning(self) -> None:
         # The parser stops at an upgrade it will not perform (h2c, websocket): answer this request, then close,

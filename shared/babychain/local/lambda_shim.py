@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import unquote_plus
 
 FUNCTIONS_DIR = Path(__file__).resolve().parents[3] / "functions"
 
@@ -41,14 +42,25 @@ def _route_pattern(route: str) -> re.Pattern[str]:
 
 
 _COMPILED = [(method, route, function, _route_pattern(route)) for method, route, function in ROUTES]
+# Per request, a dict lookup for the routes without parameters, then only the method's templated routes, each with its
+# route key built once. The static routes come first in ROUTES, so trying them first keeps its first-match order.
+_STATIC = {(method, route): (function, f"{method} {route}") for method, route, function in ROUTES if "{" not in route}
+_TEMPLATED: dict[str, list[tuple[re.Pattern[str], str, str]]] = {}
+for _method, _route, _function, _pattern in _COMPILED:
+    if "{" in _route:
+        _TEMPLATED.setdefault(_method, []).append((_pattern, _function, f"{_method} {_route}"))
+assert [r for r in ROUTES if "{" not in r[1]] == list(ROUTES[: len(_STATIC)]), "static routes go first in ROUTES"
 
 
 def match_route(method: str, path: str) -> tuple[str, str, dict[str, str]] | None:
     """Returns (function, route key, path parameters) for a request, like API Gateway's router."""
-    for route_method, route, function, pattern in _COMPILED:
+    static = _STATIC.get((method, path))
+    if static is not None:
+        return static[0], static[1], {}
+    for pattern, function, route_key in _TEMPLATED.get(method, ()):
         m = pattern.match(path)
-        if m and route_method == method:
-            return function, f"{method} {route}", m.groupdict()
+        if m:
+            return function, route_key, m.groupdict()
     return None
 
 
@@ -110,23 +122,41 @@ def http_event(
     path_parameters: dict[str, str],
 ) -> dict[str, Any]:
     """An API Gateway HTTP API (payload format 2.0) event."""
-    try:
-        text, is_base64 = body.decode(), False
-    except UnicodeDecodeError:
-        text, is_base64 = base64.b64encode(body).decode(), True
-    query_params: dict[str, str] = {}
-    for part in filter(None, query.split("&")):
-        key, _, value = part.partition("=")
-        from urllib.parse import unquote_plus
+    lowered = {k.lower(): v for k, v in headers.items()}
+    return lowered_http_event(method, path, query, lowered, body, route_key, path_parameters)
 
-        query_params[unquote_plus(key)] = unquote_plus(value)
-    now = datetime.now(UTC)
+
+def lowered_http_event(
+    method: str,
+    path: str,
+    query: str,
+    headers: dict[str, str],
+    body: bytes,
+    route_key: str,
+    path_parameters: dict[str, str],
+    source_ip: str = "127.0.0.1",
+) -> dict[str, Any]:
+    """`http_event` for headers whose names are lower-case already (the HTTP edge's): the dict becomes the event's."""
+    if not body:
+        text, is_base64 = None, False
+    else:
+        try:
+            text, is_base64 = body.decode(), False
+        except UnicodeDecodeError:
+            text, is_base64 = base64.b64encode(body).decode(), True
+    query_params: dict[str, str] = {}
+    if query:
+        for part in query.split("&"):
+            if part:
+                key, _, value = part.partition("=")
+                query_params[unquote_plus(key)] = unquote_plus(value)
+    now = time.time()
     return {
         "version": "2.0",
         "routeKey": route_key,
         "rawPath": path,
         "rawQueryString": query,
-        "headers": {k.lower(): v for k, v in headers.items()},
+        "headers": headers,
         "queryStringParameters": query_params or None,
         "pathParameters": path_parameters or None,
         "requestContext": {
@@ -138,16 +168,16 @@ def http_event(
                 "method": method,
                 "path": path,
                 "protocol": "HTTP/1.1",
-                "sourceIp": "127.0.0.1",
+                "sourceIp": source_ip,
                 "userAgent": headers.get("user-agent", ""),
             },
             "requestId": str(uuid.uuid4()),
             "routeKey": route_key,
             "stage": "$default",
-            "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
-            "timeEpoch": int(now.timestamp() * 1000),
+            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+            "timeEpoch": int(now * 1000),
         },
-        "body": text if body else None,
+        "body": text,
         "isBase64Encoded": is_base64,
     }
 

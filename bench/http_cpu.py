@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import httpx
 import psutil
+from machine import cpu_us
 
 from babychain.local.loopback import LoopbackServer, QuietHandler
 from babychain.providers.http import ProviderHttp
@@ -51,13 +52,6 @@ def serve(port: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     port.put(server.port)
     while True:
         time.sleep(3600)
-
-
-def cpu_us(fn: Callable[[], object], calls: int) -> float:
-    start = time.process_time()
-    for _ in range(calls):
-        fn()
-    return (time.process_time() - start) / calls * 1e6
 
 
 def main() -> None:

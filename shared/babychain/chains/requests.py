@@ -111,13 +111,14 @@ def _input_and_metadata(body: Any) -> tuple[dict[str, Any], dict[str, Any], dict
     if len(encoded["input"]) > MAX_INPUT_BYTES:
         raise invalid_input(f"input is larger than {MAX_INPUT_BYTES} bytes.", "input")
     check_json_bounds(raw_input, "input")
-    metadata = body.get("metadata") or {}
+    given = body.get("metadata")
+    metadata = given or {}
     if not isinstance(metadata, dict):
         raise invalid_input("metadata must be a JSON object.", "metadata", code="invalid_request")
     metadata_text = _CANONICAL(metadata)
     if len(metadata_text) > MAX_METADATA_BYTES:
         raise invalid_input(f"metadata is larger than {MAX_METADATA_BYTES} bytes.", "metadata", code="invalid_request")
-    if metadata is body.get("metadata"):  # not the {} that stands in for a null or missing one
+    if given:  # the body's own object (not the {} that stands in for a null, empty or missing one)
         encoded["metadata"] = metadata_text
     check_json_bounds(metadata, "metadata")
     check_no_credentials(metadata, "metadata")

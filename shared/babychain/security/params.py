@@ -294,7 +294,9 @@ def strict_json(raw: bytes) -> Any:
     except UnicodeDecodeError:
         raise invalid_input("Request body must be UTF-8 encoded JSON.", code="invalid_json") from None
     try:
-        value = json.loads(text, parse_constant=_no_constant, parse_int=_bounded_int, parse_float=_finite_float)
+        if text.startswith("\ufeff"):  # what json.loads refuses before decoding, in its words
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        value = _STRICT_DECODER.decode(text)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError, and so are the hooks' refusals
         raise invalid_input(f"Request body is not valid JSON: {exc}.", code="invalid_json") from None
     if _BAD_ESCAPE.search(text):
@@ -317,6 +319,10 @@ def _finite_float(digits: str) -> float:
     if not math.isfinite(number):
         raise ValueError("numbers must be finite")
     return number
+
+
+# json.loads with hooks builds a decoder (and its scanner) per call: one, built once.
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_int=_bounded_int, parse_float=_finite_float)
 
 
 def check_json_text(value: Any, path: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import uuid
@@ -64,6 +65,23 @@ def test_database_key_is_stored_hashed_and_works(engine: LocalEngine) -> None:
         assert db_client.get(f"/api/v1/chains/get/{run_id}").status_code == 200
     with client_for(engine) as env_client:
         _error(env_client.get(f"/api/v1/chains/get/{run_id}"), 404, "run_not_found")
+
+
+def test_a_run_stored_by_an_earlier_version_still_replays(engine: LocalEngine, client: httpx.Client) -> None:
+    # The request hash as every earlier version computed and stored it: the canonical JSON of chain and body.
+    canonical = json.dumps({"chain": "chain1", "body": SEED_CHAIN1}, sort_keys=True, separators=(",", ":"))
+    stored = hashlib.sha256(canonical.encode()).hexdigest()
+    headers = {"Idempotency-Key": f"stored-before-{uuid.uuid4()}"}
+    first = client.post("/api/v1/chains/chain1/runs", json=SEED_CHAIN1, headers=headers)
+    assert first.status_code == 202, first.text
+    assert engine.store is not None
+    with engine.store._pool.connection() as conn:
+        conn.execute("update chain_runs set request_hash = %s where id = %s", (stored, first.json()["id"]))
+    reordered = json.loads(json.dumps(SEED_CHAIN1), object_pairs_hook=lambda p: dict(reversed(p)))
+    replay = client.post("/api/v1/chains/chain1/runs", json=reordered, headers=headers)
+    assert replay.status_code == 202, replay.text
+    assert replay.headers["idempotency-replayed"] == "true"
+    assert replay.json()["id"] == first.json()["id"]
 
 
 def test_idempotent_replay_and_conflict(engine: LocalEngine, client: httpx.Client) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -14,6 +15,7 @@ from babychain.security.params import (
     is_credential_like_key,
     is_provider_controlled_key,
     normalise_key,
+    strict_json,
 )
 
 
@@ -246,3 +248,37 @@ def test_non_json_values(value: Any) -> None:
 def test_custom_limits() -> None:
     assert bounds_error([1, 2, 3], max_array=2).message == "Array is longer than 2 items."
     assert bounds_error("abc", max_string=2).field == "input.params"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"\xef\xbb\xbf{}", b"[1,2", b"  ", b'{"a":1}x', b'{"a":"\\ud800"', b"\xef\xbb\xbf"],
+)
+def test_strict_json_refuses_malformed_text_in_json_loads_words(raw: bytes) -> None:
+    # The message a caller gets is json.loads's own (a UTF-8 BOM included, which json.loads refuses before decoding).
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(raw.decode())
+    with pytest.raises(ApiError) as refused:
+        strict_json(raw)
+    assert refused.value.message == f"Request body is not valid JSON: {expected.value}."
+    assert refused.value.code == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b'{"a":1e999}', "numbers must be finite"),
+        (b'{"a":[NaN]}', "NaN is not a JSON number"),
+        (b'{"a":-Infinity}', "-Infinity is not a JSON number"),
+        (b'{"a":9007199254740992}', "integers must be within \u00b19007199254740991"),
+    ],
+)
+def test_strict_json_refuses_unbounded_numbers(raw: bytes, reason: str) -> None:
+    with pytest.raises(ApiError) as refused:
+        strict_json(raw)
+    assert refused.value.message == f"Request body is not valid JSON: {reason}."
+
+
+def test_strict_json_decodes_as_json_loads() -> None:
+    text = '{"b":[1,2.5,-0,{"c":null}],"a":"\\u00e9","d":true,"e":9007199254740991}'
+    assert strict_json(text.encode()) == json.loads(text)

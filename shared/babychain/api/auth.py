@@ -14,14 +14,21 @@ from babychain.services import Services
 
 
 @lru_cache(maxsize=8)
-def _bootstrap_digests(keys: tuple[str, ...]) -> tuple[str, ...]:
-    """The configured keys' digests, hashed once per key set rather than twice per key on every request."""
-    return tuple(hash_key(key) for key in keys)
+def _bootstrap_keys(keys: tuple[str, ...]) -> tuple[tuple[str, Principal], ...]:
+    """The configured keys' digests and the caller each names, built once per key set rather than on every request
+    (a Principal is frozen: one can be shared)."""
+    digests = [hash_key(key) for key in keys]
+    return tuple(
+        (digest, Principal(owner_id="env:" + digest[:24], name="env-api-key", scopes=ALL_SCOPES)) for digest in digests
+    )
 
 
 def identify(svc: Services, headers: Mapping[str, str]) -> Principal:
     """The caller a request's bearer key names; 401 without a valid key."""
-    header = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
+    # API Gateway's v2 events (and the edge's) name headers in lower case: one lookup, the scan only when it misses.
+    header = headers.get("authorization")
+    if header is None:
+        header = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
     if not header.startswith("Bearer ") or not header[7:].strip():
         raise ApiError(
             401,
@@ -32,10 +39,10 @@ def identify(svc: Services, headers: Mapping[str, str]) -> Principal:
     token = header[7:].strip()
     digest = hash_key(token)
     principal = None
-    for key_digest in _bootstrap_digests(tuple(svc.settings.api_keys)):
+    for key_digest, bootstrap in _bootstrap_keys(tuple(svc.settings.api_keys)):
         # Compare fixed-length digests so the time taken says nothing about the key.
         if hmac.compare_digest(digest, key_digest):
-            principal = Principal(owner_id="env:" + key_digest[:24], name="env-api-key", scopes=ALL_SCOPES)
+            principal = bootstrap
     if principal is None and len(token) >= KEY_PREFIX_LENGTH:
         row = svc.store.authenticate_key(digest)
         if row is not None:

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple, get_type_hints
 from urllib.parse import parse_qs
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.api_gateway import ResponseBuilder
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
@@ -72,6 +73,18 @@ class _Event(APIGatewayProxyEventV2):
         return super().headers
 
 
+class _ResponseBuilder(ResponseBuilder[Any]):
+    """Powertools' response builder, without the compression check's work when nothing can compress: it read the
+    request's headers again (a second case-insensitive dict, each value split at commas) to find `Accept-Encoding`,
+    then compressed only if the route or the response asked for it. None of these routes or responses does."""
+
+    @staticmethod
+    def _has_compression_enabled(route_compression: bool, response_compression: bool | None, event: Any) -> bool:
+        if not route_compression and not response_compression:
+            return False  # what Powertools answers for any Accept-Encoding in this case
+        return ResponseBuilder._has_compression_enabled(route_compression, response_compression, event)
+
+
 class EdgeResolver(APIGatewayHttpResolver):
     """The resolver of every API function. `edge_headers` go on whatever response the invocation ends with (the
     route's, an error's, even an unexpected 500): `caller` puts the rate-limit budget there once the key is known."""
@@ -81,6 +94,8 @@ class EdgeResolver(APIGatewayHttpResolver):
         # settings are given where the document is built (`babychain.api.openapi`).
         super().__init__()
         self.edge_headers: dict[str, str] = {}
+        # A class, not Powertools' `ResponseBuilder[BaseProxyEvent]` alias (whose every call also sets __orig_class__).
+        self._response_builder_class = _ResponseBuilder
 
     def _to_proxy_event(self, event: dict[str, Any]) -> _Event:
         return _Event(event, self._json_body_deserializer)

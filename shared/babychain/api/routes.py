@@ -10,6 +10,7 @@ pydantic's on generated values), so a request gets the same 400 as when Powertoo
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -208,6 +209,7 @@ _WHITE_SPACE += "\u202f\u205f\u3000"
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0+)?")
 
 
+@functools.lru_cache(maxsize=64)
 def _pattern(pattern: str) -> re.Pattern[str]:
     # pydantic's (Rust) `$` matches only at the very end; Python's also before a final newline.
     return re.compile(pattern.removesuffix("$") + r"\Z" if pattern.endswith("$") else pattern)
@@ -219,6 +221,7 @@ def _literal_message(values: tuple[Any, ...]) -> str:
     return f"Input should be {listed}"
 
 
+@functools.lru_cache(maxsize=64)  # a handler's few annotations, asked about on every request
 def _split_optional(annotation: Any) -> tuple[Any, bool]:
     """`X | None` → (X, True); X → (X, False)."""
     if get_origin(annotation) in (Union, type(int | None)):

@@ -53,20 +53,31 @@ class RunPlan:
     request_hash: str
 
 
+# The canonical JSON of a request: sorted keys, no spaces, ASCII only (so its length in characters is its length in
+# bytes, and sorting keys does not change it: the size checks read it too). One encoder, not one per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
 def request_hash(slug: str, body: dict[str, Any]) -> str:
-    """Fingerprint of what the caller asked for; key order does not matter."""
-    canonical = json.dumps({"chain": slug, "body": body}, sort_keys=True, separators=(",", ":"))
+    """Fingerprint of what the caller asked for; key order does not matter. Stored with each run and compared on an
+    Idempotency-Key replay, so its text must never change: sha256 of `{"body":<body>,"chain":<slug>}` canonical."""
+    return _hash_of(slug, body, {})
+
+
+def _hash_of(slug: str, body: dict[str, Any], encoded: dict[str, str]) -> str:
+    """`request_hash`, with the body's members found in `encoded` (their canonical JSON) not encoded again: the text
+    hashed is the one `_CANONICAL({"chain": slug, "body": body})` gives."""
+    members = ",".join(
+        f"{_CANONICAL(key)}:{encoded[key] if key in encoded else _CANONICAL(body[key])}" for key in sorted(body)
+    )
+    canonical = f'{{"body":{{{members}}},"chain":{_CANONICAL(slug)}}}'
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _size(value: Any) -> int:
-    return len(json.dumps(value, separators=(",", ":")).encode())
 
 
 def plan_run(
     template: ChainTemplate, body: Any, *, mode: str, resolver: Resolver, allow_loopback_http: bool
 ) -> RunPlan:
-    raw_input, metadata = _input_and_metadata(body)
+    raw_input, metadata, encoded = _input_and_metadata(body)
     # Media fields are typed in the model schemas; validating them under this policy applies the URL rules (DNS too).
     steps = _plan_steps(template, raw_input, mode, UrlPolicy(resolver, allow_loopback_http))
     webhook_url = body.get("webhook_url") or None
@@ -79,12 +90,13 @@ def plan_run(
         metadata=metadata,
         webhook_url=webhook_url,
         steps=steps,
-        request_hash=request_hash(template.slug, body),
+        request_hash=_hash_of(template.slug, body, encoded),
     )
 
 
-def _input_and_metadata(body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The body's `input` and `metadata`, each a JSON object within its size and shape bounds."""
+def _input_and_metadata(body: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """The body's `input` and `metadata`, each a JSON object within its size and shape bounds, and the canonical JSON
+    of those the body holds (measured for the size limits; the request hash reuses it)."""
     if not isinstance(body, dict):
         raise invalid_input("Request body must be a JSON object.", code="invalid_request")
     for key in body:
@@ -95,17 +107,22 @@ def _input_and_metadata(body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     raw_input = body.get("input")
     if not isinstance(raw_input, dict):
         raise invalid_input("input is required and must be a JSON object.", "input")
-    if _size(raw_input) > MAX_INPUT_BYTES:
+    encoded = {"input": _CANONICAL(raw_input)}
+    if len(encoded["input"]) > MAX_INPUT_BYTES:
         raise invalid_input(f"input is larger than {MAX_INPUT_BYTES} bytes.", "input")
     check_json_bounds(raw_input, "input")
-    metadata = body.get("metadata") or {}
+    given = body.get("metadata")
+    metadata = given or {}
     if not isinstance(metadata, dict):
         raise invalid_input("metadata must be a JSON object.", "metadata", code="invalid_request")
-    if _size(metadata) > MAX_METADATA_BYTES:
+    metadata_text = _CANONICAL(metadata)
+    if len(metadata_text) > MAX_METADATA_BYTES:
         raise invalid_input(f"metadata is larger than {MAX_METADATA_BYTES} bytes.", "metadata", code="invalid_request")
+    if given:  # the body's own object (not the {} that stands in for a null, empty or missing one)
+        encoded["metadata"] = metadata_text
     check_json_bounds(metadata, "metadata")
     check_no_credentials(metadata, "metadata")
-    return raw_input, metadata
+    return raw_input, metadata, encoded
 
 
 def _check_url(url: str, field: str, resolver: Resolver, allow_loopback_http: bool, code: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import importlib.util
 import json
@@ -174,12 +175,18 @@ def lowered_http_event(
             "requestId": str(uuid.uuid4()),
             "routeKey": route_key,
             "stage": "$default",
-            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+            "time": _request_time(int(now)),
             "timeEpoch": int(now * 1000),
         },
         "body": text,
         "isBase64Encoded": is_base64,
     }
+
+
+@functools.lru_cache(maxsize=2)  # the same text for every request within a second
+def _request_time(second: int) -> str:
+    """API Gateway's `requestContext.time`: `02/Dec/2026:01:10:00 +0000`."""
+    return time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second))
 
 
 def sqs_event(queue_name: str, messages: list[tuple[str, dict[str, Any], int]]) -> dict[str, Any]:

@@ -186,7 +186,9 @@ def check_step_params(params: Any, path: str) -> None:
     if not isinstance(params, dict):
         raise invalid_input("Step params must be a JSON object.", path)
     for key in params:
-        if isinstance(key, str) and is_provider_controlled_key(key):
+        if isinstance(key, str) and (
+            _cached_provider_controlled(key) if len(key) <= _CACHED_KEY_LENGTH else is_provider_controlled_key(key)
+        ):
             raise invalid_input(PROVIDER_CONTROLLED_MESSAGE, child_path(path, key))
     check_no_credentials(params, path)
 
@@ -205,8 +207,14 @@ def check_no_credentials(value: Any, path: str) -> None:
                 raise invalid_input("Value is too large to check.", path, code="invalid_request")
         if isinstance(value, dict):
             for key, child in value.items():
-                key_text = str(key)
-                if is_credential_like_key(key_text):
+                key_text = key if type(key) is str else str(key)
+                # credential_rule, its cache asked here: one call per key, not three.
+                rule = (
+                    _cached_credential_rule(key_text)
+                    if len(key_text) <= _CACHED_KEY_LENGTH
+                    else _credential_rule(key_text)
+                )
+                if rule is not None:
                     raise invalid_input(credential_message(key_text), child_path(_spell(here), key_text))
                 if isinstance(child, dict | list):  # scalars have no keys: nothing more to look at
                     stack.append((child, (here, key_text)))
@@ -238,18 +246,30 @@ def check_json_bounds(
         nodes += 1
         if nodes > max_nodes:
             _refuse(f"Value has more than {max_nodes} items in total.", path)
-        if isinstance(item, dict | list):
+        # Decoded JSON's scalars are of these exact types: told by one comparison (the rest by `_check_scalar`).
+        kind = type(item)
+        if kind is str:
+            if len(item) > max_string:
+                _refuse(f"String is longer than {max_string} characters.", here)
+        elif kind is int or kind is bool or item is None:
+            continue
+        elif isinstance(item, dict | list):
             if depth >= max_depth:
                 _refuse(f"Value is nested deeper than {max_depth} levels.", here)
             _push_members(stack, item, here, depth + 1, max_keys, max_array, max_string)
-        elif isinstance(item, str):
-            if len(item) > max_string:
-                _refuse(f"String is longer than {max_string} characters.", here)
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                _refuse("Numbers must be finite.", here)
-        elif item is not None and not isinstance(item, bool | int):
-            _refuse("Value is not valid JSON.", here)
+        else:
+            _check_scalar(item, here, max_string)
+
+
+def _check_scalar(item: Any, here: _Place, max_string: int) -> None:
+    if isinstance(item, str):
+        if len(item) > max_string:
+            _refuse(f"String is longer than {max_string} characters.", here)
+    elif isinstance(item, float):
+        if not math.isfinite(item):
+            _refuse("Numbers must be finite.", here)
+    elif item is not None and not isinstance(item, bool | int):
+        _refuse("Value is not valid JSON.", here)
 
 
 def _push_members(
@@ -270,7 +290,7 @@ def _push_members(
     if len(item) > max_keys:
         _refuse(f"Object has more than {max_keys} keys.", here)
     for key, child in item.items():
-        if not isinstance(key, str):
+        if type(key) is not str and not isinstance(key, str):
             _refuse("Object keys must be strings.", here)
         if len(key) > max_string:
             _refuse(f"Key is longer than {max_string} characters.", here)
@@ -294,7 +314,9 @@ def strict_json(raw: bytes) -> Any:
     except UnicodeDecodeError:
         raise invalid_input("Request body must be UTF-8 encoded JSON.", code="invalid_json") from None
     try:
-        value = json.loads(text, parse_constant=_no_constant, parse_int=_bounded_int, parse_float=_finite_float)
+        if text.startswith("\ufeff"):  # what json.loads refuses before decoding, in its words
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        value = _STRICT_DECODER.decode(text)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError, and so are the hooks' refusals
         raise invalid_input(f"Request body is not valid JSON: {exc}.", code="invalid_json") from None
     if _BAD_ESCAPE.search(text):
@@ -317,6 +339,10 @@ def _finite_float(digits: str) -> float:
     if not math.isfinite(number):
         raise ValueError("numbers must be finite")
     return number
+
+
+# json.loads with hooks builds a decoder (and its scanner) per call: one, built once.
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_int=_bounded_int, parse_float=_finite_float)
 
 
 def check_json_text(value: Any, path: str) -> None:

@@ -415,3 +415,16 @@ def test_sweep_checks_for_nothing_due_by_index_probes_with_no_parameters(conn: p
             yield from limits(child)
 
     assert len(list(limits(plan))) == 6
+
+
+def test_list_and_purge_keep_their_generic_plans(conn: psycopg.Connection[Any]) -> None:
+    """20261202040200_list_and_purge_generic_plans.sql pins these to generic plans (index ranges, checked above): a
+    later `create or replace` without the setting would drop it silently and bring back a plan per call."""
+    rows = conn.execute(
+        "select p.oid::regprocedure::text, p.proconfig from pg_proc p"
+        " where p.oid = any(array['public.bc_list_runs(jsonb)', 'babychain_private.bc_runs_as_json(uuid[])',"
+        " 'public.bc_purge_expired_runs(jsonb)']::regprocedure[])"
+    ).fetchall()
+    assert len(rows) == 3
+    for signature, config in rows:
+        assert "plan_cache_mode=force_generic_plan" in (config or []), signature

@@ -8,8 +8,11 @@ webhook receipt per such run. Foreign keys are not checked while loading (sessio
 rows are consistent by construction), and the indexes that back no constraint are built after the load; then VACUUM
 ANALYZE.
 
-Then it calls the real SQL functions (`select bc_x(%s::jsonb)`, as the store adapter does), each `--calls` times with
-varying arguments, and reports the median and range in ms:
+Then it calls the real SQL functions (`select bc_x(%s::jsonb)`, as the store adapter does: no server-side prepared
+statement), each `--calls` times with varying arguments, and reports the median and range in ms of the whole call
+from Python, and the server's own time in the function (track_functions). The repeatable ones first run once with
+each argument, timed apart as "first call": at 1,000,000 runs their pages are often in neither shared buffers
+(128 MB) nor the OS cache (this VM pages out file pages idle for a minute), so that round measures disk reads:
   sweeper      bc_sweep with nothing overdue and with every active step due (rolled back), bc_purge_expired_runs
                (1-day retention, the sweeper's batch, rolled back), bc_end_callback_leases, bc_queue_receive on an
                empty queue

@@ -8,8 +8,11 @@ webhook receipt per such run. Foreign keys are not checked while loading (sessio
 rows are consistent by construction), and the indexes that back no constraint are built after the load; then VACUUM
 ANALYZE.
 
-Then it calls the real SQL functions (`select bc_x(%s::jsonb)`, as the store adapter does), each `--calls` times with
-varying arguments, and reports the median and range in ms:
+Then it calls the real SQL functions (`select bc_x(%s::jsonb)`, as the store adapter does: no server-side prepared
+statement), each `--calls` times with varying arguments, and reports the median and range in ms of the whole call
+from Python, and the server's own time in the function (track_functions). The repeatable ones first run once with
+each argument, timed apart as "first call": at 1,000,000 runs their pages are often in neither shared buffers
+(128 MB) nor the OS cache (this VM pages out file pages idle for a minute), so that round measures disk reads:
   sweeper      bc_sweep with nothing overdue and with every active step due (rolled back), bc_purge_expired_runs
                (1-day retention, the sweeper's batch, rolled back), bc_end_callback_leases, bc_queue_receive on an
                empty queue
@@ -32,7 +35,7 @@ Scan, Index Scan, Bitmap Heap Scan, Seq Scan), with the rows they read (returned
 conditions they only filtered by, and the time of the top node's input (for a list: finding the page before its JSON
 is built). A sequential scan of a table of more than 1,000 rows is marked SEQ SCAN.
 
-Usage: python bench/history.py [--runs 50000] [--calls 20] [--json] [--migrations DIR]
+Usage: python bench/history.py [--runs 50000] [--calls 20] [--json] [--migrations DIR] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -206,6 +209,22 @@ def generate(conn: psycopg.Connection[Any], n: int) -> dict[str, float]:
     return timings
 
 
+def refresh(conn: psycopg.Connection[Any]) -> dict[str, float]:
+    """A kept history, brought to now: its active runs and steps are due in an hour again, as when generated (so
+    "nothing overdue" stays true), and the rows the last run's calls left are vacuumed."""
+    started = time.monotonic()
+    conn.execute(
+        "update public.chain_runs set deadline_at = now() + interval '1 hour' where status in ('queued', 'running')"
+    )
+    conn.execute(
+        "update public.chain_steps set next_check_at = now() + interval '1 hour', "
+        "started_at = case when status = 'running' then now() - interval '1 minute' else started_at end "
+        "where status in ('queued', 'running') and next_check_at is not null"
+    )
+    conn.execute("vacuum analyze")
+    return {"refresh": round(time.monotonic() - started, 2)}
+
+
 def sizes(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     rows = conn.execute(
         """select c.relname, c.relkind, pg_relation_size(c.oid), c.reltuples::bigint
@@ -353,6 +372,7 @@ class Bench:
         self.n = n
         self.results: list[dict[str, Any]] = []
         self.rng = random.Random(7)
+        conn.execute("set track_functions = 'all'")  # the server's time in each function, per call
         self.table_rows = {
             name: rows
             for name, rows in conn.execute(
@@ -384,7 +404,17 @@ class Bench:
         (SQL functions' plans are cached since PostgreSQL 18, plpgsql's always were), so a caller that meets either
         plan is timed. WAL bytes per call are read from the server's insert position around the first round.
         """
-        times, answers = [], []
+        first: list[float] = []
+        if plan_modes:
+            # The first call with each argument reads pages that may not be in shared buffers (128 MB here, a few GB
+            # of history) nor in the OS cache (this VM pages out file pages idle for a minute): a disk read, not the
+            # query. Timed apart, as "first call"; the figures below are calls on cached pages.
+            for i in range(self.calls):
+                with self.conn.transaction(force_rollback=True):
+                    started = time.perf_counter()
+                    self.call(function, make(i))
+                    first.append((time.perf_counter() - started) * 1000)
+        times, answers, server = [], [], []
         scans: dict[str, Any] = {}
         wal_start = self.wal_lsn()
         for i in range(self.calls):
@@ -393,9 +423,14 @@ class Bench:
                 # The per-transaction counters are the backend's unflushed ones: flush them first (when it goes idle).
                 self.conn.execute("select pg_stat_force_next_flush()")
             with self.conn.transaction(force_rollback=rollback):
+                # The server's own time in the function (track_functions; the backend's counters not yet flushed,
+                # which it flushes only outside a transaction): the whole call minus this is the round trip, the top
+                # statement's parse and plan, and the client's decode.
+                before = self.function_ms(function)
                 started = time.perf_counter()
                 answers.append(self.call(function, params))
                 times.append((time.perf_counter() - started) * 1000)
+                server.append(self.function_ms(function) - before)
                 if i == self.calls - 1:
                     scans = read_xact_scans(self.conn)
         wal_bytes = self.wal_lsn() - wal_start
@@ -407,6 +442,8 @@ class Bench:
             "min_ms": round(min(times), 3),
             "max_ms": round(max(times), 3),
             "calls": len(times),
+            "server_ms": round(statistics.median(server), 3),
+            "first_call_ms": round(statistics.median(first), 3) if first else None,
             "wal_bytes_per_call": round(wal_bytes / len(times)),
             "scans": scans,
         }
@@ -440,12 +477,21 @@ class Bench:
         self.results.append(entry)
         return answers
 
+    def function_ms(self, function: str) -> float:
+        row = self.conn.execute(
+            "select coalesce(sum(total_time), 0) from pg_stat_xact_user_functions "
+            "where schemaname = 'public' and funcname = %s",
+            (function,),
+        ).fetchone()
+        return float(row[0]) if row else 0.0
+
     def wal_lsn(self) -> int:
         row = self.conn.execute("select pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
         return int(row[0]) if row else 0
 
 
-def run_queries(conn: psycopg.Connection[Any], calls: int, n: int) -> list[dict[str, Any]]:
+def run_queries(conn: psycopg.Connection[Any], calls: int, n: int, clean_up: bool = False) -> list[dict[str, Any]]:
+    """`clean_up`: delete the runs and receipts the calls made (a kept history stays the same from run to run)."""
     b = Bench(conn, calls, n)
     rng = b.rng
     big_ids = [r[0] for r in conn.execute("select id::text from chain_runs where owner_id = %s limit 5000", (BIG,))]
@@ -641,21 +687,44 @@ def run_queries(conn: psycopg.Connection[Any], calls: int, n: int) -> list[dict[
         lambda i: {"run_id": created[i]["run"]["id"]},
         plan_modes=False,
     )
+    if clean_up:
+        conn.execute("delete from public.chain_runs where id = any(%s::uuid[])", (new_ids,))
+        conn.execute(
+            "delete from public.provider_webhook_receipts where receipt_id = any(%s)",
+            ([f"bench-{i}" for i in new_ids],),
+        )
     return b.results
 
 
-def run(n: int, calls: int, migrations: Path | None = None) -> dict[str, Any]:
-    """`migrations`: another folder of migrations to measure (e.g. an older commit's, for a before/after)."""
+def run(n: int, calls: int, migrations: Path | None = None, keep: Path | None = None) -> dict[str, Any]:
+    """`migrations`: another folder of migrations to measure (e.g. an older commit's, for a before/after).
+    `keep`: a folder for the database that outlives the run; a later run with the same `n` reuses its history (only
+    migrations it has not seen are applied), so one can iterate on a migration without generating again."""
     with tempfile.TemporaryDirectory(prefix="bc-history-") as tmp:
-        dsn, server = start_embedded_postgres(Path(tmp) / "pg", cleanup_mode="delete")
+        folder = keep if keep is not None else Path(tmp) / "pg"
+        dsn, server = start_embedded_postgres(folder, cleanup_mode="stop" if keep is not None else "delete")
         try:
             applied = apply_migrations(dsn, migrations) if migrations else apply_migrations(dsn)
-            with psycopg.connect(dsn, autocommit=True, application_name="bench-history") as conn:
+            # As the engine's store calls: autocommit, and no server-side prepared statements (psycopg would prepare
+            # a statement it saw 5 times; store/postgres.py sends each call as an unnamed statement).
+            with psycopg.connect(
+                dsn, autocommit=True, prepare_threshold=None, application_name="bench-history"
+            ) as conn:
+                kept = conn.execute("select current_setting('bench.history_runs', true)").fetchone()[0]  # type: ignore[index]
+                if kept and int(kept) != n:
+                    raise SystemExit(f"{folder} holds a history of {int(kept):,} runs, not {n:,}: use another folder")
                 started = time.monotonic()
-                timings = generate(conn, n)
+                timings = generate(conn, n) if not kept else refresh(conn)
+                if keep is not None and not kept:
+                    # Read by the next run's connections: the history is there.
+                    conn.execute(
+                        sql.SQL("alter database {} set bench.history_runs = {}").format(
+                            sql.Identifier(conn.info.dbname), sql.Literal(str(n))
+                        )
+                    )
                 generate_seconds = round(time.monotonic() - started, 1)
                 size = sizes(conn)
-                queries = run_queries(conn, calls, n)
+                queries = run_queries(conn, calls, n, clean_up=keep is not None)
                 version = conn.execute("show server_version").fetchone()[0]  # type: ignore[index]
         finally:
             server.cleanup()
@@ -689,6 +758,8 @@ def print_result(result: dict[str, Any]) -> None:
         )
         print(
             f"  {q['group']:<10} {q['label']:<55} {q['median_ms']:8.3f} ms ({q['min_ms']:.3f}\u2013{q['max_ms']:.3f})"
+            f"  server {q['server_ms'] if q.get('server_ms') is not None else '-'}"
+            f"  first call {q['first_call_ms'] if q.get('first_call_ms') is not None else '-'}"
             f"{modes}  {q['verdict']:<10} index tuples {q['index_tuples_read']} WAL/call {q['wal_bytes_per_call']}"
             f"{plans}"
         )
@@ -700,8 +771,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--migrations", type=Path, help="a folder of migrations to apply instead of the project's")
+    parser.add_argument("--keep", type=Path, help="a folder that keeps the generated database for the next run")
     args = parser.parse_args(argv)
-    result = run(args.runs, args.calls, args.migrations)
+    result = run(args.runs, args.calls, args.migrations, args.keep)
     print_result(result)
     if args.json:
         print(json.dumps(result))

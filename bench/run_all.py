@@ -252,6 +252,8 @@ def section_history(quick: bool) -> dict[str, Any]:
                 q["group"],
                 q["label"],
                 spread_text(figures[key]),
+                "\u2013" if q.get("server_ms") is None else f"{q['server_ms']:.3g}",
+                "\u2013" if q.get("first_call_ms") is None else f"{q['first_call_ms']:.3g}",
                 mode("custom"),
                 mode("generic"),
                 q["verdict"],
@@ -281,7 +283,9 @@ def section_history(quick: bool) -> dict[str, Any]:
             f"{n:,} runs generated with set-based SQL in {result['generate_seconds']} s "
             f"({', '.join(f'{k} {v} s' for k, v in result['generate_phases'].items())}); database "
             f"{result['sizes']['database_bytes'] / 2**20:,.0f} MiB. Each query is the real SQL function called "
-            f"{calls} times (median, range), then (the queries that can be repeated) {calls} times more with the "
+            f"{calls} times (median, range; after a first round with the same arguments, timed apart as 'first call', "
+            "whose pages may not be cached yet; 'server ms' is the server's own time in the function, from "
+            "track_functions), then (the queries that can be repeated) {calls} times more with the "
             "session's plan_cache_mode forced to custom and to generic plans, which the function's own statements "
             "follow; 'scans' is what the last call read, from the server's per-transaction "
             "counters; the plans are the function body's under EXPLAIN (ANALYZE, BUFFERS) with a custom and a generic "
@@ -294,6 +298,8 @@ def section_history(quick: bool) -> dict[str, Any]:
                     "group",
                     "query",
                     "ms",
+                    "server ms (in the function)",
+                    "first call ms (pages not cached)",
                     "ms, custom plans forced",
                     "ms, generic plans forced",
                     "scans",

@@ -386,3 +386,45 @@ def test_run_list_reads_by_index_conditions_under_any_plan(
         assert "ROW(created_at, id) < ROW(" in condition, condition
         if "chain_slug" in filters and plan_mode == "force_custom_plan":  # a generic plan holds every branch
             assert "chain_slug = " in condition, condition
+
+
+def test_sweep_checks_for_nothing_due_by_index_probes_with_no_parameters(conn: psycopg.Connection[Any]) -> None:
+    """bc_sweep's first statement (20261202040100_sweep_nothing_due.sql) has no parameters, so plpgsql plans it once
+    per session under any plan mode (it runs here as written, with nothing bound), and it reads one entry from each
+    rule's index: every scan an index scan under a Limit of 1 (min() by its index), never a filter over rows."""
+    body = conn.execute(
+        "select prosrc from pg_proc where proname = 'bc_sweep' and pronamespace = 'public'::regnamespace"
+    ).fetchone()
+    assert body is not None
+    found = re.search(r"select \(select min\(deadline_at\).*?(?=\s+into v_deadline)", body[0], re.DOTALL)
+    assert found is not None
+    conn.execute("set local enable_seqscan = off")
+    row = conn.execute(f"explain (format json) {found.group(0)}").fetchone()
+    assert row is not None
+    plan = row[0][0]["Plan"]
+    scans = list(_scans(plan))
+    assert len(scans) == 6
+    for scan in scans:
+        assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), scan["Node Type"]
+        assert "Filter" not in scan, scan.get("Filter")
+
+    def limits(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        if node.get("Node Type") == "Limit":
+            yield node
+        for child in node.get("Plans", []):
+            yield from limits(child)
+
+    assert len(list(limits(plan))) == 6
+
+
+def test_list_and_purge_keep_their_generic_plans(conn: psycopg.Connection[Any]) -> None:
+    """20261202040200_list_and_purge_generic_plans.sql pins these to generic plans (index ranges, checked above): a
+    later `create or replace` without the setting would drop it silently and bring back a plan per call."""
+    rows = conn.execute(
+        "select p.oid::regprocedure::text, p.proconfig from pg_proc p"
+        " where p.oid = any(array['public.bc_list_runs(jsonb)', 'babychain_private.bc_runs_as_json(uuid[])',"
+        " 'public.bc_purge_expired_runs(jsonb)']::regprocedure[])"
+    ).fetchall()
+    assert len(rows) == 3
+    for signature, config in rows:
+        assert "plan_cache_mode=force_generic_plan" in (config or []), signature

@@ -26,6 +26,7 @@ from babychain.store.base import Store
 from babychain.store.errors import StoreAuthError, StoreError, StoreUnavailable
 from babychain.store.migrations import MIGRATIONS_DIR, apply_migrations
 from babychain.store.postgres import PostgresStore
+from babychain.store.rows import ListedRunRow, ListedStepRow
 from babychain.store.supabase import SupabaseStore
 from tests.conftest import free_port, wait_until
 from tests.standins.postgrest import PostgrestStandIn
@@ -60,7 +61,18 @@ RUN_KEYS = {
     "estimate",
     "steps",
 }
+LISTED_RUN_KEYS = set(ListedRunRow.__annotations__)
+LISTED_STEP_KEYS = set(ListedStepRow.__annotations__)
 TIMERS_MIGRATION = "20261201100000_step_timers.sql"
+
+
+def as_listed(run: Any) -> dict[str, Any]:
+    """A run read alone (every column) as a list page carries it."""
+    listed = {k: run[k] for k in LISTED_RUN_KEYS}
+    listed["steps"] = [{k: s[k] for k in LISTED_STEP_KEYS} for s in run["steps"]]
+    return listed
+
+
 SWEEP_KEYS = {"timed_out_runs", "timed_out_steps", "requeued_steps", "due_steps", "due_callbacks"}
 
 
@@ -256,8 +268,10 @@ def test_list_runs_pagination_and_filters(store: Store) -> None:
 
     full = store.list_runs(owner, limit=10)
     assert [r["id"] for r in full] == expected
-    assert all(set(r) == RUN_KEYS for r in full)
-    assert full == [store.get_run(run_id) for run_id in expected]
+    # A listed run carries what the list shows, with the values of the run read alone.
+    assert all(set(r) == LISTED_RUN_KEYS for r in full)
+    assert all(set(s) == LISTED_STEP_KEYS for r in full for s in r["steps"])
+    assert full == [as_listed(store.get_run(run_id)) for run_id in expected]
 
     assert [r["id"] for r in store.list_runs(owner, limit=10, status="canceled")] == [runs[1]["id"]]
     assert {r["id"] for r in store.list_runs(owner, limit=10, chain_slug="beta")} == {runs[3]["id"], runs[4]["id"]}

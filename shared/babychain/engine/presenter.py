@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from babychain.store.rows import RunRow, StepRow
+from babychain.store.rows import ListedRunRow, ListedStepRow
 
 ACTIVE = ("queued", "running")
 Share = Callable[[str], str]
@@ -15,7 +15,7 @@ def _same(url: str) -> str:
     return url
 
 
-def present_step(step: StepRow, share: Share = _same) -> dict[str, Any]:
+def present_step(step: ListedStepRow, share: Share = _same) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": step["id"],
         "object": "chain_step",
@@ -51,7 +51,7 @@ def present_step(step: StepRow, share: Share = _same) -> dict[str, Any]:
     return out
 
 
-def present_run(run: RunRow, share: Share = _same) -> dict[str, Any]:
+def present_run(run: ListedRunRow, share: Share = _same) -> dict[str, Any]:
     """`share` turns stored artifact references into URLs the caller can fetch (e.g. presigned S3 URLs)."""
     out: dict[str, Any] = {
         "id": run["id"],

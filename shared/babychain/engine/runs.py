@@ -19,7 +19,7 @@ from babychain.ids import is_canonical_uuid
 from babychain.observability import count, logger
 from babychain.queues import callback_message
 from babychain.services import Services
-from babychain.store.rows import RunRow, StepRow
+from babychain.store.rows import ListedRunRow, RunRow, StepRow
 
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 
@@ -100,7 +100,7 @@ def list_runs(
     }
 
 
-def _encode_cursor(svc: Services, principal: Principal, run: RunRow) -> str:
+def _encode_cursor(svc: Services, principal: Principal, run: ListedRunRow) -> str:
     """`<position>.<mac>`: the position (the last run's created_at and id) signed for this caller, so a cursor is one
     this API returned, never a value for the store to interpret."""
     position = base64.urlsafe_b64encode(f"{run['created_at']}|{run['id']}".encode()).decode().rstrip("=")

@@ -14,14 +14,17 @@ from babychain.store.rows import TimedOutStep
 BATCH_LIMIT = 500
 # Retention: runs deleted per statement, and statements per sweep. Each batch is its own short transaction, so a
 # backlog (the first sweep after retention is turned on, or lowered) drains over several ticks without a long lock.
-# A run costs the purge ~20-45 us (the run, 3 steps, their job ids, its callback attempts; 1,000,000-run history,
-# bench/history.py), so 32 keep a call under 2 ms. Keeping up: runs expire as fast as they were made, and a sweep
-# deletes up to 32 x 320 = 10,240 runs, so the purge keeps pace with 170 runs/s at the AWS schedule (one sweep a
-# minute) and 5,000 runs/s locally (one every 2 s); a full sweep is 320 calls, well under a second of database time.
-# Receipts cascade to nothing and arrive a few per run (one per provider webhook), so they get 4 times the batch.
-PURGE_BATCH = 32
-PURGE_RECEIPT_BATCH = 128
-PURGE_BATCHES_PER_SWEEP = 320
+# A run costs the purge ~30-60 us of server time (the run, 3 steps, their job ids, its callback attempts; the steps
+# and attempts still go by one cascade statement per run), so 16 runs and 64 receipts keep a call near 1 ms at any
+# history and under custom plans too (bench/history.py: 32 and 128 took 1.7-4 ms as a whole call at 1,000,000 runs).
+# Keeping up: runs expire as fast as they were made, and a sweep deletes up to 16 x 640 = 10,240 runs, so the purge
+# keeps pace with 170 runs/s at the AWS schedule (one sweep a minute; the target is 150 runs/s) and 5,120
+# runs/s locally (one every 2 s); a full sweep is 640 calls of ~1 ms, about a second of database time, and only
+# while there is a backlog. Receipts cascade to nothing and arrive a few per run (one per provider webhook), so they
+# get 4 times the batch: 64 x 640 = 40,960 a sweep (680/s at the AWS schedule).
+PURGE_BATCH = 16
+PURGE_RECEIPT_BATCH = 64
+PURGE_BATCHES_PER_SWEEP = 640
 # Provider webhook receipts only deduplicate a provider's retried deliveries (minutes to hours; a late duplicate of a
 # finished step is refused by the step's own state anyway), so they are kept a week, or the run window if shorter,
 # and go even when runs are kept forever: otherwise the table grows with every webhook ever received.

@@ -6,7 +6,11 @@ in the engine. Timestamps arrive as ISO 8601 strings, ids as UUID strings.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+if TYPE_CHECKING:  # only read by type checkers (these annotations are never evaluated)
+    from typing_extensions import ReadOnly
 
 RunStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 StepStatus = Literal["queued", "running", "succeeded", "failed", "canceled", "skipped"]
@@ -67,6 +71,57 @@ class RunRow(TypedDict):
     completed_at: str | None
     estimate: dict[str, Any] | None
     steps: list[StepRow]
+
+
+class ListedStepRow(TypedDict):
+    """A step as a list page carries it: what the API's resource shows (engine/presenter.py). Read-only, so that a
+    full StepRow is one too."""
+
+    id: ReadOnly[str]
+    step_index: ReadOnly[int]
+    step_key: ReadOnly[str]
+    step_kind: ReadOnly[Literal["image", "video"]]
+    model_identifier: ReadOnly[str]
+    depends_on: ReadOnly[list[str]]
+    status: ReadOnly[StepStatus]
+    input_files: ReadOnly[list[str] | None]
+    output_files: ReadOnly[list[str] | None]
+    provider: ReadOnly[str | None]
+    provider_metadata: ReadOnly[dict[str, Any]]
+    attempt: ReadOnly[int]
+    error_code: ReadOnly[str | None]
+    error_message: ReadOnly[str | None]
+    started_at: ReadOnly[str | None]
+    completed_at: ReadOnly[str | None]
+    created_at: ReadOnly[str]
+    updated_at: ReadOnly[str]
+
+
+class ListedRunRow(TypedDict):
+    """A run as a list page carries it (bc_list_runs): what the API's resource and the list's cursor read, the same
+    values as the run read alone. A full RunRow is one too."""
+
+    id: ReadOnly[str]
+    chain_slug: ReadOnly[str]
+    chain_version: ReadOnly[str]
+    mode: ReadOnly[Literal["local", "byok", "babysea"]]
+    status: ReadOnly[RunStatus]
+    input: ReadOnly[dict[str, Any]]
+    metadata: ReadOnly[dict[str, Any]]
+    webhook_url: ReadOnly[str | None]
+    current_step_key: ReadOnly[str | None]
+    output: ReadOnly[dict[str, Any] | None]
+    error_code: ReadOnly[str | None]
+    error_message: ReadOnly[str | None]
+    callback_event_id: ReadOnly[str]
+    callback_status: ReadOnly[Literal["waiting", "pending", "delivering", "delivered", "failed"] | None]
+    callback_attempts: ReadOnly[int]
+    callback_next_at: ReadOnly[str | None]
+    created_at: ReadOnly[str]
+    updated_at: ReadOnly[str]
+    completed_at: ReadOnly[str | None]
+    estimate: ReadOnly[dict[str, Any] | None]
+    steps: ReadOnly[Sequence[ListedStepRow]]
 
 
 class ApiKeyRow(TypedDict):

@@ -213,9 +213,7 @@ def check_url(
             _check_address(address, scheme, allow_loopback_http)
     except _Refused as refused:
         raise UnsafeUrlError(str(refused), field) from None
-    return CheckedUrl(
-        url=url, scheme=scheme, host=host, port=port, addresses=tuple(addresses), target=target, netloc=netloc
-    )
+    return CheckedUrl(url=url, scheme=scheme, host=host, port=port, addresses=addresses, target=target, netloc=netloc)
 
 
 def check_url_form(url: str, *, allow_loopback_http: bool = False, field: str | None = None) -> None:
@@ -300,13 +298,15 @@ def _httpx_parts(url: str) -> _Parts:
     )
 
 
-def _literal_addresses(host: str, allow_loopback_http: bool) -> list[str] | None:
-    """The address an IP-literal host stands for; None for a host name (checked here, resolved by `_resolve`)."""
+@functools.lru_cache(maxsize=_VERDICTS_CACHED)
+def _literal_addresses(host: str, allow_loopback_http: bool) -> tuple[str, ...] | None:
+    """The address an IP-literal host stands for; None for a host name (checked here, resolved by `_resolve`).
+    Cached: a pure function of the host text (a refusal raises, and is not cached)."""
     if ":" in host:
         # httpx strips the brackets of an IPv6 literal; zone ids (`%eth0`) only name link-local scopes.
         if _parse_ip(host) is None or "%" in host:
             raise _Refused("URL host is not a valid IP address.")
-        return [host]
+        return (host,)
     if _NUMERIC_LABEL.fullmatch(host.rsplit(".", 1)[-1]):
         try:
             canonical = str(ipaddress.IPv4Address(host))
@@ -314,7 +314,7 @@ def _literal_addresses(host: str, allow_loopback_http: bool) -> list[str] | None
             canonical = ""
         if canonical != host:
             raise _Refused("URL host must be a domain name or a standard dotted IPv4 address.")
-        return [host]
+        return (host,)
     if len(host) > 253 or not _HOSTNAME.fullmatch(host):
         raise _Refused("URL host is not a valid domain name.")
     if host == "metadata.google.internal" or (_is_blocked_name(host) and not allow_loopback_http):
@@ -322,9 +322,9 @@ def _literal_addresses(host: str, allow_loopback_http: bool) -> list[str] | None
     return None
 
 
-def _resolve(host: str, port: int, resolver: Resolver) -> list[str]:
+def _resolve(host: str, port: int, resolver: Resolver) -> tuple[str, ...]:
     """Every answer of the resolver for a host name (all of them are checked)."""
-    addresses = list(dict.fromkeys(resolver(host, port)))
+    addresses = tuple(dict.fromkeys(resolver(host, port)))
     if not addresses:
         raise _Refused("URL host must resolve to a public address.")
     return addresses

@@ -293,25 +293,40 @@ class _Connection:
         self.idle_since = 0.0
         self.requests = 0  # requests sent on it so far
 
-    def send(self, data: bytes, timeout: float) -> None:
-        sock = self.sock
-        sock.settimeout(time_left(timeout, WriteTimeout))
-        try:
-            sock.sendall(data)
-        except TimeoutError:
-            raise WriteTimeout("The write timed out.") from None
-        except OSError as exc:
-            raise WriteError(f"The write failed: {exc}.") from None
+    # The socket is non-blocking (from the end of `_connect`): an operation that can go at once goes at once, and
+    # only one that cannot waits (poll) for what is left of its timeout. A timeout socket would switch its mode (an
+    # ioctl) at every settimeout and poll before every operation: two more system calls per read and per write.
 
-    def recv(self, timeout: float) -> bytes:
+    def send(self, data: bytes, timeout: float) -> None:
+        time_left(timeout, WriteTimeout)  # past the total deadline, nothing more is written
         sock = self.sock
-        sock.settimeout(time_left(timeout, ReadTimeout))
-        try:
-            return sock.recv(_RECV_BYTES)
-        except TimeoutError:
-            raise ReadTimeout("The read timed out.") from None
-        except OSError as exc:
-            raise ReadError(f"The read failed: {exc}.") from None
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[sock.send(view) :]
+            except (BlockingIOError, ssl.SSLWantWriteError):
+                _wait(sock, select.POLLOUT, timeout, WriteTimeout, "The write timed out.")
+            except ssl.SSLWantReadError:
+                _wait(sock, select.POLLIN, timeout, WriteTimeout, "The write timed out.")
+            except OSError as exc:
+                raise WriteError(f"The write failed: {exc}.") from None
+
+    def recv(self, timeout: float, *, wait_first: bool = False) -> bytes:
+        """`wait_first`: an answer is not expected to be there yet (the first read after a request), so wait for it
+        before reading rather than after a read that would find nothing."""
+        time_left(timeout, ReadTimeout)  # past the total deadline, nothing more is read
+        sock = self.sock
+        if wait_first and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            _wait(sock, select.POLLIN, timeout, ReadTimeout, "The read timed out.")
+        while True:
+            try:
+                return sock.recv(_RECV_BYTES)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                _wait(sock, select.POLLIN, timeout, ReadTimeout, "The read timed out.")
+            except ssl.SSLWantWriteError:
+                _wait(sock, select.POLLOUT, timeout, ReadTimeout, "The read timed out.")
+            except OSError as exc:
+                raise ReadError(f"The read failed: {exc}.") from None
 
     def is_stale(self) -> bool:
         """An idle connection has nothing to read unless the peer closed it (or sent what nobody asked for)."""
@@ -329,6 +344,14 @@ class _Connection:
         # close(), never shutdown(): after a fork the parent may still be using this socket.
         self.buffer.clear()
         self.sock.close()
+
+
+def _wait(sock: socket.socket, events: int, timeout: float, expired: type[TimeoutException], message: str) -> None:
+    """Until `sock` is ready for `events`, at most `timeout` cut to the total deadline; then `expired`."""
+    poller = select.poll()
+    poller.register(sock, events)
+    if not poller.poll(time_left(timeout, expired) * 1000):
+        raise expired(message)
 
 
 def create_ssl_context() -> ssl.SSLContext:
@@ -351,6 +374,7 @@ def _connect(pool: _Pool, origin: Origin, connect_timeout: float) -> _Connection
             sock.settimeout(time_left(connect_timeout, ConnectTimeout))
             # The certificate is checked against the host name, whatever address was dialled.
             sock = pool.ssl_context.wrap_socket(sock, server_hostname=origin.server_name)
+        sock.setblocking(False)  # see `_Connection.send`
     except TimeoutError:
         sock.close()
         raise ConnectTimeout("The TLS handshake timed out.") from None
@@ -677,7 +701,7 @@ def _read_head(conn: _Connection, timeout: float, retry_ok: bool) -> tuple[str, 
         if len(buffer) > MAX_HEAD_BYTES:
             raise RemoteProtocolError("The response head is too large.")
         try:
-            data = conn.recv(timeout)
+            data = conn.recv(timeout, wait_first=not buffer)
         except ReadError as exc:
             if retry_ok and not buffer:
                 raise _Stale(exc) from None

@@ -114,5 +114,11 @@ def _make_folder(folder: str) -> None:
 
 
 def _write(path: str, content: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(content)
+    # The file through its descriptor: `open()` would add a stat, an isatty ioctl and a seek to the create and write.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)

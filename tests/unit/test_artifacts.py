@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import uuid
 from pathlib import Path
 
@@ -100,3 +101,19 @@ def test_a_plain_key_names_the_path_realpath_names(tmp_path: Path) -> None:
         (tmp_path / "artifacts" / "runs" / "f").parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "artifacts" / "runs" / "f").write_bytes(b"")
         artifacts.put("runs/f/output-0.png", b"x", "image/png")
+
+
+def test_a_stored_file_has_the_mode_open_gives_and_its_whole_content(tmp_path: Path) -> None:
+    artifacts = store(tmp_path)
+    content = bytes(range(256)) * 40_000  # 10 MB
+    artifacts.put("runs/r/step/output-0.mp4", content, "video/mp4")
+    artifacts.put("runs/r/step/output-0.mp4", b"again", "video/mp4")  # a second copy replaces the first whole
+    stored = tmp_path / "artifacts" / "runs" / "r" / "step" / "output-0.mp4"
+    reference = tmp_path / "reference"
+    with open(reference, "wb") as f:
+        f.write(b"x")
+    assert stored.read_bytes() == b"again"
+    assert stat.S_IMODE(stored.stat().st_mode) == stat.S_IMODE(reference.stat().st_mode)
+    artifacts.put("runs/r/step/output-1.mp4", content, "video/mp4")
+    assert (stored.parent / "output-1.mp4").read_bytes() == content
+    assert sorted(p.name for p in stored.parent.iterdir()) == ["output-0.mp4", "output-1.mp4"]  # no .part left

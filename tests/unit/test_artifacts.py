@@ -117,3 +117,13 @@ def test_a_stored_file_has_the_mode_open_gives_and_its_whole_content(tmp_path: P
     artifacts.put("runs/r/step/output-1.mp4", content, "video/mp4")
     assert (stored.parent / "output-1.mp4").read_bytes() == content
     assert sorted(p.name for p in stored.parent.iterdir()) == ["output-0.mp4", "output-1.mp4"]  # no .part left
+
+
+def test_folders_are_made_at_any_depth_that_is_missing(tmp_path: Path) -> None:
+    artifacts = store(tmp_path)
+    for key in ["runs/r1/a/output-0.png", "runs/r1/b/output-0.png", "runs/r2/a/output-0.png", "x/y/z/w/output.png"]:
+        artifacts.put(key, b"k", "image/png")
+        assert (tmp_path / "artifacts" / key).read_bytes() == b"k"
+    (tmp_path / "artifacts" / "runs" / "file").write_bytes(b"")
+    with pytest.raises(OSError):
+        artifacts.put("runs/file/a/output-0.png", b"k", "image/png")

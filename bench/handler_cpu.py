@@ -5,6 +5,8 @@ Gateway v2 event from `lambda_shim.http_event`; an SQS event from `lambda_shim.s
 Postgres and the instant provider of chain_throughput.py (a process of its own). Only the handler call is timed
 (`time.process_time`, this process only): no uvicorn, no HTTP client, no queue receive, no Postgres server CPU. So
 the figures are the handlers' own CPU, steadier than the engine bench's whole-machine accounting on a shared machine.
+The step handler's CPU is also split into user and system time (`getrusage`): the system part (the output files'
+folders and inodes, socket calls) moves with the machine's load far more than the Python part does.
 
     PYTHONPATH=shared:. .venv/bin/python bench/handler_cpu.py [--runs 200] [--profile create|step] [--json]
 
@@ -23,6 +25,7 @@ import cProfile
 import json
 import os
 import pstats
+import resource
 import statistics
 import sys
 import tempfile
@@ -132,6 +135,7 @@ def _measure(
     get_cpu: list[float] = []
     step_cpu: list[float] = []
     steps_done = 0
+    step_user = step_sys = 0.0  # the step handler's CPU split: user (Python) and system (the kernel's share)
     for i in range(runs + 5):  # the first 5 warm up (first connections, caches)
         idempotency_key = f"bench-{i}-{os.getpid()}"
         event = create_event(body, idempotency_key)
@@ -173,9 +177,14 @@ def _measure(
             watching = counters["step"] if calls else profiler if profile == "step" else None
             if watching is not None and i >= 5:
                 watching.enable()
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.process_time()
             answer = step(sqs, LambdaContext(function_name="step_executor"))
             spent = time.process_time() - t0
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            if i >= 5:
+                step_user += r1.ru_utime - r0.ru_utime
+                step_sys += r1.ru_stime - r0.ru_stime
             if watching is not None:
                 watching.disable()
             if answer.get("batchItemFailures"):
@@ -193,6 +202,8 @@ def _measure(
         "step_messages": len(step_cpu),
         "step_ms_per_run": 1000 * sum(step_cpu) / runs,
         "step_ms_per_message_median": 1000 * statistics.median(step_cpu),
+        "step_user_ms_per_run": 1000 * step_user / runs,
+        "step_system_ms_per_run": 1000 * step_sys / runs,
         "queue": statuses,
         "load_average": os.getloadavg(),
     }
@@ -231,7 +242,8 @@ def main() -> None:
             f"create {result['create_ms_per_request']:.2f} ms CPU per request "
             f"(median {result['create_ms_median']:.2f}); get {result['get_ms_per_request']:.2f} ms "
             f"(median {result['get_ms_median']:.2f}); steps {result['step_ms_per_run']:.2f} ms CPU per run over "
-            f"{result['step_messages']} messages (median {result['step_ms_per_message_median']:.2f} ms per message); "
+            f"{result['step_messages']} messages (median {result['step_ms_per_message_median']:.2f} ms per message; "
+            f"user {result['step_user_ms_per_run']:.2f} + system {result['step_system_ms_per_run']:.2f} ms per run); "
             f"load average {' '.join(f'{x:.2f}' for x in result['load_average'])}"
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import uuid
 from pathlib import Path
 
@@ -61,3 +62,68 @@ def test_a_symlink_out_of_the_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="escapes the store"):
         artifacts.put("runs/link/output-0.png", b"x", "image/png")
     assert not list((tmp_path / "elsewhere").iterdir())
+
+
+def test_a_link_at_the_file_itself_is_refused_when_it_leads_out(tmp_path: Path) -> None:
+    artifacts = store(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    folder = tmp_path / "artifacts" / "runs" / "a"
+    folder.mkdir(parents=True)
+    os.symlink(tmp_path / "elsewhere" / "x.png", folder / "output-0.png")
+    with pytest.raises(ValueError, match="escapes the store"):
+        artifacts.put("runs/a/output-0.png", b"x", "image/png")
+    assert not list((tmp_path / "elsewhere").iterdir())
+
+
+def test_a_link_that_stays_inside_is_followed_as_realpath_would(tmp_path: Path) -> None:
+    artifacts = store(tmp_path)
+    real = tmp_path / "artifacts" / "runs" / "real"
+    real.mkdir(parents=True)
+    os.symlink(real, tmp_path / "artifacts" / "runs" / "alias")
+    artifacts.put("runs/alias/output-0.png", b"x", "image/png")
+    assert (real / "output-0.png").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize(
+    "key", ["runs/./a/x.png", "runs//a/x.png", "./runs/x.png", "runs/a/..", "runs/a b/x.png", "runs/ä/x.png"]
+)
+def test_keys_that_are_not_plain_names_are_resolved_as_before(tmp_path: Path, key: str) -> None:
+    artifacts = store(tmp_path)
+    expected = os.path.realpath(os.path.join(str(tmp_path / "artifacts"), key))
+    assert artifacts._path(key) == expected
+
+
+def test_a_plain_key_names_the_path_realpath_names(tmp_path: Path) -> None:
+    artifacts = store(tmp_path)
+    for key in ["runs/r/text_to_image/output-0.jpg", "runs/r/.hidden/x", "runs/r/..x/y", "a"]:
+        assert artifacts._path(key) == os.path.realpath(os.path.join(str(tmp_path / "artifacts"), key))
+    with pytest.raises(FileExistsError):
+        (tmp_path / "artifacts" / "runs" / "f").parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "artifacts" / "runs" / "f").write_bytes(b"")
+        artifacts.put("runs/f/output-0.png", b"x", "image/png")
+
+
+def test_a_stored_file_has_the_mode_open_gives_and_its_whole_content(tmp_path: Path) -> None:
+    artifacts = store(tmp_path)
+    content = bytes(range(256)) * 40_000  # 10 MB
+    artifacts.put("runs/r/step/output-0.mp4", content, "video/mp4")
+    artifacts.put("runs/r/step/output-0.mp4", b"again", "video/mp4")  # a second copy replaces the first whole
+    stored = tmp_path / "artifacts" / "runs" / "r" / "step" / "output-0.mp4"
+    reference = tmp_path / "reference"
+    with open(reference, "wb") as f:
+        f.write(b"x")
+    assert stored.read_bytes() == b"again"
+    assert stat.S_IMODE(stored.stat().st_mode) == stat.S_IMODE(reference.stat().st_mode)
+    artifacts.put("runs/r/step/output-1.mp4", content, "video/mp4")
+    assert (stored.parent / "output-1.mp4").read_bytes() == content
+    assert sorted(p.name for p in stored.parent.iterdir()) == ["output-0.mp4", "output-1.mp4"]  # no .part left
+
+
+def test_folders_are_made_at_any_depth_that_is_missing(tmp_path: Path) -> None:
+    artifacts = store(tmp_path)
+    for key in ["runs/r1/a/output-0.png", "runs/r1/b/output-0.png", "runs/r2/a/output-0.png", "x/y/z/w/output.png"]:
+        artifacts.put(key, b"k", "image/png")
+        assert (tmp_path / "artifacts" / key).read_bytes() == b"k"
+    (tmp_path / "artifacts" / "runs" / "file").write_bytes(b"")
+    with pytest.raises(OSError):
+        artifacts.put("runs/file/a/output-0.png", b"k", "image/png")

@@ -394,7 +394,7 @@ def test_a_fresh_connection_that_dies_is_not_retried(serve: Callable[[Answer], R
 
 
 class RecordingSocket:
-    """A real socket that records what each sendall was given."""
+    """A real socket that records what each write (send or sendall) was given."""
 
     def __init__(self, inner: socket.socket) -> None:
         self.inner = inner
@@ -403,6 +403,11 @@ class RecordingSocket:
     def sendall(self, data: bytes) -> None:
         self.writes.append(bytes(data))
         self.inner.sendall(data)
+
+    def send(self, data: bytes) -> int:
+        sent = self.inner.send(data)
+        self.writes.append(bytes(data[:sent]))
+        return sent
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -515,3 +520,41 @@ def test_a_tracer_sees_each_request_without_its_query(serve: Callable[[Answer], 
         lean_http.trace_requests(None)
     base = f"http://127.0.0.1:{server.port}"
     assert traced == [("POST", base + "/jobs", 200, None), ("GET", base + "/jobs/1", None, "RemoteProtocolError")]
+
+
+def _silent_listener() -> tuple[socket.socket, Origin]:
+    """A listening socket whose connections nobody reads until the test says so."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    return listener, Origin("http", "127.0.0.1", port, "127.0.0.1")
+
+
+def test_a_body_larger_than_the_socket_buffers_waits_for_room_and_arrives_whole() -> None:
+    listener, origin = _silent_listener()
+    body = b"y" * 16_000_000
+    received = bytearray()
+
+    def late_reader() -> None:
+        conn, _ = listener.accept()
+        time.sleep(0.3)  # the client's buffers fill up meanwhile
+        while b"\r\n\r\n" not in received or len(received) < received.index(b"\r\n\r\n") + 4 + len(body):
+            received.extend(conn.recv(1 << 20))
+        conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+        conn.close()
+
+    thread = threading.Thread(target=late_reader, daemon=True)
+    thread.start()
+    with lean_http.request("POST", origin, "/upload", {}, body, timeout=10) as response:
+        assert response.status_code == 204
+    thread.join(5)
+    assert bytes(received).endswith(b"\r\n\r\n" + body)
+    listener.close()
+
+
+def test_a_write_that_finds_no_room_within_its_timeout_is_a_write_timeout() -> None:
+    listener, origin = _silent_listener()
+    started = time.monotonic()
+    with pytest.raises(lean_http.WriteTimeout, match=r"The write timed out\."):
+        lean_http.request("POST", origin, "/upload", {}, b"z" * 64_000_000, timeout=0.3)
+    assert time.monotonic() - started < 5
+    listener.close()

@@ -222,3 +222,26 @@ def test_the_engines_own_requests_are_x_ray_subsegments_without_their_query() ->
         "request": {"method": "GET", "url": f"{server.base_url}/v1/jobs/1"},
         "response": {"status": 200},
     }
+
+
+def test_the_batch_processor_hands_the_lambda_context_to_a_handler_that_takes_it() -> None:
+    """Powertools' rule (a record handler with a `lambda_context` parameter gets the invocation's context), kept
+    with the signature asked once per handler."""
+    seen: list[Any] = []
+
+    def with_context(record: SQSRecord, lambda_context: Any = None) -> str:
+        seen.append(lambda_context)
+        return "ok"
+
+    def without_context(record: SQSRecord) -> str:
+        seen.append("none")
+        return "ok"
+
+    context = LambdaContext(function_name="step_executor")
+    processor = QueueBatchProcessor()
+    for _ in range(2):
+        event = _sqs_event(("m-1", '{"run_id": "r1"}'))
+        assert process_partial_response(event, with_context, processor, context) == {"batchItemFailures": []}
+        assert process_partial_response(event, without_context, processor, context) == {"batchItemFailures": []}
+        assert process_partial_response(event, with_context, processor) == {"batchItemFailures": []}
+    assert seen == [context, "none", None] * 2

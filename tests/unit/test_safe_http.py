@@ -744,3 +744,27 @@ def test_parse_retry_after() -> None:
     later = parse_retry_after(format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True))
     assert later is not None and 50 <= later <= 61
     assert parse_retry_after("Mon, 01 Jan 2001 00:00:00 GMT") == 0.0
+
+
+def test_large_bodies_cross_tls_in_both_directions(tls_server: Server) -> None:
+    """A body far larger than the socket buffers goes out over TLS in pieces (the non-blocking socket waits for room
+    between them) and a large answer comes back in pieces, on a TLS session that also serves small requests."""
+    resolver = fixed({"hooks.test": ["127.0.0.1"]})
+    body = b'{"blob":"' + b"x" * 3_000_000 + b'"}'
+    for _ in range(2):
+        result = post_json(
+            tls_server.url("/post-big", "hooks.test"), body, {}, resolver=resolver, allow_loopback_http=True, timeout=30
+        )
+        assert result.status_code == 200 and result.body_excerpt == "é" * safe_http.EXCERPT_CHARS
+        assert tls_server.seen[-1]["body"] == body
+        echoed = post_json(
+            tls_server.url("/echo", "hooks.test"), b"{}", {}, resolver=resolver, allow_loopback_http=True
+        )
+        assert json.loads(echoed.body_excerpt)["body"] == "{}"
+    fetched = fetch_bytes(
+        tls_server.url("/host", "a.test"),
+        resolver=fixed({"a.test": ["127.0.0.1"]}),
+        max_bytes=1024,
+        allow_loopback_http=True,
+    )
+    assert fetched.content == f"a.test:{tls_server.port}".encode()

@@ -39,6 +39,8 @@ RESPONSE_LIMIT = 8 * 1024 * 1024
 NOT_FOUND = "provider_not_found"
 # Statuses about our own request or account: a provider's "retryable" hint does not turn them into retries.
 _FINAL_STATUSES = frozenset({401, 402, 403, 404})
+# One encoder for every request body (`json.dumps` with options builds a new one per call).
+_BODY_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 # ------------------------------------------------------------------------------------------------ errors
 
@@ -154,7 +156,7 @@ class ProviderHttp:
         request_headers = _merged(self._headers, headers)
         content = None
         if body is not None:
-            content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+            content = _BODY_ENCODER.encode(body).encode()
             if not any(name.lower() == "content-type" for name in request_headers):
                 request_headers["Content-Type"] = "application/json"
         try:

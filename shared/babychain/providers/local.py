@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Any
 
+from babychain.chains.families import GenerationRequest
 from babychain.errors import ProviderError
 from babychain.providers.base import JobStatus, Provider, StepJob, Submission
 from babychain.providers.http import ProviderHttp
 
 # The local job's error codes that keep a step error code of their own; any other failure is `provider_failed`.
 _STEP_CODES = {"content_moderated": "provider_content_moderated", "input_media_refused": "input_media_refused"}
+# The request's fields go out as JSON: a shallow dict of them says the same as `asdict`, without its deep copy.
+_REQUEST_FIELDS = tuple(f.name for f in fields(GenerationRequest))
 
 
 class LocalProvider(Provider):
@@ -39,7 +42,7 @@ class LocalProvider(Provider):
                 "model": job.model.id,
                 "step_key": job.step_key,
                 "idempotency_key": job.idempotency_key,
-                "request": asdict(request),
+                "request": {name: getattr(request, name) for name in _REQUEST_FIELDS},
             },
         )
         # A job that is done when submitted (a cache hit, an instant stand-in) hands its output back at once.

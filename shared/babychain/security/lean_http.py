@@ -25,6 +25,7 @@ around every request (X-Ray subsegments on AWS, see `babychain.observability`).
 from __future__ import annotations
 
 import codecs
+import functools
 import json as jsonlib
 import os
 import re
@@ -60,6 +61,9 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
 _BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+# A response's header lines, each `token ":" value` with no line break in the value (what `_header_lines` accepts
+# line by line, minus obsolete folding).
+_PLAIN_HEADER_BLOCK = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*)*")
 _URL_SAFE = "/?:@!$&'()*+,;=-._~%"  # what stays as it is in a request target; the rest is percent-encoded
 _CLEAN_TARGET = re.compile(r"[A-Za-z0-9/?:@!$&'()*+,;=\-._~%]*")
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -155,10 +159,12 @@ class Headers(Mapping[str, str]):
 
     def __init__(self, items: list[tuple[str, str]]) -> None:
         self._items = items
-        merged: dict[str, str] = {}
-        for name, value in items:
-            key = name.lower()
-            merged[key] = f"{merged[key]}, {value}" if key in merged else value
+        merged = {name.lower(): value for name, value in items}
+        if len(merged) < len(items):  # a repeated name: its values joined, in order
+            merged = {}
+            for name, value in items:
+                key = name.lower()
+                merged[key] = f"{merged[key]}, {value}" if key in merged else value
         self._merged = merged
 
     def __getitem__(self, name: str) -> str:
@@ -184,8 +190,11 @@ class Headers(Mapping[str, str]):
         return f"Headers({self._items!r})"
 
 
+@functools.lru_cache(maxsize=256)
 def split_url(url: str) -> tuple[Origin, str, str]:
-    """(origin dialled by host name, request target, Host header) of an http(s) URL; the caller checked the URL."""
+    """(origin dialled by host name, request target, Host header) of an http(s) URL; the caller checked the URL.
+
+    Cached (a pure function of the string; a provider's submit URL is the same every time)."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -216,26 +225,24 @@ def with_params(target: str, params: Mapping[str, str] | None) -> str:
     return target + ("&" if "?" in target else "?") + urlencode(params)
 
 
+# Header names this process has sent, checked once each: name -> its lower-case form (bounded: names come from code).
+_SENT_NAMES: dict[str, str] = {}
+_SENT_NAMES_MAX = 256
+_CLIENT_HEADERS = frozenset({"accept-encoding", "content-length", "transfer-encoding", "connection"})
+
+
 def _request_head(
     method: str, origin: Origin, target: str, headers: Mapping[str, str] | None, body: bytes | None
 ) -> bytes:
     if not _TOKEN.fullmatch(method) or not target or _BAD_TARGET.search(target):
         raise LocalProtocolError("The request method or target is not valid.")
-    host = None
-    lines = [f"{method} {target} HTTP/1.1\r\n"]
-    for name, value in (headers or {}).items():
-        lower = name.lower()
-        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
-            raise LocalProtocolError(f"Header {name[:40]!r} is not valid.")
-        if lower == "host":
-            host = value
-        elif lower not in ("accept-encoding", "content-length", "transfer-encoding", "connection"):
-            lines.append(f"{name}: {value}\r\n")
+    lines = [f"{method} {target} HTTP/1.1\r\n", ""]
+    host = _header_lines_out(headers, lines) if headers else None
     if host is None:
         host = f"[{origin.server_name}]" if ":" in origin.server_name else origin.server_name
         if origin.port != (443 if origin.scheme == "https" else 80):
             host += f":{origin.port}"
-    lines[1:1] = [f"Host: {host}\r\n"]
+    lines[1] = f"Host: {host}\r\n"
     # Nothing here decompresses, and an identity body keeps size caps honest (no decompression bombs).
     lines.append("Accept-Encoding: identity\r\n")
     if body is not None or method in _BODY_METHODS:
@@ -245,6 +252,29 @@ def _request_head(
         return "".join(lines).encode("latin-1")
     except UnicodeEncodeError:
         raise LocalProtocolError("A header holds characters that HTTP/1.1 cannot carry.") from None
+
+
+def _header_lines_out(headers: Mapping[str, str], lines: list[str]) -> str | None:
+    """Appends the caller's header lines (not the ones this client sets) to `lines`; returns its Host, if any."""
+    host = None
+    names = _SENT_NAMES
+    for name, value in headers.items():
+        lower = names.get(name)
+        if lower is None:
+            if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+                raise LocalProtocolError(f"Header {name[:40]!r} is not valid.")
+            lower = name.lower()
+            if len(names) < _SENT_NAMES_MAX:
+                names[name] = lower
+        if lower == "host":
+            host = value
+        elif lower not in _CLIENT_HEADERS:
+            lines.append(f"{name}: {value}\r\n")
+    # One search over every value: a line break or NUL in any of them is found in their concatenation.
+    if _BAD_VALUE.search("".join(headers.values())):
+        bad = next(name for name, value in headers.items() if _BAD_VALUE.search(value))
+        raise LocalProtocolError(f"Header {bad[:40]!r} is not valid.")
+    return host
 
 
 # ------------------------------------------------------------------------------------------------ connections
@@ -263,25 +293,40 @@ class _Connection:
         self.idle_since = 0.0
         self.requests = 0  # requests sent on it so far
 
-    def send(self, data: bytes, timeout: float) -> None:
-        sock = self.sock
-        sock.settimeout(time_left(timeout, WriteTimeout))
-        try:
-            sock.sendall(data)
-        except TimeoutError:
-            raise WriteTimeout("The write timed out.") from None
-        except OSError as exc:
-            raise WriteError(f"The write failed: {exc}.") from None
+    # The socket is non-blocking (from the end of `_connect`): an operation that can go at once goes at once, and
+    # only one that cannot waits (poll) for what is left of its timeout. A timeout socket would switch its mode (an
+    # ioctl) at every settimeout and poll before every operation: two more system calls per read and per write.
 
-    def recv(self, timeout: float) -> bytes:
+    def send(self, data: bytes, timeout: float) -> None:
+        time_left(timeout, WriteTimeout)  # past the total deadline, nothing more is written
         sock = self.sock
-        sock.settimeout(time_left(timeout, ReadTimeout))
-        try:
-            return sock.recv(_RECV_BYTES)
-        except TimeoutError:
-            raise ReadTimeout("The read timed out.") from None
-        except OSError as exc:
-            raise ReadError(f"The read failed: {exc}.") from None
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[sock.send(view) :]
+            except (BlockingIOError, ssl.SSLWantWriteError):
+                _wait(sock, select.POLLOUT, timeout, WriteTimeout, "The write timed out.")
+            except ssl.SSLWantReadError:
+                _wait(sock, select.POLLIN, timeout, WriteTimeout, "The write timed out.")
+            except OSError as exc:
+                raise WriteError(f"The write failed: {exc}.") from None
+
+    def recv(self, timeout: float, *, wait_first: bool = False) -> bytes:
+        """`wait_first`: an answer is not expected to be there yet (the first read after a request), so wait for it
+        before reading rather than after a read that would find nothing."""
+        time_left(timeout, ReadTimeout)  # past the total deadline, nothing more is read
+        sock = self.sock
+        if wait_first and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            _wait(sock, select.POLLIN, timeout, ReadTimeout, "The read timed out.")
+        while True:
+            try:
+                return sock.recv(_RECV_BYTES)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                _wait(sock, select.POLLIN, timeout, ReadTimeout, "The read timed out.")
+            except ssl.SSLWantWriteError:
+                _wait(sock, select.POLLOUT, timeout, ReadTimeout, "The read timed out.")
+            except OSError as exc:
+                raise ReadError(f"The read failed: {exc}.") from None
 
     def is_stale(self) -> bool:
         """An idle connection has nothing to read unless the peer closed it (or sent what nobody asked for)."""
@@ -299,6 +344,14 @@ class _Connection:
         # close(), never shutdown(): after a fork the parent may still be using this socket.
         self.buffer.clear()
         self.sock.close()
+
+
+def _wait(sock: socket.socket, events: int, timeout: float, expired: type[TimeoutException], message: str) -> None:
+    """Until `sock` is ready for `events`, at most `timeout` cut to the total deadline; then `expired`."""
+    poller = select.poll()
+    poller.register(sock, events)
+    if not poller.poll(time_left(timeout, expired) * 1000):
+        raise expired(message)
 
 
 def create_ssl_context() -> ssl.SSLContext:
@@ -321,6 +374,7 @@ def _connect(pool: _Pool, origin: Origin, connect_timeout: float) -> _Connection
             sock.settimeout(time_left(connect_timeout, ConnectTimeout))
             # The certificate is checked against the host name, whatever address was dialled.
             sock = pool.ssl_context.wrap_socket(sock, server_hostname=origin.server_name)
+        sock.setblocking(False)  # see `_Connection.send`
     except TimeoutError:
         sock.close()
         raise ConnectTimeout("The TLS handshake timed out.") from None
@@ -647,7 +701,7 @@ def _read_head(conn: _Connection, timeout: float, retry_ok: bool) -> tuple[str, 
         if len(buffer) > MAX_HEAD_BYTES:
             raise RemoteProtocolError("The response head is too large.")
         try:
-            data = conn.recv(timeout)
+            data = conn.recv(timeout, wait_first=not buffer)
         except ReadError as exc:
             if retry_ok and not buffer:
                 raise _Stale(exc) from None
@@ -666,10 +720,16 @@ def _read_head(conn: _Connection, timeout: float, retry_ok: bool) -> tuple[str, 
         end = buffer.find(b"\r\n\r\n", start)
     if end > MAX_HEAD_BYTES:
         raise RemoteProtocolError("The response head is too large.")
-    lines = buffer[:end].decode("latin-1").split("\r\n")
+    head = buffer[:end].decode("latin-1")
     del buffer[: end + 4]
-    version, status, reason = _status_line(lines[0])
-    return version, status, reason, _header_lines(lines[1:])
+    status_line, _, block = head.partition("\r\n")
+    version, status, reason = _status_line(status_line)
+    if not block:
+        return version, status, reason, []
+    if _PLAIN_HEADER_BLOCK.fullmatch(block):  # every line a `name: value` (no folded line): split, nothing to judge
+        items = [(name, value.strip(" \t")) for name, _, value in (line.partition(":") for line in block.split("\r\n"))]
+        return version, status, reason, items
+    return version, status, reason, _header_lines(block.split("\r\n"))
 
 
 def _status_line(line: str) -> tuple[str, int, str]:
@@ -696,9 +756,11 @@ def _header_lines(lines: list[str]) -> list[tuple[str, str]]:
 
 def _frame(response: Response, method: str, version: str) -> None:
     """How the body ends (RFC 9112 section 6.3) and whether the connection can serve another request."""
-    headers = response.headers
-    connection = (headers.get("connection") or "").lower()
-    response._keep_alive = version == "HTTP/1.1" and "close" not in (token.strip() for token in connection.split(","))
+    headers = response.headers._merged  # lower-case names
+    connection = headers.get("connection")
+    response._keep_alive = version == "HTTP/1.1" and (
+        connection is None or "close" not in (token.strip() for token in connection.lower().split(","))
+    )
     if method == "HEAD" or response.status_code in _NO_BODY_STATUSES:
         response._length = 0
         return

@@ -7,6 +7,7 @@ resolver is always a parameter: callers pass `system_resolver` in production and
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -73,6 +74,19 @@ _HOSTNAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-
 # A last label that is all digits or 0x-hex makes browsers and inet_aton read the host as an IPv4 number
 # (`2130706433`, `0x7f.1`, `127.1`, `0177.0.0.1`); only the canonical dotted quad is accepted.
 _NUMERIC_LABEL = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)")
+# The URLs the engine meets most (provider outputs, its own artifact URLs) in a form whose parse is plain: lower-case
+# scheme and host, a port without leading zeros, path segments and a query of unreserved characters only (no `%`, no
+# dot segments, no empty segments), no userinfo, no fragment. httpx reads such a URL as it is written (tests compare
+# every part), so it is split here by one match; anything else goes to httpx's parser (~60 µs a URL).
+_PLAIN_URL = re.compile(
+    r"(https?)://([a-z0-9_-]+(?:\.[a-z0-9_-]+)*)(?::([1-9][0-9]{0,4}))?"
+    r"((?:/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)*/?)(\?[A-Za-z0-9._~=&-]+)?"
+)
+_IPV4_STYLE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# Verdicts on an address string are pure functions of it: kept for the addresses seen most (a provider's and the
+# artifact store's hosts answer with the same few).
+_VERDICTS_CACHED = 1024
 
 
 @dataclass(frozen=True)
@@ -127,6 +141,13 @@ def _parse_ip(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 def is_public_address(ip: str) -> bool:
     """True only for a globally routable unicast address; anything unparseable is not public."""
+    if type(ip) is str:  # a subclass could compare equal to another string: judged afresh, not cached
+        return _is_public(ip)
+    return isinstance(ip, str) and _is_public.__wrapped__(ip)
+
+
+@functools.lru_cache(maxsize=_VERDICTS_CACHED)
+def _is_public(ip: str) -> bool:
     address = _parse_ip(ip)
     if address is None:
         return False
@@ -149,7 +170,14 @@ def is_public_address(ip: str) -> bool:
 
 def is_loopback_address(ip: str) -> bool:
     """127.0.0.0/8 or ::1 only (the development runner's addresses); mapped forms are not accepted."""
-    if not isinstance(ip, str) or "%" in ip:
+    if type(ip) is str:
+        return _is_loopback(ip)
+    return isinstance(ip, str) and _is_loopback.__wrapped__(ip)
+
+
+@functools.lru_cache(maxsize=_VERDICTS_CACHED)
+def _is_loopback(ip: str) -> bool:
+    if "%" in ip:
         return False
     try:
         address = ipaddress.ip_address(ip)
@@ -177,7 +205,7 @@ def check_url(
     loopback, and loopback answers for `https`. Other private ranges stay blocked either way.
     """
     try:
-        scheme, host, port, parsed = _parse(url, allow_loopback_http)
+        scheme, host, port, target, netloc = _parse(url, allow_loopback_http)
         addresses = _literal_addresses(host, allow_loopback_http)
         if addresses is None:
             addresses = _resolve(host, port, resolver)
@@ -185,64 +213,100 @@ def check_url(
             _check_address(address, scheme, allow_loopback_http)
     except _Refused as refused:
         raise UnsafeUrlError(str(refused), field) from None
-    return CheckedUrl(
-        url=url,
-        scheme=scheme,
-        host=host,
-        port=port,
-        addresses=tuple(addresses),
-        target=parsed.raw_path.decode("ascii"),
-        netloc=parsed.netloc.decode("ascii"),
-    )
+    return CheckedUrl(url=url, scheme=scheme, host=host, port=port, addresses=addresses, target=target, netloc=netloc)
 
 
 def check_url_form(url: str, *, allow_loopback_http: bool = False, field: str | None = None) -> None:
     """Everything `check_url` decides without asking DNS: scheme, credentials, length, characters, host syntax,
     and the address of an IP literal. A host name passes here; `check_url` resolves it and judges every answer."""
     try:
-        scheme, host, _port, _parsed = _parse(url, allow_loopback_http)
+        scheme, host, _port, _target, _netloc = _parse(url, allow_loopback_http)
         for address in _literal_addresses(host, allow_loopback_http) or ():
             _check_address(address, scheme, allow_loopback_http)
     except _Refused as refused:
         raise UnsafeUrlError(str(refused), field) from None
 
 
-def _parse(url: str, allow_loopback_http: bool) -> tuple[str, str, int, httpx.URL]:
-    """(scheme, host, port, the parse) of a URL that is well-formed, credential-free and HTTPS (or HTTP if allowed)."""
+def _parse(url: str, allow_loopback_http: bool) -> tuple[str, str, int, str, str]:
+    """(scheme, host, port, request target, Host header) of a URL that is well-formed, credential-free and HTTPS
+    (or HTTP if allowed)."""
     if not isinstance(url, str) or not url:
         raise _Refused("URL must be a valid URL.")
     if len(url) > MAX_URL_LENGTH:
         raise _Refused(f"URL is longer than {MAX_URL_LENGTH} characters.")
     if _FORBIDDEN_CHARS.search(url):
         raise _Refused("URL must be a valid URL without spaces, control characters or backslashes.")
+    # One parse decides both what is checked and what is sent (`CheckedUrl.target`, `.netloc`).
+    parts = _plain_parts(url) or _httpx_parts(url)
+    scheme, host, explicit_port, target, netloc, credentials = parts
+    if scheme not in ("http", "https") or (scheme == "http" and not allow_loopback_http):
+        raise _Refused("URL must use HTTPS.")
+    if credentials:
+        raise _Refused("URL must not contain credentials.")
+    if not host:
+        raise _Refused("URL must include a host.")
+    port = explicit_port if explicit_port is not None else _DEFAULT_PORTS[scheme]
+    if not 0 < port < 65536:
+        raise _Refused("URL port is not valid.")
+    return scheme, host, port, target, netloc
+
+
+# scheme, host, port (None: the scheme's), request target, Host header, whether the URL has userinfo
+_Parts = tuple[str, str, int | None, str, str, bool]
+
+
+def _plain_parts(url: str) -> _Parts | None:
+    """What httpx would read from a plain URL (see `_PLAIN_URL`); None for any other URL."""
+    match = _PLAIN_URL.fullmatch(url)
+    if match is None:
+        return None
+    scheme, host, port_text, path, query = match.groups()
+    if _IPV4_STYLE.fullmatch(host) and not _valid_ipv4(host):
+        return None  # httpx refuses it: its own message, from the slow path
+    port = int(port_text) if port_text else None
+    if port is not None and port > 65535:
+        return None
+    if port == _DEFAULT_PORTS[scheme]:
+        port = None
+    netloc = host if port is None else f"{host}:{port}"
+    return scheme, host, port, (path or "/") + (query or ""), netloc, False
+
+
+@functools.lru_cache(maxsize=_VERDICTS_CACHED)
+def _valid_ipv4(host: str) -> bool:
     try:
-        # One parse decides both what is checked and what is sent (`CheckedUrl.target`, `.netloc`).
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _httpx_parts(url: str) -> _Parts:
+    try:
         parsed = httpx.URL(url)
         raw_host = parsed.raw_host.decode("ascii")
         explicit_port = parsed.port
     except (httpx.InvalidURL, ValueError, UnicodeError):
         raise _Refused("URL must be a valid URL.") from None
-    scheme = parsed.scheme.lower()
-    if scheme not in ("http", "https") or (scheme == "http" and not allow_loopback_http):
-        raise _Refused("URL must use HTTPS.")
-    if parsed.userinfo:
-        raise _Refused("URL must not contain credentials.")
-    host = raw_host.lower().removesuffix(".")
-    if not host:
-        raise _Refused("URL must include a host.")
-    port = explicit_port if explicit_port is not None else (443 if scheme == "https" else 80)
-    if not 0 < port < 65536:
-        raise _Refused("URL port is not valid.")
-    return scheme, host, port, parsed
+    return (
+        parsed.scheme.lower(),
+        raw_host.lower().removesuffix("."),
+        explicit_port,
+        parsed.raw_path.decode("ascii"),
+        parsed.netloc.decode("ascii"),
+        bool(parsed.userinfo),
+    )
 
 
-def _literal_addresses(host: str, allow_loopback_http: bool) -> list[str] | None:
-    """The address an IP-literal host stands for; None for a host name (checked here, resolved by `_resolve`)."""
+@functools.lru_cache(maxsize=_VERDICTS_CACHED)
+def _literal_addresses(host: str, allow_loopback_http: bool) -> tuple[str, ...] | None:
+    """The address an IP-literal host stands for; None for a host name (checked here, resolved by `_resolve`).
+    Cached: a pure function of the host text (a refusal raises, and is not cached)."""
     if ":" in host:
         # httpx strips the brackets of an IPv6 literal; zone ids (`%eth0`) only name link-local scopes.
         if _parse_ip(host) is None or "%" in host:
             raise _Refused("URL host is not a valid IP address.")
-        return [host]
+        return (host,)
     if _NUMERIC_LABEL.fullmatch(host.rsplit(".", 1)[-1]):
         try:
             canonical = str(ipaddress.IPv4Address(host))
@@ -250,7 +314,7 @@ def _literal_addresses(host: str, allow_loopback_http: bool) -> list[str] | None
             canonical = ""
         if canonical != host:
             raise _Refused("URL host must be a domain name or a standard dotted IPv4 address.")
-        return [host]
+        return (host,)
     if len(host) > 253 or not _HOSTNAME.fullmatch(host):
         raise _Refused("URL host is not a valid domain name.")
     if host == "metadata.google.internal" or (_is_blocked_name(host) and not allow_loopback_http):
@@ -258,9 +322,9 @@ def _literal_addresses(host: str, allow_loopback_http: bool) -> list[str] | None
     return None
 
 
-def _resolve(host: str, port: int, resolver: Resolver) -> list[str]:
+def _resolve(host: str, port: int, resolver: Resolver) -> tuple[str, ...]:
     """Every answer of the resolver for a host name (all of them are checked)."""
-    addresses = list(dict.fromkeys(resolver(host, port)))
+    addresses = tuple(dict.fromkeys(resolver(host, port)))
     if not addresses:
         raise _Refused("URL host must resolve to a public address.")
     return addresses

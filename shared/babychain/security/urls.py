@@ -141,9 +141,7 @@ def _parse_ip(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 def is_public_address(ip: str) -> bool:
     """True only for a globally routable unicast address; anything unparseable is not public."""
-    if type(ip) is str:  # a subclass could compare equal to another string: judged afresh, not cached
-        return _is_public(ip)
-    return isinstance(ip, str) and _is_public.__wrapped__(ip)
+    return isinstance(ip, str) and _is_public(str(ip))  # str(): a subclass is cached as the text it holds
 
 
 @functools.lru_cache(maxsize=_VERDICTS_CACHED)
@@ -170,9 +168,7 @@ def _is_public(ip: str) -> bool:
 
 def is_loopback_address(ip: str) -> bool:
     """127.0.0.0/8 or ::1 only (the development runner's addresses); mapped forms are not accepted."""
-    if type(ip) is str:
-        return _is_loopback(ip)
-    return isinstance(ip, str) and _is_loopback.__wrapped__(ip)
+    return isinstance(ip, str) and _is_loopback(str(ip))
 
 
 @functools.lru_cache(maxsize=_VERDICTS_CACHED)

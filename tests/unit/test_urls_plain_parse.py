@@ -110,7 +110,7 @@ def test_check_url_gives_the_same_checked_url_either_way(monkeypatch: pytest.Mon
         check_url(loopback, resolver=resolve)
 
 
-def test_address_verdicts_are_cached_only_for_plain_strings() -> None:
+def test_cached_address_verdicts_judge_a_str_subclass_by_its_text() -> None:
     class Sneaky(str):
         def __eq__(self, other: object) -> bool:
             return True

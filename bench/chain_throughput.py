@@ -1,22 +1,25 @@
 """chain3 throughput of the one-machine engine when the provider costs nothing: the engine's own ceiling.
 
-A loopback stand-in speaks the local provider's wire protocol (POST /v1/jobs, GET and DELETE /v1/jobs/{id}) and
-answers every job as already `succeeded`, with a tiny real output (a 64x64 image in the requested format, a 64x64
-one-second MP4) that it serves itself. It runs in a process of its own (this file with --provider-only), so its CPU
-and threads do not mix with the engine's. `LocalEngine(home, overrides={"local_provider_url": <stand-in>, ...})` is
-pointed at it; an engine that ignores a preset `local_provider_url` is detected and refused.
+A loopback stand-in (a minimal asyncio HTTP/1.1 server) speaks the local provider's wire protocol (POST /v1/jobs, GET
+and DELETE /v1/jobs/{id}) and answers every job as already `succeeded`, with a tiny real output (a 64x64 image in the
+requested format, a 64x64 one-second MP4) that it serves itself. It runs in a process of its own (this file with
+--provider-only), so its CPU and threads do not mix with the engine's. `LocalEngine(home,
+overrides={"local_provider_url": <stand-in>, ...})` is pointed at it; an engine that ignores a preset
+`local_provider_url` is detected and refused.
 
-For each concurrency level, that many client threads each create a chain3 run through the API (no webhook_url),
-wait for it to end and create the next. Completion is seen by one watcher that reads the runs' status straight from
-Postgres every 10 ms, so waiting adds no API load. One untimed warm-up run goes first.
+For each concurrency level, that many client threads (plain keep-alive `http.client` connections, the cheapest
+client at hand: the bench shares the machine with the engine) each create a chain3 run through the API (no
+webhook_url), wait for it to end and create the next. Completion is seen by one watcher that reads the runs' status
+straight from Postgres every 10 ms, so waiting adds no API load. One untimed warm-up run goes first.
 
 Reported per level, over the runs that ended (a run whose create or wait failed is counted as an error): runs/s,
 steps/s; hop p50/p99 (next step's started_at - previous step's completed_at, from the run resource, as in
 engine_overhead.py); whole-run p50/p99 (last completed_at - created_at); CPU per run of
-  bench     this process (time.process_time): the client threads and whatever engine work runs in-process
+  bench     this process (time.process_time): the client threads, the watcher and whatever engine work runs
+            in-process (the supervisor), plus the watcher's Postgres backend
   children  every other descendant process but the stand-in (live ones via psutil, exited ones through their reaper)
   postgres  the embedded Postgres (processes named `postgres`: descendants, or the daemonized postmaster found by its
-            data or socket folder, and all their children)
+            data or socket folder, and all their children) but the watcher's backend
 and, outside that total, the stand-in provider's own CPU per run; also the whole machine's busy CPU during the level
 and how much of it was not this bench's (another workload on the machine skews the figures).
 
@@ -28,13 +31,16 @@ goes by its queue message and the hop is the local queue's round trip instead of
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import hashlib
+import http.client
 import io
 import itertools
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -56,7 +62,6 @@ from PIL import Image, ImageDraw
 
 from babychain.local import media
 from babychain.local.cli import demo_request
-from babychain.local.loopback import LoopbackServer, QuietHandler
 from babychain.local.runner import LocalEngine
 from babychain.media_types import content_type_for, extension_for, normalize_format
 
@@ -82,23 +87,48 @@ def tiny_outputs() -> dict[str, bytes]:
     return outputs
 
 
-class InstantProvider(LoopbackServer):
-    """A threaded loopback server speaking the local provider's job API; every job is done when submitted."""
+class InstantProvider:
+    """A loopback server speaking the local provider's job API; every job is done when submitted.
+
+    A minimal HTTP/1.1 server on asyncio (keep-alive, Content-Length bodies, one response per request in one write),
+    served from a thread of its own: the stand-in plays a provider on another machine, so its CPU here should be as
+    small as it can be. `http.server` parsed every request's headers with the email package, ~1.9 ms of CPU per
+    chain3 run (6 requests) on the machine the engine shares; this costs a fraction of that.
+    """
 
     def __init__(self) -> None:
         self.outputs = tiny_outputs()
         self.submits = 0
         self._jobs: dict[str, str] = {}  # job id -> output format
-        self._lock = threading.Lock()
-        super().__init__(self._handler_class(), name="instant-provider")
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name="instant-provider", daemon=True)
+
+    def start(self) -> InstantProvider:
+        ready = threading.Event()
+        self._loop.call_soon(ready.set)
+        self._thread.start()
+        ready.wait()
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        self._sock.close()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._loop.create_server(lambda: _ProviderConnection(self), sock=self._sock))
+        self._loop.run_forever()
 
     def submit(self, body: dict[str, Any]) -> dict[str, Any] | None:
         step_key = str(body.get("step_key", ""))
         fmt = "mp4" if step_key == "image_to_video" else normalize_format(body["request"].get("output_format") or "png")
         job_id = hashlib.sha256(str(body["idempotency_key"]).encode()).hexdigest()[:24]
-        with self._lock:
-            self._jobs[job_id] = fmt
-            self.submits += 1
+        self._jobs[job_id] = fmt  # one serving thread: no lock needed
+        self.submits += 1
         return self.job(job_id)
 
     def job(self, job_id: str) -> dict[str, Any] | None:
@@ -113,37 +143,63 @@ class InstantProvider(LoopbackServer):
             return None
         return self.outputs[normalize_format(suffix)], content_type_for(suffix)
 
-    def _handler_class(self) -> type[QuietHandler]:
-        provider = self
+    def answer(self, method: str, target: str, body: bytes) -> tuple[int, bytes, str]:
+        """Status, body and content type for one request."""
+        path = urlsplit(target).path
+        found: dict[str, Any] | None = None
+        if method == "POST" and path == "/v1/jobs":
+            found = self.submit(json.loads(body))
+        elif method == "GET" and path == "/stats":
+            found = {"submits": self.submits}
+        elif method == "GET" and path.startswith("/files/"):
+            served = self.file(path.removeprefix("/files/"))
+            if served is not None:
+                return 200, *served
+        elif method in ("GET", "DELETE") and path.startswith("/v1/jobs/"):
+            found = self.job(path.removeprefix("/v1/jobs/"))  # DELETE: already done, nothing to cancel
+        if found is None:
+            return 404, json.dumps({"error": {"code": "not_found"}}).encode(), "application/json"
+        return 200, json.dumps(found).encode(), "application/json"
 
-        class Handler(QuietHandler, keep_alive=True):  # keep-alive, like a real provider
-            def _json(self, body: dict[str, Any] | None) -> None:
-                if body is None:
-                    return self.send_json(404, {"error": {"code": "not_found"}})
-                return self.send_json(200, body)
 
-            def _job_id(self) -> str:
-                return urlsplit(self.path).path.removeprefix("/v1/jobs/")
+class _ProviderConnection(asyncio.Protocol):
+    """One client connection of the stand-in: requests parsed as they arrive, answered in order."""
 
-            def do_POST(self) -> None:
-                body = self.read_body()
-                if urlsplit(self.path).path != "/v1/jobs":
-                    return self._json(None)
-                return self._json(provider.submit(json.loads(body)))
+    def __init__(self, provider: InstantProvider) -> None:
+        self.provider = provider
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
 
-            def do_GET(self) -> None:
-                path = urlsplit(self.path).path
-                if path == "/stats":
-                    return self._json({"submits": provider.submits})
-                if path.startswith("/files/"):
-                    found = provider.file(path.removeprefix("/files/"))
-                    return self.send_bytes(200, *found) if found else self._json(None)
-                return self._json(provider.job(self._job_id()))
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-            def do_DELETE(self) -> None:
-                return self._json(provider.job(self._job_id()))  # already done: nothing to cancel
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.buffer += data
+        while (head_end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            request_line, *header_lines = self.buffer[:head_end].decode("latin-1").split("\r\n")
+            headers = {n.strip().lower(): v.strip() for n, _, v in (h.partition(":") for h in header_lines)}
+            method, target, _version = request_line.split(" ", 2)
+            if "chunked" in headers.get("transfer-encoding", ""):
+                self._reply(400, b"chunked request bodies are not spoken here", "text/plain", close=True)
+                return
+            end = head_end + 4 + int(headers.get("content-length") or 0)
+            if len(self.buffer) < end:
+                return  # the rest of the body is on its way
+            body, self.buffer = self.buffer[head_end + 4 : end], self.buffer[end:]
+            status, payload, content_type = self.provider.answer(method, target, body)
+            self._reply(status, payload, content_type, close=headers.get("connection", "").lower() == "close")
 
-        return Handler
+    def _reply(self, status: int, payload: bytes, content_type: str, *, close: bool) -> None:
+        assert self.transport is not None
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}[status]
+        head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len(payload)}\r\n"
+        self.transport.write(head.encode() + (b"Connection: close\r\n\r\n" if close else b"\r\n") + payload)
+        if close:
+            self.transport.close()
+            self.buffer = b""
 
 
 def serve_provider() -> None:
@@ -195,7 +251,7 @@ def postgres_markers(home: Path, dsn: str) -> list[str]:
 
 @dataclass
 class CpuSample:
-    bench: float  # this process's own threads
+    bench: float  # this process's own threads, and the Postgres backends that serve them (the watcher's)
     children: float  # descendants but Postgres and the stand-in, plus every child this process has reaped
     postgres: float
     provider: float  # the stand-in provider process
@@ -217,10 +273,11 @@ class CpuSample:
         return self.clock * CORES - self.machine_idle
 
 
-def sample_cpu(markers: list[str], provider_pid: int) -> CpuSample:
+def sample_cpu(markers: list[str], provider_pid: int, bench_backends: tuple[int, ...] = ()) -> CpuSample:
+    """`bench_backends`: Postgres backends that serve this bench, not the engine (counted as bench, not postgres)."""
     me = psutil.Process()
     reaped = me.cpu_times()
-    children, postgres = reaped.children_user + reaped.children_system, 0.0
+    children, postgres, bench_postgres = reaped.children_user + reaped.children_system, 0.0, 0.0
     procs = {p.pid: p for p in me.children(recursive=True) if p.pid != provider_pid}
     for proc in psutil.process_iter(["name", "cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or ())
@@ -233,22 +290,30 @@ def sample_cpu(markers: list[str], provider_pid: int) -> CpuSample:
             is_postgres = proc.name() == "postgres"
         except psutil.Error:
             continue
-        if is_postgres:
+        if is_postgres and proc.pid in bench_backends:
+            bench_postgres += process_cpu_seconds(proc)
+        elif is_postgres:
             postgres += process_cpu_seconds(proc)
         else:
             children += process_cpu_seconds(proc)
     provider = process_cpu_seconds(psutil.Process(provider_pid))
-    return CpuSample(time.process_time(), children, postgres, provider, machine_idle_seconds(), time.monotonic())
+    return CpuSample(
+        time.process_time() + bench_postgres, children, postgres, provider, machine_idle_seconds(), time.monotonic()
+    )
 
 
 # ------------------------------------------------------------------------------------------------ driving runs
 
 
 class CompletionWatcher:
-    """Reads the status of the runs being waited for from Postgres every `interval` seconds; wakes their waiters."""
+    """Reads the status of the runs being waited for from Postgres every `interval` seconds; wakes their waiters.
+
+    `backend_pid` is its Postgres backend: its CPU is the bench's, not the engine's (see `sample_cpu`).
+    """
 
     def __init__(self, dsn: str, interval: float = 0.01) -> None:
         self._conn = psycopg.connect(dsn, autocommit=True)
+        self.backend_pid: int = self._conn.info.backend_pid
         self._interval = interval
         self._waiting: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
@@ -288,6 +353,10 @@ def create_body() -> dict[str, Any]:
     return body
 
 
+class CreateRefused(Exception):
+    """The API did not answer a create with 202."""
+
+
 def drive(
     base_url: str,
     watcher: CompletionWatcher,
@@ -297,28 +366,45 @@ def drive(
 ) -> tuple[list[str], dict[str, int], float]:
     """`concurrency` threads create a run, wait for it to end, repeat, until `runs` runs were tried.
 
-    `at_start` is called once every thread has its client and connection, just as the clock starts (each
-    httpx.Client builds a TLS context, ~25 ms of CPU: not part of what a level measures).
+    Each thread is a plain keep-alive HTTP/1.1 client (`http.client`) sending the same encoded body: the load
+    generator shares the machine with the engine, so it should cost as little as it can (httpx cost ~1 ms of CPU
+    per create here). `at_start` is called once every thread has connected, just as the clock starts.
     Returns the ids of the runs that ended, the errors of those that did not (by exception name) and the wall time.
     """
     counter = itertools.count()
     ids: list[str] = []
     failures: Counter[str] = Counter()
     gate = threading.Barrier(concurrency + 1)
+    target = urlsplit(base_url)
+    path = f"{target.path.rstrip('/')}/api/v1/chains/{CHAIN}/runs"
+    body = json.dumps(create_body()).encode()
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+
+    def create(conn: http.client.HTTPConnection) -> str:
+        conn.request("POST", path, body, headers)
+        response = conn.getresponse()
+        answer = response.read()
+        if response.status != 202:
+            raise CreateRefused(f"HTTP {response.status}: {answer[:200]!r}")
+        run_id: str = json.loads(answer)["id"]
+        return run_id
 
     def worker() -> None:
-        with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as client:
-            client.get("/api/health")  # connect before the clock starts, not all at once after it
-            gate.wait()
+        conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=60)
+        conn.request("GET", "/api/health")  # connect before the clock starts, not all at once after it
+        conn.getresponse().read()
+        gate.wait()
+        try:
             while next(counter) < runs:  # itertools.count is atomic under the GIL
                 try:
-                    response = client.post(f"/api/v1/chains/{CHAIN}/runs", json=create_body())
-                    response.raise_for_status()
-                    run_id = response.json()["id"]
+                    run_id = create(conn)
                     watcher.wait(run_id, RUN_TIMEOUT_SECONDS)
                     ids.append(run_id)
-                except (httpx.HTTPError, TimeoutError) as exc:  # counted and reported; the thread carries on
-                    failures[type(exc).__name__] += 1
+                except (OSError, http.client.HTTPException, CreateRefused, TimeoutError) as exc:
+                    failures[type(exc).__name__] += 1  # counted and reported; the thread carries on
+                    conn.close()  # http.client reconnects on the next request
+        finally:
+            conn.close()
 
     threads = [threading.Thread(target=worker, name=f"driver-{i}") for i in range(concurrency)]
     for thread in threads:
@@ -443,7 +529,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 markers = postgres_markers(home, engine.settings.database_url)
 
                 def cpu_of() -> CpuSample:
-                    return sample_cpu(markers, provider.process.pid)
+                    return sample_cpu(markers, provider.process.pid, (watcher.backend_pid,))
 
                 warm = measure(engine, watcher, cpu_of, 1, 1)  # imports, first connections, caches
                 if provider.submits() == 0 or warm.statuses != {"succeeded": 1}:

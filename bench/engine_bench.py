@@ -259,7 +259,7 @@ def by_message_levels(
         try:
 
             def cpu_of() -> CpuSample:
-                return sample_cpu(markers, provider.process.pid)
+                return sample_cpu(markers, provider.process.pid, (watcher.backend_pid,))
 
             warm = measure(engine, watcher, cpu_of, 1, 1)
             if warm.statuses != {"succeeded": 1}:
@@ -297,7 +297,7 @@ def run(quick: bool, poll: float = 0.05) -> dict[str, Any]:
             try:
 
                 def cpu_of() -> CpuSample:
-                    return sample_cpu(markers, provider.process.pid)
+                    return sample_cpu(markers, provider.process.pid, (watcher.backend_pid,))
 
                 warm = measure(engine, watcher, cpu_of, 1, 1)
                 if warm.statuses != {"succeeded": 1}:

@@ -452,9 +452,10 @@ def summarize(
         "the 4 executors), the hop of a step that travels by message (a poll, a webhook, an invocation short of "
         "time); in the other levels the hop is 0. CPU per run: engine "
         "Python = the container processes (API workers, step executors, callback senders, sweeper); Postgres = the "
-        "embedded server's processes; bench = this process (client threads, the completion watcher, and the "
-        "engine's supervisor thread). 'Outside' is CPU the machine spent on other work during the levels (other "
-        "helpers' tests): the larger it is, the noisier the figures.",
+        "embedded server's processes but the watcher's backend; bench = this process (keep-alive http.client "
+        "threads, the completion watcher, and the engine's supervisor thread) and the watcher's Postgres backend; "
+        "the stand-in provider (a minimal asyncio server) is counted apart. 'Outside' is CPU the machine spent on "
+        "other work during the levels (other helpers' tests): the larger it is, the noisier the figures.",
         "",
         *table(
             [

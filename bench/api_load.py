@@ -15,8 +15,9 @@ The engine behind the API must stay quiet, or its background work competes with 
 The bench sets BABYCHAIN_LOCAL_PROVIDER_DELAY_SECONDS=3600 in both modes.
 
 Reported per phase: requests/s, latency p50/p90/p99/max, non-2xx answers and transport errors, the client's own CPU
-(this process, time.process_time), when the bench started the server the server's CPU (its process tree) and the
-embedded Postgres's CPU, and the whole machine's busy CPU (how much of it was not this bench's shows whether another
+(this process, time.process_time), when the bench started the server the server's CPU (its process tree; of it, the
+API containers' alone: the uvicorn workers, which do none of the engine's background work) and the embedded
+Postgres's CPU, and the whole machine's busy CPU (how much of it was not this bench's shows whether another
 workload on the machine skewed the figures).
 
 Usage:
@@ -178,13 +179,22 @@ def _tree(root: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-def server_cpu(serve_pid: int, home: Path) -> dict[str, float]:
-    """CPU seconds so far of the `serve` process tree and of the embedded Postgres whose data lives under `home`.
+def _listens_on(proc: psutil.Process, port: int) -> bool:
+    try:
+        return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in proc.net_connections("tcp"))
+    except psutil.Error:
+        return False
+
+
+def server_cpu(serve_pid: int, home: Path, port: int | None = None) -> dict[str, float]:
+    """CPU seconds so far of the `serve` process tree and of the embedded Postgres whose data lives under `home`;
+    with `port`, also of the API containers alone (`api`: the tree's processes listening on it, uvicorn's workers),
+    part of `server`.
 
     pg_ctl daemonizes the postmaster, so it is found by its command line (`-D <home>/...`) rather than as a child.
     """
     seen: set[int] = set()
-    totals = {"server": 0.0, "postgres": 0.0}
+    totals = {"server": 0.0, "postgres": 0.0, "api": 0.0}
     roots = [psutil.Process(serve_pid)]
     for proc in psutil.process_iter(["name", "cmdline"]):
         if proc.info["name"] == "postgres" and str(home) in " ".join(proc.info["cmdline"] or ()):
@@ -198,7 +208,10 @@ def server_cpu(serve_pid: int, home: Path) -> dict[str, float]:
                 bucket = "postgres" if proc.name() == "postgres" else "server"
             except psutil.Error:
                 continue
-            totals[bucket] += process_cpu_seconds(proc)
+            spent = process_cpu_seconds(proc)
+            totals[bucket] += spent
+            if port is not None and bucket == "server" and _listens_on(proc, port):
+                totals["api"] += spent
     return totals
 
 
@@ -213,7 +226,9 @@ class Server:
     home: Path | None = None
 
     def cpu(self) -> dict[str, float] | None:
-        return server_cpu(self.pid, self.home) if self.pid is not None and self.home is not None else None
+        if self.pid is None or self.home is None:
+            return None
+        return server_cpu(self.pid, self.home, urlsplit(self.url).port)
 
 
 def _free_port() -> int:
@@ -305,6 +320,7 @@ class PhaseResult:
     client_cpu_ms_per_request: float
     server_cpu_seconds: float | None = None
     postgres_cpu_seconds: float | None = None
+    api_cpu_seconds: float | None = None  # of server_cpu_seconds: the API containers (uvicorn workers) alone
     machine_busy_cpu_seconds: float = 0.0  # every process on the machine, from the kernel's counters
 
 
@@ -407,6 +423,7 @@ def run_phase(
     if server_before is not None and server_after is not None:
         result.server_cpu_seconds = round(server_after["server"] - server_before["server"], 3)
         result.postgres_cpu_seconds = round(server_after["postgres"] - server_before["postgres"], 3)
+        result.api_cpu_seconds = round(server_after["api"] - server_before["api"], 3)
     return result
 
 
@@ -489,6 +506,8 @@ def _print_phase(r: PhaseResult) -> None:
             f", server {r.server_cpu_seconds:.2f} s ({r.server_cpu_seconds * per:.2f} ms/req)"
             f", postgres {r.postgres_cpu_seconds:.2f} s ({r.postgres_cpu_seconds * per:.2f} ms/req)"
         )
+        if r.api_cpu_seconds is not None:
+            line += f"; of the server, API containers {r.api_cpu_seconds:.2f} s ({r.api_cpu_seconds * per:.2f} ms/req)"
     print(line)
     busy = f"           machine busy {r.machine_busy_cpu_seconds:.2f} CPU-s of {r.seconds * CORES:.2f} available"
     if r.server_cpu_seconds is not None and r.postgres_cpu_seconds is not None:

@@ -25,8 +25,8 @@ from functools import cached_property
 from typing import Any, NamedTuple, get_type_hints
 from urllib.parse import parse_qs
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-from aws_lambda_powertools.event_handler.api_gateway import ResponseBuilder
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, api_gateway
+from aws_lambda_powertools.event_handler.api_gateway import ResponseBuilder, Route
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
@@ -99,6 +99,35 @@ class EdgeResolver(APIGatewayHttpResolver):
 
     def _to_proxy_event(self, event: dict[str, Any]) -> _Event:
         return _Event(event, self._json_body_deserializer)
+
+    def _call_route(self, route: Route, route_arguments: dict[str, str]) -> ResponseBuilder[Any]:
+        """An `Api` route is called as Powertools' middleware stack would call it when the stack holds no middleware
+        (its adapter: the route's arguments, no `Request` parameter, no `Depends`), without the stack's frames; its
+        errors go to the same exception handlers. Any other route, or any middleware, validation or debug mode, takes
+        Powertools' own path."""
+        if (
+            not getattr(route.func, "direct", False)
+            or self._router_middlewares
+            or route.middlewares
+            or self._debug
+            or self._enable_validation
+            or route.enable_validation
+        ):
+            return super()._call_route(route, route_arguments)
+        try:
+            self._reset_processed_stack()
+            self.append_context(_route_args=route_arguments)
+            return self._response_builder_class(
+                response=self._to_response(route.func(**route_arguments)),  # type: ignore[arg-type]  # as Powertools
+                serializer=self._serializer,
+                route=route,
+            )
+        except Exception as exc:
+            response_builder = self._call_exception_handler(exc, route)
+            if response_builder:
+                return response_builder
+            api_gateway.logger.exception(exc)
+            raise
 
     def resolve(self, event: Any, context: Any) -> dict[str, Any]:
         self.edge_headers = {}
@@ -257,6 +286,7 @@ class Api:
             return func(**kwargs)
 
         endpoint.__name__ = func.__name__
+        endpoint.direct = True  # type: ignore[attr-defined]  # EdgeResolver may call it without the middleware stack
         return endpoint
 
 

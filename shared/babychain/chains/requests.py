@@ -15,7 +15,7 @@ from babychain.chains.param_models import MediaUrl
 from babychain.chains.templates import STEP_KINDS, ChainTemplate
 from babychain.errors import UnsafeUrlError, invalid_input
 from babychain.security.media import UrlPolicy
-from babychain.security.params import check_json_bounds, check_no_credentials, check_step_params
+from babychain.security.params import check_json_bounds, check_no_credentials, check_step_params, has_suspect_key
 from babychain.security.urls import Resolver, check_url
 
 MAX_INPUT_BYTES = 64 * 1024
@@ -77,9 +77,9 @@ def _hash_of(slug: str, body: dict[str, Any], encoded: dict[str, str]) -> str:
 def plan_run(
     template: ChainTemplate, body: Any, *, mode: str, resolver: Resolver, allow_loopback_http: bool
 ) -> RunPlan:
-    raw_input, metadata, encoded = _input_and_metadata(body)
+    raw_input, metadata, encoded, suspect = _input_and_metadata(body)
     # Media fields are typed in the model schemas; validating them under this policy applies the URL rules (DNS too).
-    steps = _plan_steps(template, raw_input, mode, UrlPolicy(resolver, allow_loopback_http))
+    steps = _plan_steps(template, raw_input, mode, UrlPolicy(resolver, allow_loopback_http), suspect)
     webhook_url = body.get("webhook_url") or None
     if webhook_url is not None:
         if not isinstance(webhook_url, str):
@@ -94,9 +94,10 @@ def plan_run(
     )
 
 
-def _input_and_metadata(body: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
-    """The body's `input` and `metadata`, each a JSON object within its size and shape bounds, and the canonical JSON
-    of those the body holds (measured for the size limits; the request hash reuses it)."""
+def _input_and_metadata(body: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, str], bool]:
+    """The body's `input` and `metadata`, each a JSON object within its size and shape bounds, the canonical JSON
+    of those the body holds (measured for the size limits; the request hash reuses it), and whether any key in
+    `input` is credential-like or provider-controlled (if none is, no step's params need walking for one)."""
     if not isinstance(body, dict):
         raise invalid_input("Request body must be a JSON object.", code="invalid_request")
     for key in body:
@@ -110,7 +111,8 @@ def _input_and_metadata(body: Any) -> tuple[dict[str, Any], dict[str, Any], dict
     encoded = {"input": _CANONICAL(raw_input)}
     if len(encoded["input"]) > MAX_INPUT_BYTES:
         raise invalid_input(f"input is larger than {MAX_INPUT_BYTES} bytes.", "input")
-    check_json_bounds(raw_input, "input")
+    keys: set[str] = set()
+    check_json_bounds(raw_input, "input", keys=keys)
     given = body.get("metadata")
     metadata = given or {}
     if not isinstance(metadata, dict):
@@ -122,7 +124,7 @@ def _input_and_metadata(body: Any) -> tuple[dict[str, Any], dict[str, Any], dict
         encoded["metadata"] = metadata_text
     check_json_bounds(metadata, "metadata")
     check_no_credentials(metadata, "metadata")
-    return raw_input, metadata, encoded
+    return raw_input, metadata, encoded, has_suspect_key(keys)
 
 
 def _check_url(url: str, field: str, resolver: Resolver, allow_loopback_http: bool, code: str) -> None:
@@ -132,12 +134,14 @@ def _check_url(url: str, field: str, resolver: Resolver, allow_loopback_http: bo
         raise invalid_input(exc.message, field, code=code) from exc
 
 
-def _plan_steps(template: ChainTemplate, raw_input: dict[str, Any], mode: str, urls: UrlPolicy) -> list[PlannedStep]:
+def _plan_steps(
+    template: ChainTemplate, raw_input: dict[str, Any], mode: str, urls: UrlPolicy, suspect: bool
+) -> list[PlannedStep]:
     chain_models = _chain_models(template, raw_input)
     steps: list[PlannedStep] = []
     for index, step_key in enumerate(template.step_keys):
         model = _step_model(step_key, chain_models, mode)
-        params = _step_params(raw_input, index, step_key, model, mode, urls)
+        params = _step_params(raw_input, index, step_key, model, mode, urls, suspect)
         steps.append(PlannedStep(index, step_key, STEP_KINDS[step_key], model.id, template.depends_on(index), params))
     return steps
 
@@ -188,14 +192,16 @@ def _step_model(step_key: str, chain_models: dict[str, Any], mode: str) -> Model
 
 
 def _step_params(
-    raw_input: dict[str, Any], index: int, step_key: str, model: ModelSpec, mode: str, urls: UrlPolicy
+    raw_input: dict[str, Any], index: int, step_key: str, model: ModelSpec, mode: str, urls: UrlPolicy, suspect: bool
 ) -> dict[str, Any]:
-    """The step's params, validated by the model's schema; only a chain's first step may name its input image."""
+    """The step's params, validated by the model's schema; only a chain's first step may name its input image.
+    `suspect`: some key in `input` is credential-like or provider-controlled (else the params hold none)."""
     params_field = f"input.{step_key}_params"
     params = raw_input.get(f"{step_key}_params")
     if params is None:
         raise invalid_input(f"{params_field} is required.", params_field)
-    check_step_params(params, params_field)
+    if suspect or not isinstance(params, dict):
+        check_step_params(params, params_field)
     family = model.family(mode)
     params = family.validate(params, params_field, urls=urls)
     given_inputs = family.input_urls(params)

@@ -231,11 +231,13 @@ def check_json_bounds(
     max_array: int = 100,
     max_string: int = 8192,
     max_nodes: int = 1000,
+    keys: set[str] | None = None,
 ) -> None:
     """Bound the size and shape of caller JSON before anything else walks it.
 
     Depth counts nested containers: a flat object is depth 1. Keys count towards `max_string`; every value
-    (and the root) counts towards `max_nodes`. Only JSON types are accepted, and numbers must be finite.
+    (and the root) counts towards `max_nodes`. Only JSON types are accepted, and numbers must be finite. `keys`, when
+    given, receives every object key at any depth (when the value is within bounds: see `has_suspect_key`).
     """
     nodes = 0
     # Each entry is (value, place, depth of the containers around it); the root sits inside none. One loop, and no
@@ -257,6 +259,8 @@ def check_json_bounds(
             if depth >= max_depth:
                 _refuse(f"Value is nested deeper than {max_depth} levels.", here)
             _push_members(stack, item, here, depth + 1, max_keys, max_array, max_string)
+            if keys is not None and type(item) is dict:
+                keys.update(item)
         else:
             _check_scalar(item, here, max_string)
 
@@ -295,6 +299,19 @@ def _push_members(
         if len(key) > max_string:
             _refuse(f"Key is longer than {max_string} characters.", here)
         stack.append((child, (here, key), depth))
+
+
+def has_suspect_key(keys: set[str]) -> bool:
+    """Whether any of `keys` is credential-like or provider-controlled: when none of a value's keys is (the keys
+    `check_json_bounds` collected from it), `check_step_params` and `check_no_credentials` find nothing in any part
+    of it, and need not walk it again."""
+    for key in keys:
+        if len(key) > _CACHED_KEY_LENGTH:
+            if _credential_rule(key) is not None or is_provider_controlled_key(key):
+                return True
+        elif _cached_credential_rule(key) is not None or _cached_provider_controlled(key):
+            return True
+    return False
 
 
 def _refuse(message: str, place: _Place) -> NoReturn:

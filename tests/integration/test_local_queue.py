@@ -15,8 +15,10 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from babychain.local.queue import (
+    ACK_WITHIN_SECONDS,
     RECEIVER_LOCK_CLASS,
     ConsumerLease,
+    Delivery,
     PostgresQueue,
     ReceivedMessage,
     consume,
@@ -301,6 +303,71 @@ def test_a_send_wakes_one_registered_consumer_per_message(database_url: str, sto
         sender.close()
 
 
+def test_a_receive_that_takes_the_last_due_message_registers_its_consumer_as_a_busy_waiter(
+    database_url: str, store: PostgresStore
+) -> None:
+    queue = PostgresQueue(store, "steps")
+    busy, idle = ConsumerLease(database_url, 81, queue), ConsumerLease(database_url, 82, queue)
+    sender_store = PostgresStore(database_url, max_size=1)
+    sender = PostgresQueue(sender_store, "steps")
+    try:
+        queue.send_many([{"n": 1}, {"n": 2}])
+        first = queue.receive_next(81, ack=None, idle_wait_seconds=30)
+        assert [m.body for m in first.messages] == [{"n": 1}] and first.more  # another is due: receive again
+        assert _waiters(database_url) == []
+        last = queue.receive_next(81, ack=first.messages[0], idle_wait_seconds=30)
+        assert [m.body for m in last.messages] == [{"n": 2}] and not last.more  # the last: wait after it
+        assert _waiters(database_url) == [81]
+        assert queue.stats() == {"visible": 0, "in_flight": 1, "delayed": 0, "dead": 0}  # the first acknowledged
+        # An idle consumer is woken before the busy one; then the busy one.
+        assert queue.receive(82, idle_wait_seconds=30) == ([], None)
+        sender.send({"n": 3})
+        assert _woken(idle, 5) and not _woken(busy, 0.3)
+        sender.send({"n": 4})
+        assert _woken(busy, 5)
+        # Its receive acknowledges the message it held and takes one; the other is the idle one's.
+        mine = queue.receive_next(81, ack=last.messages[0], idle_wait_seconds=30)
+        theirs = queue.receive_next(82, ack=None, idle_wait_seconds=30)
+        assert sorted(m.body["n"] for m in (*mine.messages, *theirs.messages)) == [3, 4]
+        assert queue.stats() == {"visible": 0, "in_flight": 2, "delayed": 0, "dead": 0}
+        # 81 saw the other message due (it receives again after its own); 82 took the last one and waits after it.
+        assert mine.more and not theirs.more
+        assert _waiters(database_url) == [82]
+        # Without a message, the receive registers the consumer as before (and acknowledges).
+        for delivery, receiver in ((mine, 81), (theirs, 82)):
+            again = queue.receive_next(receiver, ack=delivery.messages[0], idle_wait_seconds=30)
+            assert again.messages == [] and not again.more
+        assert queue.stats() == {"visible": 0, "in_flight": 0, "delayed": 0, "dead": 0}
+    finally:
+        busy.close()
+        idle.close()
+        sender_store.close()
+
+
+def test_a_consumer_makes_one_receive_per_message_when_the_queue_runs_dry_each_time(
+    database_url: str, store: PostgresStore
+) -> None:
+    consumers = _Consumers(database_url, 1)
+    queue = PostgresQueue(store, "steps")
+    time.sleep(0.3)  # idle and registered
+    try:
+        before = sum(consumers.receives.values())
+        for n in range(20):  # one at a time, as runs at concurrency 1: the queue is empty after each
+            queue.send({"n": n})
+            consumers.wait_for(n + 1, 10)
+        assert [body["n"] for body, _ in consumers.handled] == list(range(20))
+        # The receive that takes a message registers the consumer, and the next send's wake-up brings the receive
+        # that acknowledges it: one per message (it was two, the second finding nothing).
+        receives = sum(consumers.receives.values()) - before
+        assert receives <= 21 and consumers.empty_receives <= 2, (receives, consumers.empty_receives)
+        # The last message is acknowledged without a send, within ACK_WITHIN_SECONDS.
+        assert _poll(
+            lambda: queue.stats() == {"visible": 0, "in_flight": 0, "delayed": 0, "dead": 0}, ACK_WITHIN_SECONDS + 3
+        )
+    finally:
+        consumers.stop()
+
+
 def test_a_consumer_that_stops_passes_its_wake_up_on(database_url: str, store: PostgresStore) -> None:
     queue = PostgresQueue(store, "steps")
     stays, stops = ConsumerLease(database_url, 91, queue), ConsumerLease(database_url, 92, queue)
@@ -406,12 +473,12 @@ class _CountingQueue(PostgresQueue):
         super().__init__(store, name, **kw)
         self._owner, self._index = owner, index
 
-    def receive(self, *args: Any, **kw: Any) -> tuple[list[ReceivedMessage], float | None]:
-        messages, next_in = super().receive(*args, **kw)
+    def _receive(self, *args: Any, **kw: Any) -> Delivery:
+        delivery = super()._receive(*args, **kw)
         with self._owner._lock:
             self._owner.receives[self._index] += 1
-            self._owner.empty_receives += not messages
-        return messages, next_in
+            self._owner.empty_receives += not delivery.messages
+        return delivery
 
 
 def test_concurrent_sends_each_wake_a_consumer_and_none_is_missed(database_url: str, store: PostgresStore) -> None:

@@ -680,3 +680,82 @@ def test_receive_and_acknowledge_commit_without_the_flush_and_sends_and_transiti
         assert _commit_setting(conn, "bc_queue_delete", {**again, "queue": "flush"}) == (True, "off")
         # Outside those transactions the session's own setting is untouched.
         assert conn.execute("show synchronous_commit").fetchone() == ("on",)
+
+
+def _run_request(owner: str) -> dict[str, Any]:
+    run_id = str(uuid.uuid4())
+    return {
+        "id": run_id,
+        "owner_id": owner,
+        "chain_slug": "chain3",
+        "chain_version": "2026-05-23",
+        "mode": "local",
+        "input": {"text_to_image_params": {"prompt": "a lighthouse", "seed": 7}},
+        "metadata": {"team": "blue"},
+        "webhook_url": "https://hooks.example.com/x",
+        "idempotency_key": "same-key",
+        "request_hash": "h1",
+        "run_timeout_seconds": 3600,
+        "callback_event_id": f"evt_{run_id}",
+        "estimate": {"usd": 0.1},
+        "steps": [
+            {
+                "step_index": i,
+                "step_key": key,
+                "step_kind": "image",
+                "model_identifier": "local/image",
+                "params": {"n": i},
+                "depends_on": [] if i == 0 else [prev],
+            }
+            for i, (prev, key) in enumerate(zip(("", "a", "b"), ("a", "b", "c"), strict=True))
+        ],
+    }
+
+
+def test_the_queued_create_stores_and_answers_what_the_create_does(database_url: str) -> None:
+    """bc_create_run_queued inserts the run and steps itself (20261202062000_create_run_queued_lean.sql), beside
+    bc_create_run (the AWS shape's create): both store the same rows and answer the same run."""
+    varying = {
+        "id",
+        "run_id",
+        "owner_id",
+        "callback_event_id",
+        "created_at",
+        "updated_at",
+        "deadline_at",
+        "next_check_at",
+    }
+
+    def stored(conn: psycopg.Connection[Any], run_id: str) -> list[dict[str, Any]]:
+        rows = conn.execute(
+            "select to_jsonb(r) from chain_runs r where r.id = %s union all "
+            "(select to_jsonb(s) from chain_steps s where s.run_id = %s order by s.step_index)",
+            (run_id, run_id),
+        ).fetchall()
+        return [{k: v for k, v in row.items() if k not in varying} for (row,) in rows]
+
+    def answer(run: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in run.items() if k not in varying} | {
+            "steps": [{k: v for k, v in s.items() if k not in varying} for s in run["steps"]]
+        }
+
+    plain, queued = _run_request(f"test:{uuid.uuid4()}"), _run_request(f"test:{uuid.uuid4()}")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        by_create = conn.execute("select bc_create_run(%s)", [Jsonb(plain)]).fetchone()[0]  # type: ignore[index]
+        by_queued = conn.execute(  # type: ignore[index]
+            "select bc_create_run_queued(%s)", [Jsonb({"run": queued, "queue": "same", "message": {"kind": "s"}})]
+        ).fetchone()[0]
+        assert by_create["created"] is True and by_queued["created"] is True
+        assert answer(by_queued["run"]) == answer(by_create["run"])
+        assert stored(conn, queued["id"]) == stored(conn, plain["id"])
+        assert len(stored(conn, queued["id"])) == 4
+        first = by_queued["run"]["steps"][0]
+        (body,) = conn.execute("select body from bc_queue_messages where queue = 'same'").fetchone()  # type: ignore[misc]
+        assert body == {"kind": "s", "run_id": queued["id"], "step_id": first["id"], "seq": first["seq"]}
+        # A replay answers the same run and sends nothing.
+        replay = conn.execute(  # type: ignore[index]
+            "select bc_create_run_queued(%s)",
+            [Jsonb({"run": {**queued, "id": str(uuid.uuid4())}, "queue": "same", "message": {}})],
+        ).fetchone()[0]
+        assert replay == {"run": by_queued["run"], "created": False}
+        assert conn.execute("select count(*) from bc_queue_messages where queue = 'same'").fetchone() == (1,)

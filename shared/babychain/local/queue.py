@@ -8,7 +8,9 @@ are released at once (`release_orphans`) rather than after their visibility time
 
 An idle consumer is woken for a message meant for it, not for every send: the receive that finds nothing registers
 it as a waiter, and a send notifies one waiter per message on the waiter's own channel (see the
-`..._queue_wake_one.sql` migration for how no wake-up is lost and how delayed messages are picked up on time).
+`..._queue_wake_one.sql` migration for how no wake-up is lost and how delayed messages are picked up on time). A
+consumer's receive that takes the last due message registers it too, so it does not receive again only to find
+nothing (`..._queue_no_empty_receive.sql`).
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from babychain.local.queue import (
+    ACK_WITHIN_SECONDS,
     RECEIVER_LOCK_CLASS,
     ConsumerLease,
+    Delivery,
     PostgresQueue,
     ReceivedMessage,
     consume,
@@ -301,6 +303,71 @@ def test_a_send_wakes_one_registered_consumer_per_message(database_url: str, sto
         sender.close()
 
 
+def test_a_receive_that_takes_the_last_due_message_registers_its_consumer_as_a_busy_waiter(
+    database_url: str, store: PostgresStore
+) -> None:
+    queue = PostgresQueue(store, "steps")
+    busy, idle = ConsumerLease(database_url, 81, queue), ConsumerLease(database_url, 82, queue)
+    sender_store = PostgresStore(database_url, max_size=1)
+    sender = PostgresQueue(sender_store, "steps")
+    try:
+        queue.send_many([{"n": 1}, {"n": 2}])
+        first = queue.receive_next(81, ack=None, idle_wait_seconds=30)
+        assert [m.body for m in first.messages] == [{"n": 1}] and first.more  # another is due: receive again
+        assert _waiters(database_url) == []
+        last = queue.receive_next(81, ack=first.messages[0], idle_wait_seconds=30)
+        assert [m.body for m in last.messages] == [{"n": 2}] and not last.more  # the last: wait after it
+        assert _waiters(database_url) == [81]
+        assert queue.stats() == {"visible": 0, "in_flight": 1, "delayed": 0, "dead": 0}  # the first acknowledged
+        # An idle consumer is woken before the busy one; then the busy one.
+        assert queue.receive(82, idle_wait_seconds=30) == ([], None)
+        sender.send({"n": 3})
+        assert _woken(idle, 5) and not _woken(busy, 0.3)
+        sender.send({"n": 4})
+        assert _woken(busy, 5)
+        # Its receive acknowledges the message it held and takes one; the other is the idle one's.
+        mine = queue.receive_next(81, ack=last.messages[0], idle_wait_seconds=30)
+        theirs = queue.receive_next(82, ack=None, idle_wait_seconds=30)
+        assert sorted(m.body["n"] for m in (*mine.messages, *theirs.messages)) == [3, 4]
+        assert queue.stats() == {"visible": 0, "in_flight": 2, "delayed": 0, "dead": 0}
+        # 81 saw the other message due (it receives again after its own); 82 took the last one and waits after it.
+        assert mine.more and not theirs.more
+        assert _waiters(database_url) == [82]
+        # Without a message, the receive registers the consumer as before (and acknowledges).
+        for delivery, receiver in ((mine, 81), (theirs, 82)):
+            again = queue.receive_next(receiver, ack=delivery.messages[0], idle_wait_seconds=30)
+            assert again.messages == [] and not again.more
+        assert queue.stats() == {"visible": 0, "in_flight": 0, "delayed": 0, "dead": 0}
+    finally:
+        busy.close()
+        idle.close()
+        sender_store.close()
+
+
+def test_a_consumer_makes_one_receive_per_message_when_the_queue_runs_dry_each_time(
+    database_url: str, store: PostgresStore
+) -> None:
+    consumers = _Consumers(database_url, 1)
+    queue = PostgresQueue(store, "steps")
+    time.sleep(0.3)  # idle and registered
+    try:
+        before = sum(consumers.receives.values())
+        for n in range(20):  # one at a time, as runs at concurrency 1: the queue is empty after each
+            queue.send({"n": n})
+            consumers.wait_for(n + 1, 10)
+        assert [body["n"] for body, _ in consumers.handled] == list(range(20))
+        # The receive that takes a message registers the consumer, and the next send's wake-up brings the receive
+        # that acknowledges it: one per message (it was two, the second finding nothing).
+        receives = sum(consumers.receives.values()) - before
+        assert receives <= 21 and consumers.empty_receives <= 2, (receives, consumers.empty_receives)
+        # The last message is acknowledged without a send, within ACK_WITHIN_SECONDS.
+        assert _poll(
+            lambda: queue.stats() == {"visible": 0, "in_flight": 0, "delayed": 0, "dead": 0}, ACK_WITHIN_SECONDS + 3
+        )
+    finally:
+        consumers.stop()
+
+
 def test_a_consumer_that_stops_passes_its_wake_up_on(database_url: str, store: PostgresStore) -> None:
     queue = PostgresQueue(store, "steps")
     stays, stops = ConsumerLease(database_url, 91, queue), ConsumerLease(database_url, 92, queue)
@@ -406,12 +473,12 @@ class _CountingQueue(PostgresQueue):
         super().__init__(store, name, **kw)
         self._owner, self._index = owner, index
 
-    def receive(self, *args: Any, **kw: Any) -> tuple[list[ReceivedMessage], float | None]:
-        messages, next_in = super().receive(*args, **kw)
+    def _receive(self, *args: Any, **kw: Any) -> Delivery:
+        delivery = super()._receive(*args, **kw)
         with self._owner._lock:
             self._owner.receives[self._index] += 1
-            self._owner.empty_receives += not messages
-        return messages, next_in
+            self._owner.empty_receives += not delivery.messages
+        return delivery
 
 
 def test_concurrent_sends_each_wake_a_consumer_and_none_is_missed(database_url: str, store: PostgresStore) -> None:
@@ -613,3 +680,82 @@ def test_receive_and_acknowledge_commit_without_the_flush_and_sends_and_transiti
         assert _commit_setting(conn, "bc_queue_delete", {**again, "queue": "flush"}) == (True, "off")
         # Outside those transactions the session's own setting is untouched.
         assert conn.execute("show synchronous_commit").fetchone() == ("on",)
+
+
+def _run_request(owner: str) -> dict[str, Any]:
+    run_id = str(uuid.uuid4())
+    return {
+        "id": run_id,
+        "owner_id": owner,
+        "chain_slug": "chain3",
+        "chain_version": "2026-05-23",
+        "mode": "local",
+        "input": {"text_to_image_params": {"prompt": "a lighthouse", "seed": 7}},
+        "metadata": {"team": "blue"},
+        "webhook_url": "https://hooks.example.com/x",
+        "idempotency_key": "same-key",
+        "request_hash": "h1",
+        "run_timeout_seconds": 3600,
+        "callback_event_id": f"evt_{run_id}",
+        "estimate": {"usd": 0.1},
+        "steps": [
+            {
+                "step_index": i,
+                "step_key": key,
+                "step_kind": "image",
+                "model_identifier": "local/image",
+                "params": {"n": i},
+                "depends_on": [] if i == 0 else [prev],
+            }
+            for i, (prev, key) in enumerate(zip(("", "a", "b"), ("a", "b", "c"), strict=True))
+        ],
+    }
+
+
+def test_the_queued_create_stores_and_answers_what_the_create_does(database_url: str) -> None:
+    """bc_create_run_queued inserts the run and steps itself (20261202062000_create_run_queued_lean.sql), beside
+    bc_create_run (the AWS shape's create): both store the same rows and answer the same run."""
+    varying = {
+        "id",
+        "run_id",
+        "owner_id",
+        "callback_event_id",
+        "created_at",
+        "updated_at",
+        "deadline_at",
+        "next_check_at",
+    }
+
+    def stored(conn: psycopg.Connection[Any], run_id: str) -> list[dict[str, Any]]:
+        rows = conn.execute(
+            "select to_jsonb(r) from chain_runs r where r.id = %s union all "
+            "(select to_jsonb(s) from chain_steps s where s.run_id = %s order by s.step_index)",
+            (run_id, run_id),
+        ).fetchall()
+        return [{k: v for k, v in row.items() if k not in varying} for (row,) in rows]
+
+    def answer(run: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in run.items() if k not in varying} | {
+            "steps": [{k: v for k, v in s.items() if k not in varying} for s in run["steps"]]
+        }
+
+    plain, queued = _run_request(f"test:{uuid.uuid4()}"), _run_request(f"test:{uuid.uuid4()}")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        by_create = conn.execute("select bc_create_run(%s)", [Jsonb(plain)]).fetchone()[0]  # type: ignore[index]
+        by_queued = conn.execute(  # type: ignore[index]
+            "select bc_create_run_queued(%s)", [Jsonb({"run": queued, "queue": "same", "message": {"kind": "s"}})]
+        ).fetchone()[0]
+        assert by_create["created"] is True and by_queued["created"] is True
+        assert answer(by_queued["run"]) == answer(by_create["run"])
+        assert stored(conn, queued["id"]) == stored(conn, plain["id"])
+        assert len(stored(conn, queued["id"])) == 4
+        first = by_queued["run"]["steps"][0]
+        (body,) = conn.execute("select body from bc_queue_messages where queue = 'same'").fetchone()  # type: ignore[misc]
+        assert body == {"kind": "s", "run_id": queued["id"], "step_id": first["id"], "seq": first["seq"]}
+        # A replay answers the same run and sends nothing.
+        replay = conn.execute(  # type: ignore[index]
+            "select bc_create_run_queued(%s)",
+            [Jsonb({"run": {**queued, "id": str(uuid.uuid4())}, "queue": "same", "message": {}})],
+        ).fetchone()[0]
+        assert replay == {"run": by_queued["run"], "created": False}
+        assert conn.execute("select count(*) from bc_queue_messages where queue = 'same'").fetchone() == (1,)

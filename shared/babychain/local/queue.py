@@ -8,7 +8,9 @@ are released at once (`release_orphans`) rather than after their visibility time
 
 An idle consumer is woken for a message meant for it, not for every send: the receive that finds nothing registers
 it as a waiter, and a send notifies one waiter per message on the waiter's own channel (see the
-`..._queue_wake_one.sql` migration for how no wake-up is lost and how delayed messages are picked up on time).
+`..._queue_wake_one.sql` migration for how no wake-up is lost and how delayed messages are picked up on time). A
+consumer's receive that takes the last due message registers it too, so it does not receive again only to find
+nothing (`..._queue_no_empty_receive.sql`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ CALLBACK_QUEUE = "callbacks"
 # An idle consumer wakes by itself at least this often. Only a safety net: notifications deliver the messages, and
 # the one consumer that keeps time for delayed messages sleeps until they are due.
 IDLE_WAIT_SECONDS = 5.0
+# A consumer that took the last due message acknowledges it in its next receive, which a notification brings, or
+# this long after the message at the latest (an idle queue then holds no handled message for long: the supervisor's
+# scaling and `stats` count held messages as work in progress).
+ACK_WITHIN_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,16 @@ class ReceivedMessage:
     receive_count: int
     receipt: str
     sent_at: str
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A consumer's receive: the messages, the keeper's wait, and whether more were due (when False the consumer
+    was registered as a waiter in the same call)."""
+
+    messages: list[ReceivedMessage]
+    next_visible_in_seconds: float | None
+    more: bool
 
 
 class PostgresQueue(Queue):
@@ -92,6 +108,24 @@ class PostgresQueue(Queue):
         that finds nothing registers `receiver` as a waiter to be notified, and the wait is returned only to the one
         waiter that keeps time for the queue's next delayed message (None to the others: wait for a notification).
         """
+        delivery = self._receive(receiver, max_messages, ack, idle_wait_seconds, idle_after=False)
+        return delivery.messages, delivery.next_visible_in_seconds
+
+    def receive_next(self, receiver: int, *, ack: ReceivedMessage | None, idle_wait_seconds: float) -> Delivery:
+        """A consumer's receive (`consume`): as `receive` with `idle_wait_seconds`, and when it takes the last due
+        message it also registers `receiver` as a waiter (`more` is False): the consumer waits after that message
+        instead of receiving again to find nothing (the `..._queue_no_empty_receive.sql` migration)."""
+        return self._receive(receiver, 1, ack, idle_wait_seconds, idle_after=True)
+
+    def _receive(
+        self,
+        receiver: int | None,
+        max_messages: int,
+        ack: ReceivedMessage | None,
+        idle_wait_seconds: float | None,
+        *,
+        idle_after: bool,
+    ) -> Delivery:
         params: dict[str, Any] = {
             "queue": self.name,
             "max_messages": max_messages,
@@ -103,13 +137,16 @@ class PostgresQueue(Queue):
             params["ack"] = {"id": ack.id, "receipt": ack.receipt}
         if idle_wait_seconds is not None:
             params["idle_wait_seconds"] = idle_wait_seconds
+        if idle_after:
+            params["idle_after"] = True
         answer = self.store.call("bc_queue_receive", params)
         messages = [
             ReceivedMessage(m["id"], m["body"], m["receive_count"], m["receipt"], m["sent_at"])
             for m in answer["messages"]
         ]
         next_in = answer.get("next_visible_in_seconds")
-        return messages, None if next_in is None else float(next_in)
+        # A database without the migration answers no `more`: then receive again after each message, as before.
+        return Delivery(messages, None if next_in is None else float(next_in), answer.get("more", True))
 
     def leave(self, receiver: int) -> bool:
         """Unregisters an idle consumer that stops (a message a send meant for it goes to another waiter)."""
@@ -219,29 +256,46 @@ def consume(
 ) -> None:
     """A consumer's loop: receive one message, `handle` it (True: done, delete it; False: retry it soon), repeat.
 
-    The delete rides on the next receive. `state.busy` is true while a message is in hand (a stop request then
-    waits for it); the loop ends when `state.stopping` is set, or after `idle_exit_seconds` without a message.
+    The delete rides on the next receive. When that message was the last one due, the receive that took it has
+    registered the consumer as a waiter: it waits for a notification (or ACK_WITHIN_SECONDS) before that next
+    receive, instead of receiving at once to find nothing. `state.busy` is true while a message is in hand (a stop
+    request then waits for it); the loop ends when `state.stopping` is set, or after `idle_exit_seconds` without a
+    message.
     """
-    handled: ReceivedMessage | None = None  # deleted with the next receive, which follows at once
+    handled: ReceivedMessage | None = None  # deleted with the next receive
+    wait: float | None = None  # how long to wait before the next receive (None: at once)
     last_message = time.monotonic()
     try:
         while not state.stopping:
+            if wait is not None:
+                lease.wait(wait)
+                if state.stopping:
+                    break
             state.busy = True
-            messages, next_in = queue.receive(lease.receiver, ack=handled, idle_wait_seconds=idle_wait_seconds)
+            delivery = queue.receive_next(lease.receiver, ack=handled, idle_wait_seconds=idle_wait_seconds)
+            received_at = time.monotonic()
             handled = None
-            if not messages:
+            next_in = delivery.next_visible_in_seconds
+            if not delivery.messages:
                 state.busy = False
-                idle = time.monotonic() - last_message
+                idle = received_at - last_message
                 if state.stopping or (idle_exit_seconds is not None and idle > idle_exit_seconds):
                     break
-                lease.wait(idle_wait_seconds if next_in is None else min(max(next_in, 0.0), idle_wait_seconds))
+                wait = idle_wait_seconds if next_in is None else min(max(next_in, 0.0), idle_wait_seconds)
                 continue
-            message = messages[0]
-            last_message = time.monotonic()
+            message = delivery.messages[0]
+            last_message = received_at
             if handle(message):
                 handled = message
             else:
                 queue.retry_later(message)
+            if delivery.more:
+                wait = None
+            else:
+                # A waiter already: until a notification, the keeper's due time, or the acknowledgement's limit.
+                wait = ACK_WITHIN_SECONDS if handled is not None else idle_wait_seconds
+                if next_in is not None:
+                    wait = min(wait, max(0.0, received_at + next_in - time.monotonic()))
             state.busy = False
     finally:
         if handled is not None:

@@ -17,7 +17,10 @@
 -- Same guards and answers as 20261202034000_known_producers.sql. One statement sees one snapshot, so the
 -- questions the old versions asked after their first update ("has every producer of the dependent succeeded?",
 -- "is any step of the run unfinished?") leave out the step that this statement completes. The lock order stays
--- steps first, then the run: the CTEs run as the final SELECT reads them, in that order.
+-- steps first, then the run: a CTE runs when the final SELECT (or another CTE) first reads it, in that order. Each
+-- row is found by its key as a scalar subquery (`id = (select ... from done)`), as the old statements found it by a
+-- parameter: joined to a CTE instead, the planner took a scan of every active run (the partial index on their
+-- deadline, dead entries included) while the tables were young, and plpgsql kept that plan.
 
 drop trigger chain_steps_timer_update on public.chain_steps;
 create trigger chain_steps_timer_update after update on public.chain_steps
@@ -50,7 +53,9 @@ begin
          where s.id = (p->>'step_id')::uuid and s.run_id = (p->>'run_id')::uuid
            and s.status = 'queued'
            and s.seq = (p->>'seq')::int
-           and exists (select from public.chain_runs r where r.id = s.run_id and r.status in ('queued', 'running'))
+           -- The run's status by its primary key (a scalar subquery: an EXISTS here may be planned as a scan of
+           -- every active run, while the tables are small or their statistics young, and plpgsql keeps that plan).
+           and (select r.status from public.chain_runs r where r.id = s.run_id) in ('queued', 'running')
            -- A first step has no producer: no read of the run's steps for it.
            and (cardinality(s.depends_on) = 0
                 or not exists (select from public.chain_steps d
@@ -59,33 +64,36 @@ begin
         returning s as step_row, s.id, s.run_id, s.step_key, s.status, s.step_kind, s.next_check_at, s.started_at,
                   s.provider_job_id
     ), timer as (
-        -- A step queued with a next check (a first step, a re-drive) has its timer already; one that waited for its
-        -- producer has none.
-        insert into babychain_private.chain_step_timers as t
+        -- A step queued with a next check (a first step, a re-drive) has its timer already: updated in place.
+        update babychain_private.chain_step_timers t
+           set status = k.status, next_check_at = k.next_check_at, started_at = k.started_at,
+               has_job = k.provider_job_id is not null
+          from taken k where t.step_id = (select k.id from taken k)
+        returning t.step_id
+    ), new_timer as (
+        -- One that waited for its producer has none. A plain insert (no ON CONFLICT: that would be a speculative
+        -- insertion, an extra WAL record): the step's row lock keeps any other writer of its timer out.
+        insert into babychain_private.chain_step_timers
                (step_id, run_id, status, step_kind, next_check_at, started_at, has_job)
         select k.id, k.run_id, k.status, k.step_kind, k.next_check_at, k.started_at, k.provider_job_id is not null
-          from taken k
-        on conflict (step_id) do update
-           set status = excluded.status, next_check_at = excluded.next_check_at,
-               started_at = excluded.started_at, has_job = excluded.has_job
-        returning t.step_id
+          from taken k where not exists (select from timer)
+        returning step_id
     ), run as (
         -- Skipped when nothing changes (the producer's completion already named this step): a row version saved.
         update public.chain_runs r
            set status = 'running', current_step_key = k.step_key, updated_at = now()
           from taken k
-         where r.id = k.run_id and r.status in ('queued', 'running')
+         where r.id = (select k.run_id from taken k) and r.status in ('queued', 'running')
            and (r.status <> 'running' or r.current_step_key is distinct from k.step_key)
         returning jsonb_build_object('id', r.id, 'mode', r.mode, 'status', r.status, 'webhook_url', r.webhook_url)
                   as run_json
     )
     select (select k.step_row from taken k) as step,
-           (select count(*) from timer) as timers,
            -- The run row left as it was is read as this statement sees it (only when the update changed nothing).
            coalesce((select run_json from run),
                     (select jsonb_build_object('id', r.id, 'mode', r.mode, 'status', r.status,
                                                'webhook_url', r.webhook_url)
-                       from public.chain_runs r join taken k on r.id = k.run_id)) as run
+                       from public.chain_runs r where r.id = (select k.run_id from taken k))) as run
       into v_res;
     v_step := v_res.step;
     if v_step.id is not null then
@@ -128,50 +136,53 @@ begin
                completed_at = now(),
                updated_at = now()
          where s.id = (p->>'step_id')::uuid and s.status = 'running' and s.attempt = (p->>'attempt')::int
-           and exists (select from public.chain_runs r where r.id = s.run_id and r.status = 'running')
+           and (select r.status from public.chain_runs r where r.id = s.run_id) = 'running'  -- by primary key
         returning s as step_row, s.id, s.run_id, s.step_key
     ), done_timer as (
-        delete from babychain_private.chain_step_timers t using done d where t.step_id = d.id
+        delete from babychain_private.chain_step_timers t where t.step_id = (select d.id from done d)
         returning t.step_id
     ), next as (
-        -- The dependent step gets the outputs, and is claimed when asked and every producer of it is done (this
-        -- one included: it has just succeeded); otherwise it is due now, for the completion of its other producer
-        -- or the sweeper.
+        -- The dependent step gets the outputs, and is claimed when asked and every producer of it is done (this one
+        -- included: it has just succeeded).
         update public.chain_steps n
-           set (status, attempt, seq, started_at, next_check_at) = (
-                   select case when g.go then 'running' else n.status end,
-                          n.attempt + g.go::int,
-                          n.seq + g.go::int,
-                          case when g.go then coalesce(n.started_at, now()) else n.started_at end,
-                          case when g.go
-                               then now() + make_interval(secs => (p->'claim_next'->>'submit_timeout_seconds')
-                                                                  ::double precision)
-                               else now() end
-                     from (select v_claim
-                                  -- This step is its only producer: nothing else to wait for, nothing to read.
-                                  and (n.depends_on = array[d.step_key]
-                                       or not exists (select from public.chain_steps o
-                                                       where o.run_id = n.run_id and o.step_key = any (n.depends_on)
-                                                         and o.id <> d.id and o.status <> 'succeeded'))) g(go)),
-               input_files = p->'output_files',
+           set input_files = p->'output_files',
+               status = case when v_claim then 'running' else n.status end,
+               attempt = case when v_claim then n.attempt + 1 else n.attempt end,
+               seq = case when v_claim then n.seq + 1 else n.seq end,
+               started_at = case when v_claim then coalesce(n.started_at, now()) else n.started_at end,
+               next_check_at = case when v_claim
+                                    then now() + make_interval(secs => (p->'claim_next'->>'submit_timeout_seconds')
+                                                                       ::double precision)
+                                    else now() end,
                updated_at = now()
           from done d
-         where n.run_id = d.run_id and n.status = 'queued' and d.step_key = any (n.depends_on)
+         where n.run_id = (select d.run_id from done d) and n.status = 'queued' and d.step_key = any (n.depends_on)
+           and (not v_claim
+                -- This step is its only producer: nothing else to wait for, nothing to read.
+                or n.depends_on = array[d.step_key]
+                or not exists (select from public.chain_steps o
+                                where o.run_id = n.run_id and o.step_key = any (n.depends_on)
+                                  and o.id <> d.id and o.status <> 'succeeded'))
         returning n as step_row, n.id, n.run_id, n.step_key, n.status, n.step_kind, n.next_check_at, n.started_at,
                   n.provider_job_id
     ), next_timer as (
-        -- A claimed step had no timer while it waited (a hand-over's step gets one from the trigger).
-        insert into babychain_private.chain_step_timers as t
+        -- A claimed step that was due (its other producer handed it over first) has a timer: updated in place.
+        update babychain_private.chain_step_timers t
+           set status = n.status, next_check_at = n.next_check_at, started_at = n.started_at,
+               has_job = n.provider_job_id is not null
+          from next n where t.step_id = (select n.id from next n where n.status = 'running')
+        returning t.step_id
+    ), next_new_timer as (
+        -- One that waited with no next check (the usual case) has none. (A hand-over's step gets its timer from
+        -- the trigger.)
+        insert into babychain_private.chain_step_timers
                (step_id, run_id, status, step_kind, next_check_at, started_at, has_job)
         select n.id, n.run_id, n.status, n.step_kind, n.next_check_at, n.started_at, n.provider_job_id is not null
-          from next n where n.status = 'running'
-        on conflict (step_id) do update
-           set status = excluded.status, next_check_at = excluded.next_check_at,
-               started_at = excluded.started_at, has_job = excluded.has_job
-        returning t.step_id
+          from next n where n.status = 'running' and not exists (select from next_timer)
+        returning step_id
     ), run_next as (
         update public.chain_runs r set current_step_key = n.step_key, updated_at = now()
-          from next n where r.id = n.run_id
+          from next n where r.id = (select n.run_id from next n)
         returning r.id
     ), run_end as (
         -- The run succeeds when no other step is unfinished (then no step waits for this one either).
@@ -186,16 +197,15 @@ begin
                callback_status = case when r.webhook_url is null then null else 'pending' end,
                callback_next_at = case when r.webhook_url is null then null else now() end
           from done d
-         where r.id = d.run_id and r.status in ('queued', 'running')
+         where r.id = (select d.run_id from done d) and r.status in ('queued', 'running')
            and not exists (select from public.chain_steps o
                             where o.run_id = d.run_id and o.id <> d.id and o.status <> 'succeeded')
         returning r.id
     )
-    -- Read in lock order: the step, the dependent step, then the run.
+    -- Read in lock order: the step, the dependent step, then the run (run_next reads the dependent step's row; the
+    -- CTEs nothing reads run after this select, as every data-modifying CTE runs to its end).
     select (select d.step_row from done d) as step,
            (select n.step_row from next n) as next,
-           (select count(*) from done_timer) + (select count(*) from next_timer) as timers,
-           (select count(*) from run_next) as named,
            exists (select from run_end) as ended
       into v_res;
     v_step := v_res.step;
@@ -206,6 +216,18 @@ begin
         return jsonb_build_object('run_status', 'succeeded', 'next_step', null, 'next_claimed', false);
     end if;
     v_next := v_res.next;
+    if v_next.id is null and v_claim then
+        -- Another producer of the dependent step is still unfinished: hand over the outputs only (the step is due
+        -- now; the trigger gives it its timer); that producer's completion claims it.
+        update public.chain_steps n
+           set input_files = p->'output_files', next_check_at = now(), updated_at = now()
+         where n.run_id = v_step.run_id and n.status = 'queued' and v_step.step_key = any (n.depends_on)
+        returning n.* into v_next;
+        if v_next.id is not null then
+            update public.chain_runs set current_step_key = v_next.step_key, updated_at = now()
+             where id = v_step.run_id;
+        end if;
+    end if;
     if v_next.id is not null then
         return jsonb_build_object('run_status', 'running', 'next_step', to_jsonb(v_next),
                                   'next_claimed', v_next.status = 'running');

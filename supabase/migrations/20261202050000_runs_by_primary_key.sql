@@ -10,7 +10,8 @@
 -- the index looks small: on a young database (every test's and benchmark's), and after any ANALYZE that sees few
 -- active runs; plpgsql then keeps that plan for the connection. EXPLAIN (ANALYZE) of bc_complete_step's first
 -- statement after 300 chain3 runs: a bitmap heap scan of 382 index entries and 18 heap pages (0.13 ms) where the
--- primary key reads one entry (0.01 ms); bc_take_step, each completion and the end of a run did the same.
+-- primary key reads one entry (0.01 ms); the generic plan of the run updates' form (`where id = $1 and status in
+-- (...)`) took that index with the id as a filter.
 -- Now the status is read from the run found by its key (a scalar subquery: no index condition but the id), and the
 -- updates say "not ended" (`status not in (<the ended statuses>)`: the same rows, as chain_runs_status_check allows
 -- exactly queued, running and the three ended ones), which the planner cannot match with the partial index's

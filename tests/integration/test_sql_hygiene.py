@@ -428,3 +428,79 @@ def test_list_and_purge_keep_their_generic_plans(conn: psycopg.Connection[Any]) 
     assert len(rows) == 3
     for signature, config in rows:
         assert "plan_cache_mode=force_generic_plan" in (config or []), signature
+
+
+# The step transitions' statements that read or change a run, as plpgsql runs them: the variables they use become
+# parameters of these types (a generic plan knows none of the values).
+_TRANSITION_PARAMS = {
+    "p": ("jsonb", 1),
+    "v_step.run_id": ("uuid", 2),
+    "p_run_id": ("uuid", 2),
+    "v_step.step_key": ("text", 3),
+    "v_next.step_key": ("text", 3),
+    "p_status": ("text", 3),
+    "p_code": ("text", 4),
+    "p_message": ("text", 5),
+    "p_output": ("jsonb", 6),
+    "v_claim": ("boolean", 7),
+}
+
+
+def _transition_statements(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """Every statement of bc_take_step, bc_complete_step, bc_fail_step and bc_finish_run that names chain_runs,
+    with its plpgsql variables as $n parameters and without its INTO."""
+    rows = conn.execute(
+        "select proname, prosrc from pg_proc where proname = any(%s)",
+        (["bc_take_step", "bc_complete_step", "bc_fail_step", "bc_finish_run"],),
+    ).fetchall()
+    assert len(rows) == 4
+    found = []
+    names = "|".join(re.escape(v) for v in sorted(_TRANSITION_PARAMS, key=len, reverse=True))
+    for name, source in rows:
+        body = re.sub(r"--[^\n]*", "", source)
+        body = re.sub(
+            r"(?<!end )\b(?:if|elsif)\b.*?\bthen\b", ";", body, flags=re.DOTALL
+        )  # plpgsql conditions: not SQL
+        for chunk in body.split(";"):
+            start = re.search(r"\b(?:update|select|with)\b", chunk)
+            if start is None or "public.chain_runs" not in chunk:
+                continue
+            statement = chunk[start.start() :]
+            statement = re.sub(r"\binto\s+v_\w+\b", "", statement)
+            statement = re.sub(
+                rf"(?<![\w.])({names})(?!\w)", lambda m: f"${_TRANSITION_PARAMS[m.group(1)][1]}", statement
+            )
+            found.append((name, statement))
+    return found
+
+
+def test_the_transitions_find_a_run_by_its_primary_key(conn: psycopg.Connection[Any]) -> None:
+    """20261202050000_runs_by_primary_key.sql: a transition reads or changes its run by id, and the planner takes the
+    primary key for it under a generic plan even where chain_runs_active_deadline (a partial index on the active
+    runs) looks tiny, as on a young database or after an ANALYZE that saw few active runs. (With the index's
+    predicate, `status in ('queued', 'running')`, beside the id, it scanned that index instead: every active run's
+    entry and every ended run's not yet vacuumed.) Here: 2,000 ended runs and one active, fresh statistics."""
+    conn.execute(
+        "insert into public.chain_runs (id, owner_id, chain_slug, chain_version, mode, status, input, request_hash,"
+        " deadline_at, callback_event_id, completed_at, created_at)"
+        " select gen_random_uuid(), 'pk:' || i, 'chain1', '1', 'local', case when i = 0 then 'running' else 'failed'"
+        " end, '{}', 'h', now(), 'evt_pk_' || i, case when i > 0 then now() end, now() from generate_series(0, 2000) i"
+    )
+    conn.execute("analyze public.chain_runs")
+    conn.execute("set local plan_cache_mode = force_generic_plan")
+    types = ", ".join(t for t, _ in sorted(set(_TRANSITION_PARAMS.values()), key=lambda v: v[1]))
+    statements = _transition_statements(conn)
+    assert {name for name, _ in statements} == {"bc_take_step", "bc_complete_step", "bc_fail_step", "bc_finish_run"}
+    for name, statement in statements:
+        conn.execute(f"prepare transition_statement({types}) as {statement}")
+        try:
+            row = conn.execute(
+                "explain (format json) execute transition_statement(null, null, null, null, null, null, null)"
+            ).fetchone()
+        finally:
+            conn.execute("deallocate transition_statement")
+        assert row is not None
+        scans = [s for s in _scans(row[0][0]["Plan"]) if s.get("Relation Name") == "chain_runs"]
+        assert scans, (name, statement)
+        for scan in scans:
+            assert scan.get("Index Name") == "chain_runs_pkey", (name, scan.get("Index Name"), statement)

@@ -9,7 +9,10 @@ tells a refused login (`StoreAuthError`) from a database that is down or saturat
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
+import weakref
 from typing import Any
 
 import psycopg
@@ -32,8 +35,12 @@ _JSONB_OID = 3802
 _JSON_OIDS = frozenset({114, _JSONB_OID})  # json, jsonb: answers decoded with json.loads, as psycopg's loaders do
 _TUPLES_OK = pq.ExecStatus.TUPLES_OK
 _CONNECTION_OK = pq.ConnStatus.OK
+_IDLE = pq.TransactionStatus.IDLE
 # The diagnostic connection after a pool timeout: long enough for a slow TLS handshake, short next to the wait.
 _PROBE_CONNECT_TIMEOUT_SECONDS = 5
+# How long a store keeps one connection out of its pool between calls before handing it back, so that the pool's own
+# upkeep (its lifetime limit, a drain) still reaches it.
+KEEP_SECONDS = 60.0
 
 
 class PostgresStore(Store):
@@ -51,6 +58,11 @@ class PostgresStore(Store):
             open=True,
         )
         self._queries: dict[str, bytes] = {}  # function -> its statement
+        # One connection kept between calls (a container runs one invocation at a time): the pool's getconn/putconn
+        # (its lock, stats, three logger calls and a reset check each way) cost more Python than the statement. A
+        # list, because pop and append are atomic: a second thread meanwhile takes one from the pool.
+        self._kept: list[tuple[psycopg.Connection[Any], float]] = []  # (the connection, when it goes back)
+        _STORES.add(self)
 
     def call(self, function: str, params: dict[str, Any]) -> Any:
         query = self._queries.get(function)
@@ -63,12 +75,22 @@ class PostgresStore(Store):
         # adapters cost more Python than the call itself.
         argument = json.dumps(params).encode()
         pool = self._pool
+        kept = self._kept
         try:
-            conn = pool.getconn()  # the same checks as `connection()`, without its two context managers
+            try:
+                conn, until = kept.pop()
+            except IndexError:
+                conn, until = pool.getconn(), time.monotonic() + KEEP_SECONDS
             try:
                 result = _execute(conn, query, argument)
-            finally:
-                pool.putconn(conn)  # a broken connection is discarded here, as before
+            except BaseException:
+                pool.putconn(conn)  # a broken connection is discarded there, an open transaction rolled back
+                raise
+            # Kept when it is idle (autocommit: after any answer) and its time is not up; else back to the pool.
+            if conn.pgconn.transaction_status == _IDLE and not kept and time.monotonic() < until:
+                kept.append((conn, until))
+            else:
+                pool.putconn(conn)
         except PoolTimeout as exc:
             raise self._pool_timeout(function, exc) from exc
         except psycopg.Error as exc:
@@ -93,8 +115,32 @@ class PostgresStore(Store):
             return _translate(function, exc)
         return StoreUnavailable(f"{function}: no free database connection ({timeout})", function=function)
 
+    def release(self) -> None:
+        """Hands the kept connection back to the pool (before the pool is used directly, or closed)."""
+        while self._kept:
+            try:
+                conn, _ = self._kept.pop()
+            except IndexError:
+                break
+            self._pool.putconn(conn)
+
     def close(self) -> None:
+        self.release()
         self._pool.close()
+
+
+# Every store of this process, so that a forked child forgets the connections its parent kept (their sockets are the
+# parent's; psycopg does not close a connection made in another process when it is collected).
+_STORES: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
+
+
+def _forget_kept_after_fork() -> None:
+    for store in list(_STORES):
+        store._kept = []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_kept_after_fork)
 
 
 def _execute(conn: psycopg.Connection[Any], query: bytes, argument: bytes) -> PGresult:

@@ -22,6 +22,7 @@ from psycopg.generators import execute
 from psycopg.pq.abc import PGresult
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from babychain.json_encoding import one_shot_encoder
 from babychain.store.base import Store
 from babychain.store.errors import (
     StoreError,
@@ -31,6 +32,7 @@ from babychain.store.errors import (
 )
 
 _FUNCTION_NAME = re.compile(r"^bc_[a-z_]+$")
+_ENCODE = one_shot_encoder()  # json.dumps(params), the same text
 _JSONB_OID = 3802
 _JSON_OIDS = frozenset({114, _JSONB_OID})  # json, jsonb: answers decoded with json.loads, as psycopg's loaders do
 _TUPLES_OK = pq.ExecStatus.TUPLES_OK
@@ -73,7 +75,7 @@ class PostgresStore(Store):
         # The statement psycopg's `execute("select f(%s)", (Jsonb(params),))` sent (same text, a text jsonb
         # parameter from one json.dumps), sent straight through libpq: the cursor, the query conversion and the
         # adapters cost more Python than the call itself.
-        argument = json.dumps(params).encode()
+        argument = _ENCODE(params).encode()
         pool = self._pool
         kept = self._kept
         try:

@@ -21,7 +21,7 @@ def one_shot_encoder(
 ) -> Callable[[Any], str]:
     """`json.dumps(obj, ensure_ascii=…, separators=…, allow_nan=…)` as a function of `obj`."""
     reference = json.JSONEncoder(ensure_ascii=ensure_ascii, separators=separators, allow_nan=allow_nan)
-    make = json.encoder.c_make_encoder
+    make = getattr(json.encoder, "c_make_encoder", None)  # not in the type stubs
     if make is None:  # an interpreter without the C accelerator: json's own path
         return reference.encode
     item_separator, key_separator = separators

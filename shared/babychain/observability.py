@@ -79,14 +79,15 @@ def _metrics_on() -> bool:
 _metrics_in_invocation: ContextVar[bool | None] = ContextVar("babychain_metrics_on", default=None)
 
 
-def _metrics_now() -> bool:
+def metrics_on() -> bool:
+    """Whether metrics are written now (callers skip the work of a metric that would be dropped)."""
     on = _metrics_in_invocation.get()
     return _metrics_on() if on is None else on
 
 
 def count(name: str, value: float = 1, **dimensions: str) -> None:
     """Adds one metric. Dimensions (e.g. model, code) go on a single-metric record so they stay low-cardinality."""
-    if not _metrics_now():
+    if not metrics_on():
         return
     if dimensions:
         with single_metric(name=name, unit=MetricUnit.Count, value=value) as metric:
@@ -97,7 +98,7 @@ def count(name: str, value: float = 1, **dimensions: str) -> None:
 
 
 def duration(name: str, seconds: float, **dimensions: str) -> None:
-    if not _metrics_now():
+    if not metrics_on():
         return
     with single_metric(name=name, unit=MetricUnit.Seconds, value=seconds) as metric:
         for key, dim in dimensions.items():

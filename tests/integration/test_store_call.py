@@ -126,11 +126,15 @@ def test_a_failed_call_hands_its_connection_back(two: PostgresStore) -> None:
 
 
 def test_the_kept_connection_goes_back_after_its_time(two: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(postgres, "KEEP_SECONDS", 0.0)  # its time is up at once: back to the pool after each call
+    monkeypatch.setattr(postgres, "KEEP_SECONDS", 0.0)  # its time is up at once: back to the pool before each call
     requests = _pool_requests(two)
     for _ in range(3):
         two.call("bc_test_backend", {})
-    assert _pool_requests(two) == requests + 3 and two._kept == []
+    assert _pool_requests(two) == requests + 3 and len(two._kept) == 1
+    monkeypatch.setattr(postgres, "KEEP_SECONDS", 60.0)
+    for _ in range(3):  # the first call hands the old one back and takes one for 60 s; the next two keep it
+        two.call("bc_test_backend", {})
+    assert _pool_requests(two) == requests + 4
 
 
 def test_a_forked_child_does_not_use_its_parents_kept_connection(two: PostgresStore) -> None:

@@ -40,8 +40,8 @@ _CONNECTION_OK = pq.ConnStatus.OK
 _IDLE = pq.TransactionStatus.IDLE
 # The diagnostic connection after a pool timeout: long enough for a slow TLS handshake, short next to the wait.
 _PROBE_CONNECT_TIMEOUT_SECONDS = 5
-# How long a store keeps one connection out of its pool between calls before handing it back, so that the pool's own
-# upkeep (its lifetime limit, a drain) still reaches it.
+# How long a store keeps one connection out of its pool: the first call after that hands it back before taking one
+# again, so that the pool's own upkeep (its lifetime limit, idle limit, a drain) still reaches it.
 KEEP_SECONDS = 60.0
 
 
@@ -77,19 +77,16 @@ class PostgresStore(Store):
         # adapters cost more Python than the call itself.
         argument = _ENCODE(params).encode()
         pool = self._pool
-        kept = self._kept
         try:
-            try:
-                conn, until = kept.pop()
-            except IndexError:
-                conn, until = pool.getconn(), time.monotonic() + KEEP_SECONDS
+            conn, until = self._take()
             try:
                 result = _execute(conn, query, argument)
             except BaseException:
                 pool.putconn(conn)  # a broken connection is discarded there, an open transaction rolled back
                 raise
-            # Kept when it is idle (autocommit: after any answer) and its time is not up; else back to the pool.
-            if conn.pgconn.transaction_status == _IDLE and not kept and time.monotonic() < until:
+            kept = self._kept
+            # Kept when it is idle (autocommit: after any answer); else back to the pool.
+            if conn.pgconn.transaction_status == _IDLE and not kept:
                 kept.append((conn, until))
             else:
                 pool.putconn(conn)
@@ -108,6 +105,19 @@ class PostgresStore(Store):
         loader.set_pgresult(result)
         row = loader.load_row(0, tuple)
         return row[0] if row else None
+
+    def _take(self) -> tuple[psycopg.Connection[Any], float]:
+        """The kept connection while its time lasts; else one from the pool (handing the kept one back first)."""
+        if self._kept:
+            try:
+                conn, until = self._kept.pop()
+            except IndexError:  # another thread took it meanwhile
+                pass
+            else:
+                if time.monotonic() < until:
+                    return conn, until
+                self._pool.putconn(conn)  # kept long enough: the pool's upkeep decides what becomes of it
+        return self._pool.getconn(), time.monotonic() + KEEP_SECONDS
 
     def _pool_timeout(self, function: str, timeout: PoolTimeout) -> StoreError:
         """Why the pool had no connection to give: it cannot connect (and why), or every connection is busy."""

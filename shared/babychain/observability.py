@@ -14,6 +14,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -73,9 +74,20 @@ def _metrics_on() -> bool:
     return not is_metrics_disabled()
 
 
+# Within an invocation: Powertools' answer when it began (two environment reads and two parses, asked once per
+# invocation rather than once per metric); outside one, None, and each metric asks.
+_metrics_in_invocation: ContextVar[bool | None] = ContextVar("babychain_metrics_on", default=None)
+
+
+def metrics_on() -> bool:
+    """Whether metrics are written now (callers skip the work of a metric that would be dropped)."""
+    on = _metrics_in_invocation.get()
+    return _metrics_on() if on is None else on
+
+
 def count(name: str, value: float = 1, **dimensions: str) -> None:
     """Adds one metric. Dimensions (e.g. model, code) go on a single-metric record so they stay low-cardinality."""
-    if not _metrics_on():
+    if not metrics_on():
         return
     if dimensions:
         with single_metric(name=name, unit=MetricUnit.Count, value=value) as metric:
@@ -86,7 +98,7 @@ def count(name: str, value: float = 1, **dimensions: str) -> None:
 
 
 def duration(name: str, seconds: float, **dimensions: str) -> None:
-    if not _metrics_on():
+    if not metrics_on():
         return
     with single_metric(name=name, unit=MetricUnit.Seconds, value=seconds) as metric:
         for key, dim in dimensions.items():
@@ -218,7 +230,12 @@ def instrumented(correlation_id_path: str | None = None) -> Callable[[Handler], 
             # Where Powertools would set it: after the context's keys, before the handler runs.
             if correlation_id is not None:
                 logger.set_correlation_id(correlation_id(event))
-            return flushed(event, context) if _metrics_on() else traced(event, context)
+            on = _metrics_on()
+            token = _metrics_in_invocation.set(on)
+            try:
+                return flushed(event, context) if on else traced(event, context)
+            finally:
+                _metrics_in_invocation.reset(token)
 
         logged = logger.inject_lambda_context(measured, log_event=False)
         return sentry_flush(cast(Handler, logged))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,12 +13,15 @@ import pytest
 import sentry_sdk
 
 from babychain import observability
-from babychain.local.lambda_shim import LambdaContext, load_handler
+from babychain.local.cli import demo_request
+from babychain.local.lambda_shim import LambdaContext, http_event, load_handler, sqs_event
 from babychain.local.runner import DEFAULT_API_KEY, LocalEngine
+from tests.conftest import TERMINAL
 from tests.standins.sentry import SentryIngest
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
+ROUTE = "POST /api/v1/chains/{slug}/runs"
 
 
 @pytest.mark.parametrize(
@@ -135,3 +139,34 @@ def test_sample_provider_webhook_event_is_verified_and_deduplicated(make_engine:
     forged = handler(event, LambdaContext("provider_webhook"))
     assert forged["statusCode"] == 400
     assert json.loads(forged["body"])["error"]["code"] == "invalid_webhook_signature"
+
+
+def test_each_step_that_succeeds_reports_its_duration_when_metrics_are_on(
+    make_engine: Callable[..., LocalEngine], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """StepDuration (per model) and RunsSucceeded in the step handler's EMF output, as CloudWatch reads them."""
+    engine = make_engine(workers=False, api_keys=(DEFAULT_API_KEY,), local_provider_delay_seconds=0.0)
+    body = demo_request("chain1", "")
+    body.pop("webhook_url")
+    raw = json.dumps(body).encode()
+    headers = {"authorization": f"Bearer {DEFAULT_API_KEY}", "content-type": "application/json"}
+    event = http_event("POST", "/api/v1/chains/chain1/runs", "", headers, raw, ROUTE, {"slug": "chain1"})
+    created = load_handler("create_run")(event, LambdaContext("create_run"))
+    assert created["statusCode"] == 202, created["body"]
+    models = [step["model_identifier"] for step in json.loads(created["body"])["steps"]]
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")  # on, as on AWS
+    capsys.readouterr()
+    step = load_handler("step_executor")
+    run_id = json.loads(created["body"])["id"]
+    deadline = time.monotonic() + 30
+    while engine.store.get_run(run_id)["status"] not in TERMINAL and time.monotonic() < deadline:  # type: ignore[union-attr,index]
+        if (message := engine.step_queue.take(timeout=0.5)) is not None:
+            answer = step(sqs_event("local-steps", [("m-1", message, 1)]), LambdaContext("step_executor"))
+            assert answer == {"batchItemFailures": []}
+    assert engine.store.get_run(run_id)["status"] == "succeeded"  # type: ignore[union-attr,index]
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    durations = [(record["model"], record["StepDuration"]) for record in emitted if "StepDuration" in record]
+    assert [model for model, _ in durations] == models
+    assert all(0 <= value[0] < 60 for _, value in durations)
+    assert any("RunsSucceeded" in record for record in emitted)

@@ -3,6 +3,7 @@ psycopg's cursor (`conn.execute("select f(%s)", (Jsonb(params),)).fetchone()[0]`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,8 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from babychain.store import postgres
+from babychain.store.errors import StoreError
 from babychain.store.postgres import PostgresStore
 
 # Answers of every shape a function can give, in json and jsonb, and in other types (no bc_ function returns one
@@ -25,19 +28,32 @@ ANSWERS = {
     "bc_test_boolean": ("boolean", "true"),
     "bc_test_timestamptz": ("timestamptz", "'2026-12-01 12:00:00+00'::timestamptz"),
 }
+# For the kept connection's tests: the backend that answered, and a call that fails on the server.
+PROBES = {
+    "bc_test_backend": ("jsonb", "to_jsonb(pg_backend_pid())"),
+    "bc_test_fails": ("jsonb", "(1 / 0)::text::jsonb"),
+}
 PARAMS: dict[str, Any] = {"text": "héllo\nwörld", "nested": {"list": [1, 2.5, None, False]}, "emoji": "🌊"}
 
 
 @pytest.fixture
 def store(database_url: str) -> Iterator[PostgresStore]:
     with psycopg.connect(database_url, autocommit=True) as admin:
-        for name, (returns, body) in ANSWERS.items():
+        for name, (returns, body) in (ANSWERS | PROBES).items():
             admin.execute(
                 f"create function public.{name}(p_params jsonb) returns {returns} language sql as $$ select {body} $$"
             )
     store = PostgresStore(database_url, max_size=1)
     yield store
     store.close()
+
+
+@pytest.fixture
+def two(store: PostgresStore, database_url: str) -> Iterator[PostgresStore]:
+    """A store whose pool holds two connections (the functions made by `store`)."""
+    two = PostgresStore(database_url, max_size=2)
+    yield two
+    two.close()
 
 
 def cursor_answer(dsn: str, function: str, params: dict[str, Any]) -> Any:
@@ -76,3 +92,66 @@ def test_only_store_function_names_are_called(store: PostgresStore) -> None:
     for name in ("pg_sleep", "bc_health; drop table chain_runs", "BC_HEALTH", "bc_health()"):
         with pytest.raises(ValueError, match="not a store function"):
             store.call(name, {})
+
+
+def _pool_requests(store: PostgresStore) -> int:
+    return store._pool.get_stats().get("requests_num", 0)
+
+
+def test_one_connection_is_kept_between_calls(two: PostgresStore) -> None:
+    """The pool's getconn/putconn once, not per call: the next call runs on the same backend."""
+    first = two.call("bc_test_backend", {})
+    requests = _pool_requests(two)
+    assert [two.call("bc_test_backend", {}) for _ in range(5)] == [first] * 5
+    assert _pool_requests(two) == requests
+    # A second connection taken from the pool meanwhile (another thread) leaves the kept one alone.
+    with two._pool.connection() as other:
+        assert other.info.backend_pid != first
+        assert two.call("bc_test_backend", {}) == first
+    two.release()  # handed back: the pool has both again, and a call takes one from it
+    assert two._pool.get_stats()["pool_available"] == 2
+    two.call("bc_test_backend", {})
+    assert _pool_requests(two) == requests + 2
+
+
+def test_a_failed_call_hands_its_connection_back(two: PostgresStore) -> None:
+    two.call("bc_test_backend", {})
+    requests = _pool_requests(two)
+    with pytest.raises(StoreError, match="22012"):  # division_by_zero
+        two.call("bc_test_fails", {})
+    stats = two._pool.get_stats()
+    assert two._kept == [] and stats["pool_available"] == stats["pool_size"]  # back in the pool, not lost
+    assert isinstance(two.call("bc_test_backend", {}), int)
+    assert _pool_requests(two) == requests + 1  # the next call takes a connection from the pool again
+
+
+def test_the_kept_connection_goes_back_after_its_time(two: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(postgres, "KEEP_SECONDS", 0.0)  # its time is up at once: back to the pool before each call
+    requests = _pool_requests(two)
+    for _ in range(3):
+        two.call("bc_test_backend", {})
+    assert _pool_requests(two) == requests + 3 and len(two._kept) == 1
+    monkeypatch.setattr(postgres, "KEEP_SECONDS", 60.0)
+    for _ in range(3):  # the first call hands the old one back and takes one for 60 s; the next two keep it
+        two.call("bc_test_backend", {})
+    assert _pool_requests(two) == requests + 4
+
+
+def test_a_forked_child_does_not_use_its_parents_kept_connection(two: PostgresStore) -> None:
+    backend = two.call("bc_test_backend", {})
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: the kept connection is forgotten (not closed: its socket is the parent's)
+        try:
+            import gc
+
+            kept = len(two._kept)
+            gc.collect()
+            os.write(write, str(kept).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(child, 0)
+    assert os.read(read, 16) == b"0" and status == 0
+    os.close(read)
+    assert two.call("bc_test_backend", {}) == backend  # the parent's session survived the child

@@ -12,7 +12,7 @@ import pytest
 
 from babychain.errors import ProviderError
 from babychain.providers.http import ProviderHttp
-from babychain.security.deadline import total_deadline
+from babychain.security.deadline import time_left, total_deadline
 from babychain.security.safe_http import FetchError, fetch_bytes, post_json
 from babychain.security.urls import Resolver
 from tests.standins.trickle import TrickleReceiver
@@ -79,3 +79,17 @@ def test_nested_deadlines_narrow_and_unwind(trickler: TrickleReceiver) -> None:
     # An inner block cannot extend the outer deadline.
     with total_deadline(0.4), total_deadline(30.0), pytest.raises(FetchError):
         post_json(trickler.url, b"{}", {}, resolver=resolver, timeout=30.0, allow_loopback_http=True)
+
+
+def test_a_deadline_holds_inside_its_block_only_and_unwinds_when_it_raises() -> None:
+    assert time_left(5.0, TimeoutError) == 5.0
+    with total_deadline(10.0):
+        assert 9.0 < time_left(30.0, TimeoutError) <= 10.0
+        with total_deadline(None):  # no deadline of its own: the outer one still holds
+            assert time_left(30.0, TimeoutError) <= 10.0
+        with pytest.raises(RuntimeError), total_deadline(0.0):
+            with pytest.raises(TimeoutError):
+                time_left(5.0, TimeoutError)  # past it at once
+            raise RuntimeError
+        assert 9.0 < time_left(30.0, TimeoutError) <= 10.0  # the inner block's deadline is gone with it
+    assert time_left(5.0, TimeoutError) == 5.0

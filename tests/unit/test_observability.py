@@ -245,3 +245,36 @@ def test_the_batch_processor_hands_the_lambda_context_to_a_handler_that_takes_it
         assert process_partial_response(event, without_context, processor, context) == {"batchItemFailures": []}
         assert process_partial_response(event, with_context, processor) == {"batchItemFailures": []}
     assert seen == [context, "none", None] * 2
+
+
+def test_whether_metrics_are_on_is_asked_once_per_invocation(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A handler's metrics follow POWERTOOLS_METRICS_DISABLED as it was when the invocation began (read once, not per
+    metric); outside an invocation each metric reads it."""
+    asked: list[bool] = []
+    real = observability.is_metrics_disabled
+
+    def counted() -> bool:
+        asked.append(True)
+        return real()
+
+    monkeypatch.setattr(observability, "is_metrics_disabled", counted)
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+
+    @observability.instrumented()
+    def handler(event: dict[str, Any], context: Any) -> int:
+        for i in range(3):
+            observability.duration("StepDuration", 0.5 + i, model="local/test")
+        monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")  # read when the invocation began, not now
+        observability.duration("StepDuration", 9.0, model="local/test")
+        return len(asked)
+
+    capsys.readouterr()
+    assert handler({}, LambdaContext(function_name="metrics_test")) == 1
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert [record["StepDuration"] for record in printed] == [[0.5], [1.5], [2.5], [9.0]]
+    asked.clear()
+    observability.duration("StepDuration", 1.0, model="local/test")  # outside: asked, and now off
+    observability.count("RunsSucceeded")
+    assert len(asked) == 2 and '"_aws"' not in capsys.readouterr().out

@@ -9,7 +9,6 @@ without loading pydantic.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -78,8 +77,11 @@ class Family:
                 return [params[k] for k in sorted(params) if k.startswith("input_image") and params[k]]
 
     def inject_input(self, params: dict[str, Any], url: str) -> dict[str, Any]:
-        """Returns a copy of `params` with the producer's durable output URL in this family's input field."""
-        out = copy.deepcopy(params)
+        """Returns a copy of `params` with the producer's durable output URL in this family's input field.
+
+        A shallow copy: the input field is replaced (seedance's `content`, a new list), never changed in place, and
+        every other value is shared with `params` (nothing changes either side: both only go to JSON)."""
+        out = dict(params)
         match self.name:
             case "seedance":
                 out["content"] = [

@@ -20,7 +20,7 @@ from babychain.chains.families import babysea_params
 from babychain.engine.webhooks import webhook_url_for
 from babychain.errors import ProviderError, UnsafeUrlError
 from babychain.media_types import EXTENSION_BY_CONTENT_TYPE, MediaRefused
-from babychain.observability import count, duration, logger
+from babychain.observability import count, duration, logger, metrics_on
 from babychain.providers.base import JobStatus, Provider, StepJob, Submission
 from babychain.queues import callback_message, step_message
 from babychain.security.deadline import total_deadline
@@ -325,7 +325,7 @@ def _succeed(
             provider = svc.providers.named(submission["provider"])
             provider.cancel(submission["provider_job_id"], status.metadata)
         return "stale", None  # canceled or timed out meanwhile: the late result is ignored
-    if started_at := step["started_at"]:
+    if (started_at := step["started_at"]) and metrics_on():  # two datetimes per step only for a metric kept
         started = datetime.fromisoformat(started_at)
         duration("StepDuration", (datetime.now(UTC) - started).total_seconds(), model=step["model_identifier"])
     logger.info("step succeeded", extra={"run_id": run["id"], "step": step["step_key"]})

@@ -19,13 +19,13 @@ from the quoted text, and the text is bounded only after that (a cut could leave
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import SplitResult, urlsplit
 
 from babychain.errors import ConfigurationError, ProviderError
+from babychain.json_encoding import one_shot_encoder
 from babychain.security import lean_http
 from babychain.security.deadline import total_deadline
 from babychain.security.lean_http import Response
@@ -40,7 +40,7 @@ NOT_FOUND = "provider_not_found"
 # Statuses about our own request or account: a provider's "retryable" hint does not turn them into retries.
 _FINAL_STATUSES = frozenset({401, 402, 403, 404})
 # One encoder for every request body (`json.dumps` with options builds a new one per call).
-_BODY_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_ENCODE_BODY = one_shot_encoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 # ------------------------------------------------------------------------------------------------ errors
 
@@ -156,7 +156,7 @@ class ProviderHttp:
         request_headers = _merged(self._headers, headers)
         content = None
         if body is not None:
-            content = _BODY_ENCODER.encode(body).encode()
+            content = _ENCODE_BODY(body).encode()
             if not any(name.lower() == "content-type" for name in request_headers):
                 request_headers["Content-Type"] = "application/json"
         try:

@@ -11,8 +11,6 @@ every request shares its one TLS context.
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -95,7 +93,6 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-@contextmanager
 def _pinned_stream(
     checked: CheckedUrl,
     method: str,
@@ -103,8 +100,9 @@ def _pinned_stream(
     timeout: float,
     headers: dict[str, str] | None = None,
     content: bytes | None = None,
-) -> Iterator[lean_http.Response]:
-    """Send one request to a validated address of `checked` and stream the response; no redirect following."""
+) -> lean_http.Response:
+    """Send one request to a validated address of `checked`; no redirect following. The response streams its body:
+    use it as a context manager (a body left unread closes its connection rather than returning it to the pool)."""
     # The target and Host come from the parse `check_url` validated, so what is sent is what was checked.
     request_headers = {name: value for name, value in (headers or {}).items() if name.lower() != "host"}
     request_headers["Host"] = checked.netloc
@@ -115,15 +113,11 @@ def _pinned_stream(
         # certificate check of the request that opened it, so it only ever serves that host name at that address.
         origin = lean_http.Origin(checked.scheme, address, checked.port, checked.host)
         try:
-            response = lean_http.request(
+            return lean_http.request(
                 method, origin, checked.target, request_headers, content, timeout=timeout, connect_timeout=timeout
             )
         except (lean_http.ConnectError, lean_http.ConnectTimeout) as exc:
             last_error = exc
-            continue
-        with response:  # a body left unread closes its connection rather than returning it to the pool
-            yield response
-        return
     raise last_error or FetchError("No address to connect to.", transient=True)
 
 

@@ -9,7 +9,10 @@ tells a refused login (`StoreAuthError`) from a database that is down or saturat
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
+import weakref
 from typing import Any
 
 import psycopg
@@ -19,6 +22,7 @@ from psycopg.generators import execute
 from psycopg.pq.abc import PGresult
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from babychain.json_encoding import one_shot_encoder
 from babychain.store.base import Store
 from babychain.store.errors import (
     StoreError,
@@ -28,12 +32,17 @@ from babychain.store.errors import (
 )
 
 _FUNCTION_NAME = re.compile(r"^bc_[a-z_]+$")
+_ENCODE = one_shot_encoder()  # json.dumps(params), the same text
 _JSONB_OID = 3802
 _JSON_OIDS = frozenset({114, _JSONB_OID})  # json, jsonb: answers decoded with json.loads, as psycopg's loaders do
 _TUPLES_OK = pq.ExecStatus.TUPLES_OK
 _CONNECTION_OK = pq.ConnStatus.OK
+_IDLE = pq.TransactionStatus.IDLE
 # The diagnostic connection after a pool timeout: long enough for a slow TLS handshake, short next to the wait.
 _PROBE_CONNECT_TIMEOUT_SECONDS = 5
+# How long a store keeps one connection out of its pool: the first call after that hands it back before taking one
+# again, so that the pool's own upkeep (its lifetime limit, idle limit, a drain) still reaches it.
+KEEP_SECONDS = 60.0
 
 
 class PostgresStore(Store):
@@ -51,6 +60,11 @@ class PostgresStore(Store):
             open=True,
         )
         self._queries: dict[str, bytes] = {}  # function -> its statement
+        # One connection kept between calls (a container runs one invocation at a time): the pool's getconn/putconn
+        # (its lock, stats, three logger calls and a reset check each way) cost more Python than the statement. A
+        # list, because pop and append are atomic: a second thread meanwhile takes one from the pool.
+        self._kept: list[tuple[psycopg.Connection[Any], float]] = []  # (the connection, when it goes back)
+        _STORES.add(self)
 
     def call(self, function: str, params: dict[str, Any]) -> Any:
         query = self._queries.get(function)
@@ -61,14 +75,21 @@ class PostgresStore(Store):
         # The statement psycopg's `execute("select f(%s)", (Jsonb(params),))` sent (same text, a text jsonb
         # parameter from one json.dumps), sent straight through libpq: the cursor, the query conversion and the
         # adapters cost more Python than the call itself.
-        argument = json.dumps(params).encode()
+        argument = _ENCODE(params).encode()
         pool = self._pool
         try:
-            conn = pool.getconn()  # the same checks as `connection()`, without its two context managers
+            conn, until = self._take()
             try:
                 result = _execute(conn, query, argument)
-            finally:
-                pool.putconn(conn)  # a broken connection is discarded here, as before
+            except BaseException:
+                pool.putconn(conn)  # a broken connection is discarded there, an open transaction rolled back
+                raise
+            kept = self._kept
+            # Kept when it is idle (autocommit: after any answer); else back to the pool.
+            if conn.pgconn.transaction_status == _IDLE and not kept:
+                kept.append((conn, until))
+            else:
+                pool.putconn(conn)
         except PoolTimeout as exc:
             raise self._pool_timeout(function, exc) from exc
         except psycopg.Error as exc:
@@ -85,6 +106,19 @@ class PostgresStore(Store):
         row = loader.load_row(0, tuple)
         return row[0] if row else None
 
+    def _take(self) -> tuple[psycopg.Connection[Any], float]:
+        """The kept connection while its time lasts; else one from the pool (handing the kept one back first)."""
+        if self._kept:
+            try:
+                conn, until = self._kept.pop()
+            except IndexError:  # another thread took it meanwhile
+                pass
+            else:
+                if time.monotonic() < until:
+                    return conn, until
+                self._pool.putconn(conn)  # kept long enough: the pool's upkeep decides what becomes of it
+        return self._pool.getconn(), time.monotonic() + KEEP_SECONDS
+
     def _pool_timeout(self, function: str, timeout: PoolTimeout) -> StoreError:
         """Why the pool had no connection to give: it cannot connect (and why), or every connection is busy."""
         try:
@@ -93,8 +127,32 @@ class PostgresStore(Store):
             return _translate(function, exc)
         return StoreUnavailable(f"{function}: no free database connection ({timeout})", function=function)
 
+    def release(self) -> None:
+        """Hands the kept connection back to the pool (before the pool is used directly, or closed)."""
+        while self._kept:
+            try:
+                conn, _ = self._kept.pop()
+            except IndexError:
+                break
+            self._pool.putconn(conn)
+
     def close(self) -> None:
+        self.release()
         self._pool.close()
+
+
+# Every store of this process, so that a forked child forgets the connections its parent kept (their sockets are the
+# parent's; psycopg does not close a connection made in another process when it is collected).
+_STORES: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
+
+
+def _forget_kept_after_fork() -> None:
+    for store in list(_STORES):
+        store._kept = []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_kept_after_fork)
 
 
 def _execute(conn: psycopg.Connection[Any], query: bytes, argument: bytes) -> PGresult:

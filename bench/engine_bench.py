@@ -196,13 +196,19 @@ def counting_pass(
         time.sleep(idle)
         lsn1 = conn.execute("select pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
         off1, t1 = log.stat().st_size, time.monotonic()
-        ids, errors, wall = drive(engine.base_url, watcher, runs, 1)
+        started: list[int] = []  # the log's size once the client has connected: its health check is not a run's
+
+        def at_start() -> None:
+            time.sleep(0.2)  # the logging collector writes the health check's line
+            started.append(log.stat().st_size)
+
+        ids, errors, wall = drive(engine.base_url, watcher, runs, 1, at_start=at_start)
         lsn2 = conn.execute("select pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
         off2 = log.stat().st_size
     finally:
         set_logging(conn, False)
     background, _ = count_statements(log, off0, off1)
-    during, own = count_statements(log, off1, off2)
+    during, own = count_statements(log, started[0], off2)
     idle_seconds = t1 - t0
     wal = conn.execute(
         "select pg_wal_lsn_diff(%s, %s)::bigint, pg_wal_lsn_diff(%s, %s)::bigint", (lsn1, lsn0, lsn2, lsn1)
@@ -479,7 +485,8 @@ def summarize(
         "the embedded server). Top-level statements as the server logged them, by function, net of the engine's idle "
         f"background ({counts['background_statements_per_second']} statements/s: "
         f"{_kinds(counts['background_by_kind'])}, measured over an idle window just before); the bench's own "
-        f"connections ({counts['bench_own_statements']} statements) are excluded: "
+        f"connections ({counts['bench_own_statements']} statements) and the client's health check before the "
+        "runs are excluded: "
         f"**{counts['statements_net_per_run']} per run** (gross {counts['statements_gross_per_run']}), of which "
         f"{counts['statements_net_without_receives_per_run']} are not queue receives. A receive also acknowledges "
         "the consumer's previous message; receives beyond the messages sent (`bc_queue_send` rows, one message each "

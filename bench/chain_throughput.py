@@ -368,13 +368,15 @@ def drive(
 
     Each thread is a plain keep-alive HTTP/1.1 client (`http.client`) sending the same encoded body: the load
     generator shares the machine with the engine, so it should cost as little as it can (httpx cost ~1 ms of CPU
-    per create here). `at_start` is called once every thread has connected, just as the clock starts.
+    per create here). `at_start` is called once every thread has connected, before the clock starts and before any
+    thread sends its first create.
     Returns the ids of the runs that ended, the errors of those that did not (by exception name) and the wall time.
     """
     counter = itertools.count()
     ids: list[str] = []
     failures: Counter[str] = Counter()
-    gate = threading.Barrier(concurrency + 1)
+    gate = threading.Barrier(concurrency + 1)  # every thread connected
+    go = threading.Event()  # at_start has run and the clock started
     target = urlsplit(base_url)
     path = f"{target.path.rstrip('/')}/api/v1/chains/{CHAIN}/runs"
     body = json.dumps(create_body()).encode()
@@ -394,6 +396,7 @@ def drive(
         conn.request("GET", "/api/health")  # connect before the clock starts, not all at once after it
         conn.getresponse().read()
         gate.wait()
+        go.wait()
         try:
             while next(counter) < runs:  # itertools.count is atomic under the GIL
                 try:
@@ -413,6 +416,7 @@ def drive(
     if at_start is not None:
         at_start()
     started = time.monotonic()
+    go.set()
     for thread in threads:
         thread.join()
     return ids, dict(failures), time.monotonic() - started

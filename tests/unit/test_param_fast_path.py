@@ -154,10 +154,17 @@ def test_the_direct_check_vouches_only_for_what_pydantic_accepts_and_dumps_the_s
 @pytest.mark.parametrize("family", sorted(SCHEMAS))
 def test_the_generated_cases_include_vouched_ones(family: str) -> None:
     """The comparison above means something only if the direct check takes part: the generator gives it params it
-    vouches for, in every family."""
+    vouches for, in every family. Derandomized, with enough examples: in seedance (many fields, each drawn mostly
+    from near misses) about 1 case in 100 is vouched for, so 300 random ones sometimes held none."""
     vouched: list[dict[str, Any]] = []
 
-    @settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(
+        max_examples=2000,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
     @given(params=_params(family))
     def collect(params: dict[str, Any]) -> None:
         if _fast(family, params) is not None:

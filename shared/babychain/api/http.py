@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import inspect
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 from babychain.api.auth import Principal, admit, identify, require_scope
 from babychain.api.routes import Body, Invalid, Param, check_body, check_value, parameter_spec, required_scope
 from babychain.errors import ApiError, ConfigurationError
+from babychain.json_encoding import one_shot_encoder
 from babychain.observability import instrumented
 from babychain.security.params import strict_json
 from babychain.services import Services, services
@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024
 NO_STORE = {"Cache-Control": "no-store"}
-# One encoder: `json.dumps` with any option builds a new JSONEncoder per call.
-_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
+# The response body's JSON text from one prebuilt encoder (`json.dumps(body, separators=(",", ":"))`'s text).
+_COMPACT = one_shot_encoder(separators=(",", ":"))
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:

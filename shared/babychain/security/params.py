@@ -305,13 +305,7 @@ def has_suspect_key(keys: set[str]) -> bool:
     """Whether any of `keys` is credential-like or provider-controlled: when none of a value's keys is (the keys
     `check_json_bounds` collected from it), `check_step_params` and `check_no_credentials` find nothing in any part
     of it, and need not walk it again."""
-    for key in keys:
-        if len(key) > _CACHED_KEY_LENGTH:
-            if _credential_rule(key) is not None or is_provider_controlled_key(key):
-                return True
-        elif _cached_credential_rule(key) is not None or _cached_provider_controlled(key):
-            return True
-    return False
+    return any(credential_rule(key) is not None or is_provider_controlled_key(key) for key in keys)
 
 
 def _refuse(message: str, place: _Place) -> NoReturn:

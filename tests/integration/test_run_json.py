@@ -18,13 +18,26 @@ from babychain.store.postgres import PostgresStore
 from babychain.store.rows import ListedRunRow, ListedStepRow, RunRow, StepRow
 from tests.integration.test_store_contract import as_listed, new_owner, run_request
 
-# The definition of 20261121000000_chain_engine.sql, under another name.
+# The definition of 20261121000000_chain_engine.sql, under another name, with the two values the transitions no
+# longer write (20261202070000_current_step_on_read.sql) derived here the plain way: the current step as the first
+# step not succeeded (read alone, by step order), the run's updated_at as its last write or its steps' last completion.
 TO_JSONB_RUN_JSON = """
 create function pg_temp.bc_run_json_to_jsonb(p_run_id uuid) returns jsonb
 language sql stable set search_path = '' as $$
     select to_jsonb(r) || jsonb_build_object('steps', coalesce((
         select jsonb_agg(to_jsonb(s) order by s.step_index) from public.chain_steps s where s.run_id = r.id),
         '[]'::jsonb))
+        || jsonb_build_object(
+            'current_step_key', case
+                when r.status = 'succeeded' then 'completed'
+                when r.status in ('failed', 'canceled') then r.status
+                when r.status = 'queued' then 'processing'
+                else coalesce((select s.step_key from public.chain_steps s
+                                where s.run_id = r.id and s.status <> 'succeeded'
+                                order by s.step_index limit 1), 'processing') end,
+            'updated_at', (select max(t) from (select r.updated_at union all
+                                               select s.completed_at from public.chain_steps s
+                                                where s.run_id = r.id) u(t)))
       from public.chain_runs r where r.id = p_run_id
 $$
 """

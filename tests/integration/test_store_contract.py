@@ -610,6 +610,49 @@ def test_complete_step_without_claim_only_hands_over_and_loses_to_cancel(store: 
     assert after["steps"][0]["provider_job_id"] is None
 
 
+def test_a_run_shows_its_current_step_and_last_advance(store: Store) -> None:
+    """current_step_key and the run's updated_at are derived on read (20261202070000_current_step_on_read.sql) and
+    show what the transitions used to write: the claimed step, the step handed over to, the run's end; a retry, the
+    claim again after it and the claim of a handed-over step do not move them."""
+
+    def read() -> tuple[str, str, str | None, datetime]:
+        current = store.get_run(run["id"])
+        assert current is not None
+        return (
+            current["status"],
+            current["current_step_key"],
+            current["completed_at"],
+            datetime.fromisoformat(current["updated_at"]),
+        )
+
+    run = make_run(store)
+    first, second = run["steps"]
+    assert read()[:2] == ("queued", "processing")
+    assert store.take_step(run["id"], first["id"], 0, **_SUBMIT) is not None
+    status, key, _, claimed_at = read()
+    assert (status, key) == ("running", first["step_key"])
+    retried = store.retry_step(first["id"], 1, 0.0, "provider_unavailable", "later")
+    assert retried is not None
+    assert read() == ("running", first["step_key"], None, claimed_at)
+    again = store.take_step(run["id"], first["id"], retried["seq"], **_SUBMIT)
+    assert again is not None and again["step"]["attempt"] == 2
+    assert read() == ("running", first["step_key"], None, claimed_at)
+
+    assert store.complete_step(first["id"], 2, ["https://out/a.png"]) is not None  # handed over, not claimed
+    done = store.get_run(run["id"])
+    assert done is not None and done["steps"][0]["completed_at"] is not None
+    handed_at = datetime.fromisoformat(done["steps"][0]["completed_at"])
+    assert handed_at > claimed_at
+    assert read() == ("running", second["step_key"], None, handed_at)
+    assert store.take_step(run["id"], second["id"], 0, **_SUBMIT) is not None  # its message claims it
+    assert read() == ("running", second["step_key"], None, handed_at)
+
+    assert store.fail_step(second["id"], "provider_error", "boom", attempt=1) is not None
+    status, key, completed_at, updated_at = read()
+    assert (status, key) == ("failed", "failed")
+    assert completed_at is not None and updated_at == datetime.fromisoformat(completed_at) > handed_at
+
+
 def test_complete_last_step_finishes_the_run(store: Store) -> None:
     run = make_run(store, steps=1)
     submitted = claim_first(store, run, job_id=f"job-{uuid.uuid4().hex}")

@@ -26,7 +26,7 @@ from babychain.store.base import Store
 from babychain.store.errors import StoreAuthError, StoreError, StoreUnavailable
 from babychain.store.migrations import MIGRATIONS_DIR, apply_migrations
 from babychain.store.postgres import PostgresStore
-from babychain.store.rows import ListedRunRow, ListedStepRow
+from babychain.store.rows import ListedRunRow, ListedStepRow, WorkStep
 from babychain.store.supabase import SupabaseStore
 from tests.conftest import free_port, wait_until
 from tests.standins.postgrest import PostgrestStandIn
@@ -63,7 +63,14 @@ RUN_KEYS = {
 }
 LISTED_RUN_KEYS = set(ListedRunRow.__annotations__)
 LISTED_STEP_KEYS = set(ListedStepRow.__annotations__)
+WORK_STEP_KEYS = set(WorkStep.__annotations__)
 TIMERS_MIGRATION = "20261201100000_step_timers.sql"
+
+
+def as_work(step: Any) -> dict[str, Any]:
+    """A step read alone (every column) as the transitions hand it to the executor (bc_take_step, bc_complete_step):
+    the fields it reads, the same values."""
+    return {k: step[k] for k in WORK_STEP_KEYS}
 
 
 def as_listed(run: Any) -> dict[str, Any]:
@@ -168,8 +175,10 @@ def take(store: Store, run_id: str, step: dict[str, Any]) -> dict[str, Any]:
 def claim_first(store: Store, run: dict[str, Any], *, job_id: str | None = None) -> dict[str, Any]:
     step = run["steps"][0]
     claimed = take(store, run["id"], step)
-    if job_id is None:
-        return claimed
+    if job_id is None:  # the whole row, as the claim left it
+        row = store.get_step(step["id"])
+        assert row is not None and row["attempt"] == claimed["attempt"]
+        return dict(row)
     submitted = store.record_submission(
         step["id"], claimed["attempt"], job_id, {"region": "eu"}, 30.0, provider="local", request_params={"prompt": "x"}
     )
@@ -446,7 +455,9 @@ def test_step_transition_guards(store: Store) -> None:
 
     # The second attempt.
     again = take(store, run["id"], retried)
-    assert (again["attempt"], again["error_code"]) == (2, None)
+    assert again["attempt"] == 2
+    again_row = store.get_step(step_id)
+    assert again_row is not None and again_row["error_code"] is None and as_work(again_row) == again
 
     # complete_step: guarded by attempt; hands the outputs to the next step.
     assert store.complete_step(step_id, 1, ["https://out/a.png"]) is None
@@ -456,7 +467,8 @@ def test_step_transition_guards(store: Store) -> None:
     next_step = done["next_step"]
     assert next_step["id"] == run["steps"][1]["id"]
     assert (next_step["status"], next_step["input_files"]) == ("queued", ["https://out/a.png"])
-    assert next_step["next_check_at"] is not None
+    handed = store.get_step(next_step["id"])
+    assert handed is not None and handed["next_check_at"] is not None and as_work(handed) == next_step
     assert store.complete_step(step_id, 2, ["https://out/a.png"]) is None  # only once
 
     # fail_step: guarded by seq and by attempt.
@@ -516,7 +528,11 @@ def test_take_step_claims_once_then_hands_out_the_running_job_for_checks(store: 
     assert taken["run"] == {"id": run["id"], "mode": "local", "status": "running", "webhook_url": None}
     claimed = taken["step"]
     assert (claimed["status"], claimed["attempt"], claimed["seq"]) == ("running", 1, 1)
-    assert claimed["started_at"] is not None and claimed["next_check_at"] is not None
+    # The executor's fields only (20261202071000_lean_transition_answers.sql), each as the row holds it.
+    assert set(claimed) == WORK_STEP_KEYS
+    claimed_row = store.get_step(first["id"])
+    assert claimed_row is not None
+    assert claimed["started_at"] is not None and claimed_row["next_check_at"] is not None
     # The same message again is stale, and so is the claimed seq while no job is recorded (the submitter holds it).
     assert store.take_step(run["id"], first["id"], 0, **_SUBMIT) is None
     assert store.take_step(run["id"], first["id"], claimed["seq"], **_SUBMIT) is None
@@ -524,7 +540,7 @@ def test_take_step_claims_once_then_hands_out_the_running_job_for_checks(store: 
     current = store.get_run(run["id"])
     assert current is not None
     assert (current["status"], current["current_step_key"]) == ("running", "image")
-    assert current["steps"][0] == claimed
+    assert as_work(current["steps"][0]) == claimed and current["steps"][0] == claimed_row
 
     job = f"job-{uuid.uuid4().hex}"
     recorded = store.record_submission(
@@ -537,7 +553,7 @@ def test_take_step_claims_once_then_hands_out_the_running_job_for_checks(store: 
     # A poll message with the current seq gets the running step to check; any other seq is stale.
     check = store.take_step(run["id"], first["id"], recorded["seq"], **_SUBMIT)
     assert check is not None
-    assert (check["action"], check["step"]) == ("check", recorded)
+    assert (check["action"], check["step"]) == ("check", as_work(recorded))
     assert store.take_step(run["id"], first["id"], claimed["seq"], **_SUBMIT) is None
 
     # Cancel wins: nothing is taken any more.
@@ -565,7 +581,7 @@ def test_complete_step_records_a_synchronous_result_and_claims_the_next_step(sto
     nxt = done["next_step"]
     assert nxt is not None and nxt["id"] == second["id"]
     assert (nxt["status"], nxt["attempt"], nxt["seq"], nxt["input_files"]) == ("running", 1, 1, outputs)
-    assert nxt["started_at"] is not None and nxt["next_check_at"] is not None
+    assert set(nxt) == WORK_STEP_KEYS and nxt["started_at"] is not None
     assert store.complete_step(first["id"], 1, outputs, submission=submission) is None  # only once
 
     current = store.get_run(run["id"])
@@ -574,7 +590,7 @@ def test_complete_step_records_a_synchronous_result_and_claims_the_next_step(sto
     step = current["steps"][0]
     assert (step["status"], step["provider"], step["provider_job_id"]) == ("succeeded", "local", job)
     assert (step["request_params"], step["output_files"], step["provider_metadata"]) == ({"p": 1}, outputs, {"seed": 7})
-    assert current["steps"][1] == nxt | {"updated_at": current["steps"][1]["updated_at"]}
+    assert as_work(current["steps"][1]) == nxt and current["steps"][1]["next_check_at"] is not None
     # The next step is held by the completer: its queued-era message is stale, as is a check before a job exists.
     assert store.take_step(run["id"], second["id"], 0, **_SUBMIT) is None
     assert store.take_step(run["id"], second["id"], 1, **_SUBMIT) is None

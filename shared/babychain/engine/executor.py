@@ -26,13 +26,13 @@ from babychain.queues import callback_message, step_message
 from babychain.security.deadline import total_deadline
 from babychain.security.safe_http import FetchError, fetch_bytes
 from babychain.services import Services
-from babychain.store.rows import StepRow, StepRun
+from babychain.store.rows import StepRun, WorkStep
 
 # What one step message did: submitted a job, found it still running (pending), retried a transient submit error,
 # completed or failed the step, or nothing (stale: a duplicate, late or superseded message).
 StepOutcome = Literal["submitted", "pending", "retrying", "succeeded", "failed", "stale"]
 # A step action's outcome, and the next step when its completion claimed it for this executor to submit.
-Advanced = tuple[StepOutcome, StepRow | None]
+Advanced = tuple[StepOutcome, WorkStep | None]
 TimeLeft = Callable[[], float]
 # Kept free at the end of an invocation, beyond the submit and download deadlines, to record what happened.
 INVOCATION_MARGIN_SECONDS = 10.0
@@ -94,7 +94,7 @@ def retry_number(attempt: int, budget: int, route_count: int) -> int | None:
     return (attempt - 1) % budget + 1
 
 
-def _start(svc: Services, run: StepRun, step: StepRow, time_left: TimeLeft | None) -> Advanced:
+def _start(svc: Services, run: StepRun, step: WorkStep, time_left: TimeLeft | None) -> Advanced:
     """Submits a step this executor has just claimed (`step["attempt"]` is the claimed attempt)."""
     claimed_at = time.monotonic()
     attempt = step["attempt"]
@@ -140,7 +140,7 @@ def _start(svc: Services, run: StepRun, step: StepRow, time_left: TimeLeft | Non
         status = JobStatus("succeeded", output_urls=submission.output_urls, metadata=metadata)
         running = {**step, "provider": provider.name, "provider_job_id": submission.job_id}
         submitted = {**recorded, "provider_job_id": submission.job_id}
-        return _succeed(svc, run, cast(StepRow, running), status, time_left, submission=submitted)
+        return _succeed(svc, run, cast(WorkStep, running), status, time_left, submission=submitted)
     return _submitted(svc, run, step, provider, attempt, metadata, submission, recorded)
 
 
@@ -163,7 +163,7 @@ def _may_continue(svc: Services, time_left: TimeLeft | None) -> float | None:
     return s.submit_timeout_seconds
 
 
-def _step_inputs(svc: Services, step: StepRow, family: Any) -> tuple[dict[str, Any], list[str] | None] | None:
+def _step_inputs(svc: Services, step: WorkStep, family: Any) -> tuple[dict[str, Any], list[str] | None] | None:
     """The params to submit (a dependent step gets its producer's output injected) and the step's input files;
     None when a dependent step has no input to work on."""
     params = step["params"]
@@ -178,7 +178,7 @@ def _step_inputs(svc: Services, step: StepRow, family: Any) -> tuple[dict[str, A
 def _submit_failed(
     svc: Services,
     run: StepRun,
-    step: StepRow,
+    step: WorkStep,
     provider: Provider,
     attempt: int,
     attempts: list[dict[str, Any]],
@@ -210,7 +210,7 @@ def _submit_failed(
 def _submitted(
     svc: Services,
     run: StepRun,
-    step: StepRow,
+    step: WorkStep,
     provider: Provider,
     attempt: int,
     metadata: dict[str, Any],
@@ -252,7 +252,7 @@ def _pending_delay(svc: Services, polled: Polled) -> float | None:
     return svc.settings.poll_interval_seconds if polled.state == "pending" else None
 
 
-def _check(svc: Services, run: StepRun, step: StepRow, time_left: TimeLeft | None, polled: Polled | None) -> Advanced:
+def _check(svc: Services, run: StepRun, step: WorkStep, time_left: TimeLeft | None, polled: Polled | None) -> Advanced:
     # Only a submitted step is checked (bc_take_step saw its job id), and a submitted step has a provider.
     job_id, provider_name = step["provider_job_id"], step["provider"]
     assert job_id is not None and provider_name is not None
@@ -289,7 +289,7 @@ def _defer(
     return "pending"
 
 
-def poll_message(run_id: str, step: StepRow) -> dict[str, Any]:
+def poll_message(run_id: str, step: WorkStep) -> dict[str, Any]:
     """A step message for a submitted job, carrying what its poll needs (the provider's metadata, without the
     engine's attempt history) so that a job still running costs one statement."""
     job_id, provider = step["provider_job_id"], step["provider"]
@@ -302,7 +302,7 @@ def poll_message(run_id: str, step: StepRow) -> dict[str, Any]:
 def _succeed(
     svc: Services,
     run: StepRun,
-    step: StepRow,
+    step: WorkStep,
     status: JobStatus,
     time_left: TimeLeft | None,
     submission: dict[str, Any] | None = None,
@@ -342,7 +342,7 @@ def _succeed(
 
 
 def _copy_outputs(
-    svc: Services, run: StepRun, step: StepRow, status: JobStatus, submission: dict[str, Any] | None
+    svc: Services, run: StepRun, step: WorkStep, status: JobStatus, submission: dict[str, Any] | None
 ) -> list[str] | StepOutcome:
     """The outputs' durable URLs, or what happened instead (the step failed, or the copy is left to a later check)."""
     # Before the submission is recorded the attempt is the guard; after it, the message's seq.
@@ -375,7 +375,7 @@ def _copy_outputs(
     return durable
 
 
-def _copy_output(svc: Services, run: StepRun, step: StepRow, index: int, url: str) -> str:
+def _copy_output(svc: Services, run: StepRun, step: WorkStep, index: int, url: str) -> str:
     """Copies one output into the artifact store, after checking it is the kind of media the step makes."""
     provider = step["provider"]
     fetched = fetch_bytes(
@@ -394,7 +394,7 @@ def _copy_output(svc: Services, run: StepRun, step: StepRow, index: int, url: st
 def _fail(
     svc: Services,
     run: StepRun,
-    step: StepRow,
+    step: WorkStep,
     code: str,
     message: str,
     *,

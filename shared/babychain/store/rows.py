@@ -159,17 +159,38 @@ class StepRun(TypedDict):
     webhook_url: str | None
 
 
+class WorkStep(TypedDict):
+    """A step as the transitions hand it to the step executor (bc_take_step, bc_complete_step's next step): the fields
+    it reads, not the whole row (20261202071000_lean_transition_answers.sql). Read-only, so that a full StepRow is one
+    too."""
+
+    id: ReadOnly[str]
+    step_key: ReadOnly[str]
+    step_kind: ReadOnly[Literal["image", "video"]]
+    model_identifier: ReadOnly[str]
+    depends_on: ReadOnly[list[str]]
+    status: ReadOnly[StepStatus]
+    params: ReadOnly[dict[str, Any]]
+    input_files: ReadOnly[list[str] | None]
+    provider: ReadOnly[str | None]
+    provider_job_id: ReadOnly[str | None]
+    provider_metadata: ReadOnly[dict[str, Any]]
+    attempt: ReadOnly[int]
+    seq: ReadOnly[int]
+    started_at: ReadOnly[str | None]
+
+
 class TakenStep(TypedDict):
     """A step message's step: just claimed for a submit, or running with a job to check."""
 
     action: Literal["claimed", "check"]
-    step: StepRow
+    step: WorkStep
     run: StepRun
 
 
 class StepCompletion(TypedDict):
     run_status: RunStatus
-    next_step: StepRow | None
+    next_step: WorkStep | None
     next_claimed: bool  # the next step was claimed by this completion: its caller submits it
 
 

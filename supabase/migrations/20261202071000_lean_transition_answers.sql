@@ -8,7 +8,7 @@
 -- ~12 us less of the executor's json.loads; Postgres's CPU for the two functions did not move measurably. (Answering
 -- json instead of jsonb, built as text once, was tried: it was not cheaper for the server, so the return types stay.)
 -- Guards, writes and every other answer field as in 20261202070000_current_step_on_read.sql; the check's run fields
--- are read inline (bc_step_run_json's query) rather than through a nested function call.
+-- are read by bc_step_run_json's query written out, not through a nested function call.
 
 create or replace function public.bc_take_step(p jsonb) returns jsonb
 language plpgsql security definer set search_path = '' as $$
@@ -63,15 +63,14 @@ begin
     if v_step.id is null then
         return null;
     end if;
+    select jsonb_build_object('id', r.id, 'mode', r.mode, 'status', r.status, 'webhook_url', r.webhook_url)
+      into v_run from public.chain_runs r where r.id = v_step.run_id;
     return jsonb_build_object('action', 'check', 'step', jsonb_build_object(
             'id', v_step.id, 'step_key', v_step.step_key, 'step_kind', v_step.step_kind,
             'model_identifier', v_step.model_identifier, 'depends_on', v_step.depends_on, 'status', v_step.status,
             'params', v_step.params, 'input_files', v_step.input_files, 'provider', v_step.provider,
             'provider_job_id', v_step.provider_job_id, 'provider_metadata', v_step.provider_metadata,
-            'attempt', v_step.attempt, 'seq', v_step.seq, 'started_at', v_step.started_at),
-                             'run', (select jsonb_build_object('id', r.id, 'mode', r.mode, 'status', r.status,
-                                                              'webhook_url', r.webhook_url)
-                                       from public.chain_runs r where r.id = v_step.run_id));
+            'attempt', v_step.attempt, 'seq', v_step.seq, 'started_at', v_step.started_at), 'run', v_run);
 end
 $$;
 

@@ -164,3 +164,6 @@ begin
 end
 $$;
 
+
+-- bc_take_step was its only caller.
+drop function babychain_private.bc_step_run_json(uuid);

@@ -37,9 +37,8 @@ begin
                               and d.status <> 'succeeded'))
     returning s.* into v_step;
     if v_step.id is not null then
-        -- Skipped when the run is already running (any later step's claim): a row version saved.
-        -- The run fields a step message needs besides the step come back from the same statement.
-        -- Only a queued run changes (it starts): the current step is derived on read.
+        -- Only a queued run changes (it starts; the current step is derived on read): a later step's claim saves a
+        -- row version. The run fields a step message needs besides the step come back from the same statement.
         update public.chain_runs r
            set status = 'running', updated_at = now()
          where r.id = v_step.run_id and r.status not in ('running', 'succeeded', 'failed', 'canceled')  -- queued

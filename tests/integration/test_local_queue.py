@@ -344,6 +344,117 @@ def test_a_receive_that_takes_the_last_due_message_registers_its_consumer_as_a_b
         sender_store.close()
 
 
+def test_a_send_naming_its_busy_waiting_sender_wakes_the_sender_first(database_url: str, store: PostgresStore) -> None:
+    queue = PostgresQueue(store, "steps")
+    busy, idle = ConsumerLease(database_url, 83, queue), ConsumerLease(database_url, 84, queue)
+    other_store = PostgresStore(database_url, max_size=1)
+    try:
+        assert queue.receive(84, idle_wait_seconds=30) == ([], None)  # idle
+        queue.send({"n": 1})
+        assert _woken(idle, 5)
+        # 84 does not receive it: 83 takes it, the last due one, and waits after it (a busy waiter).
+        held = queue.receive_next(83, ack=None, idle_wait_seconds=30)
+        assert [m.body for m in held.messages] == [{"n": 1}] and not held.more
+        queue.receive(84, idle_wait_seconds=30)  # idle again, registered anew (not notified)
+
+        def send(body: dict[str, Any], sender: int | None) -> None:
+            extra = {} if sender is None else {"sender": sender}
+            other_store.call("bc_queue_send", {"queue": "steps", "messages": [{"body": body}], **extra})
+
+        # Named as the sender (its invocation sends), the busy waiter is woken before the idle one.
+        send({"n": 2}, 83)
+        assert _woken(busy, 5) and not _woken(idle, 0.3)
+        # Chosen already: another send by it wakes the idle one, as a send that names no sender does.
+        send({"n": 3}, 83)
+        assert _woken(idle, 5) and not _woken(busy, 0.3)
+        mine = queue.receive_next(83, ack=held.messages[0], idle_wait_seconds=30)
+        theirs = queue.receive_next(84, ack=None, idle_wait_seconds=30)
+        assert sorted(m.body["n"] for m in (*mine.messages, *theirs.messages)) == [2, 3]
+        # A sender that is no waiter (it saw more due) is not picked: the idle one is.
+        for delivery, receiver in ((mine, 83), (theirs, 84)):
+            queue.receive_next(receiver, ack=delivery.messages[0], idle_wait_seconds=30)
+        queue.send_many([{"n": 4}, {"n": 5}])
+        assert _woken(busy, 5) and _woken(idle, 5)
+        first = queue.receive_next(83, ack=None, idle_wait_seconds=30)
+        assert first.more and 83 not in _waiters(database_url)
+        queue.receive(84, ack=None, idle_wait_seconds=30)  # takes n=5; then idle
+        queue.receive(84, idle_wait_seconds=30)
+        send({"n": 6}, 83)
+        assert _woken(idle, 5)
+    finally:
+        busy.close()
+        idle.close()
+        other_store.close()
+
+
+def test_a_message_sent_inside_an_invocation_stays_with_its_consumer_when_it_waits_next(
+    database_url: str, store: PostgresStore
+) -> None:
+    """A chain of messages, each sent by the handler of the one before (a next step sent by message at concurrency 1):
+    the consumer that sends takes the next itself, right after its invocation; the idle one is never woken."""
+    states = [_State(), _State()]
+    stores = [PostgresStore(database_url, max_size=1) for _ in states]
+    handled: list[tuple[int, int]] = []
+    receives = Counter[int]()
+    done = threading.Event()
+    leases: list[ConsumerLease] = []
+    threads: list[threading.Thread] = []
+
+    class Counting(PostgresQueue):
+        def _receive(self, *args: Any, **kw: Any) -> Delivery:
+            delivery = super()._receive(*args, **kw)
+            receives[args[0]] += 1
+            return delivery
+
+    def handler(index: int, queue: PostgresQueue) -> Callable[[ReceivedMessage], bool]:
+        def handle(message: ReceivedMessage) -> bool:
+            n = message.body["n"]
+            handled.append((index, n))
+            if n < 20:
+                queue.send({"n": n + 1})  # inside the invocation, on the queue it consumes (svc.step_queue)
+            else:
+                done.set()
+            return True
+
+        return handle
+
+    try:
+        for index, (state, own) in enumerate(zip(states, stores, strict=True)):
+            queue = Counting(own, "steps")
+            lease = ConsumerLease(database_url, 1100 + index, queue)
+            leases.append(lease)
+            thread = threading.Thread(
+                target=consume,
+                args=(queue, lease, handler(index, queue), state),
+                kwargs={"idle_wait_seconds": 60.0},
+                daemon=True,
+            )
+            thread.start()
+            threads.append(thread)
+        assert _poll(lambda: len(_waiters(database_url)) == 2)  # both idle and registered
+        PostgresQueue(store, "steps").send({"n": 0})
+        assert done.wait(20)
+        assert [n for _, n in handled] == list(range(21))
+        first = handled[0][0]
+        # Every later message was taken by the consumer that sent it: the one the first send woke.
+        assert {index for index, _ in handled} == {first}, handled
+        # One receive per message (plus the one that registered it at the start): the other never woke to find
+        # nothing.
+        assert receives[1100 + first] <= 22 and receives[1101 - first] == 1, receives
+    finally:
+        for state in states:
+            state.stopping = True
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for lease in leases:
+                conn.execute(f"notify bc_queue_r{lease.receiver}")
+        for thread in threads:
+            thread.join(10)
+        for lease in leases:
+            lease.close()
+        for own in stores:
+            own.close()
+
+
 def test_a_consumer_makes_one_receive_per_message_when_the_queue_runs_dry_each_time(
     database_url: str, store: PostgresStore
 ) -> None:

@@ -10,7 +10,9 @@ An idle consumer is woken for a message meant for it, not for every send: the re
 it as a waiter, and a send notifies one waiter per message on the waiter's own channel (see the
 `..._queue_wake_one.sql` migration for how no wake-up is lost and how delayed messages are picked up on time). A
 consumer's receive that takes the last due message registers it too, so it does not receive again only to find
-nothing (`..._queue_no_empty_receive.sql`).
+nothing (`..._queue_no_empty_receive.sql`). A send made inside that consumer's invocation, to the queue it consumes,
+wakes it first: it receives right after the invocation, in the process that is already running
+(`..._queue_send_prefers_its_sender.sql`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,6 +40,10 @@ IDLE_WAIT_SECONDS = 5.0
 # this long after the message at the latest (an idle queue then holds no handled message for long: the supervisor's
 # scaling and `stats` count held messages as work in progress).
 ACK_WITHIN_SECONDS = 1.0
+
+# The queue and consumer whose invocation is running in this thread, while that consumer is a registered waiter (it
+# took the last due message): a send to that queue names it as the sender, which the send wakes first.
+_INVOKING: ContextVar[tuple[PostgresQueue, int] | None] = ContextVar("bc_queue_invoking", default=None)
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,11 @@ class PostgresQueue(Queue):
             self._send([{"body": body, "delay_seconds": 0} for body in bodies])
 
     def _send(self, messages: list[dict[str, Any]]) -> None:
-        self.store.call("bc_queue_send", {"queue": self.name, "messages": messages})
+        params: dict[str, Any] = {"queue": self.name, "messages": messages}
+        invoking = _INVOKING.get()
+        if invoking is not None and invoking[0] is self:
+            params["sender"] = invoking[1]
+        self.store.call("bc_queue_send", params)
 
     def receive(
         self,
@@ -285,7 +296,16 @@ def consume(
                 continue
             message = delivery.messages[0]
             last_message = received_at
-            if handle(message):
+            # Registered as a waiter (`more` False): a send this invocation makes to this queue wakes this consumer
+            # before any other, as it will receive right after (at concurrency 1 a next step sent by message stays
+            # in this warm process instead of waking an idle one).
+            invoking = None if delivery.more else _INVOKING.set((queue, lease.receiver))
+            try:
+                done = handle(message)
+            finally:
+                if invoking is not None:
+                    _INVOKING.reset(invoking)
+            if done:
                 handled = message
             else:
                 queue.retry_later(message)

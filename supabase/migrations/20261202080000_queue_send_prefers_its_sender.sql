@@ -1,5 +1,5 @@
--- A send made inside a consumer's own invocation wakes that consumer first (bench/RESULTS.md "Queue commits and the
--- by-message hop (branch pgqueue2)").
+-- A send made inside a consumer's own invocation hands its message to that consumer first (bench/RESULTS.md "Queue
+-- commits and the by-message hop (branch pgqueue2)").
 --
 -- Since 20261202061000_queue_no_empty_receive.sql a consumer that takes the last due message is registered as a busy
 -- waiter and, after its message, waits for a notification instead of receiving again; a send wakes idle waiters
@@ -8,15 +8,17 @@
 -- wake-up and its cold caches, where before the sending consumer took it in the receive right after its invocation
 -- (by-message hop at concurrency 1: p50 3.6 -> 4.8 ms, p99 6.3 -> 10.8 ms).
 --
--- Now the send may name its `sender` (local/queue.py passes the consumer whose invocation is sending, on the queue
--- it consumes). When that consumer is a registered waiter of the queue that no send has chosen yet (it took the last
--- due message and will receive right after its invocation), it is picked before every other waiter: notified as any
--- waiter is (its wait after the invocation then ends at once), counted as the wake-up of one due message. Nothing else
--- changes: the pick is under the same lock and `for update skip locked`, so no wake-up is lost; a sender that is no
--- waiter (more messages were due: it receives again at once) or was already chosen by another send is not picked,
--- and the send wakes others as before; a sender that dies before receiving leaves a notified row that
--- bc_queue_release_orphans removes, waking every consumer of the queue, as for any consumer that dies after a send
--- chose it. Without `sender` (the API's create, the sweeper, a send from outside a consumer) the order is as before.
+-- Now a send may name its `sender` (local/queue.py passes the consumer whose invocation is sending, on the queue it
+-- consumes). When that consumer is a registered waiter of the queue that no send has chosen yet (it took the last due
+-- message), it is picked before every other waiter and counted as the wake-up of one due message, like any picked
+-- waiter (`notified`), but it is told in the answer ({"sent": n, "sender": true}) rather than by a notification: it
+-- receives as soon as its invocation returns, with no round trip through its listening connection (a notification
+-- to itself would also be left pending for its next wait). Nothing else changes: the pick is under the same lock
+-- and `for update skip locked`, so no wake-up is lost; a sender that is no waiter (more messages were due: it
+-- receives again at once) or was chosen already by another send is not picked, and the send wakes others as
+-- before; a sender that dies before receiving leaves a notified row, which bc_queue_release_orphans removes, waking
+-- every consumer of the queue (as for any consumer that dies after a send chose it). Without `sender` (the API's
+-- create, the sweeper, a send from outside a consumer) the pick and the answer (the count) are as before.
 -- Only bc_queue_send changes: the create (bc_create_run_queued) is sent from the API, never from a consumer's
 -- invocation, and bc_queue_wake (a visibility change, a consumer that leaves) and bc_queue_cover (the keeper) have
 -- no sender. The extra sort key costs nothing measurable on the few waiter rows.
@@ -36,6 +38,7 @@ declare
     v_due integer;
     v_first_delayed timestamptz;
     v_woken integer;
+    v_sender_woken boolean;
 begin
     with sent as (
         insert into public.bc_queue_messages (queue, body, visible_at)
@@ -68,11 +71,19 @@ begin
              where w.queue = v_queue and w.receiver = picked.receiver
             returning w.receiver
         )
-        select count(pg_notify('bc_queue_r' || woken.receiver, ''))::integer into v_woken from woken;
+        -- The sender is told in the answer, not notified.
+        select count(case when woken.receiver is distinct from v_sender
+                          then pg_notify('bc_queue_r' || woken.receiver, '') end)::integer,
+               coalesce(bool_or(woken.receiver = v_sender), false)
+          into v_woken, v_sender_woken
+          from woken;
     end if;
     if v_first_delayed is not null then
         perform babychain_private.bc_queue_cover(v_queue, v_first_delayed);
     end if;
-    return to_jsonb(v_count);
+    if v_sender is null then
+        return to_jsonb(v_count);
+    end if;
+    return jsonb_build_object('sent', v_count, 'sender', coalesce(v_sender_woken, false));
 end
 $$;

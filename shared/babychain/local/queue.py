@@ -41,9 +41,18 @@ IDLE_WAIT_SECONDS = 5.0
 # scaling and `stats` count held messages as work in progress).
 ACK_WITHIN_SECONDS = 1.0
 
-# The queue and consumer whose invocation is running in this thread, while that consumer is a registered waiter (it
-# took the last due message): a send to that queue names it as the sender, which the send wakes first.
-_INVOKING: ContextVar[tuple[PostgresQueue, int] | None] = ContextVar("bc_queue_invoking", default=None)
+
+@dataclass
+class _Invocation:
+    """A consumer's invocation running in this thread while the consumer is a registered waiter (it took the last
+    due message): a send to its queue names it as the sender, and the send may hand the message to it (`picked`)."""
+
+    queue: PostgresQueue
+    receiver: int
+    picked: bool = False
+
+
+_INVOKING: ContextVar[_Invocation | None] = ContextVar("bc_queue_invoking", default=None)
 
 
 @dataclass(frozen=True)
@@ -97,10 +106,13 @@ class PostgresQueue(Queue):
 
     def _send(self, messages: list[dict[str, Any]]) -> None:
         params: dict[str, Any] = {"queue": self.name, "messages": messages}
-        invoking = _INVOKING.get()
-        if invoking is not None and invoking[0] is self:
-            params["sender"] = invoking[1]
-        self.store.call("bc_queue_send", params)
+        invocation = _INVOKING.get()
+        if invocation is None or invocation.queue is not self:
+            self.store.call("bc_queue_send", params)
+            return
+        params["sender"] = invocation.receiver
+        if self.store.call("bc_queue_send", params).get("sender"):
+            invocation.picked = True  # counted as woken for a message: it receives once the invocation returns
 
     def receive(
         self,
@@ -296,20 +308,20 @@ def consume(
                 continue
             message = delivery.messages[0]
             last_message = received_at
-            # Registered as a waiter (`more` False): a send this invocation makes to this queue wakes this consumer
-            # before any other, as it will receive right after (at concurrency 1 a next step sent by message stays
-            # in this warm process instead of waking an idle one).
-            invoking = None if delivery.more else _INVOKING.set((queue, lease.receiver))
+            # Registered as a waiter (`more` False): a send this invocation makes to this queue may hand its message
+            # to this consumer before any other (at concurrency 1 a next step sent by message stays in this warm
+            # process instead of waking an idle one); then it receives at once after the invocation.
+            invocation = None if delivery.more else _Invocation(queue, lease.receiver)
+            token = _INVOKING.set(invocation)
             try:
                 done = handle(message)
             finally:
-                if invoking is not None:
-                    _INVOKING.reset(invoking)
+                _INVOKING.reset(token)
             if done:
                 handled = message
             else:
                 queue.retry_later(message)
-            if delivery.more:
+            if delivery.more or (invocation is not None and invocation.picked):
                 wait = None
             else:
                 # A waiter already: until a notification, the keeper's due time, or the acknowledgement's limit.

@@ -344,6 +344,132 @@ def test_a_receive_that_takes_the_last_due_message_registers_its_consumer_as_a_b
         sender_store.close()
 
 
+def test_a_send_naming_its_busy_waiting_sender_hands_the_message_to_the_sender_first(
+    database_url: str, store: PostgresStore
+) -> None:
+    queue = PostgresQueue(store, "steps")
+    busy, idle = ConsumerLease(database_url, 83, queue), ConsumerLease(database_url, 84, queue)
+    other_store = PostgresStore(database_url, max_size=1)
+    try:
+        assert queue.receive(84, idle_wait_seconds=30) == ([], None)  # idle
+        queue.send({"n": 1})
+        assert _woken(idle, 5)
+        # 84 does not receive it: 83 takes it, the last due one, and waits after it (a busy waiter).
+        held = queue.receive_next(83, ack=None, idle_wait_seconds=30)
+        assert [m.body for m in held.messages] == [{"n": 1}] and not held.more
+        queue.receive(84, idle_wait_seconds=30)  # idle again, registered anew (not notified)
+
+        def send(body: dict[str, Any], sender: int | None) -> Any:
+            extra = {} if sender is None else {"sender": sender}
+            return other_store.call("bc_queue_send", {"queue": "steps", "messages": [{"body": body}], **extra})
+
+        # Named as the sender (its invocation sends), the busy waiter is chosen before the idle one: told in the
+        # answer, not notified (it receives when its invocation returns); no one else is woken.
+        assert send({"n": 2}, 83) == {"sent": 1, "sender": True}
+        assert _notified(database_url) == {83: True, 84: False}
+        assert not _woken(idle, 0.3) and not _woken(busy, 0.01)
+        # Chosen already: another send by it wakes the idle one, as a send that names no sender does.
+        assert send({"n": 3}, 83) == {"sent": 1, "sender": False}
+        assert _woken(idle, 5) and not _woken(busy, 0.3)
+        mine = queue.receive_next(83, ack=held.messages[0], idle_wait_seconds=30)
+        theirs = queue.receive_next(84, ack=None, idle_wait_seconds=30)
+        assert sorted(m.body["n"] for m in (*mine.messages, *theirs.messages)) == [2, 3]
+        # A sender that is no waiter (it saw more due and receives again at once) is not chosen: the idle one is.
+        for delivery, receiver in ((mine, 83), (theirs, 84)):
+            queue.receive_next(receiver, ack=delivery.messages[0], idle_wait_seconds=30)
+        queue.send_many([{"n": 4}, {"n": 5}])
+        assert _woken(busy, 5) and _woken(idle, 5)
+        first = queue.receive_next(83, ack=None, idle_wait_seconds=30)
+        assert first.more and 83 not in _waiters(database_url)
+        queue.receive(84, ack=None, idle_wait_seconds=30)  # takes n=5; then idle
+        queue.receive(84, idle_wait_seconds=30)
+        assert send({"n": 6}, 83) == {"sent": 1, "sender": False}
+        assert _woken(idle, 5)
+        # Without a sender the answer is the count, as before.
+        assert send({"n": 7}, None) == 1
+    finally:
+        busy.close()
+        idle.close()
+        other_store.close()
+
+
+def _notified(database_url: str) -> dict[int, bool]:
+    with psycopg.connect(database_url) as conn:
+        return dict(conn.execute("select receiver, notified from bc_queue_waiters").fetchall())  # type: ignore[arg-type]
+
+
+def test_a_message_sent_inside_an_invocation_stays_with_its_consumer_when_it_waits_next(
+    database_url: str, store: PostgresStore
+) -> None:
+    """A chain of messages, each sent by the handler of the one before (a next step sent by message at concurrency 1):
+    the consumer that sends takes the next itself, right after its invocation; the idle one is never woken."""
+    states = [_State(), _State()]
+    stores = [PostgresStore(database_url, max_size=1) for _ in states]
+    handled: list[tuple[int, int]] = []
+    receives = Counter[int]()
+    done = threading.Event()
+    leases: list[ConsumerLease] = []
+    threads: list[threading.Thread] = []
+
+    class Counting(PostgresQueue):
+        def _receive(self, *args: Any, **kw: Any) -> Delivery:
+            delivery = super()._receive(*args, **kw)
+            receives[args[0]] += 1
+            return delivery
+
+    def handler(index: int, queue: PostgresQueue) -> Callable[[ReceivedMessage], bool]:
+        def handle(message: ReceivedMessage) -> bool:
+            n = message.body["n"]
+            handled.append((index, n))
+            if n < 20:
+                queue.send({"n": n + 1})  # inside the invocation, on the queue it consumes (svc.step_queue)
+            else:
+                done.set()
+            return True
+
+        return handle
+
+    try:
+        for index, (state, own) in enumerate(zip(states, stores, strict=True)):
+            queue = Counting(own, "steps")
+            lease = ConsumerLease(database_url, 1100 + index, queue)
+            leases.append(lease)
+            thread = threading.Thread(
+                target=consume,
+                args=(queue, lease, handler(index, queue), state),
+                kwargs={"idle_wait_seconds": 60.0},
+                daemon=True,
+            )
+            thread.start()
+            threads.append(thread)
+        assert _poll(lambda: len(_waiters(database_url)) == 2)  # both idle and registered
+        PostgresQueue(store, "steps").send({"n": 0})
+        assert done.wait(20)
+        assert [n for _, n in handled] == list(range(21))
+        first = handled[0][0]
+        # Every later message was taken by the consumer that sent it: the one the first send woke.
+        assert {index for index, _ in handled} == {first}, handled
+        # One receive per message, plus the one that registered it at the start and the one that acknowledges the
+        # last message (within ACK_WITHIN_SECONDS): the other never woke to find nothing, and the sender was not
+        # notified by its own sends (a notification left pending would end a later wait at once: empty receives).
+        assert _poll(lambda: receives[1100 + first] == 23, ACK_WITHIN_SECONDS + 3), receives
+        time.sleep(0.3)
+        assert receives == {1100 + first: 23, 1101 - first: 1}, receives
+        assert PostgresQueue(store, "steps").stats() == {"visible": 0, "in_flight": 0, "delayed": 0, "dead": 0}
+    finally:
+        for state in states:
+            state.stopping = True
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for lease in leases:
+                conn.execute(f"notify bc_queue_r{lease.receiver}")
+        for thread in threads:
+            thread.join(10)
+        for lease in leases:
+            lease.close()
+        for own in stores:
+            own.close()
+
+
 def test_a_consumer_makes_one_receive_per_message_when_the_queue_runs_dry_each_time(
     database_url: str, store: PostgresStore
 ) -> None:

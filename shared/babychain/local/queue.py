@@ -10,7 +10,9 @@ An idle consumer is woken for a message meant for it, not for every send: the re
 it as a waiter, and a send notifies one waiter per message on the waiter's own channel (see the
 `..._queue_wake_one.sql` migration for how no wake-up is lost and how delayed messages are picked up on time). A
 consumer's receive that takes the last due message registers it too, so it does not receive again only to find
-nothing (`..._queue_no_empty_receive.sql`).
+nothing (`..._queue_no_empty_receive.sql`). A send made inside that consumer's invocation, to the queue it consumes,
+wakes it first: it receives right after the invocation, in the process that is already running
+(`..._queue_send_prefers_its_sender.sql`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,6 +40,19 @@ IDLE_WAIT_SECONDS = 5.0
 # this long after the message at the latest (an idle queue then holds no handled message for long: the supervisor's
 # scaling and `stats` count held messages as work in progress).
 ACK_WITHIN_SECONDS = 1.0
+
+
+@dataclass
+class _Invocation:
+    """A consumer's invocation running in this thread while the consumer is a registered waiter (it took the last
+    due message): a send to its queue names it as the sender, and the send may hand the message to it (`picked`)."""
+
+    queue: PostgresQueue
+    receiver: int
+    picked: bool = False
+
+
+_INVOKING: ContextVar[_Invocation | None] = ContextVar("bc_queue_invoking", default=None)
 
 
 @dataclass(frozen=True)
@@ -89,7 +105,17 @@ class PostgresQueue(Queue):
             self._send([{"body": body, "delay_seconds": 0} for body in bodies])
 
     def _send(self, messages: list[dict[str, Any]]) -> None:
-        self.store.call("bc_queue_send", {"queue": self.name, "messages": messages})
+        params: dict[str, Any] = {"queue": self.name, "messages": messages}
+        invocation = _INVOKING.get()
+        if invocation is None or invocation.queue is not self:
+            self.store.call("bc_queue_send", params)
+            return
+        params["sender"] = invocation.receiver
+        answer = self.store.call("bc_queue_send", params)
+        # {"sent": n, "sender": true}: counted as woken for a message, it receives once the invocation returns.
+        # (A count: a database without `..._queue_send_prefers_its_sender.sql`.)
+        if isinstance(answer, dict) and answer.get("sender"):
+            invocation.picked = True
 
     def receive(
         self,
@@ -285,11 +311,20 @@ def consume(
                 continue
             message = delivery.messages[0]
             last_message = received_at
-            if handle(message):
+            # Registered as a waiter (`more` False): a send this invocation makes to this queue may hand its message
+            # to this consumer before any other (at concurrency 1 a next step sent by message stays in this warm
+            # process instead of waking an idle one); then it receives at once after the invocation.
+            invocation = None if delivery.more else _Invocation(queue, lease.receiver)
+            token = _INVOKING.set(invocation)
+            try:
+                done = handle(message)
+            finally:
+                _INVOKING.reset(token)
+            if done:
                 handled = message
             else:
                 queue.retry_later(message)
-            if delivery.more:
+            if delivery.more or (invocation is not None and invocation.picked):
                 wait = None
             else:
                 # A waiter already: until a notification, the keeper's due time, or the acknowledgement's limit.

@@ -482,7 +482,9 @@ def connection_pool() -> _Pool:
     """This process's pool, created on first use."""
     global _pool
     pool = _pool
-    if pool is not None and pool.pid == os.getpid():
+    # The at-fork hook below drops the parent's pool in a child, so a set pool is this process's own without asking
+    # for the pid (a getpid system call per request); where there is no such hook, the pid decides.
+    if pool is not None and (_FORK_HOOK or pool.pid == os.getpid()):
         return pool
     with _pool_lock:
         # A pool built in another process (fork) is dropped, not closed: its sockets and TLS sessions are the
@@ -498,7 +500,8 @@ def _forget_pool_after_fork() -> None:
     _pool_lock = threading.Lock()  # another thread may have held it at the fork
 
 
-if hasattr(os, "register_at_fork"):
+_FORK_HOOK = hasattr(os, "register_at_fork")
+if _FORK_HOOK:
     os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 

@@ -1,0 +1,118 @@
+"""System calls per chain3 run of the one-machine engine's Python processes (strace -c), on the instant provider.
+
+The engine and the stand-in provider are chain_throughput.py's. After one untimed warm-up run, `strace -f -c` is
+attached to every engine process (the fork server too, so containers forked later are traced), split in two groups:
+`api` (processes that listen on the API port) and `workers` (step executors, callback sender, sweeper, fork server).
+Then exactly `--runs` chain3 runs are driven at `--concurrency`, strace is stopped, and each group's counts are
+divided by the number of runs. Postgres, the stand-in and this process are not traced.
+
+strace slows every traced call, so the timing-dependent counts (a poll that finds its data already there, the
+queue's receives) differ from an untraced run; compare branches under the same settings.
+
+Usage: PYTHONPATH=shared:. python bench/syscalls_per_run.py [--runs 300] [--concurrency 16] [--top 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+from chain_throughput import KEY, CompletionWatcher, ProviderProcess, drive
+
+from babychain.local.runner import LocalEngine
+
+_ROW = re.compile(r"^\s*(\d+)\s+(\d*)\s+(\w+)\s*$")
+
+
+def _groups(provider_pid: int) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {"api": [], "workers": []}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.pid == provider_pid or proc.name() == "postgres" or "strace" in proc.name():
+                continue
+            listening = any(c.status == psutil.CONN_LISTEN for c in proc.net_connections("tcp"))
+        except psutil.NoSuchProcess:
+            continue
+        if "resource_tracker" in " ".join(proc.cmdline()):
+            continue
+        groups["api" if listening else "workers"].append(proc.pid)
+    return groups
+
+
+def _parse(path: Path) -> dict[str, tuple[int, int]]:
+    counts: dict[str, tuple[int, int]] = {}
+    for line in path.read_text().splitlines():
+        match = _ROW.match(line)
+        if match and match.group(3) != "total":
+            counts[match.group(3)] = (int(match.group(1)), int(match.group(2) or 0))
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+
+    provider = ProviderProcess.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bc-syscalls-") as tmp:
+            home = Path(tmp).resolve()
+            engine = LocalEngine(
+                home,
+                overrides={
+                    "api_keys": (KEY,),
+                    "poll_interval_seconds": 0.05,
+                    "local_provider_url": provider.url,
+                    "local_provider_delay_seconds": 0.0,
+                    "next_step_in_invocation": True,
+                },
+            ).start()
+            watcher = CompletionWatcher(engine.settings.database_url)
+            tracers: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+            try:
+                drive(engine.base_url, watcher, 1, 1)  # warm-up: imports, first connections
+                for group, pids in _groups(provider.process.pid).items():
+                    out = home / f"strace-{group}.txt"
+                    command = ["strace", "-f", "-c", "-U", "calls,errors,name", "-S", "calls", "-o", str(out)]
+                    for pid in pids:
+                        command += ["-p", str(pid)]
+                    tracers[group] = (subprocess.Popen(command, stderr=subprocess.DEVNULL), out)
+                time.sleep(1.0)  # attached
+                ids, errors, wall = drive(engine.base_url, watcher, args.runs, args.concurrency)
+                time.sleep(0.2)
+            finally:
+                for tracer, _ in tracers.values():
+                    tracer.send_signal(signal.SIGINT)
+                for tracer, _ in tracers.values():
+                    tracer.wait(30)
+                results = {group: _parse(out) for group, (_, out) in tracers.items()}
+                watcher.close()
+                engine.stop()
+    finally:
+        provider.stop()
+
+    runs = len(ids)
+    print(
+        f"chain3, {runs} runs at concurrency {args.concurrency} in {wall:.2f} s under strace (errors {errors or 0}), "
+        f"load average {os.getloadavg()[0]:.2f}; system calls per run"
+    )
+    for group, counts in results.items():
+        total = sum(calls for calls, _ in counts.values())
+        print(f"  {group}: {total / runs:.1f} per run")
+        for name, (calls, failed) in sorted(counts.items(), key=lambda item: -item[1][0])[: args.top]:
+            print(f"    {name:<18} {calls / runs:7.2f}" + (f"  ({failed / runs:.2f} failed)" if failed else ""))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

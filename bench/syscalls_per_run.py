@@ -9,7 +9,10 @@ divided by the number of runs. Postgres, the stand-in and this process are not t
 strace slows every traced call, so the timing-dependent counts (a poll that finds its data already there, the
 queue's receives) differ from an untraced run; compare branches under the same settings.
 
-Usage: PYTHONPATH=shared:. python bench/syscalls_per_run.py [--runs 300] [--concurrency 16] [--top 25]
+`--cpu`: no strace; the same two groups' user and system CPU per run instead (psutil, sampled before and after the
+runs; a container that starts meanwhile counts whole).
+
+Usage: PYTHONPATH=shared:. python bench/syscalls_per_run.py [--runs 300] [--concurrency 16] [--top 25] [--cpu]
 """
 
 from __future__ import annotations
@@ -47,6 +50,20 @@ def _groups(provider_pid: int) -> dict[str, list[int]]:
     return groups
 
 
+def _cpu(provider_pid: int) -> dict[str, dict[int, tuple[float, float]]]:
+    """(user, system) CPU seconds of each engine process, by group."""
+    sample: dict[str, dict[int, tuple[float, float]]] = {}
+    for group, pids in _groups(provider_pid).items():
+        sample[group] = {}
+        for pid in pids:
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            sample[group][pid] = (times.user, times.system)
+    return sample
+
+
 def _parse(path: Path) -> dict[str, tuple[int, int]]:
     counts: dict[str, tuple[int, int]] = {}
     for line in path.read_text().splitlines():
@@ -61,6 +78,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--cpu", action="store_true", help="user and system CPU per run, without strace")
     args = parser.parse_args()
 
     provider = ProviderProcess.start()
@@ -81,15 +99,20 @@ def main() -> None:
             tracers: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
             try:
                 drive(engine.base_url, watcher, 1, 1)  # warm-up: imports, first connections
-                for group, pids in _groups(provider.process.pid).items():
-                    out = home / f"strace-{group}.txt"
-                    command = ["strace", "-f", "-c", "-U", "calls,errors,name", "-S", "calls", "-o", str(out)]
-                    for pid in pids:
-                        command += ["-p", str(pid)]
-                    tracers[group] = (subprocess.Popen(command, stderr=subprocess.DEVNULL), out)
-                time.sleep(1.0)  # attached
-                ids, errors, wall = drive(engine.base_url, watcher, args.runs, args.concurrency)
-                time.sleep(0.2)
+                if args.cpu:
+                    before = _cpu(provider.process.pid)
+                    ids, errors, wall = drive(engine.base_url, watcher, args.runs, args.concurrency)
+                    after = _cpu(provider.process.pid)
+                else:
+                    for group, pids in _groups(provider.process.pid).items():
+                        out = home / f"strace-{group}.txt"
+                        command = ["strace", "-f", "-c", "-U", "calls,errors,name", "-S", "calls", "-o", str(out)]
+                        for pid in pids:
+                            command += ["-p", str(pid)]
+                        tracers[group] = (subprocess.Popen(command, stderr=subprocess.DEVNULL), out)
+                    time.sleep(1.0)  # attached
+                    ids, errors, wall = drive(engine.base_url, watcher, args.runs, args.concurrency)
+                    time.sleep(0.2)
             finally:
                 for tracer, _ in tracers.values():
                     tracer.send_signal(signal.SIGINT)
@@ -100,6 +123,18 @@ def main() -> None:
                 engine.stop()
     finally:
         provider.stop()
+
+    if args.cpu:
+        runs = len(ids)
+        print(
+            f"chain3, {runs} runs at concurrency {args.concurrency} in {wall:.2f} s ({runs / wall:.1f} runs/s, errors "
+            f"{errors or 0}), load average {os.getloadavg()[0]:.2f}; CPU per run, ms"
+        )
+        for group in ("api", "workers"):
+            user = sum(after[group][pid][0] - before[group].get(pid, (0.0, 0.0))[0] for pid in after[group])
+            system = sum(after[group][pid][1] - before[group].get(pid, (0.0, 0.0))[1] for pid in after[group])
+            print(f"  {group:8s} user {user * 1000 / runs:5.2f}  system {system * 1000 / runs:5.2f}")
+        return
 
     runs = len(ids)
     print(

@@ -50,17 +50,18 @@ def _groups(provider_pid: int) -> dict[str, list[int]]:
     return groups
 
 
-def _cpu(provider_pid: int) -> dict[str, dict[int, tuple[float, float]]]:
-    """(user, system) CPU seconds of each engine process, by group."""
-    sample: dict[str, dict[int, tuple[float, float]]] = {}
+def _cpu(provider_pid: int) -> dict[str, dict[int, tuple[float, float, int, int]]]:
+    """(user, system) CPU seconds and (voluntary, involuntary) context switches of each engine process, by group."""
+    sample: dict[str, dict[int, tuple[float, float, int, int]]] = {}
     for group, pids in _groups(provider_pid).items():
         sample[group] = {}
         for pid in pids:
             try:
-                times = psutil.Process(pid).cpu_times()
+                process = psutil.Process(pid)
+                times, switches = process.cpu_times(), process.num_ctx_switches()
             except psutil.NoSuchProcess:
                 continue
-            sample[group][pid] = (times.user, times.system)
+            sample[group][pid] = (times.user, times.system, switches.voluntary, switches.involuntary)
     return sample
 
 
@@ -131,9 +132,12 @@ def main() -> None:
             f"{errors or 0}), load average {os.getloadavg()[0]:.2f}; CPU per run, ms"
         )
         for group in ("api", "workers"):
-            user = sum(after[group][pid][0] - before[group].get(pid, (0.0, 0.0))[0] for pid in after[group])
-            system = sum(after[group][pid][1] - before[group].get(pid, (0.0, 0.0))[1] for pid in after[group])
-            print(f"  {group:8s} user {user * 1000 / runs:5.2f}  system {system * 1000 / runs:5.2f}")
+            old, new = before[group], after[group]
+            total = [sum(new[pid][i] - old.get(pid, (0.0, 0.0, 0, 0))[i] for pid in new) / runs for i in range(4)]
+            print(
+                f"  {group:8s} user {total[0] * 1000:5.2f}  system {total[1] * 1000:5.2f}   context switches per run: "
+                f"voluntary {total[2]:5.1f}, involuntary {total[3]:5.1f}"
+            )
         return
 
     runs = len(ids)

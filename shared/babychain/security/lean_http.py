@@ -8,7 +8,8 @@ most of a step executor's Python CPU. This client does only what the engine need
   one TLS context) and the default `Host` header. The caller owns the URL checks; nothing here follows a redirect,
   uses a proxy, keeps a cookie or decompresses (`Accept-Encoding: identity` is always sent).
 - Every socket operation (connect, TLS handshake, each write and each read) gets its own timeout, cut to what is
-  left of `total_deadline()`, so a peer that trickles bytes cannot stretch a request past its deadline.
+  left of `total_deadline()`, so a peer that trickles bytes cannot stretch a request past its deadline. A plain
+  (http) socket's reads block in the kernel under SO_RCVTIMEO rather than poll first (see `_Connection`).
 - A small request goes out in one write (head and body together): two writes on a TCP_NODELAY socket cost two
   packets, and two reads at the peer.
 - Content-Length, chunked, and read-to-close bodies, read in pieces (`iter_bytes`) so a caller can stop at a cap.
@@ -305,7 +306,10 @@ class _Connection:
     #
     # A plain socket is blocking, with the kernel's own receive timeout (SO_RCVTIMEO) as the bound of a read: the
     # read that waits for an answer is then one system call, not a poll and a read. Its writes pass MSG_DONTWAIT, so
-    # they behave as on the non-blocking socket.
+    # they behave as on the non-blocking socket. (A TLS socket cannot do the same: CPython's SSL read on a blocking
+    # socket retries a timed-out read by itself, without end.) One difference from poll: a signal whose Python
+    # handler returns restarts the kernel's timeout (CPython retries the read), so such a signal can stretch a read
+    # by up to the timeout set, at most half of what was left when it was set.
 
     def send(self, data: bytes, timeout: float) -> None:
         time_left(timeout, WriteTimeout)  # past the total deadline, nothing more is written

@@ -58,7 +58,9 @@ MAX_LINE_BYTES = 8 * 1024  # a chunk-size or trailer line
 HOLD_BYTES = 16 * 1024
 _RECV_BYTES = 64 * 1024
 # Below this much time left, a read waits by poll (exact) rather than by the socket's receive timeout.
-_MIN_READ_LIMIT = 0.002
+_MIN_READ_LIMIT = 0.05
+# The kernel rounds SO_RCVTIMEO up to its clock tick (1-10 ms): a timeout set is trusted to end this much later.
+_TICK_SLACK = 0.01
 _TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO
 _SWEEP_SECONDS = 1.0
 
@@ -356,7 +358,7 @@ class _Connection:
         limit = self.read_limit
         # The kernel's timeout must not outlast what is left. Set to half of it, it stays right for the next reads
         # and requests (a setsockopt only when what is left has shrunk below it, or grown far past it).
-        if not left * 0.25 <= limit <= left:
+        if not left * 0.25 <= limit <= left - _TICK_SLACK:
             if left < _MIN_READ_LIMIT:
                 return None, timeout
             limit = self._set_read_limit(left * 0.5)

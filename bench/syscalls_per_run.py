@@ -13,6 +13,7 @@ queue's receives) differ from an untraced run; compare branches under the same s
 runs; a container that starts meanwhile counts whole).
 
 Usage: PYTHONPATH=shared:. python bench/syscalls_per_run.py [--runs 300] [--concurrency 16] [--top 25] [--cpu]
+       [--by-message]   (every next step by its queue message, as chain_throughput.py --by-message)
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--cpu", action="store_true", help="user and system CPU per run, without strace")
+    parser.add_argument("--by-message", action="store_true", help="every next step by its queue message")
     args = parser.parse_args()
 
     provider = ProviderProcess.start()
@@ -93,7 +95,7 @@ def main() -> None:
                     "poll_interval_seconds": 0.05,
                     "local_provider_url": provider.url,
                     "local_provider_delay_seconds": 0.0,
-                    "next_step_in_invocation": True,
+                    "next_step_in_invocation": not args.by_message,
                 },
             ).start()
             watcher = CompletionWatcher(engine.settings.database_url)

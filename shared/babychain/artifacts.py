@@ -43,7 +43,10 @@ class LocalArtifactStore(ArtifactStore):
         self.folder = Path(folder).resolve()
         self.base_url = base_url.rstrip("/")
         self._root = str(self.folder)
-        self._last_folder: str | None = None  # the folder the last put made or found (a step's outputs share one)
+        # Folders below the root this store made (True) or found to be real folders, not links (False). A put into a
+        # known folder asks the file system nothing before its create: each mkdir, lstat and failed lookup is a
+        # system call, and on ext4 a mkdir that finds its folder is not free either.
+        self._folders: dict[str, bool] = {}
 
     def path_for(self, key: str) -> Path:
         return Path(self._path(key))
@@ -60,26 +63,75 @@ class LocalArtifactStore(ArtifactStore):
         return path
 
     def put(self, key: str, content: bytes, content_type: str) -> str:
-        path = self._path(key)
-        folder = os.path.dirname(path)
-        if folder != self._last_folder:
-            _make_folder(folder)
-            self._last_folder = folder
+        path = None
+        if _PLAIN_KEY.fullmatch(key):
+            try:
+                path = self._plain_path(key)
+            except FileNotFoundError:  # no root folder yet, or a known folder went away (retention): from the root
+                self._folders.clear()
+                os.makedirs(self._root, exist_ok=True)
+                path = self._plain_path(key)
+        if path is None:  # not a plain key, or a link on the way: realpath decides, as it always did
+            path = self._path(key)
+            _make_folder(os.path.dirname(path))
         tmp = path + ".part"
         try:
             _write(tmp, content)
         except FileNotFoundError:  # the folder went away since it was made (retention): make it again
-            os.makedirs(folder, exist_ok=True)
+            self._folders.clear()
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             _write(tmp, content)
         os.replace(tmp, path)  # readers never see a half-written file
         return f"{self.base_url}/{quote(key)}"
 
+    def _plain_path(self, key: str) -> str | None:
+        """The path of a plain key with its folders made, or None when a link is on the way (or at the file itself).
+
+        Each folder below the root is made with one mkdir; one that exists already is checked with lstat to be a
+        folder and not a link (the check `_has_link` makes), once per process. In a folder this store made itself
+        nothing was there to be a link, so the file's own name is not looked up either."""
+        folders = self._folders
+        names = key.split("/")
+        path = self._root
+        made = True  # the root: whatever is below it gets checked
+        for name in names[:-1]:
+            path = f"{path}{os.sep}{name}"
+            known = folders.get(path)
+            if known is not None:
+                made = known
+                continue
+            try:
+                os.mkdir(path)
+                made = True
+            except FileExistsError:
+                mode = os.lstat(path).st_mode
+                if stat.S_ISLNK(mode):
+                    return None
+                if not stat.S_ISDIR(mode):
+                    raise
+                made = False
+            if len(folders) >= _MAX_KNOWN_FOLDERS:
+                folders.clear()
+            folders[path] = made
+        path = f"{path}{os.sep}{names[-1]}"
+        if not made:
+            try:
+                if stat.S_ISLNK(os.lstat(path).st_mode):
+                    return None
+            except FileNotFoundError:
+                pass
+        return path
+
     def delete_run(self, run_id: str) -> None:
         """Removes the run's folder (`runs/<run id>/`) and everything in it; a run without files is fine."""
         folder = self.path_for(run_prefix(run_id))
+        self._folders.clear()
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(folder)
 
+
+# Folders a store remembers (a few runs' worth per container; forgotten all at once past it).
+_MAX_KNOWN_FOLDERS = 4096
 
 # A relative key of plain names: no empty, `.` or `..` component, nothing but letters, digits, `.`, `_`, `-`.
 _PLAIN_KEY = re.compile(r"(?!\.\.?(?:/|$))[A-Za-z0-9._-]+(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._-]+)*")
@@ -125,7 +177,8 @@ def _mkdir(path: str) -> None:
 
 def _write(path: str, content: bytes) -> None:
     # The file through its descriptor: `open()` would add a stat, an isatty ioctl and a seek to the create and write.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    # O_NOFOLLOW: a link planted at the temporary name is refused, not written through.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
     try:
         view = memoryview(content)
         while view:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import uuid
 from pathlib import Path
@@ -127,3 +128,53 @@ def test_folders_are_made_at_any_depth_that_is_missing(tmp_path: Path) -> None:
     (tmp_path / "artifacts" / "runs" / "file").write_bytes(b"")
     with pytest.raises(OSError):
         artifacts.put("runs/file/a/output-0.png", b"k", "image/png")
+
+
+def test_a_run_s_folders_cost_one_mkdir_each_and_no_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    artifacts = store(tmp_path)
+    artifacts.put(f"{run_prefix(str(uuid.uuid4()))}text_to_image/output-0.jpg", b"a", "image/jpeg")  # `runs/`
+    calls: list[str] = []
+    for name in ("mkdir", "lstat", "stat"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda *a, _n=name, _f=real, **k: (calls.append(_n), _f(*a, **k))[1])
+    prefix = run_prefix(str(uuid.uuid4()))
+    for step in ("text_to_image", "image_to_image", "image_to_video"):
+        artifacts.put(f"{prefix}{step}/output-0.bin", step.encode(), "application/octet-stream")
+    assert calls == ["mkdir"] * 4  # the run's folder and each step's, nothing looked up
+    for step in ("text_to_image", "image_to_image", "image_to_video"):
+        assert (tmp_path / "artifacts" / prefix / step / "output-0.bin").read_bytes() == step.encode()
+
+
+def test_another_container_s_folders_are_checked_once(tmp_path: Path) -> None:
+    first, second = store(tmp_path), store(tmp_path)
+    prefix = run_prefix(str(uuid.uuid4()))
+    first.put(f"{prefix}text_to_image/output-0.jpg", b"a", "image/jpeg")
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere" / "x", tmp_path / "artifacts" / prefix / "text_to_image" / "output-1.jpg")
+    with pytest.raises(ValueError, match="escapes the store"):  # a folder it did not make: the file's name is checked
+        second.put(f"{prefix}text_to_image/output-1.jpg", b"b", "image/jpeg")
+    second.put(f"{prefix}image_to_image/output-0.png", b"c", "image/png")
+    assert (tmp_path / "artifacts" / prefix / "image_to_image" / "output-0.png").read_bytes() == b"c"
+    assert not list((tmp_path / "elsewhere").iterdir())
+
+
+def test_a_link_at_the_temporary_name_is_not_written_through(tmp_path: Path) -> None:
+    artifacts = store(tmp_path)
+    folder = tmp_path / "artifacts" / "runs" / "a"
+    folder.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere" / "x.png", folder / "output-0.png.part")
+    with pytest.raises(OSError):
+        artifacts.put("runs/a/output-0.png", b"x", "image/png")
+    assert not list((tmp_path / "elsewhere").iterdir())
+
+
+def test_a_known_folder_removed_by_another_process_is_made_again(tmp_path: Path) -> None:
+    artifacts = store(tmp_path)
+    prefix = run_prefix(str(uuid.uuid4()))
+    artifacts.put(f"{prefix}text_to_image/output-0.jpg", b"a", "image/jpeg")
+    shutil.rmtree(tmp_path / "artifacts" / prefix)  # the sweeper's retention, in another container
+    artifacts.put(f"{prefix}text_to_image/output-1.jpg", b"b", "image/jpeg")  # the same (known) folder
+    artifacts.put(f"{prefix}image_to_image/output-0.png", b"c", "image/png")  # a new folder in the known run
+    assert (tmp_path / "artifacts" / prefix / "text_to_image" / "output-1.jpg").read_bytes() == b"b"
+    assert (tmp_path / "artifacts" / prefix / "image_to_image" / "output-0.png").read_bytes() == b"c"

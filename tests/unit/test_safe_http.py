@@ -534,6 +534,8 @@ def test_a_response_in_flight_when_the_pool_closes_closes_its_connection_after(s
 def test_a_pool_from_another_process_is_dropped_not_used(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     fetch_bytes(server.url("/file"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True)
     parent = lean_http.connection_pool()
+    # Without an at-fork hook (which drops the pool in a forked child) the pid tells another process's pool.
+    monkeypatch.setattr(lean_http, "_FORK_HOOK", False)
     monkeypatch.setattr(lean_http.os, "getpid", lambda: parent.pid + 1)
     child = lean_http.connection_pool()
     assert child is not parent and child.ssl_context is not parent.ssl_context
@@ -542,6 +544,15 @@ def test_a_pool_from_another_process_is_dropped_not_used(server: Server, monkeyp
     assert server.connections == 2 and server.httpd.finished == 0  # the parent's socket was not closed
     monkeypatch.undo()
     parent.close()
+
+
+def test_a_request_does_not_ask_for_the_pid(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The at-fork hook keeps the pool per process; a getpid per request would be a system call per request.
+    fetch_bytes(server.url("/file"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True)
+    monkeypatch.setattr(lean_http.os, "getpid", lambda: pytest.fail("getpid called"))
+    for _ in range(2):
+        fetch_bytes(server.url("/file"), resolver=no_dns, max_bytes=1024, allow_loopback_http=True)
+    assert server.connections == 1
 
 
 def test_a_forked_child_opens_its_own_connections(server: Server) -> None:

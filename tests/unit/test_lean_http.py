@@ -404,8 +404,8 @@ class RecordingSocket:
         self.writes.append(bytes(data))
         self.inner.sendall(data)
 
-    def send(self, data: bytes, flags: int = 0) -> int:
-        sent = self.inner.send(data, flags)
+    def send(self, data: bytes) -> int:
+        sent = self.inner.send(data)
         self.writes.append(bytes(data[:sent]))
         return sent
 
@@ -489,38 +489,18 @@ def test_a_read_timeout_is_a_timeout(serve: Callable[[Answer], RawServer]) -> No
         get(server, timeout=0.1)
 
 
-def test_a_plain_request_on_a_pooled_connection_polls_only_to_see_it_is_open(
-    serve: Callable[[Answer], RawServer], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The read that waits for the answer blocks in the kernel (SO_RCVTIMEO), not in a poll before it.
-    server = serve(always(OK))
-    get(server)
-    polls: list[int] = []
-    real = lean_http.select.poll
-
-    def counting() -> Any:
-        polls.append(1)
-        return real()
-
-    monkeypatch.setattr(lean_http.select, "poll", counting)
-    for _ in range(3):
-        assert lean_http.fetch("POST", server.url + "/jobs", body=b"{}", timeout=5).content == b"ok"
-    assert len(polls) == 3 and server.connections == 1
-
-
-def test_an_answer_after_the_kernel_s_timeout_but_within_the_read_s_is_read(
+def test_an_answer_that_comes_late_within_the_read_s_timeout_is_read(
     serve: Callable[[Answer], RawServer],
 ) -> None:
-    # timeout 0.4: the socket's receive timeout is half of it; the answer comes after ~0.25 s, within the read's.
     server = serve(lambda seen: (time.sleep(0.25), (OK, False))[1])  # type: ignore[func-returns-value]
     assert get(server, timeout=0.4).content == b"ok"
 
 
-@pytest.mark.parametrize("seconds", [0.03, 0.2])  # under the least a kernel timeout is set for, and above it
-def test_a_pooled_connection_s_kernel_timeout_does_not_outlast_a_shorter_deadline(
+@pytest.mark.parametrize("seconds", [0.03, 0.2])
+def test_a_pooled_connection_s_longer_timeout_does_not_outlast_a_shorter_deadline(
     serve: Callable[[Answer], RawServer], seconds: float
 ) -> None:
-    # The first request leaves the socket with a receive timeout of 5 s; the second has `seconds` left in all.
+    # The first request leaves a pooled connection read with a 10 s timeout; the second has `seconds` left in all.
     server = serve(lambda seen: (OK, False) if seen.index == 1 else (time.sleep(2), (OK, False))[1])  # type: ignore[func-returns-value]
     get(server, timeout=10)
     started = time.monotonic()

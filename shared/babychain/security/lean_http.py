@@ -8,8 +8,7 @@ most of a step executor's Python CPU. This client does only what the engine need
   one TLS context) and the default `Host` header. The caller owns the URL checks; nothing here follows a redirect,
   uses a proxy, keeps a cookie or decompresses (`Accept-Encoding: identity` is always sent).
 - Every socket operation (connect, TLS handshake, each write and each read) gets its own timeout, cut to what is
-  left of `total_deadline()`, so a peer that trickles bytes cannot stretch a request past its deadline. A plain
-  (http) socket's reads block in the kernel under SO_RCVTIMEO rather than poll first (see `_Connection`).
+  left of `total_deadline()`, so a peer that trickles bytes cannot stretch a request past its deadline.
 - A small request goes out in one write (head and body together): two writes on a TCP_NODELAY socket cost two
   packets, and two reads at the peer.
 - Content-Length, chunked, and read-to-close bodies, read in pieces (`iter_bytes`) so a caller can stop at a cap.
@@ -33,7 +32,6 @@ import re
 import select
 import socket
 import ssl
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -57,11 +55,6 @@ MAX_LINE_BYTES = 8 * 1024  # a chunk-size or trailer line
 # A body up to this size goes out in the same write as the request head.
 HOLD_BYTES = 16 * 1024
 _RECV_BYTES = 64 * 1024
-# Below this much time left, a read waits by poll (exact) rather than by the socket's receive timeout.
-_MIN_READ_LIMIT = 0.05
-# The kernel rounds SO_RCVTIMEO up to its clock tick (1-10 ms): a timeout set is trusted to end this much later.
-_TICK_SLACK = 0.01
-_TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO
 _SWEEP_SECONDS = 1.0
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -290,7 +283,7 @@ def _header_lines_out(headers: Mapping[str, str], lines: list[str]) -> str | Non
 class _Connection:
     """One socket and the bytes read from it but not yet used."""
 
-    __slots__ = ("blocking", "buffer", "idle_since", "origin", "pool", "read_limit", "requests", "sock")
+    __slots__ = ("buffer", "idle_since", "origin", "pool", "requests", "sock")
 
     def __init__(self, sock: socket.socket, origin: Origin, pool: _Pool) -> None:
         self.sock = sock
@@ -299,28 +292,18 @@ class _Connection:
         self.buffer = bytearray()
         self.idle_since = 0.0
         self.requests = 0  # requests sent on it so far
-        self.blocking = not isinstance(sock, ssl.SSLSocket)  # see `recv`
-        self.read_limit = 0.0  # the socket's SO_RCVTIMEO in seconds (0: not set)
 
-    # A TLS socket is non-blocking (from the end of `_connect`): an operation that can go at once goes at once, and
+    # The socket is non-blocking (from the end of `_connect`): an operation that can go at once goes at once, and
     # only one that cannot waits (poll) for what is left of its timeout. A timeout socket would switch its mode (an
     # ioctl) at every settimeout and poll before every operation: two more system calls per read and per write.
-    #
-    # A plain socket is blocking, with the kernel's own receive timeout (SO_RCVTIMEO) as the bound of a read: the
-    # read that waits for an answer is then one system call, not a poll and a read. Its writes pass MSG_DONTWAIT, so
-    # they behave as on the non-blocking socket. (A TLS socket cannot do the same: CPython's SSL read on a blocking
-    # socket retries a timed-out read by itself, without end.) One difference from poll: a signal whose Python
-    # handler returns restarts the kernel's timeout (CPython retries the read), so such a signal can stretch a read
-    # by up to the timeout set, at most half of what was left when it was set.
 
     def send(self, data: bytes, timeout: float) -> None:
         time_left(timeout, WriteTimeout)  # past the total deadline, nothing more is written
         sock = self.sock
-        flags = socket.MSG_DONTWAIT if self.blocking else 0
         view = memoryview(data)
         while view:
             try:
-                view = view[sock.send(view, flags) :]
+                view = view[sock.send(view) :]
             except (BlockingIOError, ssl.SSLWantWriteError):
                 _wait(sock, select.POLLOUT, timeout, WriteTimeout, "The write timed out.")
             except ssl.SSLWantReadError:
@@ -331,16 +314,9 @@ class _Connection:
     def recv(self, timeout: float, *, wait_first: bool = False) -> bytes:
         """`wait_first`: an answer is not expected to be there yet (the first read after a request), so wait for it
         before reading rather than after a read that would find nothing."""
-        left = time_left(timeout, ReadTimeout)  # past the total deadline, nothing more is read
+        time_left(timeout, ReadTimeout)  # past the total deadline, nothing more is read
         sock = self.sock
-        if self.blocking:
-            data, timeout = self._read_within(left, timeout)
-            if data is not None:
-                return data
-            wait_first = True  # a blocking read must not start without data: poll bounds the wait exactly
-        elif wait_first and isinstance(sock, ssl.SSLSocket) and sock.pending():
-            wait_first = False
-        if wait_first:
+        if wait_first and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
             _wait(sock, select.POLLIN, timeout, ReadTimeout, "The read timed out.")
         while True:
             try:
@@ -351,39 +327,6 @@ class _Connection:
                 _wait(sock, select.POLLOUT, timeout, ReadTimeout, "The read timed out.")
             except OSError as exc:
                 raise ReadError(f"The read failed: {exc}.") from None
-
-    def _read_within(self, left: float, timeout: float) -> tuple[bytes | None, float]:
-        """One blocking read of a plain socket bounded by SO_RCVTIMEO; None when it ran out first (with what the
-        read has left of `timeout`) or when so little time is left that poll should wait instead."""
-        limit = self.read_limit
-        # The kernel's timeout must not outlast what is left. Set to half of it, it stays right for the next reads
-        # and requests (a setsockopt only when what is left has shrunk below it, or grown far past it).
-        if not left * 0.25 <= limit <= left - _TICK_SLACK:
-            if left < _MIN_READ_LIMIT:
-                return None, timeout
-            limit = self._set_read_limit(left * 0.5)
-            if not limit:
-                return None, timeout
-        try:
-            return self.sock.recv(_RECV_BYTES), timeout
-        except BlockingIOError:  # the kernel's timeout ran out: the rest of this read's time goes by poll
-            timeout -= limit
-            if timeout <= 0:
-                raise ReadTimeout("The read timed out.") from None
-            return None, timeout
-        except OSError as exc:
-            raise ReadError(f"The read failed: {exc}.") from None
-
-    def _set_read_limit(self, seconds: float) -> float:
-        whole = int(seconds)
-        try:
-            self.sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(whole, int((seconds - whole) * 1e6))
-            )
-        except OSError:
-            seconds = 0.0  # no kernel timeout: every read polls first
-        self.read_limit = seconds
-        return seconds
 
     def is_stale(self) -> bool:
         """An idle connection has nothing to read unless the peer closed it (or sent what nobody asked for)."""
@@ -431,9 +374,7 @@ def _connect(pool: _Pool, origin: Origin, connect_timeout: float) -> _Connection
             sock.settimeout(time_left(connect_timeout, ConnectTimeout))
             # The certificate is checked against the host name, whatever address was dialled.
             sock = pool.ssl_context.wrap_socket(sock, server_hostname=origin.server_name)
-            sock.setblocking(False)  # see `_Connection.send`
-        else:
-            sock.settimeout(None)  # blocking; its reads are bounded by SO_RCVTIMEO (see `_Connection.send`)
+        sock.setblocking(False)  # see `_Connection.send`
     except TimeoutError:
         sock.close()
         raise ConnectTimeout("The TLS handshake timed out.") from None

@@ -68,7 +68,7 @@ LARGE_TABLE_ROWS = 1000  # a sequential scan of a table with more rows than this
 
 GENERATE_RUNS = """
 insert into public.chain_runs (id, owner_id, chain_slug, chain_version, mode, status, input, metadata, webhook_url,
-    idempotency_key, request_hash, current_step_key, output, error_code, error_message, deadline_at,
+    idempotency_key, request_hash, output, error_code, error_message, deadline_at,
     callback_event_id, callback_status, callback_attempts, created_at, updated_at, completed_at)
 select md5('run' || i)::uuid,
        case when i %% 10 < 3 then 'key:big' else 'key:o' || (i %% 1000) end,
@@ -81,8 +81,6 @@ select md5('run' || i)::uuid,
        case when webhook then 'https://receiver.example/hooks/' || (i %% 100) end,
        case when i %% 4 = 0 then 'idem-' || i end,
        md5('req' || i),
-       case status when 'succeeded' then 'completed' when 'running' then 'image_to_image'
-                   when 'queued' then 'processing' else status end,
        case when status = 'succeeded' then jsonb_build_object('final_step_key', 'image_to_video',
             'output_files', jsonb_build_array('https://files.example/' || i || '.mp4')) end,
        case status when 'failed' then 'provider_failed' when 'canceled' then 'client_canceled' end,

@@ -395,10 +395,7 @@ def test_ending_a_run_waits_for_a_claim_in_flight_instead_of_deadlocking(
             blocked = "select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))"
             wait_until(lambda: watch.execute(blocked, (claim_pid,)).fetchone() == (1,), timeout=10)
         # What bc_take_step does next: the run row, then its commit (as a running step).
-        claim.execute(
-            "update public.chain_runs set status = 'running', current_step_key = %s where id = %s",
-            (step["step_key"], run["id"]),
-        )
+        claim.execute("update public.chain_runs set status = 'running' where id = %s", (run["id"],))
         claim.execute(
             "update public.chain_steps set status = 'running', attempt = attempt + 1, seq = seq + 1, started_at = now()"
             " where id = %s",

@@ -21,6 +21,10 @@ Run it with the project's interpreter and `PYTHONPATH=shared:.` from the reposit
   history     N historical runs made with generate_series, every sweeper/list/get/create/transition query timed and
               explained (history.py)
   api         the API under load through `babychain serve` (api_load.py)
+  floor       one blocking round trip to Postgres on this machine, before any work (round_trip_floor.py): the
+              backend's and the client's CPU per call for `select 1`, a plpgsql call, an unflushed and a flushed
+              insert; read the engine's CPU per run against it (a chain3 run is 6 transactions, 5 flushed, and 11
+              blocking round trips in its step executor)
 
 Each run writes bench/results/<UTC time>-<commit>-<mode>.json (when, commit, machine, load averages, every
 section's figures and raw data) and rewrites docs/benchmarks.md from the latest results file next to the first and
@@ -62,7 +66,7 @@ from report import figure, load_results, number, render_markdown, spread_text, t
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
-SECTIONS = ["engine", "webhook", "cold_start", "history", "api"]
+SECTIONS = ["engine", "webhook", "cold_start", "history", "api", "floor"]
 
 PREAMBLE = [
     "# Benchmarks",
@@ -397,12 +401,48 @@ def section_api(quick: bool) -> dict[str, Any]:
     }
 
 
+def section_floor(quick: bool) -> dict[str, Any]:
+    import round_trip_floor
+
+    calls, rounds = (2000, 3) if quick else (5000, 5)
+    cmd = f"python bench/round_trip_floor.py --calls {calls} --rounds {rounds}"
+    measured = round_trip_floor.measure_in_throwaway_server(calls, rounds)
+    figures = {}
+    rows = []
+    for name, f in measured.items():
+        key = name.replace(", ", "_").replace(" ", "_")
+        figures[f"{key}_backend_us"] = figure(
+            f"backend CPU per call: {name}", f["backend_us"], "µs", better="lower", command=cmd
+        )
+        figures[f"{key}_client_us"] = figure(
+            f"client CPU per call: {name}", f["client_us"], "µs", better="lower", command=cmd
+        )
+        rows.append([name, spread_text(figures[f"{key}_backend_us"]), spread_text(figures[f"{key}_client_us"])])
+    return {
+        "title": "The floor: one blocking round trip to Postgres on this machine",
+        "command": cmd,
+        "figures": figures,
+        "details": [
+            "One Unix-socket connection through raw libpq, as the store calls; CPU per call of the server backend "
+            "(schedstat) and of the client (getrusage, user + system), median of the rounds, range in brackets. A "
+            "chain3 run makes 6 transactions (5 flushed: create, take, 3 completions; the receive unflushed) and "
+            "11 blocking round trips in its step executor (receive, take, 3 x (submit, download, complete)), so "
+            "these figures times those counts are the part of its CPU that only fewer round trips or flushes "
+            "could remove. Most of a bare round trip's cost here is the kernel's (context switches).",
+            "",
+            *table(["call", "backend µs", "client µs"], rows),
+        ],
+        "raw": measured,
+    }
+
+
 RUNNERS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "engine": section_engine,
     "webhook": section_webhook,
     "cold_start": section_cold_start,
     "history": section_history,
     "api": section_api,
+    "floor": section_floor,
 }
 
 

@@ -41,3 +41,9 @@ def cpu_us(fn: Callable[[], object], calls: int) -> float:
     for _ in range(calls):
         fn()
     return (time.process_time() - start) / calls * 1e6
+
+
+def schedstat_ns(pid: int) -> int:
+    """CPU time a process has run, in ns (first field of /proc/<pid>/schedstat): finer than the clock ticks of stat."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])

@@ -39,6 +39,7 @@ from typing import Any
 
 import psycopg
 from chain_throughput import CHAIN, KEY, InstantProvider, create_body
+from machine import schedstat_ns
 
 from babychain.auth import Principal
 from babychain.engine.create import create_run
@@ -49,12 +50,6 @@ from babychain.store import migrations
 from babychain.store.postgres import PostgresStore
 
 RECEIVER = 424242
-
-
-def schedstat_ns(pid: int) -> int:
-    """CPU time a process has run, in ns (first field of /proc/<pid>/schedstat)."""
-    with open(f"/proc/{pid}/schedstat") as f:
-        return int(f.read().split()[0])
 
 
 def reaped_ns(pid: int) -> int:

@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import tempfile
 
+import psutil
 import psycopg
+from machine import schedstat_ns
 
 from babychain.store.embedded import start_embedded_postgres
-
-_TICKS = os.sysconf("SC_CLK_TCK")
 
 SETUP = """
 create table if not exists public.bench_floor (id bigserial primary key, note text not null check (note <> ''));
@@ -57,13 +56,10 @@ CASES = {
 }
 
 
-def backend_cpu(pid: int) -> tuple[float, float, float]:
+def backend_cpu(backend: psutil.Process) -> tuple[float, float, float]:
     """The backend's user and system seconds (clock ticks) and its total on-CPU seconds (schedstat, ns)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    with open(f"/proc/{pid}/schedstat") as f:
-        on_cpu_ns = int(f.read().split()[0])
-    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS, on_cpu_ns / 1e9
+    times = backend.cpu_times()
+    return times.user, times.system, schedstat_ns(backend.pid) / 1e9
 
 
 def client_cpu() -> tuple[float, float, int]:
@@ -76,16 +72,16 @@ def measure(dsn: str, calls: int, rounds: int) -> dict[str, dict[str, list[float
     with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
         conn.execute(SETUP)
         pgconn = conn.pgconn
-        pid = conn.info.backend_pid
+        backend = psutil.Process(conn.info.backend_pid)
         samples: dict[str, dict[str, list[float]]] = {name: {} for name in CASES}
         for _ in range(rounds):
             for name, query in CASES.items():
                 for _ in range(max(100, calls // 20)):  # warm: the function's plans cached
                     pgconn.exec_params(query, [])
-                b0, c0 = backend_cpu(pid), client_cpu()
+                b0, c0 = backend_cpu(backend), client_cpu()
                 for _ in range(calls):
                     pgconn.exec_params(query, [])
-                b1, c1 = backend_cpu(pid), client_cpu()
+                b1, c1 = backend_cpu(backend), client_cpu()
                 one = {
                     "backend_us": (b1[2] - b0[2]) / calls * 1e6,
                     "backend_user_us": (b1[0] - b0[0]) / calls * 1e6,

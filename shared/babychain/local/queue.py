@@ -111,10 +111,8 @@ class PostgresQueue(Queue):
             self.store.call("bc_queue_send", params)
             return
         params["sender"] = invocation.receiver
-        answer = self.store.call("bc_queue_send", params)
         # {"sent": n, "sender": true}: counted as woken for a message, it receives once the invocation returns.
-        # (A count: a database without `..._queue_send_prefers_its_sender.sql`.)
-        if isinstance(answer, dict) and answer.get("sender"):
+        if self.store.call("bc_queue_send", params)["sender"]:
             invocation.picked = True
 
     def receive(

@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 
 from babychain.local.queue import (
     ACK_WITHIN_SECONDS,
+    RECEIVE_ATTEMPTS,
     RECEIVER_LOCK_CLASS,
     ConsumerLease,
     Delivery,
@@ -24,6 +25,7 @@ from babychain.local.queue import (
     consume,
     release_orphans,
 )
+from babychain.store.errors import StoreError
 from babychain.store.postgres import PostgresStore
 
 
@@ -344,6 +346,72 @@ def test_a_receive_that_takes_the_last_due_message_registers_its_consumer_as_a_b
         sender_store.close()
 
 
+def test_a_keeper_with_more_to_receive_takes_the_queue_lock_before_it_leaves_its_row(
+    database_url: str, store: PostgresStore
+) -> None:
+    """A receive with more due deletes its waiter row, and a keeper hands its role on under the queue's lock. It takes
+    that lock before it touches its row: a send holding the lock shared may be waiting for the row (PostgreSQL waits
+    for a newer version's holder even under SKIP LOCKED), and a receive waiting for the lock while holding the row
+    was a deadlock. Here the lock is held shared as by a send under way: the receive still answers at once."""
+    queue = PostgresQueue(store, "steps")
+    lease = ConsumerLease(database_url, 91, queue)
+    try:
+        queue.send({"n": 0}, delay_seconds=60)
+        assert queue.receive(91, idle_wait_seconds=30)[1] is not None  # registered as the keeper of that message
+        queue.send_many([{"n": 1}, {"n": 2}])
+        answers: list[Delivery] = []
+        with psycopg.connect(database_url) as send_under_way:
+            send_under_way.execute("select pg_advisory_xact_lock_shared(7273, hashtext('steps'))")
+            receiving = threading.Thread(
+                target=lambda: answers.append(queue.receive_next(91, ack=None, idle_wait_seconds=30)), daemon=True
+            )
+            receiving.start()
+            receiving.join(5)
+            assert not receiving.is_alive(), "the receive waits for the lock while it holds its waiter row"
+            # Its row is gone and not held: the send can go on.
+            send_under_way.execute("set local lock_timeout = '1s'")
+            assert send_under_way.execute("select from bc_queue_waiters for update").fetchall() == []
+        [delivery] = answers
+        assert [m.body for m in delivery.messages] == [{"n": 1}] and delivery.more
+    finally:
+        lease.close()
+
+
+class _GivesUpFirst(PostgresStore):
+    """A real store whose first `failures` receives fail as one that gave up under the queue's lock does."""
+
+    def __init__(self, database_url: str, failures: int) -> None:
+        super().__init__(database_url, max_size=1)
+        self.failures = failures
+        self.receives = 0
+
+    def call(self, function: str, params: dict[str, Any]) -> Any:
+        if function == "bc_queue_receive":
+            self.receives += 1
+            if self.receives <= self.failures:
+                raise StoreError(
+                    "bc_queue_receive: 55P03: canceling statement due to lock timeout", function=function, code="55P03"
+                )
+        return super().call(function, params)
+
+
+def test_a_receive_that_gave_up_under_the_queue_lock_is_tried_again(database_url: str, store: PostgresStore) -> None:
+    PostgresQueue(store, "steps").send_many([{"n": 1}, {"n": 2}])
+    flaky = _GivesUpFirst(database_url, failures=2)
+    try:
+        queue = PostgresQueue(flaky, "steps")
+        first = queue.receive_next(1, ack=None, idle_wait_seconds=30)
+        assert flaky.receives == 3 and [m.body for m in first.messages] == [{"n": 1}]
+        flaky.failures = 4 + RECEIVE_ATTEMPTS  # the next one keeps failing: the error is raised after the attempts
+        with pytest.raises(StoreError) as caught:
+            queue.receive_next(1, ack=first.messages[0], idle_wait_seconds=30)
+        assert caught.value.sqlstate == "55P03" and flaky.receives == 3 + RECEIVE_ATTEMPTS
+        # Nothing of the failed receives happened: the message is still held, the other still due.
+        assert queue.stats() == {"visible": 1, "in_flight": 1, "delayed": 0, "dead": 0}
+    finally:
+        flaky.close()
+
+
 def test_a_send_naming_its_busy_waiting_sender_hands_the_message_to_the_sender_first(
     database_url: str, store: PostgresStore
 ) -> None:
@@ -550,20 +618,23 @@ class _Consumers:
         self._stores = [PostgresStore(database_url, max_size=1) for _ in range(count)]
         self._failed: set[str] = set()
         self._fail_first = fail_first
+        self.crashed: list[BaseException] = []  # what ended a consumer's loop other than `stop`
         self._leases: list[ConsumerLease] = []
         self._threads: list[threading.Thread] = []
         for index, (state, store) in enumerate(zip(self._states, self._stores, strict=True)):
             queue = _CountingQueue(store, "steps", self, index, retry_after_failure_seconds=0.3)
             lease = ConsumerLease(database_url, 1000 + index, queue)
             self._leases.append(lease)
-            thread = threading.Thread(
-                target=consume,
-                args=(queue, lease, self._handle, state),
-                kwargs={"idle_wait_seconds": 60.0},
-                daemon=True,
-            )
+            thread = threading.Thread(target=self._consume, args=(queue, lease, state), daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def _consume(self, queue: PostgresQueue, lease: ConsumerLease, state: _State) -> None:
+        try:
+            consume(queue, lease, self._handle, state, idle_wait_seconds=60.0)
+        except BaseException as exc:
+            self.crashed.append(exc)
+            raise
 
     def _handle(self, message: ReceivedMessage) -> bool:
         with self._lock:
@@ -612,6 +683,7 @@ def test_concurrent_sends_each_wake_a_consumer_and_none_is_missed(database_url: 
     total, senders = 240, 6
     time.sleep(0.3)  # all four idle and registered
     try:
+        failed: list[BaseException] = []
 
         def send(index: int) -> None:
             own = PostgresStore(database_url, max_size=1)
@@ -626,6 +698,9 @@ def test_concurrent_sends_each_wake_a_consumer_and_none_is_missed(database_url: 
                         queue.send({"n": n, "at": time.time()})
                         n += senders
                     time.sleep(0.002 * (n % 3))  # bursts and gaps, so consumers keep going idle
+            except BaseException as exc:  # a send that failed (a deadlock once did) says so, not as missed messages
+                failed.append(exc)
+                raise
             finally:
                 own.close()
 
@@ -634,7 +709,9 @@ def test_concurrent_sends_each_wake_a_consumer_and_none_is_missed(database_url: 
             t.start()
         for t in threads:
             t.join(60)
+        assert not failed and not any(t.is_alive() for t in threads), failed
         consumers.wait_for(total, 20)
+        assert consumers.crashed == []  # no consumer's loop died (a receive in a deadlock once did)
         ns = sorted(body["n"] for body, _ in consumers.handled)
         assert ns == list(range(total))  # each exactly once, none missed
         late = sorted(handled - body["at"] for body, handled in consumers.handled)

@@ -28,6 +28,7 @@ import psycopg
 
 from babychain.queues import SQS_MAX_DELAY_SECONDS, Queue
 from babychain.store.base import Store
+from babychain.store.errors import StoreError
 
 # Advisory lock namespace of queue consumers: (RECEIVER_LOCK_CLASS, receiver id) is held while a consumer lives.
 RECEIVER_LOCK_CLASS = 7272
@@ -40,6 +41,10 @@ IDLE_WAIT_SECONDS = 5.0
 # this long after the message at the latest (an idle queue then holds no handled message for long: the supervisor's
 # scaling and `stats` count held messages as work in progress).
 ACK_WITHIN_SECONDS = 1.0
+# lock_not_available: a receive that would have waited for a row under the queue's lock gave up and rolled back
+# (`..._queue_no_waits_under_the_lock.sql`); it is tried again at once, this many times in all.
+LOCK_NOT_AVAILABLE = "55P03"
+RECEIVE_ATTEMPTS = 5
 
 
 @dataclass
@@ -163,7 +168,13 @@ class PostgresQueue(Queue):
             params["idle_wait_seconds"] = idle_wait_seconds
         if idle_after:
             params["idle_after"] = True
-        answer = self.store.call("bc_queue_receive", params)
+        for attempt in range(1, RECEIVE_ATTEMPTS + 1):
+            try:
+                answer = self.store.call("bc_queue_receive", params)
+                break
+            except StoreError as exc:
+                if exc.sqlstate != LOCK_NOT_AVAILABLE or attempt == RECEIVE_ATTEMPTS:
+                    raise
         messages = [
             ReceivedMessage(m["id"], m["body"], m["receive_count"], m["receipt"], m["sent_at"])
             for m in answer["messages"]

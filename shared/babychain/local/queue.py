@@ -12,7 +12,8 @@ it as a waiter, and a send notifies one waiter per message on the waiter's own c
 consumer's receive that takes the last due message registers it too, so it does not receive again only to find
 nothing (`..._queue_no_empty_receive.sql`). A send made inside that consumer's invocation, to the queue it consumes,
 wakes it first: it receives right after the invocation, in the process that is already running
-(`..._queue_send_prefers_its_sender.sql`).
+(`..._queue_send_prefers_its_sender.sql`). Under the queue's lock a receive never waits for a row: one that would
+gives up (lock_not_available) and is tried again here (`..._queue_no_waits_under_the_lock.sql`).
 """
 
 from __future__ import annotations

@@ -181,7 +181,7 @@ class PostgresQueue(Queue):
             for m in answer["messages"]
         ]
         next_in = answer.get("next_visible_in_seconds")
-        # A database without the migration answers no `more`: then receive again after each message, as before.
+        # Only a consumer's receive (`idle_after`) answers `more`; `receive` does not read it.
         return Delivery(messages, None if next_in is None else float(next_in), answer.get("more", True))
 
     def leave(self, receiver: int) -> bool:
